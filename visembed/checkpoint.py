@@ -1,0 +1,169 @@
+"""Model folders and training checkpoints, written atomically, never unpickled.
+
+Model folder: `model.safetensors`, `config.json` (resolved RunConfig), `preprocessing.json` and the
+towers' assets (`tokenizer.json`, `text_encoder/`). A run folder is a model folder plus
+`checkpoints/step_XXXXXXXX/` ({model.safetensors, optimizer.pt, state.pt}) and `metrics.jsonl`.
+Every file goes to a temporary name first and is moved into place with `os.replace`, and a
+checkpoint folder appears under its final name only once complete: a killed run never leaves a
+half-written file where a reader would look.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from visembed.config import RunConfig, from_dict, to_dict
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+PREPROCESSING_FILE = "preprocessing.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class ModelFolderError(FileNotFoundError):
+    pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model under DDP / torch.compile wrappers (never save a wrapper's names)."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def write_model_metadata(model: torch.nn.Module, cfg: RunConfig, out_dir: str | Path) -> None:
+    """config.json, preprocessing.json and tower assets: all a folder needs besides weights."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / CONFIG_FILE, json.dumps(to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
+    v = cfg.model.vision
+    prep = {"image_size": v.image_size, "resize": "shorter side, bicubic, centre crop", "mean": v.mean, "std": v.std,
+            "pixel_range": [0, 1]}
+    atomic_write_text(out / PREPROCESSING_FILE, json.dumps(prep, indent=2) + "\n")
+    unwrap(model).save_assets(out)
+
+
+def save_model_folder(model: torch.nn.Module, cfg: RunConfig, out_dir: str | Path) -> Path:
+    """The final parameters: a folder `visembed.load` (and `--init`) can read."""
+    out = Path(out_dir)
+    write_model_metadata(model, cfg, out)
+    _save_tensors(unwrap(model).state_dict(), out / MODEL_FILE)
+    return out
+
+
+def read_config(folder: str | Path) -> RunConfig:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelFolderError(f"{folder} is not a visembed model or run folder (no {CONFIG_FILE})")
+    return from_dict(json.loads(path.read_text()))
+
+
+def weights_path(folder: str | Path) -> Path:
+    """The folder's final weights, or those of its newest checkpoint while a run is under way."""
+    folder = Path(folder)
+    if (folder / MODEL_FILE).is_file():
+        return folder / MODEL_FILE
+    ckpt = latest_checkpoint(folder)
+    if ckpt is not None:
+        return ckpt / MODEL_FILE
+    raise ModelFolderError(f"no {MODEL_FILE} in {folder} and no checkpoint under {folder / CHECKPOINT_DIR}")
+
+
+def load_model_folder(folder: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode on `device`, RunConfig) from a model or run folder."""
+    from visembed.models import build_model
+
+    cfg = read_config(folder)
+    model = build_model(cfg.model, tokenizer_dir=folder)
+    load_weights(model, weights_path(folder))
+    return model.to(device).eval(), cfg
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    state = load_file(str(path))
+    missing, unexpected = unwrap(model).load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFolderError(
+            f"weights in {path} do not fit the model (missing: {missing[:5]}, unexpected: {unexpected[:5]}); "
+            "was it saved with a different config?"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# training checkpoints
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "state.pt").is_file())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        state: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoints/step_XXXXXXXX atomically; keep the newest `keep` checkpoints.
+
+    `state` holds what else resuming needs (RNG states as tensors, data position, ...) and must
+    load with `torch.load(weights_only=True)`: tensors, numbers, strings, lists and dicts.
+    """
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _save_tensors(unwrap(model).state_dict(), tmp / MODEL_FILE)
+    _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+    _torch_save({"step": step, **state}, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_training_state(ckpt_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore model (and optimiser) in place; return the saved state dict (with "step")."""
+    ckpt = Path(ckpt_dir)
+    load_weights(model, ckpt / MODEL_FILE)
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+    return torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")

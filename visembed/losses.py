@@ -1,0 +1,69 @@
+"""Contrastive losses: CLIP (symmetric softmax InfoNCE) and SigLIP (pairwise sigmoid).
+
+Both see the whole global batch: features are gathered from every rank with gradients, and every
+rank computes the same full-batch loss (see `visembed.distributed.gather_with_grad` for why the
+gradients then come out exactly as in one process).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visembed.distributed import gather_with_grad
+
+LOSS_KINDS = ("clip", "siglip")
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Mean of image->text and text->image cross-entropy; pair i matches pair i."""
+    logits = logit_scale * image @ text.T  # (N, N): row i = image i against every text
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def siglip_loss(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+) -> torch.Tensor:
+    """Every (image, text) pair is its own binary problem; summed over pairs, divided by N (SigLIP)."""
+    logits = logit_scale * image @ text.T + logit_bias  # (N, N)
+    signs = 2 * torch.eye(len(logits), device=logits.device, dtype=logits.dtype) - 1  # +1 diagonal, -1 elsewhere
+    return -F.logsigmoid(signs * logits).sum() / len(logits)
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class ContrastiveLoss(nn.Module):
+    """`loss(image_features, text_features, logit_scale, logit_bias) -> {"contrastive_loss": t}`.
+
+    Features (n_local, D) are already L2-normalised and `logit_scale` is already exp'd.
+    """
+
+    def __init__(self, kind: str = "clip", rank: int = 0, world_size: int = 1):
+        super().__init__()
+        if kind not in LOSS_KINDS:
+            raise ValueError(f"unknown contrastive loss {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
+        self.kind, self.rank, self.world_size = kind, rank, world_size
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        # fp32 logits even under autocast: softmax over a large batch is sensitive to rounding
+        image, text = _at_least_fp32(image_features), _at_least_fp32(text_features)
+        if self.world_size > 1:
+            image, text = gather_with_grad(image), gather_with_grad(text)  # (N_global, D)
+        scale = _at_least_fp32(logit_scale)
+        if self.kind == "clip":
+            loss = clip_loss(image, text, scale)
+        else:
+            if logit_bias is None:
+                raise ValueError("the siglip loss needs a logit_bias (set model.loss='siglip' when building the model)")
+            loss = siglip_loss(image, text, scale, _at_least_fp32(logit_bias))
+        return {"contrastive_loss": loss}

@@ -1,0 +1,55 @@
+"""The dual encoder: an image tower and a text tower projected into one shared space."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visembed.config import ModelConfig
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, vision: nn.Module, text: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = vision
+        self.text = text
+        self.visual_projection = nn.Linear(vision.width, cfg.embed_dim, bias=False)
+        self.text_projection = nn.Linear(text.width, cfg.embed_dim, bias=False)
+        nn.init.normal_(self.visual_projection.weight, std=vision.width**-0.5)
+        nn.init.normal_(self.text_projection.weight, std=text.width**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))  # stored as a log, as CLIP
+        self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias))) if cfg.loss == "siglip" else None
+        self.register_buffer("pixel_mean", torch.tensor(cfg.vision.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.vision.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.vision.image_size
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels: float (B, 3, S, S) in [0, 1] -> (B, embed_dim), not normalised."""
+        x = (pixels - self.pixel_mean) / self.pixel_std
+        return self.visual_projection(self.vision(x))
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """texts: list of B strings -> (B, embed_dim), not normalised."""
+        return self.text_projection(self.text(texts))
+
+    def forward(self, pixels: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor | None]:
+        return {
+            "image_features": F.normalize(self.encode_image(pixels), dim=-1),
+            "text_features": F.normalize(self.encode_text(texts), dim=-1),
+            "logit_scale": self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp(),
+            "logit_bias": self.logit_bias,
+        }
+
+    def save_assets(self, out_dir: str | Path) -> None:
+        """Files the towers need besides weights (tokenizer, HF encoder config)."""
+        saver = getattr(self.text, "save_assets", None)
+        if saver is not None:
+            saver(Path(out_dir))

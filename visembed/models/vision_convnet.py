@@ -1,0 +1,49 @@
+"""A small residual ConvNet image tower.
+
+On a CPU budget and small data it learns faster than a ViT of similar cost (convolutions bring the
+locality prior a ViT has to learn), which is why the `demo` preset uses it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visembed.config import VisionConfig
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.norm2.weight)  # each block starts as the identity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.norm1(self.conv1(x)))
+        return F.gelu(x + self.norm2(self.conv2(y)))
+
+
+def _down(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU())
+
+
+class ConvNet(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        channels = cfg.channels
+        self.width = channels[-1]
+        self.stem = _down(3, channels[0], stride=2)  # (B, c0, S/2, S/2)
+        stages = []
+        for i, c in enumerate(channels):
+            down = nn.Identity() if i == 0 else _down(channels[i - 1], c, stride=2)
+            stages.append(nn.Sequential(down, *(ResidualBlock(c) for _ in range(cfg.blocks_per_stage))))
+        self.stages = nn.Sequential(*stages)  # (B, c_last, S/2^len, S/2^len)
+        self.norm = nn.LayerNorm(self.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.norm(x.mean(dim=(2, 3)))  # (B, width)
