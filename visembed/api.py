@@ -17,12 +17,10 @@ def best_device() -> torch.device:
 class Model:
     """A trained dual encoder in eval mode. Outputs are float32 numpy arrays, L2-normalised."""
 
-    def __init__(self, folder: str | Path, device: str | torch.device | None = None):
-        from visembed.checkpoint import load_model_folder
-
-        self.folder = Path(folder)
-        self.device = torch.device(device) if device is not None else best_device()
-        self.module, self.config = load_model_folder(self.folder, self.device)
+    def __init__(self, module: torch.nn.Module, config, device: str | torch.device | None = None):
+        """Wrap a DualEncoder (e.g. the one being trained, for periodic eval); see `load`."""
+        self.module, self.config = module, config
+        self.device = torch.device(device) if device is not None else next(module.parameters()).device
 
     @property
     def image_size(self) -> int:
@@ -63,4 +61,8 @@ class Model:
 
 def load(folder: str | Path, device: str | torch.device | None = None) -> Model:
     """Load a run or model folder written by `visembed train` (or `save_model_folder`)."""
-    return Model(folder, device)
+    from visembed.checkpoint import load_model_folder
+
+    device = torch.device(device) if device is not None else best_device()
+    module, config = load_model_folder(folder, device)
+    return Model(module, config, device)

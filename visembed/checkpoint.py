@@ -113,7 +113,10 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu"):
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     state = load_file(str(path))
-    missing, unexpected = unwrap(model).load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = unwrap(model).load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ModelFolderError(f"weights in {path} do not fit the model: {str(err).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise ModelFolderError(
             f"weights in {path} do not fit the model (missing: {missing[:5]}, unexpected: {unexpected[:5]}); "

@@ -1,0 +1,138 @@
+import csv
+import io
+import json
+
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from visembed.data import DataError, SkipCounter, collate, load_image, open_dataset
+
+
+def png_bytes(color="red", size=(8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_images(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(png_bytes())
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
+def test_jsonl_manifest_paths_are_relative_and_empty_captions_counted(tmp_path):
+    write_images(tmp_path / "img", ["a.png", "b.png", "c.png"])
+    write_jsonl(
+        tmp_path / "data.jsonl",
+        [
+            {"image": "img/a.png", "caption": "a red square"},
+            {"image": "img/b.png", "caption": ""},
+            {"image": "img/c.png", "caption": "红色方块"},
+        ],
+    )
+    ds = open_dataset(str(tmp_path / "data.jsonl"))
+    assert not ds.streaming and len(ds) == 2
+    assert [s.caption for s in ds] == ["a red square", "红色方块"]
+    assert ds[0].id == "img/a.png" and ds[0].path == str(tmp_path / "img" / "a.png")
+    assert load_image(ds[0].image).size == (8, 8)
+    assert ds.skipped.as_dict() == {"empty_caption": 1}
+    assert ds.labels is None
+
+
+def test_missing_column_names_the_column_and_the_file(tmp_path):
+    write_jsonl(tmp_path / "data.jsonl", [{"image": "a.png", "description": "x"}])
+    with pytest.raises(DataError) as info:
+        open_dataset(str(tmp_path / "data.jsonl"))
+    assert "'caption'" in str(info.value) and "data.jsonl" in str(info.value)
+    ds = open_dataset(str(tmp_path / "data.jsonl"), caption_column="description")
+    assert ds[0].caption == "x"
+
+
+def test_csv_manifest_with_split_and_label_columns(tmp_path):
+    write_images(tmp_path, ["a.png", "b.png", "c.png"])
+    with (tmp_path / "data.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "text_en", "label", "split"])
+        writer.writerow(["a.png", "one", "cat", "train"])
+        writer.writerow(["b.png", "two", "dog", "validation"])
+        writer.writerow(["c.png", "three", "cat", "train"])
+    options = dict(image_column="path", caption_column="text_en")
+    train = open_dataset(str(tmp_path / "data.csv"), "train", **options)
+    val = open_dataset(str(tmp_path / "data.csv"), "val", **options)
+    assert [s.caption for s in train] == ["one", "three"] and [s.caption for s in val] == ["two"]
+    assert train.labels == ["cat"] and val[0].label == "dog"
+    with pytest.raises(DataError, match="splits present"):
+        open_dataset(str(tmp_path / "data.csv"), "test", **options)
+
+
+def test_parquet_manifest(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_images(tmp_path, ["a.png"])
+    pq.write_table(pa.table({"image": ["a.png", "a.png"], "caption": ["first", "second"]}), tmp_path / "d.parquet")
+    ds = open_dataset(str(tmp_path / "d.parquet"))
+    assert [s.caption for s in ds] == ["first", "second"]
+    assert [s.id for s in ds] == ["a.png", "a.png#1"]  # one image, two captions: ids stay unique
+
+
+def test_hf_imagefolder_metadata_jsonl(tmp_path):
+    write_images(tmp_path / "train", ["0001.png", "0002.png"])
+    write_jsonl(
+        tmp_path / "train" / "metadata.jsonl",
+        [{"file_name": "0001.png", "text": "a cat"}, {"file_name": "0002.png", "text": "a dog"}],
+    )
+    ds = open_dataset(str(tmp_path / "train"))  # the folder: its metadata.jsonl is found
+    assert [s.caption for s in ds] == ["a cat", "a dog"]
+    assert ds[1].path == str(tmp_path / "train" / "0002.png")
+
+
+def test_folder_of_images_with_txt_captions(tmp_path):
+    write_images(tmp_path / "00000", ["b.jpg", "a.png", "c.png", "d.png"])
+    (tmp_path / "00000" / "b.txt").write_text("second")
+    (tmp_path / "00000" / "a.txt").write_text("first\n")
+    (tmp_path / "00000" / "a.json").write_text("{}")
+    (tmp_path / "00000" / "c.txt").write_text("")
+    ds = open_dataset(str(tmp_path))
+    assert [(s.id, s.caption) for s in ds] == [("00000/a", "first"), ("00000/b", "second")]
+    assert ds.skipped.as_dict() == {"empty_caption": 1, "missing_caption": 1}
+
+
+def test_webdataset_shards_stream_and_count_bad_items(tmp_path):
+    for shard in range(2):
+        with wds.TarWriter(str(tmp_path / f"{shard:05d}.tar")) as sink:
+            for i in range(3):
+                key = f"{shard:05d}{i:04d}"
+                sink.write({"__key__": key, "png": png_bytes(), "txt": f"caption {key}", "json": {"i": i}})
+            sink.write({"__key__": f"{shard:05d}nocap", "jpg": png_bytes()})
+            sink.write({"__key__": f"{shard:05d}noimg", "txt": "lonely caption"})
+    with wds.TarWriter(str(tmp_path / "00002.tar")) as sink:
+        sink.write({"__key__": "broken", "jpg": b"\xff\xd8\xff not really a jpeg", "txt": "broken"})
+    ds = open_dataset(str(tmp_path / "{00000..00002}.tar"))
+    assert ds.streaming and not hasattr(ds, "__len__")
+    samples = list(ds)
+    assert [s.id for s in samples][:4] == ["000000000", "000000001", "000000002", "000010000"]
+    assert len(samples) == 7 and isinstance(samples[0].image, bytes)
+    assert ds.skipped.as_dict() == {"empty_caption": 2, "missing_image": 2}
+    counter = SkipCounter()
+    pixels, captions, ids = collate(samples, 8, counter)
+    assert len(ids) == 6 and "broken" not in ids
+    assert counter.as_dict() == {"unreadable": 1}
+    single = open_dataset(str(tmp_path / "00001.tar"))
+    assert len(list(single)) == 3
+
+
+def test_missing_shards_and_unknown_specs_fail_clearly(tmp_path):
+    with pytest.raises(DataError, match="shards not found"):
+        open_dataset(str(tmp_path / "{00000..00003}.tar"))
+    with pytest.raises(DataError, match="builtin:shapes"):
+        open_dataset("not a spec")
+    with pytest.raises(DataError, match="known: builtin:shapes"):
+        open_dataset("builtin:nothing")
+    with pytest.raises(DataError, match="no such"):
+        open_dataset(str(tmp_path / "missing.jsonl"))

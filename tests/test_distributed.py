@@ -1,0 +1,112 @@
+"""Two CPU processes (gloo) against one: the gathered contrastive loss gives the full-batch gradient."""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from visembed.distributed import best_device, gather_with_grad, init_distributed
+from visembed.losses import ContrastiveLoss
+
+
+KINDS = ("clip", "siglip")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PairEncoder(nn.Module):
+    """A stand-in dual encoder small enough for a unit test: one linear map per modality."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.image = nn.Parameter(torch.randn(8, 5, generator=g))
+        self.text = nn.Parameter(torch.randn(6, 5, generator=g))
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+        self.logit_bias = nn.Parameter(torch.tensor(-3.0)) if kind == "siglip" else None
+
+    def forward(self, x, y):
+        return F.normalize(x @ self.image, dim=-1), F.normalize(y @ self.text, dim=-1), self.logit_scale.exp(), self.logit_bias
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(10, 8, generator=g), torch.randn(10, 6, generator=g)
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _worker(rank: int, world: int, port: int, queue) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        # gather: rank order, unequal sizes (rank 0 has 2 rows, rank 1 has 3), gradient to the local rows
+        local = torch.full((2 + rank, 3), float(rank), requires_grad=True)
+        gathered = gather_with_grad(local)
+        gathered.sum().backward()
+
+        # a DDP step on this rank's slice of an uneven batch (4 + 6 samples)
+        x, y = _data()
+        sl = slice(0, 4) if rank == 0 else slice(4, 10)
+        steps = {}
+        for kind in KINDS:
+            model = nn.parallel.DistributedDataParallel(PairEncoder(kind))
+            loss = ContrastiveLoss(kind, rank=rank, world_size=world)(*model(x[sl], y[sl]))["contrastive_loss"]
+            loss.backward()
+            # numpy, not tensors: tensors travel through shared memory that dies with this process
+            steps[kind] = (loss.item(), {k: v.numpy() for k, v in _grads(model.module).items()})
+        queue.put((rank, gathered.detach().numpy(), local.grad.numpy(), steps))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results():
+    """Per rank: (gathered, gradient of the local rows, {kind: (loss, parameter gradients)})."""
+    queue = mp.get_context("spawn").Queue()
+    mp.spawn(_worker, args=(2, _free_port(), queue), nprocs=2, join=True)
+    results = {}
+    for _ in range(2):
+        rank, gathered, local_grad, steps = queue.get(timeout=60)
+        steps = {kind: (loss, {k: torch.from_numpy(v) for k, v in grads.items()}) for kind, (loss, grads) in steps.items()}
+        results[rank] = (torch.from_numpy(gathered), torch.from_numpy(local_grad), steps)
+    return results
+
+
+def test_gather_keeps_rank_order_and_sums_gradients_back(two_process_results):
+    results = two_process_results
+    expected = torch.cat([torch.zeros(2, 3), torch.ones(3, 3)])
+    for rank in (0, 1):
+        gathered, local_grad = results[rank][0], results[rank][1]
+        assert torch.equal(gathered, expected)
+        # both ranks' sum() depends on this rank's rows: each row receives 1 from each of 2 ranks
+        assert torch.equal(local_grad, torch.full((2 + rank, 3), 2.0))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_processes_match_one_process_full_batch(two_process_results, kind):
+    x, y = _data()
+    model = PairEncoder(kind)
+    loss = ContrastiveLoss(kind)(*model(x, y))["contrastive_loss"]
+    loss.backward()
+    for rank in (0, 1):
+        rank_loss, grads = two_process_results[rank][2][kind]
+        assert rank_loss == pytest.approx(loss.item(), abs=1e-6)  # every rank sees the global loss
+        for name, grad in _grads(model).items():
+            torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=f"{name} on rank {rank}")
+
+
+def test_single_process_helpers_without_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_distributed() == (0, 1, 0, best_device())
+    x = torch.ones(3, 2)
+    assert gather_with_grad(x) is x

@@ -1,0 +1,84 @@
+"""One smoke test over every preset (timm's habit), plus the properties the towers promise."""
+
+import math
+
+import pytest
+import torch
+
+from visembed.config import apply_overrides, load_preset, preset_names
+from visembed.models import build_model, needs_bpe_tokenizer
+
+CAPTIONS = ["a small red circle", "一只狗", "dog face", "a blue square left of a green triangle"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from visembed.data.tokenizer import train_bpe_tokenizer
+
+    folder = tmp_path_factory.mktemp("tok")
+    train_bpe_tokenizer(CAPTIONS * 20 + ["狗脸", "苹果", "火箭"] * 10, 600, folder / "tokenizer.json")
+    return folder
+
+
+def _small(name):
+    """The preset's architecture kinds, shrunk so that every preset builds and runs in a test."""
+    cfg = load_preset(name)
+    small = ["model.vision.width=32", "model.vision.depth=1", "model.vision.heads=2", "model.vision.channels=[8,16]",
+             "model.text.vocab_size=600", "model.text.width=32", "model.text.depth=1", "model.text.heads=2",
+             "model.text.context_length=16", "model.embed_dim=24"]
+    if cfg.model.vision.kind == "vit":
+        small += ["model.vision.image_size=32", "model.vision.patch_size=8"]
+    return apply_overrides(cfg, small)
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_preset_builds_and_runs_forward_backward(name, tokenizer_dir):
+    cfg = _small(name)
+    model = build_model(cfg.model, tokenizer_dir=tokenizer_dir if needs_bpe_tokenizer(cfg.model) else None)
+    size = cfg.model.vision.image_size
+    out = model(torch.rand(4, 3, size, size), CAPTIONS)
+    assert out["image_features"].shape == out["text_features"].shape == (4, 24)
+    assert torch.allclose(out["image_features"].norm(dim=-1), torch.ones(4), atol=1e-5)
+    assert (out["logit_bias"] is not None) == (cfg.model.loss == "siglip")
+    loss = (out["image_features"] @ out["text_features"].T).sum() * out["logit_scale"]
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in model.vision.parameters())
+    assert sum(p.grad.abs().sum() for p in trainable if p.grad is not None) > 0
+
+
+def test_logit_scale_is_clamped_like_clip(tokenizer_dir):
+    cfg = _small("tiny")
+    model = build_model(cfg.model, tokenizer_dir)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert math.isclose(model(torch.rand(1, 3, 32, 32), ["x"])["logit_scale"].item(), 100.0, rel_tol=1e-5)
+
+
+def test_text_pooling_ignores_padding(tokenizer_dir):
+    """EOS pooling under a causal mask: a caption's feature must not depend on what it is batched with."""
+    model = build_model(_small("tiny").model, tokenizer_dir).eval()
+    alone = model.encode_text(["dog face"])
+    batched = model.encode_text(["dog face", "a blue square left of a green triangle"])[:1]
+    assert torch.allclose(alone, batched, atol=1e-5)
+
+
+def test_vit_names_match_transformers_clip(tokenizer_dir):
+    names = set(build_model(_small("tiny").model, tokenizer_dir).state_dict())
+    for expected in ["vision.patch_embedding.weight", "vision.class_embedding", "vision.position_embedding.weight",
+                     "vision.pre_layrnorm.weight", "vision.post_layernorm.bias",
+                     "vision.encoder.layers.0.self_attn.q_proj.weight", "vision.encoder.layers.0.mlp.fc1.weight",
+                     "text.token_embedding.weight", "text.encoder.layers.0.layer_norm1.weight",
+                     "text.final_layer_norm.weight", "visual_projection.weight", "text_projection.weight", "logit_scale"]:
+        assert expected in names
+    assert "visual_projection.bias" not in names and "vision.patch_embedding.bias" not in names
+
+
+def test_frozen_hf_tower_routes_chinese_to_student(tokenizer_dir):
+    cfg = _small("demo")
+    model = build_model(cfg.model, tokenizer_dir)
+    assert not any(p.requires_grad for p in model.text.encoder.parameters())  # locked tower
+    out = model(torch.rand(2, 3, 64, 64), ["dog face", "狗脸"])
+    out["text_features"].sum().backward()
+    assert model.text.student.token_embedding.weight.grad is not None  # Chinese went through the student
+    assert model.text.encoder.embeddings.word_embeddings.weight.grad is None

@@ -1,0 +1,24 @@
+"""The `visembed` command line: thin wrappers that parse, call the library and print."""
+
+from __future__ import annotations
+
+import typer
+
+from visembed.commands import data_cmds, demo_cmd, index_cmds, train_cmds
+
+app = typer.Typer(
+    help="visembed: learn visual embeddings (images and text in one space) and put them to work.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for module in (train_cmds, data_cmds, demo_cmd, index_cmds):
+    module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""`visembed index build`, `search`, `recommend`, `serve`: the index and the service over it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from visembed.commands.errors import friendly_errors
+
+
+def register(app: typer.Typer) -> None:
+    index_app = typer.Typer(help="Build and change search indexes.", no_args_is_help=True)
+    index_app.command("build")(build)
+    index_app.command("delete")(delete)
+    app.add_typer(index_app, name="index")
+    app.command("search")(search)
+    app.command("recommend", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(recommend)
+    app.command("serve")(serve)
+
+
+@contextlib.contextmanager
+def _clear_errors():
+    """friendly_errors plus the index's own: one line on stderr and exit code 2."""
+    with friendly_errors():
+        from visembed.data import BadImage
+        from visembed.index.store import IndexStoreError
+
+        try:
+            yield
+        except (IndexStoreError, BadImage) as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
+
+
+def build(
+    model: Path = typer.Argument(..., help="Model (or run) folder that embeds the images."),
+    data: str = typer.Option(..., "--data", help="Data spec: builtin:emoji, a manifest, a folder, WebDataset shards."),
+    out: Path = typer.Option(..., "--out", help="Index folder to write (rerun to resume)."),
+    split: str = typer.Option(None, "--split", help="Dataset split (the source's default when not given)."),
+    language: str = typer.Option("en", "--language", help="Caption language for multilingual data."),
+    kind: str = typer.Option("auto", "--kind", help="auto, flat (exact), hnsw or ivfpq."),
+    exact_below: int = typer.Option(50_000, "--exact-below", help="auto: exact search below this many items."),
+    large_kind: str = typer.Option("hnsw", "--large-kind", help="auto: hnsw or ivfpq above the threshold."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard (the unit of resumption)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Embed every image of a dataset (sharded, resumable) and build a FAISS index over it."""
+    from visembed.index.build import build_index
+    from visembed.index.store import IndexSettings
+
+    with _clear_errors():
+        settings = IndexSettings(kind=kind, exact_below=exact_below, large_kind=large_kind)
+        settings.resolve_kind(0), settings.resolve_kind(exact_below)  # fail early on a bad kind
+        build_index(model, data, out, split=split, progress=not quiet, settings=settings, language=language,
+                    shard_size=shard_size, batch_size=batch_size)
+
+
+def delete(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    ids: list[str] = typer.Argument(..., help="Item ids to remove."),
+) -> None:
+    """Remove items from an index (no rebuild: they are filtered out of every search)."""
+    from visembed.index.store import VectorIndex
+
+    with _clear_errors():
+        index = VectorIndex.open(index_dir)
+        removed = index.delete(ids)
+        index.save(index_dir)
+    typer.echo(f"removed {removed}; {len(index)} items left")
+
+
+def search(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    text: str = typer.Argument("", help="What to look for (any language the model reads)."),
+    image: Path = typer.Option(None, "--image", help="Search by example; with TEXT, a composed query."),
+    k: int = typer.Option(10, "-k", "--k", min=1, max=1000, help="Number of results."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: [{id, score, path, caption}], best first."),
+    text_weight: float = typer.Option(0.5, "--text-weight", min=0.0, max=1.0, help="Composed queries: weight of TEXT."),
+    model: Path = typer.Option(None, "--model", help="Model folder (default: the one recorded in the index)."),
+) -> None:
+    """Text -> image search, image -> image with --image, or both: "like this, but TEXT"."""
+    from visembed.data import BadImage, load_image
+    from visembed.index.searcher import Searcher
+
+    with _clear_errors():
+        if not text.strip() and image is None:
+            raise ValueError("give a query TEXT, an --image, or both")
+        example = None
+        if image is not None:  # a bad file fails before the model loads
+            try:
+                example = load_image(image)
+            except BadImage as exc:
+                raise ValueError(f"{image} is not a usable image ({exc.reason})") from None
+        searcher = Searcher.open(index_dir, model)
+        if example is not None:
+            hits = searcher.search_image(example, k, text=text or None, text_weight=text_weight)
+        else:
+            hits = searcher.search_text(text, k)
+    _print_hits(hits, as_json)
+
+
+def recommend(
+    ctx: typer.Context,
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    k: int = typer.Option(10, "-k", "--k", min=1, max=1000, help="Number of results."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: [{id, score, path, caption}], best first."),
+    mmr_lambda: float = typer.Option(0.7, "--lambda", min=0.0, max=1.0, help="MMR: 1 = pure relevance, lower = more varied."),
+) -> None:
+    """Recommend from --liked ID ... [--disliked ID ...] (each flag takes one or more ids, and may repeat).
+
+    Seen items are left out; results are diversified (MMR) and each names its nearest liked item.
+    """
+    from visembed.index.searcher import Searcher
+    from visembed.index.store import VectorIndex
+
+    with _clear_errors():
+        liked, disliked = _id_lists(ctx.args)
+        if not liked:
+            raise ValueError("give at least one --liked ID")
+        searcher = Searcher(VectorIndex.open(index_dir), None, index_dir)  # vectors only: no model needed
+        hits = searcher.recommend(liked, disliked, k, lam=mmr_lambda)
+    _print_hits(hits, as_json)
+
+
+def _id_lists(args: list[str]) -> tuple[list[str], list[str]]:
+    """`--liked a b --disliked c --liked=d,e` -> (["a", "b", "d", "e"], ["c"])."""
+    lists: dict[str, list[str]] = {"--liked": [], "--disliked": []}
+    current = None
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        if flag in lists:
+            current = lists[flag]
+            values = [value] if value else []
+        elif arg.startswith("--"):
+            raise ValueError(f"unknown option {arg!r} (see --help)")
+        elif current is None:
+            raise ValueError(f"unexpected argument {arg!r}: ids follow --liked or --disliked")
+        else:
+            values = [arg]
+        current.extend(v for value in values for v in value.split(",") if v)
+    return lists["--liked"], lists["--disliked"]
+
+
+def serve(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless told otherwise)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
+    model: Path = typer.Option(None, "--model", help="Model folder (default: the one recorded in the index)."),
+    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.001, help="Largest accepted upload."),
+) -> None:
+    """Serve the web page and the HTTP API (search, upload, recommend, thumbnails, /docs)."""
+    from visembed.serve.app import run_server
+
+    with _clear_errors():
+        run_server(index_dir, host, port, model_dir=model, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+
+
+def _print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        rows = [{"id": h.id, "score": round(h.score, 6), "path": h.path, "caption": h.caption} for h in hits]
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("#", "score", "id", "caption") + (("because you liked",) if any(h.because for h in hits) else ()):
+        table.add_column(column, justify="right" if column in ("#", "score") else "left")
+    for rank, h in enumerate(hits, 1):
+        table.add_row(str(rank), f"{h.score:.3f}", h.id, h.caption, *((h.because or "",) if any(x.because for x in hits) else ()))
+    Console().print(table if hits else "no results")

@@ -1,0 +1,40 @@
+"""From Samples to a training batch, and the epoch order that makes resumed runs exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .images import DEFAULT_MAX_PIXELS, BadImage, SkipCounter, load_image, to_tensor
+from .sample import Sample
+
+
+def collate(
+    samples: list[Sample], image_size: int, counter: SkipCounter, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Decode and resize each sample; bad images and empty captions are skipped and counted.
+
+    Returns pixels uint8 (B, 3, S, S) with B <= len(samples), captions and ids in the same order.
+    """
+    pixels, captions, ids = [], [], []
+    for sample in samples:
+        if not sample.caption or not sample.caption.strip():
+            counter.add("empty_caption")
+            continue
+        try:
+            image = load_image(sample.image, max_pixels=max_pixels)
+        except BadImage as e:
+            counter.add(e.reason)
+            continue
+        pixels.append(to_tensor(image, image_size))  # (3, S, S)
+        captions.append(sample.caption)
+        ids.append(sample.id)
+    if not pixels:
+        return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), [], []
+    return torch.stack(pixels), captions, ids  # (B, 3, S, S)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of range(n) for one epoch: a pure function of (seed, epoch), so a run resumed
+    mid-epoch walks the same order as one that never stopped."""
+    return np.random.default_rng([seed, epoch]).permutation(n)

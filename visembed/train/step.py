@@ -1,0 +1,64 @@
+"""One optimisation step's forward and backward for the contrastive task.
+
+Gradient accumulation for a contrastive loss must not shrink the set of negatives: the features of
+every micro-batch are computed first without gradients, then each micro-batch is recomputed with
+gradients and spliced into that cached set, so each backward pass is the full accumulated batch's
+loss seen through one micro-batch (the method of OpenCLIP's `accum_freq`). The sum of those
+backward passes is exactly the gradient of the one big batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+MicroBatch = tuple[torch.Tensor, list[str]]  # pixels (b, 3, S, S) in [0, 1], b captions
+
+
+def _no_sync(model: nn.Module, sync: bool):
+    """DDP all-reduces gradients only on the last micro-batch's backward."""
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def contrastive_backward(
+    model: nn.Module,
+    loss_fn: Callable[..., dict[str, torch.Tensor]],
+    micro_batches: list[MicroBatch],
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, float]:
+    """Backpropagate the loss of all micro-batches together; gradients accumulate in `.grad`.
+
+    Returns the loss and the temperature for logging.
+    """
+    if len(micro_batches) == 1:
+        pixels, texts = micro_batches[0]
+        with autocast():
+            out = model(pixels, texts)
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+            loss = loss["contrastive_loss"]
+        loss.backward()
+        return {"loss": loss.item(), "logit_scale": out["logit_scale"].item()}
+
+    with torch.no_grad(), autocast():
+        cached = [model(pixels, texts) for pixels, texts in micro_batches]
+    images = [c["image_features"] for c in cached]  # each (b_j, D)
+    texts_ = [c["text_features"] for c in cached]
+    last = len(micro_batches) - 1
+    for j, (pixels, texts) in enumerate(micro_batches):
+        with _no_sync(model, sync=j == last), autocast():
+            out = model(pixels, texts)
+            image = torch.cat(images[:j] + [out["image_features"]] + images[j + 1 :])  # (B, D)
+            text = torch.cat(texts_[:j] + [out["text_features"]] + texts_[j + 1 :])
+            # the temperature enters every pass; let only one of them carry its gradient
+            scale, bias = out["logit_scale"], out["logit_bias"]
+            if j != last:
+                scale = scale.detach()
+                bias = bias.detach() if bias is not None else None
+            loss = loss_fn(image, text, scale, bias)["contrastive_loss"]
+        loss.backward()
+    return {"loss": loss.item(), "logit_scale": out["logit_scale"].item()}
