@@ -81,3 +81,10 @@ def test_bad_emoji_options_fail_clearly(monkeypatch, tmp_path):
     monkeypatch.setattr("visembed.data.emoji.NOTO_FONT", tmp_path / "absent.ttf")
     with pytest.raises(DataError, match="fonts-noto-color-emoji"):
         open_dataset(f"builtin:emoji?style=noto&cache={tmp_path}")
+
+
+def test_many_renders_go_through_the_worker_pool(tmp_path):
+    ds = open_dataset(f"builtin:emoji?limit=70&size=16&cache={tmp_path}", "train")  # >= 64 jobs: processes
+    assert len(ds) == 70
+    assert len(list((tmp_path / "emoji-16").glob("*.png"))) == 70
+    assert not list((tmp_path / "emoji-16").glob(".*"))

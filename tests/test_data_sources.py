@@ -132,6 +132,8 @@ def test_missing_shards_and_unknown_specs_fail_clearly(tmp_path):
         open_dataset(str(tmp_path / "{00000..00003}.tar"))
     with pytest.raises(DataError, match="builtin:shapes"):
         open_dataset("not a spec")
+    with pytest.raises(DataError, match="unknown option"):
+        open_dataset("builtin:shapes?colour=red")
     with pytest.raises(DataError, match="known: builtin:shapes"):
         open_dataset("builtin:nothing")
     with pytest.raises(DataError, match="no such"):

@@ -4,6 +4,7 @@ Also home of `shapes_index`, the small index the serve/CLI/browser tests share (
 """
 
 import functools
+import io
 import json
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_build_from_a_folder_skips_broken_images_and_serves_originals(tiny_model
     red = next(item for item in index.items if item["caption"] == "a red square")
     assert searcher.image_file(red["id"]).read_bytes() == (data / "red.png").read_bytes()
     thumb, media_type = searcher.thumbnail(red["id"])
-    assert media_type == "image/jpeg" and max(Image.open(__import__("io").BytesIO(thumb)).size) == 128
+    assert media_type == "image/jpeg" and max(Image.open(io.BytesIO(thumb)).size) == 128
     hits = searcher.search_image(Image.open(data / "blue.png"), k=1)
     assert hits[0].caption == "a blue square" and hits[0].score == pytest.approx(1.0, abs=1e-4)
 

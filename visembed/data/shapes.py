@@ -14,6 +14,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
+from .images import SkipCounter
 from .sample import DataError, Sample
 
 COLORS = {
@@ -54,6 +55,7 @@ class ShapesDataset:
         self.start, self.stop = round(n * low), round(n * high)
         self.split, self.seed, self.size, self.max_objects = split, seed, size, max_objects
         self.labels = sorted(f"{color} {shape}" for color in COLORS for shape in SHAPES)
+        self.skipped = SkipCounter()  # nothing is left out, but every source reports it
 
     def __len__(self) -> int:
         return self.stop - self.start

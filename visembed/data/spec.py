@@ -8,7 +8,8 @@
     path/to/shards/{00000..00009}.tar        WebDataset shards, streamed (a single .tar too)
 
 Options after `?` are `key=value` pairs; numbers and true/false are converted. Keyword options
-given to `open_dataset` win over the spec's.
+given to `open_dataset` win over the spec's, except `language`, where the spec's (more specific)
+choice wins over the keyword.
 """
 
 from __future__ import annotations
@@ -65,27 +66,34 @@ def open_dataset(
         name, spec_options = parse_builtin(spec)
         if name not in BUILTINS:
             raise DataError(f"unknown builtin dataset {name!r}; known: {', '.join('builtin:' + n for n in BUILTINS)}")
-        spec_options.update(options)
-        try:
-            return BUILTINS[name](split, language=language, **spec_options)
-        except TypeError as e:  # an option the dataset does not take
-            raise DataError(f"builtin:{name}: bad option ({e})") from e
+        merged = {**spec_options, **options}
+        merged.setdefault("language", language)  # a language in the spec beats the keyword
+        return _call(f"builtin:{name}", BUILTINS[name], split, **merged)
 
     path = Path(spec)
+    columns = dict(image_column=image_column, caption_column=caption_column, language=language)
     if "{" in spec or spec.endswith(".tar"):
-        return WebDatasetSource(spec, split, language=language)
+        return _call(spec, WebDatasetSource, spec, split, language=language, **options)
     if path.suffix.lower() in MANIFEST_SUFFIXES:
-        return open_manifest(
-            path, split, image_column=image_column, caption_column=caption_column, language=language, **options
-        )
+        return _call(spec, open_manifest, path, split, **columns, **options)
     if path.is_dir():
         for suffix in MANIFEST_SUFFIXES:  # a Hugging Face imagefolder
             metadata = path / f"metadata{suffix}"
             if metadata.is_file():
-                return open_manifest(
-                    metadata, split, image_column=image_column, caption_column=caption_column, language=language, **options
-                )
-        return open_folder(path, split, language=language)
+                return _call(spec, open_manifest, metadata, split, **columns, **options)
+        return _call(spec, open_folder, path, split, language=language, **options)
     if not path.exists() and (path.suffix or "/" in spec):
         raise DataError(f"data spec {spec!r}: no such file or folder. A data spec is one of: {SPEC_FORMS}")
     raise DataError(f"cannot read data spec {spec!r}. A data spec is one of: {SPEC_FORMS}")
+
+
+def _call(spec: str, opener, *args, **options):
+    """Call a source's opener; an option it does not take becomes a DataError that names it."""
+    import inspect
+
+    known = inspect.signature(opener).parameters
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        usable = ", ".join(name for name, p in known.items() if p.kind == p.KEYWORD_ONLY)
+        raise DataError(f"{spec}: unknown option(s) {', '.join(unknown)} (options: {usable or 'none'})")
+    return opener(*args, **options)

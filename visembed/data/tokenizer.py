@@ -46,6 +46,7 @@ class BPETokenizer:
         if path.is_dir() or not path.suffix:
             path.mkdir(parents=True, exist_ok=True)
             path = path / FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(str(path))
         return path
 

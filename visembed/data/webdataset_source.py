@@ -3,6 +3,7 @@
 `{key}.jpg|png|jpeg|webp` + `{key}.txt` (+ `{key}.json`) make one sample. Images stay encoded
 bytes: `load_image` decodes them later, so a broken image is skipped and counted where it is used.
 Samples without image or caption are skipped here and counted in `skipped`. Local files only.
+Shards carry no split: every split requested streams all of them.
 """
 
 from __future__ import annotations

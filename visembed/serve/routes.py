@@ -64,7 +64,7 @@ def search_text(searcher: SearcherDep, q: Annotated[str, Query(min_length=1, max
     return results(searcher.search_text(text, k))
 
 
-@router.post("/search/image", response_model=SearchResponse, tags=["search"], responses=problems(413, 415, 422))
+@router.post("/search/image", response_model=SearchResponse, tags=["search"], responses=problems(400, 413, 415, 422))
 def search_image(request: Request, searcher: SearcherDep, file: Annotated[UploadFile, File(description="an image")],
                  q: Annotated[str | None, Form(max_length=MAX_QUERY_CHARS, description="optional text modifier")] = None,
                  k: Annotated[int, Form(ge=1, le=MAX_K)] = 12,
@@ -83,7 +83,7 @@ def search_image(request: Request, searcher: SearcherDep, file: Annotated[Upload
     return results(searcher.search_image(image, k, text=clean_text(q), text_weight=text_weight))
 
 
-@router.post("/recommend", response_model=SearchResponse, tags=["recommend"], responses=problems(422))
+@router.post("/recommend", response_model=SearchResponse, tags=["recommend"], responses=problems(400, 413, 422))
 def recommend(searcher: SearcherDep, body: RecommendRequest) -> SearchResponse:
     """Rocchio preference from liked/disliked ids, seen items left out, MMR-diversified; each result
     names the liked item it is closest to (`because`)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 MAX_K = 100
@@ -36,7 +38,7 @@ class RecommendRequest(BaseModel):
 
 
 class Problem(BaseModel):
-    detail: str
+    detail: str | list[dict[str, Any]] = Field(description="what was wrong: a sentence, or FastAPI's list of field errors")
 
 
 def problems(*codes: int) -> dict:

@@ -1,0 +1,99 @@
+"""The training loop end to end on small data, in-process: accumulation, bad input, fine-tuning, logs."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from visembed.config import apply_overrides, load_preset
+from visembed.train.loop import train
+
+QUICK = ["train.steps=2", "train.warmup_steps=1", "train.checkpoint_every=100", "data.train=builtin:shapes?n=160"]
+
+
+def _cfg(*overrides):
+    return apply_overrides(load_preset("tiny"), QUICK + list(overrides))
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_accumulated_micro_batches_train_like_one_big_batch(tmp_path):
+    """accum_steps=2 x batch 16 takes the same steps as batch 32: same samples, same negatives."""
+    no_aug = "data.augment.enabled=false"
+    train(_cfg(no_aug, "train.batch_size=32"), tmp_path / "big", progress=False)
+    train(_cfg(no_aug, "train.batch_size=16", "train.accum_steps=2"), tmp_path / "accum", progress=False)
+    big, accum = _weights(tmp_path / "big"), _weights(tmp_path / "accum")
+    assert big.keys() == accum.keys()
+    for name in big:
+        torch.testing.assert_close(accum[name], big[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_siglip_run_logs_metrics_evaluates_and_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    final = train(_cfg("model.loss=siglip", "train.steps=4", "train.log_every=1", "train.eval_every=2",
+                       "train.checkpoint_every=2"), out, progress=False)
+    lines = _metrics(out)
+    steps = [line for line in lines if "lr" in line]
+    assert [line["step"] for line in steps] == [1, 2, 3, 4]
+    assert {"step", "loss", "lr", "samples_per_s", "logit_scale", "skipped"} <= steps[0].keys()
+    assert all(line["loss"] > 0 and line["samples_per_s"] > 0 for line in steps)
+    assert any(line["step"] == 2 and "val_text_to_image_R@1" in line for line in lines)  # periodic eval
+    assert lines[-1]["final"] is True and "val_text_to_image_R@1" in lines[-1]
+    assert final["step"] == 4 and "val_zeroshot_top1" in final
+    assert "logit_bias" in _weights(out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    assert {"config.json", "tokenizer.json", "preprocessing.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_broken_inputs_are_skipped_counted_and_reported(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i in range(12):
+        Image.new("RGB", (40, 40), (20 * i, 100, 200 - 10 * i)).save(data / f"ok{i}.png")
+        rows.append({"image": f"ok{i}.png", "caption": f"a picture number {i}"})
+    (data / "empty.png").write_bytes(b"")
+    (data / "garbage.jpg").write_bytes(b"this is not an image")
+    (data / "cut.png").write_bytes((data / "ok0.png").read_bytes()[:60])
+    rows += [{"image": "empty.png", "caption": "empty"}, {"image": "garbage.jpg", "caption": "garbage"},
+             {"image": "cut.png", "caption": "truncated"}, {"image": "gone.png", "caption": "missing"},
+             {"image": "ok1.png", "caption": ""}]
+    manifest = data / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    out = tmp_path / "run"
+    final = train(_cfg(f"data.train={manifest}", "train.batch_size=16", "train.steps=2"), out, progress=False)
+    skipped = final["skipped"]
+    assert skipped.get("empty_file", 0) >= 1 and skipped.get("missing_file", 0) >= 1
+    assert skipped.get("unreadable", 0) + skipped.get("truncated", 0) >= 2
+    assert skipped.get("empty_caption") == 1  # left out by the manifest reader, still reported
+    assert final["skipped_total"] == sum(skipped.values())
+    assert _metrics(out)[-1]["skipped"] == skipped
+    assert "skipped" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file()
+
+
+def test_fine_tuning_starts_from_the_init_folder(tmp_path, tiny_model_dir):
+    """With lr 0 a fine-tuning run must end exactly where its init weights are; the architecture and
+    tokenizer come from the init folder whatever the preset says."""
+    out = tmp_path / "finetune"
+    cfg = _cfg("train.lr=0.0", "model.embed_dim=32", "model.text.vocab_size=999")
+    train(cfg, out, init=tiny_model_dir, progress=False)
+    before, after = _weights(tiny_model_dir), _weights(out)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert (out / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
+    assert json.loads((out / "config.json").read_text())["model"] == json.loads((tiny_model_dir / "config.json").read_text())["model"]
+
+
+def test_bad_precision_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        train(_cfg("train.precision=fp8"), tmp_path / "run", progress=False)

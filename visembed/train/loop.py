@@ -1,0 +1,338 @@
+"""The one training loop. Pretraining and fine-tuning are the same loop: fine-tuning starts from
+the weights (and tokenizer) of a model folder given as `init`.
+
+Reads top to bottom: set-up (processes, data, tokenizer, model, optimiser, resume), the loop
+(samples of this step -> batch -> augment -> forward/backward -> clip -> step), evaluation,
+checkpoints, and the final model folder. Everything a step does is a function of (seed, step), so
+`resume=True` ends with the same weights as a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from visembed import checkpoint
+from visembed.config import RunConfig
+from visembed.data import DataError, SkipCounter, build_train_augment, collate, epoch_order, open_dataset
+from visembed.distributed import barrier, cleanup, init_distributed
+from visembed.losses import ContrastiveLoss
+from visembed.models import build_model, needs_bpe_tokenizer
+from visembed.train.metrics_log import MetricsLog
+from visembed.train.optim import build_optimizer
+from visembed.train.plan import MapPlan, StreamPlan, micro_batches
+from visembed.train.schedule import lr_at
+from visembed.train.state import restore_rng, rng_state, seed_everything, step_seed
+from visembed.train.step import contrastive_backward
+
+EVAL_LIMIT = 1000  # images per periodic evaluation: a trend, not the final benchmark
+TOKENIZER_TEXTS = 200_000  # captions read to learn the BPE vocabulary
+
+
+def train(cfg: RunConfig, out_dir, *, init=None, resume: bool = False, progress: bool = True) -> dict:
+    """Train `cfg` into the run folder `out_dir`; returns the final metrics (JSON-ready)."""
+    rank, world, local_rank, device = init_distributed()
+    try:
+        return _train(cfg, Path(out_dir), init, resume, progress, rank, world, local_rank, device)
+    finally:
+        if world > 1:
+            cleanup()
+
+
+def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) -> dict:
+    main = rank == 0
+    tc = cfg.train
+    autocast = _autocast(tc.precision, device)
+
+    # ---- set-up ----------------------------------------------------------------------------
+    if init is not None:  # the architecture must be the one the weights were trained with
+        cfg = dataclasses.replace(cfg, model=checkpoint.read_config(init).model)
+    seed_everything(tc.seed)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    dataset = open_dataset(cfg.data.train, "train", language=cfg.data.language,
+                           image_column=cfg.data.image_column, caption_column=cfg.data.caption_column)
+    tokenizer_dir = _tokenizer_dir(cfg, dataset, out, init, resume, main)
+    model = build_model(cfg.model, tokenizer_dir=tokenizer_dir)
+    if init is not None:
+        checkpoint.load_weights(model, checkpoint.weights_path(init))
+    model.to(device).train()
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
+    total_steps = _total_steps(cfg, dataset)
+    per_step = tc.batch_size * tc.accum_steps  # samples of the global stream each step consumes
+
+    start_step, skipped = 0, SkipCounter()
+    ckpt = checkpoint.latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        state = checkpoint.load_training_state(ckpt, model, optimizer)
+        start_step = int(state["step"])
+        restore_rng(state["rng"])
+        for reason, n in state["skipped"].items():
+            skipped.add(reason, n)
+        if main:
+            print(f"resuming from {ckpt} (step {start_step} of {total_steps})")
+    elif resume and main:
+        print(f"no checkpoint in {out}: starting from scratch")
+    if main:
+        checkpoint.write_model_metadata(model, cfg, out)  # config + tokenizer: the folder loads mid-run
+    barrier()
+
+    ddp = model
+    if world > 1:  # an hf tower with a CJK student leaves the student unused on all-English batches
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.model.text.kind == "hf")
+    loss_fn = ContrastiveLoss(cfg.model.loss, rank=rank, world_size=world)
+    augment = build_train_augment(cfg.data.augment).to(device)
+    loader = _StepLoader(dataset, cfg, rank, world, start_step * per_step)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume else None) if main else None
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not (progress and main), dynamic_ncols=True)
+
+    # ---- the loop --------------------------------------------------------------------------
+    last = {"loss": None, "logit_scale": None}
+    interval_samples, interval_start = 0, time.perf_counter()
+    for step in range(start_step, total_steps):
+        lr = lr_at(step, tc.lr, tc.warmup_steps, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        batch = loader.load(step, skipped)  # this rank's micro-batches: [(uint8 pixels, captions)]
+        local_sizes = [len(texts) for _, texts in batch]
+        if _any_rank_has_empty(local_sizes, device, world):
+            skipped.add("empty_batch_step")  # every sample of a micro-batch was broken: nothing to learn
+            loader.prefetch(step + 1)
+        else:
+            loader.prefetch(step + 1)
+            torch.manual_seed(step_seed(tc.seed, step, rank))  # augmentations depend on the step only
+            with torch.no_grad():
+                batch = [(augment(pixels.to(device).float() / 255), texts) for pixels, texts in batch]
+            optimizer.zero_grad(set_to_none=True)
+            last = contrastive_backward(ddp, loss_fn, batch, autocast)
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            interval_samples += sum(local_sizes)
+        bar.update(1)
+
+        done = step + 1
+        if done % tc.log_every == 0 or done == total_steps:
+            interval_samples = _sum_over_ranks(interval_samples, device, world)
+            rate = interval_samples / max(time.perf_counter() - interval_start, 1e-9)
+            record = {"step": done, "loss": last["loss"], "lr": lr, "samples_per_s": round(rate, 1),
+                      "logit_scale": last["logit_scale"], "skipped": _merged_skips(skipped, dataset, world)}
+            if main:
+                log.write(record)
+                bar.set_postfix(loss=f"{last['loss']:.4f}" if last["loss"] is not None else "-", lr=f"{lr:.2e}",
+                                samples_s=f"{rate:.0f}")
+            interval_samples, interval_start = 0, time.perf_counter()
+        if tc.eval_every > 0 and done % tc.eval_every == 0 and done < total_steps:
+            _evaluate(model, cfg, done, log, main)
+        if done % tc.checkpoint_every == 0 or done == total_steps:
+            if main:
+                checkpoint.save_training_state(out, done, model, optimizer, _resume_state(done * per_step, skipped))
+            barrier()
+    bar.close()
+    loader.close()
+
+    # ---- the final model folder, evaluation, report ----------------------------------------
+    skips = _merged_skips(skipped, dataset, world)
+    final = {"step": total_steps, "loss": last["loss"], "logit_scale": last["logit_scale"],
+             "skipped": skips, "skipped_total": sum(skips.values())}
+    if main:
+        checkpoint.save_model_folder(model, cfg, out)
+    final.update(_evaluate(model, cfg, total_steps, None, main))
+    if main:
+        log.write({**final, "final": True})
+        total = sum(skips.values())
+        summary = ", ".join(f"{reason}={n}" for reason, n in skips.items())
+        print(f"run finished: {out}; skipped {total} input(s)" + (f" ({summary})" if summary else ""))
+    barrier()
+    return final
+
+
+# ---- set-up helpers ------------------------------------------------------------------------
+
+
+def _tokenizer_dir(cfg: RunConfig, dataset, out: Path, init, resume: bool, main: bool) -> Path:
+    """Where the text tower finds its tokenizer: the run folder (trained here on the training
+    captions, or kept from the interrupted run), or the `init` model folder when fine-tuning."""
+    if resume and (out / checkpoint.CONFIG_FILE).is_file():
+        return out
+    if init is not None:
+        return Path(init)
+    if needs_bpe_tokenizer(cfg.model) and main:
+        from visembed.data import train_bpe_tokenizer
+
+        train_bpe_tokenizer(_caption_texts(dataset, cfg.data.language), cfg.model.text.vocab_size, out)
+    barrier()  # the other ranks read the file rank 0 wrote
+    return out
+
+
+def _caption_texts(dataset, language: str):
+    """The training captions; every language's when training on "both"."""
+    for i, sample in enumerate(dataset):
+        if i >= TOKENIZER_TEXTS:
+            break
+        if language == "both" and sample.captions:
+            yield from sample.captions.values()
+        else:
+            yield sample.caption
+
+
+def _total_steps(cfg: RunConfig, dataset) -> int:
+    tc = cfg.train
+    if tc.epochs > 0:
+        if getattr(dataset, "streaming", False):
+            raise DataError("train.epochs needs data with a known length; streamed shards train for train.steps")
+        return max(1, -(-tc.epochs * len(dataset) // (tc.batch_size * tc.accum_steps)))
+    return tc.steps
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast on CUDA ("auto"), fp32 on CPU; "bf16" and "fp32" force a choice."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision must be auto, fp32 or bf16, got {precision!r}")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _resume_state(samples_seen: int, skipped: SkipCounter) -> dict:
+    return {"samples_seen": samples_seen, "rng": rng_state(), "skipped": skipped.as_dict()}
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+class _StepLoader:
+    """Loads a step's samples for this rank; with `data.num_workers` > 0 the next step is loaded
+    in background threads while this one trains (what is loaded depends on the step alone)."""
+
+    def __init__(self, dataset, cfg: RunConfig, rank: int, world: int, position: int):
+        tc = cfg.train
+        self.dataset, self.rank, self.world = dataset, rank, world
+        self.batch_size, self.accum, self.image_size = tc.batch_size, tc.accum_steps, cfg.model.vision.image_size
+        self.per_step = tc.batch_size * tc.accum_steps
+        if getattr(dataset, "streaming", False):
+            self.stream, self.plan = StreamPlan(dataset, position), None
+        else:
+            self.stream, self.plan = None, MapPlan(len(dataset), tc.seed, epoch_order)
+        workers = cfg.data.num_workers
+        self.pool = ThreadPoolExecutor(workers) if workers > 0 else None
+        self.ahead = ThreadPoolExecutor(1) if workers > 0 else None
+        self.pending: dict[int, object] = {}
+
+    def _samples(self, step: int) -> list:
+        start = step * self.per_step
+        if self.stream is not None:
+            return self.stream.take(start, self.per_step)
+        return [self.dataset[i] for i in self.plan.indices(start, self.per_step)]
+
+    def _load(self, step: int) -> tuple[list, SkipCounter]:
+        counter = SkipCounter()
+        shares = micro_batches(self._samples(step), self.batch_size, self.accum, self.rank, self.world)
+        if self.pool is None:
+            return [collate(share, self.image_size, counter)[:2] for share in shares], counter
+        batch = []
+        for share in shares:  # decode in threads, one counter per sample (Counter is not thread-safe)
+            decoded = list(self.pool.map(self._decode_one, share))
+            for _, _, own in decoded:
+                counter.update(own)
+            kept = [(pixels, texts) for pixels, texts, _ in decoded if texts]
+            pixels = torch.cat([p for p, _ in kept]) if kept else torch.empty(0, 3, self.image_size, self.image_size,
+                                                                               dtype=torch.uint8)
+            batch.append((pixels, [t for _, texts in kept for t in texts]))
+        return batch, counter
+
+    def _decode_one(self, sample) -> tuple[torch.Tensor, list[str], SkipCounter]:
+        own = SkipCounter()
+        pixels, texts, _ = collate([sample], self.image_size, own)
+        return pixels, texts, own
+
+    def prefetch(self, step: int) -> None:
+        if self.ahead is not None and step not in self.pending:
+            self.pending[step] = self.ahead.submit(self._load, step)
+
+    def load(self, step: int, skipped: SkipCounter) -> list:
+        future = self.pending.pop(step, None)
+        batch, counter = future.result() if future is not None else self._load(step)
+        skipped.update(counter)
+        return batch
+
+    def close(self) -> None:
+        for pool in (self.pool, self.ahead):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- distributed bookkeeping ----------------------------------------------------------------
+
+
+def _any_rank_has_empty(sizes: list[int], device: torch.device, world: int) -> bool:
+    smallest = torch.tensor(min(sizes), device=device)
+    if world > 1:
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+    return smallest.item() == 0
+
+
+def _sum_over_ranks(value: int, device: torch.device, world: int) -> int:
+    if world == 1:
+        return value
+    t = torch.tensor(value, dtype=torch.long, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def _merged_skips(skipped: SkipCounter, dataset, world: int) -> dict[str, int]:
+    """Skips of all ranks by reason, plus rows the data source itself left out."""
+    counts = SkipCounter()
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, skipped.as_dict())
+        for part in parts:
+            for reason, n in part.items():
+                counts.add(reason, n)
+    else:
+        counts.update(skipped)
+    source = getattr(dataset, "skipped", None)
+    if source is not None:
+        counts.update(source)
+    return counts.as_dict()
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+
+
+def _evaluate(model, cfg: RunConfig, step: int, log: MetricsLog | None, main: bool) -> dict:
+    """Retrieval (and zero-shot) metrics on the validation data, on rank 0 while the others wait.
+    Missing validation data is reported, never fatal."""
+    metrics: dict = {}
+    if main:
+        spec = cfg.data.val or cfg.data.train
+        try:
+            from visembed.api import Model
+            from visembed.eval.run import evaluate
+        except ImportError:
+            evaluate = None
+        if evaluate is not None:
+            model.eval()
+            try:
+                result = evaluate(Model(model, cfg), spec, "val", language=cfg.data.language, limit=EVAL_LIMIT,
+                                  progress=False)
+                metrics = {f"val_{k}": v for k, v in result.items() if isinstance(v, float)}
+            except (DataError, ValueError, FileNotFoundError) as err:
+                print(f"evaluation skipped: {err}")
+            finally:
+                model.train()
+        if log is not None and metrics:
+            log.write({"step": step, **metrics})
+    barrier()
+    return metrics
