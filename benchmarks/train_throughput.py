@@ -5,7 +5,8 @@
 The reference config (DESIGN.md): ViT patch 8, width 192, 4 layers, 3 heads at 64x64; text
 transformer width 192, 4 layers, context 32; batch 128; embed 256. visembed's step (the one the
 training loop runs, text tokenisation included) is timed beside a plain torch.nn version of the
-same architecture (nn.TransformerEncoderLayer, pre-tokenised ids). OpenCLIP cannot be imported
+same architecture (nn.TransformerEncoderLayer, pre-tokenised ids, torch.optim.AdamW with its
+defaults, as OpenCLIP builds it). OpenCLIP cannot be imported
 beside the CPU torch wheel, so its figure, measured on this machine class, is printed as a constant.
 """
 
@@ -26,7 +27,7 @@ from visembed.data.tokenizer import train_bpe_tokenizer
 from visembed.losses import ContrastiveLoss, clip_loss
 from visembed.models import build_model
 from visembed.train.optim import build_optimizer
-from visembed.train.step import contrastive_backward
+from visembed.train.step import train_step
 
 OPENCLIP_SAMPLES_PER_S = 73.0  # OpenCLIP 3.3, same config and batch, this machine class (DESIGN.md)
 WORDS = "red green blue yellow small large circle square triangle star left right above below of a the and".split()
@@ -85,13 +86,7 @@ def visembed_step(batch: int):
     loss_fn = ContrastiveLoss("clip")
     pixels, texts = torch.rand(batch, 3, 64, 64), _captions(batch, rng)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        contrastive_backward(model, loss_fn, [(pixels, texts)])
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    return step
+    return lambda: train_step(model, loss_fn, opt, [(pixels, texts)], grad_clip=1.0)
 
 
 def reference_step(batch: int):
@@ -134,8 +129,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = time_interleaved({
-        "visembed (DualEncoder + ContrastiveLoss + AdamW)": visembed_step(args.batch_size),
-        "plain torch.nn reference (same architecture)": reference_step(args.batch_size),
+        "visembed train_step (fused AdamW)": visembed_step(args.batch_size),
+        "plain torch.nn reference (default AdamW)": reference_step(args.batch_size),
     }, args.steps, args.warmup)
     print(f"tiny CLIP, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"median of {args.steps} interleaved steps after {args.warmup} warm-up")

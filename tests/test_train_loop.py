@@ -97,3 +97,34 @@ def test_fine_tuning_starts_from_the_init_folder(tmp_path, tiny_model_dir):
 def test_bad_precision_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="precision"):
         train(_cfg("train.precision=fp8"), tmp_path / "run", progress=False)
+
+
+def test_streamed_shards_resume_at_the_right_position(tmp_path, capsys):
+    """WebDataset shards have no length: a resumed run skips the samples already consumed and ends
+    where an uninterrupted run ends (here the kill is simulated by deleting what came after step 2)."""
+    import io
+    import shutil
+
+    import webdataset as wds
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for shard in range(2):
+        with wds.TarWriter(str(shards / f"{shard:05d}.tar")) as sink:
+            for i in range(20):
+                png = io.BytesIO()
+                Image.new("RGB", (36, 36), (12 * i, 40 * shard, 90)).save(png, format="PNG")
+                sink.write({"__key__": f"s{shard}_{i:03d}", "png": png.getvalue(), "txt": f"stripe {i} of shard {shard}"})
+    run = tmp_path / "run"
+    cfg = _cfg(f"data.train={shards}/{{00000..00001}}.tar", "train.batch_size=12", "train.steps=4",
+               "train.checkpoint_every=2", "train.log_every=1")  # 48 samples: the stream wraps around
+    train(cfg, run, progress=False)
+    whole = _weights(run)
+    (run / "model.safetensors").unlink()
+    shutil.rmtree(run / "checkpoints" / "step_00000004")  # as if killed during step 3
+    capsys.readouterr()
+    train(cfg, run, resume=True, progress=False)
+    assert "step_00000002" in capsys.readouterr().out
+    resumed = _weights(run)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert [line["step"] for line in _metrics(run) if "lr" in line] == [1, 2, 3, 4]

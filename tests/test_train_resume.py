@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -31,7 +32,9 @@ def _finish(proc: subprocess.Popen) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    uninterrupted = _train(tmp_path / "whole")  # side by side: start-up costs overlap
     killed = _train(tmp_path / "killed")
     deadline = time.time() + 240
     while latest_checkpoint(tmp_path / "killed") is None and killed.poll() is None and time.time() < deadline:
@@ -41,9 +44,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it could be killed"
 
-    uninterrupted = _train(tmp_path / "whole")  # after the kill: the two runs do not share the 2 cores
-    _finish(uninterrupted)
     log = _finish(_train(tmp_path / "killed", "--resume"))
+    _finish(uninterrupted)
     assert "resuming from" in log
 
     whole = load_file(str(tmp_path / "whole" / "model.safetensors"))

@@ -46,6 +46,7 @@ def evaluate(model, spec: str, split: str = "test", *, language: str = "en", tem
     Retrieval metrics for `language` carry the plain names (`text_to_image_R@1`, ...); other
     languages the data has are reported with their code in front (`zh_text_to_image_R@1`).
     """
+    language = "en" if language == "both" else language  # the plain names are English on bilingual data
     ds, images, captions, labels, skipped = _load_split(spec, split, language, limit)
     if not images:
         raise ValueError(f"no usable images in split {split!r} of {spec} (skipped: {skipped.as_dict()})")

@@ -30,7 +30,7 @@ from visembed.train.optim import build_optimizer
 from visembed.train.plan import MapPlan, StreamPlan, micro_batches
 from visembed.train.schedule import lr_at
 from visembed.train.state import restore_rng, rng_state, seed_everything, step_seed
-from visembed.train.step import contrastive_backward
+from visembed.train.step import train_step
 
 EVAL_LIMIT = 1000  # images per periodic evaluation: a trend, not the final benchmark
 TOKENIZER_TEXTS = 200_000  # captions read to learn the BPE vocabulary
@@ -74,8 +74,9 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
         state = checkpoint.load_training_state(ckpt, model, optimizer)
         start_step = int(state["step"])
         restore_rng(state["rng"])
-        for reason, n in state["skipped"].items():
-            skipped.add(reason, n)
+        if main:  # the checkpoint holds the counts of all ranks
+            for reason, n in state["skipped"].items():
+                skipped.add(reason, n)
         if main:
             print(f"resuming from {ckpt} (step {start_step} of {total_steps})")
     elif resume and main:
@@ -104,20 +105,17 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
             group["lr"] = lr
 
         batch = loader.load(step, skipped)  # this rank's micro-batches: [(uint8 pixels, captions)]
+        if step + 1 < total_steps:
+            loader.prefetch(step + 1)
         local_sizes = [len(texts) for _, texts in batch]
         if _any_rank_has_empty(local_sizes, device, world):
-            skipped.add("empty_batch_step")  # every sample of a micro-batch was broken: nothing to learn
-            loader.prefetch(step + 1)
+            if main:  # every sample of a micro-batch was broken somewhere: nothing to learn this step
+                skipped.add("empty_batch_step")
         else:
-            loader.prefetch(step + 1)
             torch.manual_seed(step_seed(tc.seed, step, rank))  # augmentations depend on the step only
             with torch.no_grad():
                 batch = [(augment(pixels.to(device).float() / 255), texts) for pixels, texts in batch]
-            optimizer.zero_grad(set_to_none=True)
-            last = contrastive_backward(ddp, loss_fn, batch, autocast)
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
+            last = train_step(ddp, loss_fn, optimizer, batch, tc.grad_clip, autocast)
             interval_samples += sum(local_sizes)
         bar.update(1)
 
@@ -135,15 +133,16 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
         if tc.eval_every > 0 and done % tc.eval_every == 0 and done < total_steps:
             _evaluate(model, cfg, done, log, main)
         if done % tc.checkpoint_every == 0 or done == total_steps:
+            seen_skips = _skips_over_ranks(skipped, world)
             if main:
-                checkpoint.save_training_state(out, done, model, optimizer, _resume_state(done * per_step, skipped))
+                checkpoint.save_training_state(out, done, model, optimizer, _resume_state(done * per_step, seen_skips))
             barrier()
     bar.close()
     loader.close()
 
     # ---- the final model folder, evaluation, report ----------------------------------------
     skips = _merged_skips(skipped, dataset, world)
-    final = {"step": total_steps, "loss": last["loss"], "logit_scale": last["logit_scale"],
+    final = {"step": total_steps, "loss": last["loss"], "logit_scale": last["logit_scale"], "world_size": world,
              "skipped": skips, "skipped_total": sum(skips.values())}
     if main:
         checkpoint.save_model_folder(model, cfg, out)
@@ -205,8 +204,8 @@ def _autocast(precision: str, device: torch.device):
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _resume_state(samples_seen: int, skipped: SkipCounter) -> dict:
-    return {"samples_seen": samples_seen, "rng": rng_state(), "skipped": skipped.as_dict()}
+def _resume_state(samples_seen: int, skipped: dict[str, int]) -> dict:
+    return {"samples_seen": samples_seen, "rng": rng_state(), "skipped": skipped}
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -291,17 +290,24 @@ def _sum_over_ranks(value: int, device: torch.device, world: int) -> int:
     return int(t.item())
 
 
-def _merged_skips(skipped: SkipCounter, dataset, world: int) -> dict[str, int]:
-    """Skips of all ranks by reason, plus rows the data source itself left out."""
+def _skips_over_ranks(skipped: SkipCounter, world: int) -> dict[str, int]:
+    """Samples skipped by the loaders of all ranks, by reason."""
+    if world == 1:
+        return skipped.as_dict()
+    parts = [None] * world
+    dist.all_gather_object(parts, skipped.as_dict())
     counts = SkipCounter()
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, skipped.as_dict())
-        for part in parts:
-            for reason, n in part.items():
-                counts.add(reason, n)
-    else:
-        counts.update(skipped)
+    for part in parts:
+        for reason, n in part.items():
+            counts.add(reason, n)
+    return counts.as_dict()
+
+
+def _merged_skips(skipped: SkipCounter, dataset, world: int) -> dict[str, int]:
+    """Skips of all ranks, plus rows the data source itself left out (rank 0's reading counts)."""
+    counts = SkipCounter()
+    for reason, n in _skips_over_ranks(skipped, world).items():
+        counts.add(reason, n)
     source = getattr(dataset, "skipped", None)
     if source is not None:
         counts.update(source)

@@ -62,3 +62,20 @@ def contrastive_backward(
             loss = loss_fn(image, text, scale, bias)["contrastive_loss"]
         loss.backward()
     return {"loss": loss.item(), "logit_scale": out["logit_scale"].item()}
+
+
+def train_step(
+    model: nn.Module,
+    loss_fn: Callable[..., dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[MicroBatch],
+    grad_clip: float = 0.0,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, float]:
+    """zero_grad -> forward/backward over the micro-batches -> clip -> optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    stats = contrastive_backward(model, loss_fn, micro_batches, autocast)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+    optimizer.step()
+    return stats

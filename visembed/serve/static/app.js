@@ -26,7 +26,7 @@ function card(result, { showBecause = false } = {}) {
   node.querySelector(".score").textContent = `score ${result.score.toFixed(3)}`;
   if (showBecause && result.because) {
     const liked = state.liked.get(result.because) || result.because;
-    node.querySelector(".because").textContent = `· because you liked “${liked}”`;
+    node.querySelector(".because").textContent = `because you liked “${liked}”`;
   }
   const like = node.querySelector(".like");
   const dislike = node.querySelector(".dislike");

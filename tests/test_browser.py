@@ -1,0 +1,128 @@
+"""The web page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright):
+type a query, see results, like one, get recommendations; search by a dropped image."""
+
+from pathlib import Path
+
+import pytest
+
+from test_index_build import shapes_index
+from test_serve_concurrency import serve_in_thread
+from visembed.serve.app import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium"),
+]
+
+
+@pytest.fixture(scope="module")
+def page_url(tiny_model_dir, tmp_path_factory):
+    with serve_in_thread(create_app(shapes_index(tiny_model_dir, tmp_path_factory))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, page_url):
+    """A fresh page session (no likes yet); fails the test on any JavaScript or console error."""
+    context = browser.new_context(viewport={"width": 1200, "height": 1400})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(page_url)
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def result_cards(page, list_id):
+    return page.locator(f"#{list_id} li.card")
+
+
+def wait_for_results(page, label_start: str) -> None:
+    """The status line reads "LABEL: searching…" while a request runs, "LABEL: N results" after."""
+    page.wait_for_function("""(start) => {
+        const status = document.getElementById('status').textContent;
+        return status.startsWith(start) && status.endsWith(' results');
+    }""", arg=label_start)
+
+
+def test_search_like_and_recommend(page):
+    page.fill("#q", "a red circle")
+    page.press("#q", "Enter")
+    cards = result_cards(page, "results")
+    cards.first.wait_for()
+    assert cards.count() == 12
+    first = cards.first
+    caption = first.locator(".caption").inner_text()
+    assert first.locator("img").get_attribute("alt") == caption
+    assert first.locator(".score").inner_text().startswith("score ")
+    assert page.evaluate("document.querySelector('#results img').naturalWidth") > 0  # thumbnail loaded
+
+    liked_id = first.get_attribute("data-id")
+    first.locator("button.like").click()
+    assert first.locator("button.like").get_attribute("aria-pressed") == "true"
+    recs = result_cards(page, "recommendations")
+    recs.first.wait_for()
+    assert recs.count() == 12
+    rec_ids = [recs.nth(i).get_attribute("data-id") for i in range(recs.count())]
+    assert liked_id not in rec_ids
+    assert f"because you liked “{caption}”" in recs.first.locator(".because").inner_text()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-search-recommend.png"), full_page=True)
+
+    cards.nth(1).locator("button.dislike").click()  # a dislike refines the recommendations
+    page.wait_for_function("document.querySelector('#recs-help').textContent.includes('1 disliked')")
+    assert cards.nth(1).get_attribute("data-id") not in [
+        recs.nth(i).get_attribute("data-id") for i in range(recs.count())]
+
+
+def test_chinese_query_and_more_like_this(page):
+    page.fill("#q", "红色的圆形")
+    page.press("#q", "Enter")
+    wait_for_results(page, "“红色的圆形”")
+    cards = result_cards(page, "results")
+    cards.first.wait_for()
+    assert cards.count() == 12
+    chosen = cards.nth(2).get_attribute("data-id")
+    cards.nth(2).locator("button.more").click()
+    wait_for_results(page, "More like")
+    assert chosen not in [cards.nth(i).get_attribute("data-id") for i in range(cards.count())]
+
+
+def test_drop_an_image_to_search_by_example(page):
+    page.fill("#q", "a red circle")
+    page.press("#q", "Enter")
+    wait_for_results(page, "“a red circle”")
+    cards = result_cards(page, "results")
+    target = cards.nth(3).get_attribute("data-id")
+    page.fill("#q", "")
+    transfer = page.evaluate_handle("""async (id) => {
+        const blob = await (await fetch(`/items/${encodeURIComponent(id)}/image`)).blob();
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([blob], "example.png", {type: "image/png"}));
+        return transfer;
+    }""", target)
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    wait_for_results(page, "Like the example:")
+    assert page.locator("#example").is_visible()
+    ids = [cards.nth(i).get_attribute("data-id") for i in range(cards.count())]
+    assert target in ids[:3]
+    assert cards.first.locator(".score").inner_text() == "score 1.000"

@@ -1,0 +1,57 @@
+"""The command line: `--help` everywhere, one clear line (exit 2) for expected failures, and the
+eval/embed contracts on a real trained model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+COMMANDS = [[], ["train"], ["eval"], ["embed"], ["demo"], ["augment-preview"], ["index"], ["index", "build"],
+            ["search"], ["recommend"], ["serve"]]
+
+
+def visembed(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "visembed.cli", *args], capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "visembed")
+def test_every_command_has_help(command):
+    result = visembed(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout and len(result.stdout.splitlines()) > 3
+
+
+def test_bad_preset_and_bad_override_give_one_clear_line(tmp_path):
+    result = visembed("train", "--out", str(tmp_path / "r"), "--preset", "nope")
+    assert result.returncode == 2 and "no preset 'nope'" in result.stderr and "Traceback" not in result.stderr
+    result = visembed("train", "--out", str(tmp_path / "r"), "--set", "train.stpes=3")
+    assert result.returncode == 2 and "train.stpes" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_data_spec_and_missing_model_folder(tmp_path):
+    result = visembed("train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "missing.jsonl"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    result = visembed("eval", str(tmp_path / "no-model"), "--data", "builtin:shapes?n=40")
+    assert result.returncode == 2 and "not a visembed model" in result.stderr
+
+
+def test_eval_writes_contract_metric_names(tiny_model_dir):
+    result = visembed("eval", str(tiny_model_dir), "--data", "builtin:shapes?n=512", "--split", "test")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    for name in ["text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10", "image_to_text_R@1",
+                 "image_to_text_R@5", "image_to_text_R@10", "zeroshot_top1"]:
+        assert 0.0 <= metrics[name] <= 1.0
+    assert json.loads((tiny_model_dir / "eval_test.json").read_text()) == metrics
+
+
+def test_embed_writes_vectors_with_their_ids(tiny_model_dir, tmp_path):
+    result = visembed("embed", str(tiny_model_dir), "--data", "builtin:shapes?n=512", "--split", "val",
+                      "--out", str(tmp_path / "emb"))
+    assert result.returncode == 0, result.stderr
+    vectors = np.load(tmp_path / "emb.npy")
+    ids = (tmp_path / "emb.ids.txt").read_text().split()
+    assert vectors.shape == (len(ids), 64) and len(ids) == len(set(ids)) > 10
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
