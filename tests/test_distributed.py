@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import visembed
-from visembed.distributed import best_device, gather_with_grad, init_distributed
+from visembed.distributed import best_device, gather_with_grad, init_distributed, reduce_number
 from visembed.losses import ContrastiveLoss
 
 
@@ -54,6 +54,7 @@ def _grads(model):
 
 
 def _worker(rank: int, world: int, port: int, queue) -> None:
+    torch.set_num_threads(1)  # two processes on two cores
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         # gather: rank order, unequal sizes (rank 0 has 2 rows, rank 1 has 3), gradient to the local rows
@@ -71,21 +72,22 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
             loss.backward()
             # numpy, not tensors: tensors travel through shared memory that dies with this process
             steps[kind] = (loss.item(), {k: v.numpy() for k, v in _grads(model.module).items()})
-        queue.put((rank, gathered.detach().numpy(), local.grad.numpy(), steps))
+        numbers = (reduce_number(rank + 1, "sum"), reduce_number(rank + 1, "min"))
+        queue.put((rank, gathered.detach().numpy(), local.grad.numpy(), steps, numbers))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def two_process_results():
-    """Per rank: (gathered, gradient of the local rows, {kind: (loss, parameter gradients)})."""
+    """Per rank: (gathered, gradient of the local rows, {kind: (loss, parameter gradients)}, reduced numbers)."""
     queue = mp.get_context("spawn").Queue()
     mp.spawn(_worker, args=(2, _free_port(), queue), nprocs=2, join=True)
     results = {}
     for _ in range(2):
-        rank, gathered, local_grad, steps = queue.get(timeout=60)
+        rank, gathered, local_grad, steps, numbers = queue.get(timeout=60)
         steps = {kind: (loss, {k: torch.from_numpy(v) for k, v in grads.items()}) for kind, (loss, grads) in steps.items()}
-        results[rank] = (torch.from_numpy(gathered), torch.from_numpy(local_grad), steps)
+        results[rank] = (torch.from_numpy(gathered), torch.from_numpy(local_grad), steps, numbers)
     return results
 
 
@@ -97,6 +99,7 @@ def test_gather_keeps_rank_order_and_sums_gradients_back(two_process_results):
         assert torch.equal(gathered, expected)
         # both ranks' sum() depends on this rank's rows: each row receives 1 from each of 2 ranks
         assert torch.equal(local_grad, torch.full((2 + rank, 3), 2.0))
+        assert results[rank][3] == (3, 1)  # reduce_number: sum and min of 1 and 2
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -123,7 +126,8 @@ def test_single_process_helpers_without_torchrun(monkeypatch):
 def test_torchrun_two_processes_train_like_one_with_the_whole_batch(tmp_path):
     """`visembed train` under torchrun, 2 ranks x 64 samples, against 1 process x 128: same weights."""
     repo = Path(visembed.__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
+    # one thread per process (torchrun's default for its workers): 3 processes share 2 cores
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # no augmentation: each rank draws its own, so random crops would differ from one process's
     args = ["train", "--data", "builtin:shapes?n=300", "--preset", "tiny", "--steps", "2", "--batch-size", "128",
             "--checkpoint-every", "100", "--no-progress", "--set", "data.augment.enabled=false"]

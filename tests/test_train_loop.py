@@ -51,6 +51,8 @@ def test_siglip_run_logs_metrics_evaluates_and_checkpoints(tmp_path):
     assert "logit_bias" in _weights(out)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     assert {"config.json", "tokenizer.json", "preprocessing.json"} <= {p.name for p in out.iterdir()}
+    with pytest.raises(ValueError, match="--resume"):  # a fresh run never mixes with an old one's checkpoints
+        train(_cfg(), out, progress=False)
 
 
 def test_broken_inputs_are_skipped_counted_and_reported(tmp_path, capsys):

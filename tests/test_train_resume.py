@@ -21,7 +21,9 @@ ARGS = ["--data", "builtin:shapes?n=400", "--preset", "tiny", "--steps", "8", "-
 
 
 def _train(out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    # one thread each: two runs side by side on 2 cores would otherwise oversubscribe them, and
+    # OpenMP threads waiting on each other make small ops many times slower
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "visembed.cli", "train", "--out", str(out), *ARGS, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
 

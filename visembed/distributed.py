@@ -69,13 +69,13 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(value: float | int, device: torch.device | str = "cpu") -> float:
-    """Sum a Python number over ranks (for counters such as skipped samples)."""
+def reduce_number(value: int | float, op: str = "sum", device: torch.device | str = "cpu") -> int | float:
+    """A Python number summed ("sum") or minimised ("min") over ranks; unchanged in one process."""
     if not is_distributed():
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item()
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[op])
+    return type(value)(t.item())
 
 
 def all_gather_sizes(n: int, device: torch.device) -> list[int]:

@@ -43,7 +43,7 @@ def build(
     split: str = typer.Option(None, "--split", help="Dataset split (the source's default when not given)."),
     language: str = typer.Option("en", "--language", help="Caption language for multilingual data."),
     kind: str = typer.Option("auto", "--kind", help="auto, flat (exact), hnsw or ivfpq."),
-    exact_below: int = typer.Option(50_000, "--exact-below", help="auto: exact search below this many items."),
+    exact_below: int = typer.Option(20_000, "--exact-below", help="auto: exact search below this many items."),
     large_kind: str = typer.Option("hnsw", "--large-kind", help="auto: hnsw or ivfpq above the threshold."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard (the unit of resumption)."),
@@ -58,6 +58,9 @@ def build(
         settings.resolve_kind(0), settings.resolve_kind(exact_below)  # fail early on a bad kind
         build_index(model, data, out, split=split, progress=not quiet, settings=settings, language=language,
                     shard_size=shard_size, batch_size=batch_size)
+        manifest = json.loads((out / "index.json").read_text(encoding="utf-8"))
+    skipped = ", ".join(f"{reason}={n}" for reason, n in manifest["skipped"].items()) or "none"
+    typer.echo(f"indexed {manifest['live']} items into {out} ({manifest['kind']} index; skipped: {skipped})")
 
 
 def delete(

@@ -40,6 +40,4 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     info = {"model_dir": str(model_dir), "data_spec": data_spec, "split": split, "language": language,
             "skipped": skipped.as_dict(), "reused_shards": report.reused_shards}
     VectorIndex.build(vectors, items, settings, info).save(out_dir)
-    if progress:
-        print(f"indexed {len(items)} items into {out_dir} ({skipped.summary()})")
     return out_dir

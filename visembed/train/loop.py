@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from visembed import checkpoint
 from visembed.config import RunConfig
 from visembed.data import DataError, SkipCounter, build_train_augment, collate, epoch_order, open_dataset
-from visembed.distributed import barrier, cleanup, init_distributed
+from visembed.distributed import barrier, cleanup, init_distributed, reduce_number
 from visembed.losses import ContrastiveLoss
 from visembed.models import build_model, needs_bpe_tokenizer
 from visembed.train.metrics_log import MetricsLog
@@ -49,17 +50,22 @@ def train(cfg: RunConfig, out_dir, *, init=None, resume: bool = False, progress:
 def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) -> dict:
     main = rank == 0
     tc = cfg.train
+    _check(cfg, world)
     autocast = _autocast(tc.precision, device)
 
     # ---- set-up ----------------------------------------------------------------------------
     if init is not None:  # the architecture must be the one the weights were trained with
         cfg = dataclasses.replace(cfg, model=checkpoint.read_config(init).model)
     seed_everything(tc.seed)
+    ckpt = checkpoint.latest_checkpoint(out)
+    if ckpt is not None and not resume:
+        raise ValueError(f"{out} already holds a run (checkpoint {ckpt.name}); pass --resume to continue it, "
+                         "or choose another --out")
     if main:
         out.mkdir(parents=True, exist_ok=True)
     dataset = open_dataset(cfg.data.train, "train", language=cfg.data.language,
                            image_column=cfg.data.image_column, caption_column=cfg.data.caption_column)
-    tokenizer_dir = _tokenizer_dir(cfg, dataset, out, init, resume, main)
+    tokenizer_dir = _tokenizer_dir(cfg, dataset, out, init, ckpt is not None, main)
     model = build_model(cfg.model, tokenizer_dir=tokenizer_dir)
     if init is not None:
         checkpoint.load_weights(model, checkpoint.weights_path(init))
@@ -69,7 +75,6 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
     per_step = tc.batch_size * tc.accum_steps  # samples of the global stream each step consumes
 
     start_step, skipped = 0, SkipCounter()
-    ckpt = checkpoint.latest_checkpoint(out) if resume else None
     if ckpt is not None:
         state = checkpoint.load_training_state(ckpt, model, optimizer)
         start_step = int(state["step"])
@@ -77,7 +82,6 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
         if main:  # the checkpoint holds the counts of all ranks
             for reason, n in state["skipped"].items():
                 skipped.add(reason, n)
-        if main:
             print(f"resuming from {ckpt} (step {start_step} of {total_steps})")
     elif resume and main:
         print(f"no checkpoint in {out}: starting from scratch")
@@ -86,10 +90,10 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
     barrier()
 
     ddp = model
-    if world > 1:  # an hf tower with a CJK student leaves the student unused on all-English batches
+    if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.model.text.kind == "hf")
+            find_unused_parameters=cfg.model.text.kind == "hf")  # a CJK student idles on all-English batches
     loss_fn = ContrastiveLoss(cfg.model.loss, rank=rank, world_size=world)
     augment = build_train_augment(cfg.data.augment).to(device)
     loader = _StepLoader(dataset, cfg, rank, world, start_step * per_step)
@@ -108,7 +112,7 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
         if step + 1 < total_steps:
             loader.prefetch(step + 1)
         local_sizes = [len(texts) for _, texts in batch]
-        if _any_rank_has_empty(local_sizes, device, world):
+        if reduce_number(min(local_sizes), "min", device) == 0:
             if main:  # every sample of a micro-batch was broken somewhere: nothing to learn this step
                 skipped.add("empty_batch_step")
         else:
@@ -120,8 +124,8 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
         bar.update(1)
 
         done = step + 1
-        if done % tc.log_every == 0 or done == total_steps:
-            interval_samples = _sum_over_ranks(interval_samples, device, world)
+        if _due(done, tc.log_every, total_steps):
+            interval_samples = reduce_number(interval_samples, "sum", device)
             rate = interval_samples / max(time.perf_counter() - interval_start, 1e-9)
             record = {"step": done, "loss": last["loss"], "lr": lr, "samples_per_s": round(rate, 1),
                       "logit_scale": last["logit_scale"], "skipped": _merged_skips(skipped, dataset, world)}
@@ -130,9 +134,9 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
                 bar.set_postfix(loss=f"{last['loss']:.4f}" if last["loss"] is not None else "-", lr=f"{lr:.2e}",
                                 samples_s=f"{rate:.0f}")
             interval_samples, interval_start = 0, time.perf_counter()
-        if tc.eval_every > 0 and done % tc.eval_every == 0 and done < total_steps:
+        if done < total_steps and _due(done, tc.eval_every, total_steps):
             _evaluate(model, cfg, done, log, main)
-        if done % tc.checkpoint_every == 0 or done == total_steps:
+        if _due(done, tc.checkpoint_every, total_steps):
             seen_skips = _skips_over_ranks(skipped, world)
             if main:
                 checkpoint.save_training_state(out, done, model, optimizer, _resume_state(done * per_step, seen_skips))
@@ -159,17 +163,24 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
 # ---- set-up helpers ------------------------------------------------------------------------
 
 
-def _tokenizer_dir(cfg: RunConfig, dataset, out: Path, init, resume: bool, main: bool) -> Path:
-    """Where the text tower finds its tokenizer: the run folder (trained here on the training
-    captions, or kept from the interrupted run), or the `init` model folder when fine-tuning."""
-    if resume and (out / checkpoint.CONFIG_FILE).is_file():
+def _tokenizer_dir(cfg: RunConfig, dataset, out: Path, init, resuming: bool, main: bool) -> Path:
+    """Where the text tower finds its tokenizer (and an hf tower its config): the checkpointed run
+    being resumed, the `init` model folder when fine-tuning, or the run folder after learning a
+    BPE vocabulary on the training captions."""
+    if resuming:
         return out
     if init is not None:
         return Path(init)
-    if needs_bpe_tokenizer(cfg.model) and main:
-        from visembed.data import train_bpe_tokenizer
+    if main:
+        from visembed.models.text_hf import ENCODER_DIR
 
-        train_bpe_tokenizer(_caption_texts(dataset, cfg.data.language), cfg.model.text.vocab_size, out)
+        # left by a run killed before its first checkpoint: without weights to load it would
+        # turn the pretrained hf encoder into a randomly initialised one
+        shutil.rmtree(out / ENCODER_DIR, ignore_errors=True)
+        if needs_bpe_tokenizer(cfg.model):
+            from visembed.data import train_bpe_tokenizer
+
+            train_bpe_tokenizer(_caption_texts(dataset, cfg.data.language), cfg.model.text.vocab_size, out)
     barrier()  # the other ranks read the file rank 0 wrote
     return out
 
@@ -192,6 +203,21 @@ def _total_steps(cfg: RunConfig, dataset) -> int:
             raise DataError("train.epochs needs data with a known length; streamed shards train for train.steps")
         return max(1, -(-tc.epochs * len(dataset) // (tc.batch_size * tc.accum_steps)))
     return tc.steps
+
+
+def _check(cfg: RunConfig, world: int) -> None:
+    tc = cfg.train
+    if tc.batch_size < world:
+        raise ValueError(f"train.batch_size ({tc.batch_size}) must be at least the number of processes ({world})")
+    if tc.accum_steps < 1:
+        raise ValueError(f"train.accum_steps must be 1 or more, got {tc.accum_steps}")
+    if tc.steps < 1 and tc.epochs < 1:
+        raise ValueError("set train.steps or train.epochs to 1 or more")
+
+
+def _due(done: int, every: int, total: int) -> bool:
+    """Periodic work (log, eval, checkpoint) every `every` steps (0: never) and after the last step."""
+    return done == total or (every > 0 and done % every == 0)
 
 
 def _autocast(precision: str, device: torch.device):
@@ -273,21 +299,6 @@ class _StepLoader:
 
 
 # ---- distributed bookkeeping ----------------------------------------------------------------
-
-
-def _any_rank_has_empty(sizes: list[int], device: torch.device, world: int) -> bool:
-    smallest = torch.tensor(min(sizes), device=device)
-    if world > 1:
-        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
-    return smallest.item() == 0
-
-
-def _sum_over_ranks(value: int, device: torch.device, world: int) -> int:
-    if world == 1:
-        return value
-    t = torch.tensor(value, dtype=torch.long, device=device)
-    dist.all_reduce(t)
-    return int(t.item())
 
 
 def _skips_over_ranks(skipped: SkipCounter, world: int) -> dict[str, int]:
