@@ -79,3 +79,14 @@ def test_unknown_kind_and_missing_bias_are_clear_errors():
     image, text = _features()
     with pytest.raises(ValueError, match="logit_bias"):
         ContrastiveLoss("siglip")(image, text, torch.tensor(10.0), None)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_logits_stay_fp32_under_bf16_autocast(kind):
+    image, text = (x.float() for x in _features(n=32, d=64, seed=3))
+    args = (image, text, torch.tensor(50.0), torch.tensor(-5.0))
+    expected = ContrastiveLoss(kind)(*args)["contrastive_loss"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ContrastiveLoss(kind)(*args)["contrastive_loss"]
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -82,3 +82,11 @@ def test_frozen_hf_tower_routes_chinese_to_student(tokenizer_dir):
     out["text_features"].sum().backward()
     assert model.text.student.token_embedding.weight.grad is not None  # Chinese went through the student
     assert model.text.encoder.embeddings.word_embeddings.weight.grad is None
+
+
+def test_frozen_hf_tower_is_deterministic_in_train_mode(tokenizer_dir):
+    """The locked tower's features are cached: they must not carry dropout noise."""
+    model = build_model(_small("demo").model, tokenizer_dir).train()
+    assert not model.text.encoder.training
+    first = model.text._pooled(["dog face", "red apple"])
+    assert torch.equal(first, model.text._pooled(["dog face", "red apple"]))

@@ -55,15 +55,16 @@ class ContrastiveLoss(nn.Module):
         logit_scale: torch.Tensor,
         logit_bias: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        # fp32 logits even under autocast: softmax over a large batch is sensitive to rounding
-        image, text = _at_least_fp32(image_features), _at_least_fp32(text_features)
-        if self.world_size > 1:
-            image, text = gather_with_grad(image), gather_with_grad(text)  # (N_global, D)
-        scale = _at_least_fp32(logit_scale)
-        if self.kind == "clip":
-            loss = clip_loss(image, text, scale)
-        else:
-            if logit_bias is None:
-                raise ValueError("the siglip loss needs a logit_bias (set model.loss='siglip' when building the model)")
-            loss = siglip_loss(image, text, scale, _at_least_fp32(logit_bias))
+        if self.kind == "siglip" and logit_bias is None:
+            raise ValueError("the siglip loss needs a logit_bias (set model.loss='siglip' when building the model)")
+        # fp32 logits even under bf16 autocast: softmax over a large batch is sensitive to rounding
+        with torch.autocast(image_features.device.type, enabled=False):
+            image, text = _at_least_fp32(image_features), _at_least_fp32(text_features)
+            if self.world_size > 1:
+                image, text = gather_with_grad(image), gather_with_grad(text)  # (N_global, D)
+            scale = _at_least_fp32(logit_scale)
+            if self.kind == "clip":
+                loss = clip_loss(image, text, scale)
+            else:
+                loss = siglip_loss(image, text, scale, _at_least_fp32(logit_bias))
         return {"contrastive_loss": loss}

@@ -63,6 +63,13 @@ class HFTextEncoder(nn.Module):
             self.student = TextTransformer(student_cfg, asset_dir)
             self.student_proj = nn.Linear(self.student.width, self.width, bias=False)
 
+    def train(self, mode: bool = True) -> "HFTextEncoder":
+        """A frozen encoder stays in eval mode: no dropout noise in the cached features."""
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
     def save_assets(self, out_dir: Path) -> None:
         target = out_dir / ENCODER_DIR
         if not target.exists():

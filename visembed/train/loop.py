@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -22,13 +21,13 @@ from tqdm import tqdm
 
 from visembed import checkpoint
 from visembed.config import RunConfig
-from visembed.data import DataError, SkipCounter, build_train_augment, collate, epoch_order, open_dataset
+from visembed.data import DataError, SkipCounter, build_train_augment, open_dataset
 from visembed.distributed import barrier, cleanup, init_distributed, reduce_number
 from visembed.losses import ContrastiveLoss
 from visembed.models import build_model, needs_bpe_tokenizer
+from visembed.train.loader import StepLoader
 from visembed.train.metrics_log import MetricsLog
 from visembed.train.optim import build_optimizer
-from visembed.train.plan import MapPlan, StreamPlan, micro_batches
 from visembed.train.schedule import lr_at
 from visembed.train.state import restore_rng, rng_state, seed_everything, step_seed
 from visembed.train.step import train_step
@@ -96,7 +95,7 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
             find_unused_parameters=cfg.model.text.kind == "hf")  # a CJK student idles on all-English batches
     loss_fn = ContrastiveLoss(cfg.model.loss, rank=rank, world_size=world)
     augment = build_train_augment(cfg.data.augment).to(device)
-    loader = _StepLoader(dataset, cfg, rank, world, start_step * per_step)
+    loader = StepLoader(dataset, cfg, rank, world, start_step * per_step)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume else None) if main else None
     bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not (progress and main), dynamic_ncols=True)
 
@@ -232,70 +231,6 @@ def _autocast(precision: str, device: torch.device):
 
 def _resume_state(samples_seen: int, skipped: dict[str, int]) -> dict:
     return {"samples_seen": samples_seen, "rng": rng_state(), "skipped": skipped}
-
-
-# ---- data -----------------------------------------------------------------------------------
-
-
-class _StepLoader:
-    """Loads a step's samples for this rank; with `data.num_workers` > 0 the next step is loaded
-    in background threads while this one trains (what is loaded depends on the step alone)."""
-
-    def __init__(self, dataset, cfg: RunConfig, rank: int, world: int, position: int):
-        tc = cfg.train
-        self.dataset, self.rank, self.world = dataset, rank, world
-        self.batch_size, self.accum, self.image_size = tc.batch_size, tc.accum_steps, cfg.model.vision.image_size
-        self.per_step = tc.batch_size * tc.accum_steps
-        if getattr(dataset, "streaming", False):
-            self.stream, self.plan = StreamPlan(dataset, position), None
-        else:
-            self.stream, self.plan = None, MapPlan(len(dataset), tc.seed, epoch_order)
-        workers = cfg.data.num_workers
-        self.pool = ThreadPoolExecutor(workers) if workers > 0 else None
-        self.ahead = ThreadPoolExecutor(1) if workers > 0 else None
-        self.pending: dict[int, object] = {}
-
-    def _samples(self, step: int) -> list:
-        start = step * self.per_step
-        if self.stream is not None:
-            return self.stream.take(start, self.per_step)
-        return [self.dataset[i] for i in self.plan.indices(start, self.per_step)]
-
-    def _load(self, step: int) -> tuple[list, SkipCounter]:
-        counter = SkipCounter()
-        shares = micro_batches(self._samples(step), self.batch_size, self.accum, self.rank, self.world)
-        if self.pool is None:
-            return [collate(share, self.image_size, counter)[:2] for share in shares], counter
-        batch = []
-        for share in shares:  # decode in threads, one counter per sample (Counter is not thread-safe)
-            decoded = list(self.pool.map(self._decode_one, share))
-            for _, _, own in decoded:
-                counter.update(own)
-            kept = [(pixels, texts) for pixels, texts, _ in decoded if texts]
-            pixels = torch.cat([p for p, _ in kept]) if kept else torch.empty(0, 3, self.image_size, self.image_size,
-                                                                               dtype=torch.uint8)
-            batch.append((pixels, [t for _, texts in kept for t in texts]))
-        return batch, counter
-
-    def _decode_one(self, sample) -> tuple[torch.Tensor, list[str], SkipCounter]:
-        own = SkipCounter()
-        pixels, texts, _ = collate([sample], self.image_size, own)
-        return pixels, texts, own
-
-    def prefetch(self, step: int) -> None:
-        if self.ahead is not None and step not in self.pending:
-            self.pending[step] = self.ahead.submit(self._load, step)
-
-    def load(self, step: int, skipped: SkipCounter) -> list:
-        future = self.pending.pop(step, None)
-        batch, counter = future.result() if future is not None else self._load(step)
-        skipped.update(counter)
-        return batch
-
-    def close(self) -> None:
-        for pool in (self.pool, self.ahead):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---- distributed bookkeeping ----------------------------------------------------------------

@@ -1,0 +1,14 @@
+"""Training: one loop for pretraining and fine-tuning (`train`), and the pieces it reads down:
+
+    plan.py       which samples each step and rank sees (a pure function of seed and step)
+    loader.py     decode and collate them (broken images skipped and counted), optionally ahead
+    step.py       forward/backward with feature-cached gradient accumulation, clip, optimiser step
+    optim.py      AdamW with weight decay on matrices only
+    schedule.py   warmup + cosine learning rate as a function of the step
+    state.py      RNG state for exact resumes
+    metrics_log.py  metrics.jsonl
+"""
+
+from visembed.train.loop import train
+
+__all__ = ["train"]
