@@ -39,6 +39,9 @@ class HFTextEncoder(nn.Module):
     def __init__(self, cfg: TextConfig, asset_dir: str | Path | None):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a per-load weights bar is noise in our own progress output
 
         local = Path(asset_dir) / ENCODER_DIR if asset_dir is not None else None
         if local is not None and local.is_dir():
