@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from visembed.checkpoint import (ModelFolderError, checkpoint_dirs, latest_checkpoint, load_model_folder,
+from visembed.checkpoint import (ModelFolderError, checkpoint_dirs, latest_checkpoint,
                                  load_training_state, save_model_folder, save_training_state)
 from visembed.config import apply_overrides, load_preset, to_dict
-from visembed.models import build_model
+from visembed.models import build_model, load_model_folder
 
 
 @pytest.fixture

@@ -55,3 +55,14 @@ def test_embed_writes_vectors_with_their_ids(tiny_model_dir, tmp_path):
     ids = (tmp_path / "emb.ids.txt").read_text().split()
     assert vectors.shape == (len(ids), 64) and len(ids) == len(set(ids)) > 10
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_augment_preview_writes_a_grid(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    result = visembed("augment-preview", "--data", "builtin:shapes?n=64", "--preset", "tiny", "--rows", "3",
+                      "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    grid = Image.open(out)
+    assert grid.width > grid.height > 0  # originals beside several augmented copies, three rows

@@ -110,3 +110,21 @@ def test_epoch_order_is_a_deterministic_permutation():
     assert sorted(order.tolist()) == list(range(10))
     assert np.array_equal(order, epoch_order(10, seed=3, epoch=1))
     assert not np.array_equal(order, epoch_order(10, seed=3, epoch=2))
+
+
+def test_extreme_aspect_ratio_stays_small():
+    """A 1 x 5,000,000 strip must be centre-cropped before resizing, not scaled up to 64 x 320M (61 GB)."""
+    from visembed.data import to_tensor
+
+    strip = Image.new("RGB", (1, 5_000_000), "red")
+    t = to_tensor(strip, 64)
+    assert t.shape == (3, 64, 64) and t[0].float().mean() > 250
+
+
+def test_formats_outside_the_allow_list_are_unreadable(tmp_path):
+    """EPS would be decoded by Ghostscript: never for untrusted input."""
+    eps = tmp_path / "x.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(BadImage) as err:
+        load_image(eps)
+    assert err.value.reason == "unreadable"

@@ -6,6 +6,8 @@ Also home of `shapes_index`, the small index the serve/CLI/browser tests share (
 import functools
 import io
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from PIL import Image
 
 import visembed
 from visembed.data import open_dataset
-from visembed.index import IndexStoreError, Searcher, VectorIndex, build_index
+from visembed.index import IndexStoreError, Searcher, VectorIndex, add_to_index, build_index
 from visembed.index.embed import embed_dataset, read_shards
 
 SHAPES = "builtin:shapes?n=300"  # train split: 240 scenes
@@ -22,7 +24,7 @@ SHAPES = "builtin:shapes?n=300"  # train split: 240 scenes
 
 @functools.lru_cache(maxsize=None)
 def _build_shapes_index(model_dir: str, out_dir: str) -> Path:
-    return build_index(model_dir, SHAPES, out_dir, progress=False, shard_size=100)
+    return build_index(model_dir, SHAPES, out_dir, split="train", progress=False, shard_size=100)
 
 
 def shapes_index(tiny_model_dir, tmp_path_factory) -> Path:
@@ -106,3 +108,60 @@ def test_shared_shapes_index_opens_and_searches(tiny_model_dir, tmp_path_factory
     hits = searcher.similar(item["id"], k=5)
     assert len(hits) == 5 and item["id"] not in [h.id for h in hits]
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_identical_weights_reuse_shards_and_other_weights_are_refused(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "index"
+    build_index(tiny_model_dir, "builtin:shapes?n=30", out, progress=False, shard_size=10)
+    copy = tmp_path / "model-copy"  # as `train --resume` of a finished run or a second demo: same bytes, new mtime
+    shutil.copytree(tiny_model_dir, copy)
+    weights = copy / "model.safetensors"
+    os.utime(weights, ns=(1, 1))
+    build_index(copy, "builtin:shapes?n=30", out, progress=False, shard_size=10)
+    assert json.loads((out / "index.json").read_text())["reused_shards"] == 3
+
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 0.5
+    save_file(tensors, weights)
+    with pytest.raises(IndexStoreError, match="another model"):
+        build_index(copy, "builtin:shapes?n=30", out, progress=False, shard_size=10)
+
+
+def test_without_a_split_every_image_is_indexed(tiny_model_dir, tmp_path):
+    out = build_index(tiny_model_dir, "builtin:shapes?n=30", tmp_path / "index", progress=False)
+    assert len(VectorIndex.open(out)) == 30  # the train split alone would be 24
+
+
+def test_add_new_items_without_a_rebuild(tiny_model_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from visembed.serve.app import create_app
+
+    out = build_index(tiny_model_dir, "builtin:shapes?n=30", tmp_path / "index", split="train", progress=False)
+    before = VectorIndex.open(out)
+    report = add_to_index(out, "builtin:shapes?n=30", progress=False, shard_size=4)  # every split: 6 new scenes
+    assert (report.added, report.already_indexed, report.total) == (6, 24, 30)
+    index = VectorIndex.open(out)
+    new_ids = [item["id"] for item in index.items[24:]]
+    assert index.items[:24] == before.items and not set(new_ids) & set(before.row_of)
+    assert (out / "embeddings" / "added_00001.npy").exists()  # 6 new items in shards of 4
+
+    searcher = Searcher.open(out)
+    for new_id in new_ids:
+        thumb, _ = searcher.thumbnail(new_id)
+        hits = searcher.search_image(Image.open(io.BytesIO(thumb)), k=1)
+        assert hits[0].id == new_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    with TestClient(create_app(out)) as client:
+        assert client.get("/healthz").json()["items"] == 30
+        for new_id in new_ids:
+            for kind in ("thumbnail", "image"):
+                response = client.get(f"/items/{new_id}/{kind}")
+                assert response.status_code == 200 and response.content == searcher.thumbnail(new_id)[0]
+
+    again = add_to_index(out, "builtin:shapes?n=30", progress=False)
+    assert (again.added, again.already_indexed) == (0, 30)
+    rebuilt = build_index(tiny_model_dir, "builtin:shapes?n=30", out, split="train", progress=False)
+    assert {item["id"] for item in VectorIndex.open(rebuilt).items} == set(index.row_of)  # a rerun keeps added items

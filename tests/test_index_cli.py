@@ -19,7 +19,7 @@ def test_build_search_recommend_delete(tiny_model_dir, tmp_path):
     out = tmp_path / "index"
     result = run("index", "build", tiny_model_dir, "--data", "builtin:shapes?n=50", "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
-    assert "indexed 40 items" in result.output
+    assert "indexed 50 items" in result.output  # every split, not only train
 
     result = run("search", out, "a red circle", "-k", "5", "--json")
     assert result.exit_code == 0, result.output
@@ -69,6 +69,7 @@ def test_errors_are_one_line_and_exit_code_2(tiny_model_dir, tmp_path_factory, t
         ("recommend", index_dir, "--liked", "x", "--bogus"): "unknown option",
         ("index", "build", tmp_path / "no-model", "--data", "builtin:shapes", "--out", tmp_path / "o"): "no model folder",
         ("index", "build", tiny_model_dir, "--data", "builtin:shapes", "--out", tmp_path / "o", "--kind", "annoy"): "unknown index kind",
+        ("index", "add", tmp_path / "nowhere", "--data", "builtin:shapes"): "no index at",
     }
     for args, message in cases.items():
         result = run(*args)
@@ -76,5 +77,30 @@ def test_errors_are_one_line_and_exit_code_2(tiny_model_dir, tmp_path_factory, t
         assert message in result.output and "Traceback" not in result.output, (args, result.output)
 
 
-def test_id_lists_accept_spaces_repeats_and_commas():
-    assert _id_lists(["--liked", "a", "b", "--disliked", "c", "--liked=d,e"]) == (["a", "b", "d", "e"], ["c"])
+def test_id_lists_accept_spaces_and_repeats_and_keep_commas_in_ids():
+    assert _id_lists(["--liked", "a", "b", "--disliked", "c", "--liked=d,e", "--liked", "f,g"]) == (["a", "b", "d,e", "f,g"], ["c"])
+
+
+def test_markup_in_captions_is_printed_as_text_and_index_add(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    rows = {"red": "a [/b] red [bold]square", "green": "green [link=x]", "blue": "blue \\[/] [/i]"}
+    for name in rows:
+        Image.new("RGB", (32, 32), name).save(tmp_path / f"{name}.png")
+    first = tmp_path / "first.csv"
+    first.write_text("id,image,caption\nred[x],red.png,\"a [/b] red [bold]square\"\n")
+    everything = tmp_path / "all.csv"
+    everything.write_text("id,image,caption\n" + "".join(f"{n}[x],{n}.png,\"{c}\"\n" for n, c in rows.items()))
+    out = tmp_path / "index"
+    assert run("index", "build", tiny_model_dir, "--data", first, "--out", out, "--quiet").exit_code == 0
+
+    result = run("index", "add", out, "--data", everything, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "added 2 items" in result.output and "1 already there" in result.output and "3 items in total" in result.output
+
+    result = run("search", out, "a red square", "-k", "3")
+    assert result.exit_code == 0, result.output
+    for name, caption in rows.items():
+        assert f"{name}[x]" in result.output and caption in result.output
+    result = run("recommend", out, "--liked", "red[x]", "-k", "2")
+    assert result.exit_code == 0 and "red[x]" in result.output, result.output

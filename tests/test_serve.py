@@ -1,6 +1,7 @@
 """The HTTP API in-process (FastAPI TestClient, real model and index): answers, and clear 4xx on bad input."""
 
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -164,3 +165,38 @@ def test_decompression_bomb_is_refused(tiny_model_dir, tmp_path_factory):
     with TestClient(app) as client:
         response = client.post("/search/image", files={"file": ("big.png", png(Image.new("RGB", (300, 300))), "image/png")})
     assert response.status_code == 413 and "too_large" in response.json()["detail"]
+
+
+def test_missing_or_truncated_thumbnails_are_404_not_500(tiny_model_dir, tmp_path):
+    from visembed.index import build_index
+
+    out = build_index(tiny_model_dir, "builtin:shapes?n=10", tmp_path / "index", progress=False, shard_size=5)
+    with TestClient(create_app(out)) as client:
+        a, b = first_ids(client, 2)
+        assert client.get(f"/items/{a}/thumbnail").status_code == 200
+        for thumbs in (out / "embeddings").glob("*.thumbs"):
+            thumbs.write_bytes(thumbs.read_bytes()[:10])  # truncated
+        assert client.get(f"/items/{a}/thumbnail").status_code == 404
+        shutil.rmtree(out / "embeddings")  # deleted to save space: the index itself still works
+        for kind in ("thumbnail", "image"):
+            assert client.get(f"/items/{b}/{kind}").status_code == 404
+        assert client.get("/search", params={"q": "a red circle"}).status_code == 200
+
+
+def test_faiss_searches_run_single_threaded_in_the_request_thread(client):
+    import threading
+
+    import faiss
+
+    index = client.app.state.searcher.index
+    assert index.search_threads == 1
+    seen = []
+
+    def search_in_a_fresh_thread():  # as a thread-pool worker: libgomp's setting is per thread
+        index.search(index.vectors[:1], 3)
+        seen.append(faiss.omp_get_max_threads())
+
+    worker = threading.Thread(target=search_in_a_fresh_thread)
+    worker.start()
+    worker.join()
+    assert seen == [1]

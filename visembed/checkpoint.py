@@ -101,16 +101,6 @@ def weights_path(folder: str | Path) -> Path:
     raise ModelFolderError(f"no {MODEL_FILE} in {folder} and no checkpoint under {folder / CHECKPOINT_DIR}")
 
 
-def load_model_folder(folder: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode on `device`, RunConfig) from a model or run folder."""
-    from visembed.models import build_model
-
-    cfg = read_config(folder)
-    model = build_model(cfg.model, tokenizer_dir=folder)
-    load_weights(model, weights_path(folder))
-    return model.to(device).eval(), cfg
-
-
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     state = load_file(str(path))
     try:

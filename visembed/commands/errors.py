@@ -14,12 +14,10 @@ def friendly_errors():
     from visembed.config import ConfigError
 
     expected: tuple[type[BaseException], ...] = (ConfigError, ModelFolderError, FileNotFoundError, ValueError)
-    try:
-        from visembed.data import DataError
+    from visembed.data import DataError
+    from visembed.index.store import IndexStoreError
 
-        expected += (DataError,)
-    except ImportError:
-        pass
+    expected += (DataError, IndexStoreError)
     try:
         yield
     except expected as err:

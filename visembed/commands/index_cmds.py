@@ -1,4 +1,4 @@
-"""`visembed index build`, `search`, `recommend`, `serve`: the index and the service over it."""
+"""`visembed index build`, `add`, `delete`, `search`, `recommend`, `serve`: the index and the service over it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from visembed.commands.errors import friendly_errors
 def register(app: typer.Typer) -> None:
     index_app = typer.Typer(help="Build and change search indexes.", no_args_is_help=True)
     index_app.command("build")(build)
+    index_app.command("add")(add)
     index_app.command("delete")(delete)
     app.add_typer(index_app, name="index")
     app.command("search")(search)
@@ -40,7 +41,7 @@ def build(
     model: Path = typer.Argument(..., help="Model (or run) folder that embeds the images."),
     data: str = typer.Option(..., "--data", help="Data spec: builtin:emoji, a manifest, a folder, WebDataset shards."),
     out: Path = typer.Option(..., "--out", help="Index folder to write (rerun to resume)."),
-    split: str = typer.Option(None, "--split", help="Dataset split (the source's default when not given)."),
+    split: str = typer.Option("all", "--split", help="Dataset split: every image unless told otherwise."),
     language: str = typer.Option("en", "--language", help="Caption language for multilingual data."),
     kind: str = typer.Option("auto", "--kind", help="auto, flat (exact), hnsw or ivfpq."),
     exact_below: int = typer.Option(20_000, "--exact-below", help="auto: exact search below this many items."),
@@ -61,6 +62,27 @@ def build(
         manifest = json.loads((out / "index.json").read_text(encoding="utf-8"))
     skipped = ", ".join(f"{reason}={n}" for reason, n in manifest["skipped"].items()) or "none"
     typer.echo(f"indexed {manifest['live']} items into {out} ({manifest['kind']} index; skipped: {skipped})")
+
+
+def add(
+    index_dir: Path = typer.Argument(..., help="Index folder to add to."),
+    data: str = typer.Option(..., "--data", help="Data spec of the new images (ids already in the index are skipped)."),
+    split: str = typer.Option("all", "--split", help="Dataset split: every image unless told otherwise."),
+    model: Path = typer.Option(None, "--model", help="Model folder (default: the one recorded in the index; same weights only)."),
+    language: str = typer.Option("en", "--language", help="Caption language for multilingual data."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Embed new images with the index's model and append them to the index (no rebuild)."""
+    from visembed.index.build import add_to_index
+
+    with _clear_errors():
+        report = add_to_index(index_dir, data, split=split, model_dir=model, language=language,
+                              shard_size=shard_size, batch_size=batch_size, progress=not quiet)
+    skipped = ", ".join(f"{reason}={n}" for reason, n in report.skipped.as_dict().items()) or "none"
+    typer.echo(f"added {report.added} items to {index_dir} ({report.already_indexed} already there; "
+               f"skipped: {skipped}); {report.total} items in total")
 
 
 def delete(
@@ -114,7 +136,8 @@ def recommend(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: [{id, score, path, caption}], best first."),
     mmr_lambda: float = typer.Option(0.7, "--lambda", min=0.0, max=1.0, help="MMR: 1 = pure relevance, lower = more varied."),
 ) -> None:
-    """Recommend from --liked ID ... [--disliked ID ...] (each flag takes one or more ids, and may repeat).
+    """Recommend from --liked ID ... [--disliked ID ...] (each flag takes one or more space-separated
+    ids, and may repeat; --liked=ID takes one id, commas and all).
 
     Seen items are left out; results are diversified (MMR) and each names its nearest liked item.
     """
@@ -131,7 +154,7 @@ def recommend(
 
 
 def _id_lists(args: list[str]) -> tuple[list[str], list[str]]:
-    """`--liked a b --disliked c --liked=d,e` -> (["a", "b", "d", "e"], ["c"])."""
+    """`--liked a b --disliked c --liked=d,e` -> (["a", "b", "d,e"], ["c"]): an id may hold a comma."""
     lists: dict[str, list[str]] = {"--liked": [], "--disliked": []}
     current = None
     for arg in args:
@@ -145,7 +168,7 @@ def _id_lists(args: list[str]) -> tuple[list[str], list[str]]:
             raise ValueError(f"unexpected argument {arg!r}: ids follow --liked or --disliked")
         else:
             values = [arg]
-        current.extend(v for value in values for v in value.split(",") if v)
+        current.extend(v for v in values if v)
     return lists["--liked"], lists["--disliked"]
 
 
@@ -169,11 +192,13 @@ def _print_hits(hits, as_json: bool) -> None:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=1))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_edge=False, pad_edge=False)
     for column in ("#", "score", "id", "caption") + (("because you liked",) if any(h.because for h in hits) else ()):
         table.add_column(column, justify="right" if column in ("#", "score") else "left")
     for rank, h in enumerate(hits, 1):
-        table.add_row(str(rank), f"{h.score:.3f}", h.id, h.caption, *((h.because or "",) if any(x.because for x in hits) else ()))
+        because = (escape(h.because or ""),) if any(x.because for x in hits) else ()
+        table.add_row(str(rank), f"{h.score:.3f}", escape(h.id), escape(h.caption or ""), *because)  # text, not markup
     Console().print(table if hits else "no results")

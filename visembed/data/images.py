@@ -97,7 +97,7 @@ def _open(src, max_pixels: int) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(fp)
+            img = Image.open(fp, formats=DECODABLE_FORMATS)
             width, height = img.size
             if width * height > max_pixels:
                 raise BadImage("too_large", f"{width}x{height} pixels > {max_pixels}")
@@ -115,6 +115,11 @@ def _open(src, max_pixels: int) -> Image.Image:
             truncated = isinstance(e, EOFError) or "truncated" in text or "broken data stream" in text
             raise BadImage("truncated" if truncated else "unreadable", f"{type(e).__name__}: {e}") from e
     return img
+
+
+# Formats we decode. Pillow would also open EPS (through Ghostscript), PSD and more: not for
+# untrusted uploads. Anything else is `unreadable`.
+DECODABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -144,14 +149,15 @@ def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
 
 
 def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """Eval preprocessing: shorter side to `size` (bicubic), centre crop -> uint8 (3, size, size)."""
+    """Eval preprocessing: the centre square, resized to `size` (bicubic) -> uint8 (3, size, size).
+
+    Cropping before resizing (the same picture as "shorter side to size, then centre crop") keeps
+    memory bounded: a 1 x 40,000,000 panorama must not be scaled up to 64 x 2.56e9 first."""
     width, height = img.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    if (width, height) != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
     if img.mode != "RGB":
         img = img.convert("RGB")
     array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)

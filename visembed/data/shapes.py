@@ -27,7 +27,7 @@ COLORS = {
 }
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.09, "large": 0.16}  # radius as a fraction of the image side: same meaning in every scene
-SPLIT_RANGES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
+SPLIT_RANGES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0), "all": (0.0, 1.0)}  # all: for indexing
 
 
 class ShapesDataset:

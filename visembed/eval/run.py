@@ -12,9 +12,12 @@ from visembed.eval.retrieval import retrieval_metrics
 from visembed.eval.zeroshot import DEFAULT_TEMPLATES, class_embeddings, zeroshot_accuracy
 
 
-def _load_split(spec: str, split: str, language: str, limit: int | None):
-    """Decoded images with their captions per language and labels; bad items skipped and counted."""
-    from visembed.data import BadImage, SkipCounter, load_image, open_dataset
+def _load_split(spec: str, split: str, language: str, limit: int | None, image_size: int):
+    """Images (already reduced to the model's input square, so a folder of 12 MP photos stays
+    small in memory) with their captions per language and labels; bad items skipped and counted."""
+    from PIL import Image
+
+    from visembed.data import BadImage, SkipCounter, load_image, open_dataset, to_tensor
 
     ds = open_dataset(spec, split, language=language)
     skipped = SkipCounter()
@@ -30,7 +33,7 @@ def _load_split(spec: str, split: str, language: str, limit: int | None):
         if not sample.caption.strip():
             skipped.add("empty_caption")
             continue
-        images.append(image)
+        images.append(Image.fromarray(to_tensor(image, image_size).permute(1, 2, 0).numpy()))
         per_language = dict(sample.captions or {})
         per_language.setdefault(language, sample.caption)
         for lang, text in per_language.items():
@@ -41,13 +44,13 @@ def _load_split(spec: str, split: str, language: str, limit: int | None):
 
 def evaluate(model, spec: str, split: str = "test", *, language: str = "en", templates=DEFAULT_TEMPLATES,
              limit: int | None = None, progress: bool = True) -> dict:
-    """Metrics for `model` (a `visembed.api.Model`) on `split` of `spec`.
+    """Metrics for `model` (a `visembed.models.inference.Model`, what `visembed.load` returns) on `split` of `spec`.
 
     Retrieval metrics for `language` carry the plain names (`text_to_image_R@1`, ...); other
     languages the data has are reported with their code in front (`zh_text_to_image_R@1`).
     """
     language = "en" if language == "both" else language  # the plain names are English on bilingual data
-    ds, images, captions, labels, skipped = _load_split(spec, split, language, limit)
+    ds, images, captions, labels, skipped = _load_split(spec, split, language, limit, model.image_size)
     if not images:
         raise ValueError(f"no usable images in split {split!r} of {spec} (skipped: {skipped.as_dict()})")
     image_emb = np.concatenate([model.encode_image(images[i : i + 256])
@@ -69,9 +72,12 @@ def evaluate(model, spec: str, split: str = "test", *, language: str = "en", tem
 
 def evaluate_folder(folder: str | Path, spec: str, split: str = "test", **kwargs) -> dict:
     """Load a model folder, evaluate, and save `eval_<split>.json` beside the weights."""
-    import visembed
+    from visembed.distributed import best_device
+    from visembed.models import load_model_folder
+    from visembed.models.inference import Model
 
-    model = visembed.load(folder)
+    device = best_device()
+    model = Model(*load_model_folder(folder, device), device)
     metrics = evaluate(model, spec, split, **kwargs)
     (Path(folder) / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return metrics

@@ -2,6 +2,7 @@
 
     from visembed.index import build_index, Searcher
     build_index("runs/demo", "builtin:emoji", "runs/demo-index")
+    add_to_index("runs/demo-index", "more_photos/")  # later: new items, no rebuild
     Searcher.open("runs/demo-index").search_text("a red apple", k=5)
 
 Names load on first use, so `visembed.index.store` works without torch being imported.
@@ -10,7 +11,7 @@ Names load on first use, so `visembed.index.store` works without torch being imp
 import importlib
 
 _WHERE = {
-    "build_index": "build",
+    "build_index": "build", "add_to_index": "build", "AddReport": "build",
     "Searcher": "searcher", "Hit": "searcher",
     "VectorIndex": "store", "IndexSettings": "store", "IndexStoreError": "store", "IndexNotFound": "store",
     "CorruptIndex": "store", "UnknownItem": "store",

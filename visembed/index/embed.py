@@ -4,6 +4,7 @@
     INDEX_DIR/embeddings/shard_00000.thumbs   the shard's thumbnails, concatenated
     INDEX_DIR/embeddings/shard_00000.json     {"items": [...], "skipped": {...}, "n_source": n}
     INDEX_DIR/embeddings/shard_00000.npy      float32 (n_items, D), written last: it marks the shard done
+    INDEX_DIR/embeddings/added_00000.*        the same, for items added later (`visembed index add`)
 
 Each file is written atomically, so a crash loses at most the shard in progress, and a rerun with
 the same model and data skips every finished shard.
@@ -15,7 +16,7 @@ import io
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from visembed.index.store import (
 )
 
 SHARD_SIZE = 1000
+ADDED_PREFIX = "added"  # shards of items added after the build: never renumbered by a rebuild
 THUMB_SIZE = 128
 
 
@@ -67,6 +69,30 @@ def embed_dataset(model, dataset, out_dir: str | Path, *, source: dict, shard_si
             report.embedded += shard["n_items"]
             report.skipped.update(shard["skipped"])
     return report
+
+
+def embed_samples(model, samples: Iterable, out_dir: str | Path, *, prefix: str = ADDED_PREFIX,
+                  shard_size: int = SHARD_SIZE, batch_size: int = 64, progress: bool = True,
+                  thumb_size: int = THUMB_SIZE) -> tuple[np.ndarray, list[dict], SkipCounter]:
+    """Embed `samples` into new shards numbered after the existing `prefix_*` ones (a finished shard
+    is never overwritten); returns their vectors (N, D), items and what was skipped."""
+    from tqdm import tqdm
+
+    emb_dir = Path(out_dir) / "embeddings"
+    emb_dir.mkdir(parents=True, exist_ok=True)
+    done = [int(p.stem.rpartition("_")[2]) for p in emb_dir.glob(f"{prefix}_*.npy") if p.stem.rpartition("_")[2].isdigit()]
+    number = max(done, default=-1) + 1
+    vectors, items, skipped = [], [], SkipCounter()
+    stream = iter(samples)
+    with tqdm(unit="img", desc="embedding", disable=not progress, dynamic_ncols=True) as bar:
+        while chunk := list(itertools.islice(stream, shard_size)):
+            shard = _embed_shard(model, chunk, emb_dir, f"{prefix}_{number:05d}", batch_size, thumb_size, bar.update)
+            vectors.append(shard["vectors"])
+            items += shard["items"]
+            skipped.update(shard["skipped"])
+            number += 1
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, model.embed_dim), np.float32)  # (N, D)
+    return matrix, items, skipped
 
 
 def _shards(dataset, shard_size: int) -> Iterator[tuple[int, Callable[[], list]]]:
@@ -116,10 +142,11 @@ def _embed_shard(model, samples: list, emb_dir: Path, name: str, batch_size: int
             vectors.append(model.encode_image(images, batch_size=batch_size))  # (b, D)
         advance(len(batch))
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, model.embed_dim), np.float32)  # (n_items, D)
+    matrix = matrix.astype(np.float32, copy=False)
     atomic_write_bytes(emb_dir / f"{name}.thumbs", bytes(thumbs))
     atomic_write_json(emb_dir / f"{name}.json", {"items": items, "skipped": skipped.as_dict(), "n_source": len(samples)})
-    atomic_write_npy(emb_dir / f"{name}.npy", matrix.astype(np.float32))
-    return {"n_items": len(items), "skipped": skipped}
+    atomic_write_npy(emb_dir / f"{name}.npy", matrix)
+    return {"n_items": len(items), "skipped": skipped, "items": items, "vectors": matrix}
 
 
 def _thumbnail(image, size: int) -> bytes:
@@ -157,10 +184,11 @@ def _check_source(emb_dir: Path, source: dict) -> None:
 
 
 def read_shards(out_dir: str | Path) -> tuple[np.ndarray, list[dict], SkipCounter]:
-    """All finished shards in order: vectors (N, D), items, and what was skipped (repeated ids too)."""
+    """All finished shards in order, added ones last: vectors (N, D), items, and what was skipped
+    (repeated ids too)."""
     emb_dir = Path(out_dir) / "embeddings"
     vectors, items, skipped, seen = [], [], SkipCounter(), set()
-    for npy in sorted(emb_dir.glob("shard_*.npy")):
+    for npy in sorted(emb_dir.glob("shard_*.npy")) + sorted(emb_dir.glob(f"{ADDED_PREFIX}_*.npy")):
         shard = json.loads(npy.with_suffix(".json").read_text(encoding="utf-8"))
         matrix = np.load(npy, allow_pickle=False)  # (n_items, D)
         if len(matrix) != len(shard["items"]):

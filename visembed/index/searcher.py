@@ -90,10 +90,14 @@ class Searcher:
     def image_file(self, item_id: str) -> Path | None:
         """The item's original image file, if the data had one and it is still there."""
         path = self.index.item(item_id).get("path")
-        return Path(path) if path and Path(path).is_file() else None
+        try:
+            return Path(path) if path and Path(path).is_file() else None
+        except OSError:  # a path the file system refuses (too long, no permission): no original
+            return None
 
     def thumbnail(self, item_id: str) -> tuple[bytes, str] | None:
-        """(bytes, media type) of the thumbnail stored at build time, or None."""
+        """(bytes, media type) of the thumbnail stored at build time, or None when it is gone
+        (the `embeddings/` folder deleted to save space, a truncated file)."""
         ref = self.index.item(item_id).get("thumb")
         if not ref:
             return None
@@ -101,7 +105,12 @@ class Searcher:
         path = (self.index_dir / rel).resolve()
         if not path.is_relative_to(self.index_dir):  # metadata is ours, but never read outside the index
             return None
-        with open(path, "rb") as f:
-            f.seek(int(offset))
-            data = f.read(int(length))
+        try:
+            with open(path, "rb") as f:
+                f.seek(int(offset))
+                data = f.read(int(length))
+        except OSError:
+            return None
+        if len(data) != int(length):
+            return None
         return data, "image/png" if data[:4] == b"\x89PNG" else "image/jpeg"

@@ -104,6 +104,7 @@ class VectorIndex:
         self.deleted = set(int(r) for r in deleted)
         self.row_of = {item["id"]: row for row, item in enumerate(items)}
         self._saved: tuple[Path, dict] | None = None  # data files on disk that still match memory
+        self.search_threads: int | None = None  # OpenMP threads per FAISS search; None = FAISS's default
 
     # ---- construction -----------------------------------------------------------------------
 
@@ -185,6 +186,8 @@ class VectorIndex:
         if fetch == 0:
             return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
         params, keep_alive = self._search_params(hidden)
+        if self.search_threads:  # libgomp keeps this per thread: set it in the thread that searches
+            faiss.omp_set_num_threads(self.search_threads)
         scores, rows = self.faiss_index.search(queries, fetch, params=params)
         del keep_alive
         if self.kind == "ivfpq":  # PQ scores are approximate: re-score the candidates exactly

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from visembed.config import ModelConfig
+from visembed.config import ModelConfig, RunConfig
 from visembed.models.dual_encoder import DualEncoder
 
 VISION_KINDS = ("vit", "convnet")
@@ -50,4 +51,14 @@ def build_model(cfg: ModelConfig, tokenizer_dir: str | Path | None = None) -> Du
     return DualEncoder(cfg, build_vision(cfg), build_text(cfg, tokenizer_dir))
 
 
-__all__ = ["DualEncoder", "build_model", "needs_bpe_tokenizer"]
+def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DualEncoder, RunConfig]:
+    """(model in eval mode on `device`, RunConfig) from a model or run folder."""
+    from visembed.checkpoint import load_weights, read_config, weights_path
+
+    cfg = read_config(folder)
+    model = build_model(cfg.model, tokenizer_dir=folder)
+    load_weights(model, weights_path(folder))
+    return model.to(device).eval(), cfg
+
+
+__all__ = ["DualEncoder", "build_model", "load_model_folder", "needs_bpe_tokenizer"]

@@ -99,7 +99,7 @@ class HFTextEncoder(nn.Module):
         if missing:
             with torch.no_grad():
                 for text, feature in zip(missing, self._pooled(missing).float()):
-                    self._cache[text] = feature
+                    self._cache[text] = feature.cpu()  # host memory: the cache can grow large
         device = next(self.encoder.parameters()).device
         return torch.stack([self._cache[t] for t in texts]).to(device)
 

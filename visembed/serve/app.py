@@ -62,13 +62,12 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        import faiss
-
-        # Parallelism comes from concurrent requests; an OpenMP team per request thread would
-        # oversubscribe the cores (spin-waiting threads) and collapse throughput under load.
-        faiss.omp_set_num_threads(1)
         if getattr(app.state, "searcher", None) is None:
             app.state.searcher = await run_in_threadpool(Searcher.open, index_dir, model_dir)
+        # Parallelism comes from concurrent requests; an OpenMP team per request thread would
+        # oversubscribe the cores (spin-waiting threads) and collapse throughput under load.
+        # libgomp keeps the thread count per thread, so every search sets it in its own thread.
+        app.state.searcher.index.search_threads = 1
         yield
         app.state.searcher = None
 

@@ -270,7 +270,7 @@ def _evaluate(model, cfg: RunConfig, step: int, log: MetricsLog | None, main: bo
     if main:
         spec = cfg.data.val or cfg.data.train
         try:
-            from visembed.api import Model
+            from visembed.models.inference import Model
             from visembed.eval.run import evaluate
         except ImportError:
             evaluate = None

@@ -1,0 +1,27 @@
+"""The main job end to end, shortened to a few steps: train on built-in emoji, evaluate on held-out
+concepts, print searches in English and Chinese, and leave a loadable model and an index."""
+
+import json
+
+import pytest
+
+import visembed
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    from visembed.demo import run_demo
+
+    out = tmp_path / "demo"
+    metrics = run_demo(out, serve=False, steps=4, overrides=["train.batch_size=32", "train.checkpoint_every=4"])
+    printed = capsys.readouterr().out
+    assert "OpenMoji" in printed and "CC BY-SA 4.0" in printed  # the attribution is shown
+    assert "'狗'" in printed and "'red apple'" in printed  # English and Chinese searches
+    assert metrics["num_images"] > 300  # evaluated on the held-out concepts
+    for key in ("text_to_image_R@1", "text_to_image_R@5", "zh_text_to_image_R@1", "zeroshot_top1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert json.loads((out / "eval_test.json").read_text())["text_to_image_R@1"] == metrics["text_to_image_R@1"]
+    model = visembed.load(out)
+    assert model.encode_text(["狗", "dog"]).shape == (2, model.embed_dim)
+    index = json.loads((out / "index" / "index.json").read_text())
+    assert index  # the emoji index was written
