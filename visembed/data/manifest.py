@@ -104,7 +104,7 @@ def open_manifest(
     if id_column is None and "id" in columns:
         id_column = "id"
 
-    if "split" in columns:
+    if "split" in columns and split != "all":
         wanted = {split, SPLIT_ALIASES.get(split, split)}
         present = sorted({str(row.get("split")) for row in rows})
         rows = [row for row in rows if str(row.get("split")) in wanted]

@@ -84,6 +84,14 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
             print(f"resuming from {ckpt} (step {start_step} of {total_steps})")
     elif resume and main:
         print(f"no checkpoint in {out}: starting from scratch")
+    if ckpt is None and init is None and cfg.model.text.kind == "hf" and cfg.model.text.student_distill_steps > 0:
+        from visembed.train.distill import distill_student, translation_pairs
+
+        with torch.random.fork_rng(devices=[]):  # every rank distils identically; the main RNG stays as seeded
+            loss = distill_student(model.text, translation_pairs(dataset), steps=cfg.model.text.student_distill_steps,
+                                   seed=tc.seed, progress=progress and main)
+        if main:
+            print(f"CJK student distilled from the frozen text tower (1 - cos = {loss:.3f})")
     if main:
         checkpoint.write_model_metadata(model, cfg, out)  # config + tokenizer: the folder loads mid-run
     barrier()
@@ -179,17 +187,18 @@ def _tokenizer_dir(cfg: RunConfig, dataset, out: Path, init, resuming: bool, mai
         if needs_bpe_tokenizer(cfg.model):
             from visembed.data import train_bpe_tokenizer
 
-            train_bpe_tokenizer(_caption_texts(dataset, cfg.data.language), cfg.model.text.vocab_size, out)
+            every_language = cfg.data.language == "both" or cfg.model.text.cjk_student
+            train_bpe_tokenizer(_caption_texts(dataset, every_language), cfg.model.text.vocab_size, out)
     barrier()  # the other ranks read the file rank 0 wrote
     return out
 
 
-def _caption_texts(dataset, language: str):
-    """The training captions; every language's when training on "both"."""
+def _caption_texts(dataset, every_language: bool):
+    """The training captions; every language's when training on "both" or for a CJK student."""
     for i, sample in enumerate(dataset):
         if i >= TOKENIZER_TEXTS:
             break
-        if language == "both" and sample.captions:
+        if every_language and sample.captions:
             yield from sample.captions.values()
         else:
             yield sample.caption
