@@ -137,3 +137,14 @@ def test_streamed_shards_resume_at_the_right_position(tmp_path, capsys):
     resumed = _weights(run)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert [line["step"] for line in _metrics(run) if "lr" in line] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_different_model_config(tmp_path):
+    from visembed.config import apply_overrides, load_preset
+    from visembed.train import train
+
+    cfg = apply_overrides(load_preset("tiny"), ["train.steps=2", "train.checkpoint_every=1", "data.train=builtin:shapes?n=64"])
+    train(cfg, tmp_path, progress=False)
+    changed = apply_overrides(cfg, ["model.embed_dim=32", "train.steps=4"])
+    with pytest.raises(ValueError, match="different model or data config"):
+        train(changed, tmp_path, resume=True, progress=False)

@@ -75,6 +75,10 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
 
     start_step, skipped = 0, SkipCounter()
     if ckpt is not None:
+        saved = checkpoint.read_config(out)
+        if saved.model != cfg.model or saved.data != cfg.data:
+            raise ValueError(f"{out} holds a run with a different model or data config; resume it with the same "
+                             "preset and --set overrides, or choose another --out")
         state = checkpoint.load_training_state(ckpt, model, optimizer)
         start_step = int(state["step"])
         restore_rng(state["rng"])
