@@ -8,12 +8,15 @@ import pytest
 import visembed
 
 
+FAST = ["train.batch_size=32", "train.checkpoint_every=4", "model.text.student_distill_steps=20"]
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     from visembed.demo import run_demo
 
     out = tmp_path / "demo"
-    metrics = run_demo(out, serve=False, steps=4, overrides=["train.batch_size=32", "train.checkpoint_every=4"])
+    metrics = run_demo(out, serve=False, steps=4, overrides=FAST)
     printed = capsys.readouterr().out
     assert "OpenMoji" in printed and "CC BY-SA 4.0" in printed  # the attribution is shown
     assert "'狗'" in printed and "'red apple'" in printed  # English and Chinese searches
@@ -28,5 +31,5 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
     assert len(VectorIndex.open(out / "index")) == len(open_dataset("builtin:emoji", "all"))  # every emoji indexed
     # a second run on the same folder resumes the finished run and reuses the index
-    again = run_demo(out, serve=False, steps=4, overrides=["train.batch_size=32", "train.checkpoint_every=4"])
+    again = run_demo(out, serve=False, steps=4, overrides=FAST)
     assert again["text_to_image_R@1"] == metrics["text_to_image_R@1"]
