@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-EN_QUERIES = ["red apple", "a dog", "rocket", "smiling face with heart eyes", "rain cloud", "ice cream"]
-ZH_QUERIES = ["狗", "苹果", "火箭", "下雨", "冰淇淋"]
+SHOWN_QUERIES = 6  # held-out names searched for in the printout, spread over the test split
 EVAL_DATA = "builtin:emoji"  # held-out concepts in OpenMoji art, English and Chinese names
 
 
@@ -19,24 +18,31 @@ def _say(text: str = "") -> None:
 
 
 def _show_searches(model, data: str) -> None:
+    """Search the held-out emoji by some of their own names, in English and Chinese: each query's
+    concept was never trained on, so a hit shows what the model generalises to."""
     from visembed.data import BadImage, load_image, open_dataset
 
     ds = open_dataset(data, "test", language="en")
-    names, glyphs, images = [], [], []
+    samples, images = [], []
     for sample in ds:
         try:
             images.append(load_image(sample.image))
         except BadImage:
             continue
-        names.append(sample.caption)
-        glyphs.append(sample.meta.get("emoji", ""))
+        samples.append(sample)
     image_emb = model.encode_image(images)
-    _say(f"\nText -> emoji search among the {len(images)} held-out emoji (never seen in training):")
-    for queries in (EN_QUERIES, ZH_QUERIES):
-        for query, q in zip(queries, model.encode_text(queries)):
-            top = np.argsort(-(image_emb @ q))[:3]
-            shown = ", ".join(f"{glyphs[i]} {names[i]} ({image_emb[i] @ q:.2f})" for i in top)
-            _say(f"  {query!r:32} -> {shown}")
+    plain = [i for i, s in enumerate(samples) if "skin tone" not in s.caption]  # variants differ only in tone
+    picks = [plain[round(j * (len(plain) - 1) / (SHOWN_QUERIES - 1))] for j in range(SHOWN_QUERIES)]
+    _say(f"\nText -> emoji search among the {len(images)} held-out emoji (never seen in training);")
+    _say("each query is the name of one of them, in English and in Chinese (rank of the right one in brackets):")
+    for language in ("en", "zh"):
+        queries = [samples[i].captions.get(language, samples[i].caption) for i in picks]
+        for target, query, q in zip(picks, queries, model.encode_text(queries)):
+            scores = image_emb @ q
+            order = np.argsort(-scores)
+            rank = int(np.nonzero(order == target)[0][0]) + 1
+            shown = ", ".join(f"{samples[i].meta.get('emoji', '')} {samples[i].caption} ({scores[i]:.2f})" for i in order[:3])
+            _say(f"  {query!r:34} [{rank:>3}] -> {shown}")
 
 
 def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "127.0.0.1", port: int = 8000,
