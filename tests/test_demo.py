@@ -19,7 +19,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     metrics = run_demo(out, serve=False, steps=4, overrides=FAST)
     printed = capsys.readouterr().out
     assert "OpenMoji" in printed and "CC BY-SA 4.0" in printed  # the attribution is shown
-    searches = [line for line in printed.splitlines() if " -> " in line]
+    searches = [line for line in printed.splitlines() if line.startswith("  ") and "] -> " in line]
     assert len(searches) == 12  # six held-out names, in English and in Chinese
     assert any("\u4e00" <= ch <= "\u9fff" for line in searches[6:] for ch in line.split(" -> ")[0])
     assert metrics["num_images"] > 300  # evaluated on the held-out concepts
