@@ -12,12 +12,10 @@ import typer
 def friendly_errors():
     from visembed.checkpoint import ModelFolderError
     from visembed.config import ConfigError
-
-    expected: tuple[type[BaseException], ...] = (ConfigError, ModelFolderError, FileNotFoundError, ValueError)
-    from visembed.data import DataError
+    from visembed.data import BadImage, DataError
     from visembed.index.store import IndexStoreError
 
-    expected += (DataError, IndexStoreError)
+    expected = (ConfigError, ModelFolderError, DataError, BadImage, IndexStoreError, FileNotFoundError, ValueError)
     try:
         yield
     except expected as err:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
 
 import typer
@@ -21,20 +19,6 @@ def register(app: typer.Typer) -> None:
     app.command("search")(search)
     app.command("recommend", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(recommend)
     app.command("serve")(serve)
-
-
-@contextlib.contextmanager
-def _clear_errors():
-    """friendly_errors plus the index's own: one line on stderr and exit code 2."""
-    with friendly_errors():
-        from visembed.data import BadImage
-        from visembed.index.store import IndexStoreError
-
-        try:
-            yield
-        except (IndexStoreError, BadImage) as err:
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            sys.exit(2)
 
 
 def build(
@@ -54,7 +38,7 @@ def build(
     from visembed.index.build import build_index
     from visembed.index.store import IndexSettings
 
-    with _clear_errors():
+    with friendly_errors():
         settings = IndexSettings(kind=kind, exact_below=exact_below, large_kind=large_kind)
         settings.resolve_kind(0), settings.resolve_kind(exact_below)  # fail early on a bad kind
         build_index(model, data, out, split=split, progress=not quiet, settings=settings, language=language,
@@ -77,7 +61,7 @@ def add(
     """Embed new images with the index's model and append them to the index (no rebuild)."""
     from visembed.index.build import add_to_index
 
-    with _clear_errors():
+    with friendly_errors():
         report = add_to_index(index_dir, data, split=split, model_dir=model, language=language,
                               shard_size=shard_size, batch_size=batch_size, progress=not quiet)
     skipped = ", ".join(f"{reason}={n}" for reason, n in report.skipped.as_dict().items()) or "none"
@@ -92,7 +76,7 @@ def delete(
     """Remove items from an index (no rebuild: they are filtered out of every search)."""
     from visembed.index.store import VectorIndex
 
-    with _clear_errors():
+    with friendly_errors():
         index = VectorIndex.open(index_dir)
         removed = index.delete(ids)
         index.save(index_dir)
@@ -112,7 +96,7 @@ def search(
     from visembed.data import BadImage, load_image
     from visembed.index.searcher import Searcher
 
-    with _clear_errors():
+    with friendly_errors():
         if not text.strip() and image is None:
             raise ValueError("give a query TEXT, an --image, or both")
         example = None
@@ -144,7 +128,7 @@ def recommend(
     from visembed.index.searcher import Searcher
     from visembed.index.store import VectorIndex
 
-    with _clear_errors():
+    with friendly_errors():
         liked, disliked = _id_lists(ctx.args)
         if not liked:
             raise ValueError("give at least one --liked ID")
@@ -182,7 +166,7 @@ def serve(
     """Serve the web page and the HTTP API (search, upload, recommend, thumbnails, /docs)."""
     from visembed.serve.app import run_server
 
-    with _clear_errors():
+    with friendly_errors():
         run_server(index_dir, host, port, model_dir=model, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
 
 
