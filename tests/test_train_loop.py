@@ -148,3 +148,13 @@ def test_resume_refuses_a_different_model_config(tmp_path):
     changed = apply_overrides(cfg, ["model.embed_dim=32", "train.steps=4"])
     with pytest.raises(ValueError, match="different model or data config"):
         train(changed, tmp_path, resume=True, progress=False)
+
+
+def test_frozen_hf_text_tower_without_cjk_student_trains(tmp_path):
+    """The demo preset with the CJK student switched off: no distillation step to run (it crashed)."""
+    cfg = apply_overrides(load_preset("demo"), QUICK + ["model.text.cjk_student=false", "model.vision.channels=[8,16]",
+                                                        "train.batch_size=16"])
+    assert cfg.model.text.student_distill_steps > 0  # left at the preset's value, as a user would
+    final = train(cfg, tmp_path / "run", progress=False)
+    assert final["step"] == 2 and "val_text_to_image_R@1" in final
+    assert not any(name.startswith("text.student") for name in _weights(tmp_path / "run"))

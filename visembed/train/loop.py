@@ -88,7 +88,8 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
             print(f"resuming from {ckpt} (step {start_step} of {total_steps})")
     elif resume and main:
         print(f"no checkpoint in {out}: starting from scratch")
-    if ckpt is None and init is None and cfg.model.text.kind == "hf" and cfg.model.text.student_distill_steps > 0:
+    if ckpt is None and init is None and cfg.model.text.kind == "hf" and cfg.model.text.cjk_student \
+            and cfg.model.text.student_distill_steps > 0:
         from visembed.train.distill import distill_student, translation_pairs
 
         with torch.random.fork_rng(devices=[]):  # every rank distils identically; the main RNG stays as seeded
