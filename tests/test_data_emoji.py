@@ -31,8 +31,8 @@ def test_splits_are_by_concept():
     thumbs = {c.stem: c.split for c in catalogue if c.concept == "1F44D"}
     assert len(thumbs) == 6 and len(set(thumbs.values())) == 1
     counts = {name: sum(c.split == name for c in catalogue) for name in ("train", "val", "test")}
-    assert counts["train"] > 0.7 * len(catalogue) and counts["val"] > 0.05 * len(catalogue)
-    assert counts["test"] > 0.05 * len(catalogue)
+    assert counts["train"] > 0.8 * len(catalogue) and counts["val"] > 0.03 * len(catalogue)
+    assert counts["test"] > 0.08 * len(catalogue)
 
 
 def test_small_render_is_cached_and_captions_follow_language(tmp_path):

@@ -5,8 +5,11 @@ Concepts: every OpenMoji SVG whose emoji has both an English and a Chinese CLDR 
 U+FE0F there, sequences keep it, so both spellings are tried.
 
 Splits are by concept: an emoji and its skin-tone variants (U+1F3FB..1F3FF) share one split,
-chosen by a hash of the tone-free code points (train 80 %, val 10 %, test 10 %), so a model is
-never tested on a recoloured copy of a training image. `split="all"` takes every concept.
+chosen by a hash of the tone-free code points (train 85 %, val 5 %, test 10 %), so a model is
+never tested on a recoloured copy of a training image. The test split (~394 images) is what quality
+is reported on; val (~180) only follows training. A held-out concept is recognised through related
+training concepts ("woman juggling" through "man juggling" and "woman golfing"), so training gets
+every concept that testing does not need. `split="all"` takes every concept.
 
 Labels: the Unicode emoji group ("Animals & Nature", ...) or, with `label=subgroup`, the subgroup
 ("animal-mammal", ...), from `emoji_groups.txt` beside this file: the code point and group lines of
@@ -67,9 +70,9 @@ def _without(stem: str, drop: set[str]) -> str:
 
 
 def concept_split(concept: str) -> str:
-    """train/val/test from a stable hash of the concept key (80/10/10)."""
+    """train/val/test from a stable hash of the concept key (85/5/10)."""
     bucket = int(hashlib.sha1(concept.encode()).hexdigest(), 16) % 100
-    return "train" if bucket < 80 else "val" if bucket < 90 else "test"
+    return "train" if bucket < 85 else "val" if bucket < 90 else "test"
 
 
 def openmoji_svg_dir() -> Path:
