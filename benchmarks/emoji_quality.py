@@ -41,14 +41,15 @@ def tone_split_r1(model, split: str = "test") -> tuple[float, float]:
     import numpy as np
 
     from visembed.data.emoji import SKIN_TONES, EmojiDataset
+    from visembed.eval.retrieval import query_ranks
 
     ds = EmojiDataset(split)
-    image = np.asarray(model.encode_image([s.path for s in ds]))  # (N, D); captions are distinct
-    text = np.asarray(model.encode_text([s.caption for s in ds]))
-    scores = text @ image.T  # (N queries, N images); query i's image is image i
-    top1 = (scores > np.diag(scores)[:, None]).sum(axis=1) == 0
-    toned = np.array([bool(set(c.stem.split("-")) & SKIN_TONES) for _, c, _ in ds.items])
-    return float(top1[toned].mean()), float(top1[~toned].mean())
+    captions = [s.caption for s in ds]
+    texts = list(dict.fromkeys(captions))  # the queries, in the order query_ranks ranks them
+    _, ranks, _ = query_ranks(model.encode_image([s.path for s in ds]), captions, model.encode_text(texts))
+    toned_captions = {s.caption for s, (_, c, _) in zip(ds, ds.items) if set(c.stem.split("-")) & SKIN_TONES}
+    toned = np.array([t in toned_captions for t in texts])
+    return float((ranks[toned] == 1).mean()), float((ranks[~toned] == 1).mean())
 
 
 def run(name: str, overrides: list[str], steps: int | None, seed: int, root: Path) -> dict:

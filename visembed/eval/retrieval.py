@@ -16,9 +16,11 @@ def _ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     return (scores > best_relevant).sum(axis=1) + 1
 
 
-def retrieval_metrics(image_emb: np.ndarray, captions: list[str], text_emb_of: dict[str, np.ndarray] | np.ndarray,
-                      ks: tuple[int, ...] = (1, 5, 10), prefix: str = "") -> dict[str, float]:
-    """image_emb (N, D) with captions[i] the caption of image i; text_emb_of: (T, D) rows for the
+def query_ranks(image_emb: np.ndarray, captions: list[str], text_emb_of: dict[str, np.ndarray] | np.ndarray
+                ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(distinct captions, their text->image ranks (T,), each image's image->text rank (N,)).
+
+    image_emb (N, D) with captions[i] the caption of image i; text_emb_of: (T, D) rows for the
     distinct captions in first-seen order (or a dict caption -> vector)."""
     texts = list(dict.fromkeys(captions))
     if isinstance(text_emb_of, dict):
@@ -31,9 +33,13 @@ def retrieval_metrics(image_emb: np.ndarray, captions: list[str], text_emb_of: d
     caption_idx = np.array([column[c] for c in captions])  # (N,)
     sims = image_emb @ text_emb.T  # (N images, T texts)
     relevant = caption_idx[:, None] == np.arange(len(texts))[None, :]  # (N, T)
+    return texts, _ranks(sims.T, relevant.T), _ranks(sims, relevant)
 
-    t2i = _ranks(sims.T, relevant.T)  # (T,)
-    i2t = _ranks(sims, relevant)  # (N,)
+
+def retrieval_metrics(image_emb: np.ndarray, captions: list[str], text_emb_of: dict[str, np.ndarray] | np.ndarray,
+                      ks: tuple[int, ...] = (1, 5, 10), prefix: str = "") -> dict[str, float]:
+    """Recall@k, mean and median rank both ways; arguments as `query_ranks`."""
+    texts, t2i, i2t = query_ranks(image_emb, captions, text_emb_of)
     out = {}
     for name, ranks in (("text_to_image", t2i), ("image_to_text", i2t)):
         for k in ks:
