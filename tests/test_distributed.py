@@ -40,13 +40,29 @@ class PairEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(2.0))
         self.logit_bias = nn.Parameter(torch.tensor(-3.0)) if kind == "siglip" else None
 
-    def forward(self, x, y):
-        return F.normalize(x @ self.image, dim=-1), F.normalize(y @ self.text, dim=-1), self.logit_scale.exp(), self.logit_bias
+    def forward(self, x, y, bank=None):
+        out = [F.normalize(x @ self.image, dim=-1), F.normalize(y @ self.text, dim=-1), self.logit_scale.exp(),
+               self.logit_bias]
+        return out if bank is None else out + [F.normalize(bank @ self.text, dim=-1)]
 
 
 def _data():
     g = torch.Generator().manual_seed(1)
     return torch.randn(10, 8, generator=g), torch.randn(10, 6, generator=g)
+
+
+def _bank():
+    """A caption bank of 7 text-tower outputs, and each sample's row in it (-1: not in the bank)."""
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(7, 6, generator=g), torch.tensor([0, 3, -1, 6, 1, 1, 2, -1, 5, 4])
+
+
+def _loss(kind, model, x, y, with_bank, rank=0, world=1, sl=slice(None)):
+    if not with_bank:
+        return ContrastiveLoss(kind, rank=rank, world_size=world)(*model(x[sl], y[sl]))["contrastive_loss"]
+    bank, labels = _bank()
+    loss_fn = ContrastiveLoss(kind, rank=rank, world_size=world, bank_weight=0.7)
+    return loss_fn(*model(x[sl], y[sl], bank=bank), bank_labels=labels[sl])["contrastive_loss"]
 
 
 def _grads(model):
@@ -67,11 +83,12 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
         sl = slice(0, 4) if rank == 0 else slice(4, 10)
         steps = {}
         for kind in KINDS:
-            model = nn.parallel.DistributedDataParallel(PairEncoder(kind))
-            loss = ContrastiveLoss(kind, rank=rank, world_size=world)(*model(x[sl], y[sl]))["contrastive_loss"]
-            loss.backward()
-            # numpy, not tensors: tensors travel through shared memory that dies with this process
-            steps[kind] = (loss.item(), {k: v.numpy() for k, v in _grads(model.module).items()})
+            for with_bank in (False, True):
+                model = nn.parallel.DistributedDataParallel(PairEncoder(kind))
+                loss = _loss(kind, model, x, y, with_bank, rank, world, sl)
+                loss.backward()
+                # numpy, not tensors: tensors travel through shared memory that dies with this process
+                steps[kind, with_bank] = (loss.item(), {k: v.numpy() for k, v in _grads(model.module).items()})
         numbers = (reduce_number(rank + 1, "sum"), reduce_number(rank + 1, "min"))
         queue.put((rank, gathered.detach().numpy(), local.grad.numpy(), steps, numbers))
     finally:
@@ -86,7 +103,7 @@ def two_process_results():
     results = {}
     for _ in range(2):
         rank, gathered, local_grad, steps, numbers = queue.get(timeout=60)
-        steps = {kind: (loss, {k: torch.from_numpy(v) for k, v in grads.items()}) for kind, (loss, grads) in steps.items()}
+        steps = {key: (loss, {k: torch.from_numpy(v) for k, v in grads.items()}) for key, (loss, grads) in steps.items()}
         results[rank] = (torch.from_numpy(gathered), torch.from_numpy(local_grad), steps, numbers)
     return results
 
@@ -102,14 +119,15 @@ def test_gather_keeps_rank_order_and_sums_gradients_back(two_process_results):
         assert results[rank][3] == (3, 1)  # reduce_number: sum and min of 1 and 2
 
 
+@pytest.mark.parametrize("with_bank", [False, True], ids=["batch", "caption-bank"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_two_processes_match_one_process_full_batch(two_process_results, kind):
+def test_two_processes_match_one_process_full_batch(two_process_results, kind, with_bank):
     x, y = _data()
     model = PairEncoder(kind)
-    loss = ContrastiveLoss(kind)(*model(x, y))["contrastive_loss"]
+    loss = _loss(kind, model, x, y, with_bank)
     loss.backward()
     for rank in (0, 1):
-        rank_loss, grads = two_process_results[rank][2][kind]
+        rank_loss, grads = two_process_results[rank][2][kind, with_bank]
         assert rank_loss == pytest.approx(loss.item(), abs=1e-6)  # every rank sees the global loss
         for name, grad in _grads(model).items():
             torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=f"{name} on rank {rank}")

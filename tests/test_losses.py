@@ -60,6 +60,31 @@ def test_siglip_loss_matches_naive_loop(scale, bias):
     assert got.item() == pytest.approx(naive_siglip(image, text, scale, bias), rel=1e-6)
 
 
+def naive_caption_bank(image, bank, labels, scale):
+    img, captions = image.tolist(), bank.tolist()
+    total = 0.0
+    for i, label in enumerate(labels):  # image i must pick caption `label` among every caption of the bank
+        if label < 0:
+            continue  # its caption is not in the bank: nothing to pick, but it counts in the mean
+        row = [scale * _dot(img[i], c) for c in captions]
+        total += -row[label] + math.log(sum(math.exp(v) for v in row))
+    return total / len(img)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_caption_bank_term_matches_naive_loop_and_adds_to_the_batch_loss(kind):
+    image, text = _features(seed=4)
+    bank = F.normalize(torch.randn(9, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64), dim=-1)
+    labels = [3, 0, -1, 8, 3, 5]  # two images share a caption; one caption is not in the bank
+    scale, bias = torch.tensor(14.3, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
+    batch_only = ContrastiveLoss(kind)(image, text, scale, bias)["contrastive_loss"]
+    with_bank = ContrastiveLoss(kind, bank_weight=0.5)(image, text, scale, bias, bank=bank,
+                                                       bank_labels=torch.tensor(labels))["contrastive_loss"]
+    expected = batch_only.item() + 0.5 * naive_caption_bank(image, bank, labels, 14.3)
+    assert with_bank.item() == pytest.approx(expected, rel=1e-6)
+    assert with_bank.item() > batch_only.item()
+
+
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_matched_pairs_give_lower_loss_and_gradients_flow(kind):
     image, text = _features(seed=2)

@@ -90,3 +90,22 @@ def test_frozen_hf_tower_is_deterministic_in_train_mode(tokenizer_dir):
     assert not model.text.encoder.training
     first = model.text._pooled(["dog face", "red apple"])
     assert torch.equal(first, model.text._pooled(["dog face", "red apple"]))
+
+
+def test_caption_bank_holds_the_distinct_captions_the_frozen_tower_reads(tokenizer_dir):
+    from visembed.data import DataError, ListDataset, Sample
+    from visembed.train.caption_bank import build_caption_bank
+
+    model = build_model(_small("demo").model, tokenizer_dir)  # frozen MiniLM with a CJK student
+    captions = ["dog face", "狗脸", "dog face", "red apple"]  # the student reads 狗脸: it changes every step
+    data = ListDataset([Sample(id=str(i), image="x.png", caption=c) for i, c in enumerate(captions)])
+    bank = build_caption_bank(model, data, progress=False)
+    assert bank.captions == ["dog face", "red apple"]
+    torch.testing.assert_close(bank.features, model.text(["dog face", "red apple"]))
+    assert bank.labels(["red apple", "狗脸", "dog face"]).tolist() == [1, -1, 0]
+
+    with pytest.raises(ValueError, match="frozen text tower"):
+        build_caption_bank(build_model(_small("tiny").model, tokenizer_dir), data, progress=False)
+    data.streaming = True
+    with pytest.raises(DataError, match="known length"):
+        build_caption_bank(model, data, progress=False)

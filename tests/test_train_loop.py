@@ -158,3 +158,20 @@ def test_frozen_hf_text_tower_without_cjk_student_trains(tmp_path):
     final = train(cfg, tmp_path / "run", progress=False)
     assert final["step"] == 2 and "val_text_to_image_R@1" in final
     assert not any(name.startswith("text.student") for name in _weights(tmp_path / "run"))
+
+
+def test_caption_bank_run_encodes_every_training_caption_once(tmp_path, capsys):
+    from visembed.data import open_dataset
+
+    cfg = apply_overrides(load_preset("demo"), QUICK + ["model.text.cjk_student=false", "model.vision.channels=[8,16]",
+                                                        "train.batch_size=16", "train.caption_bank_weight=1.0"])
+    final = train(cfg, tmp_path / "run", progress=False)
+    distinct = {s.caption for s in open_dataset(cfg.data.train, "train")}
+    assert f"caption bank: {len(distinct):,} distinct training captions" in capsys.readouterr().out
+    assert final["step"] == 2 and final["loss"] > 0
+
+    tiny = _cfg("train.caption_bank_weight=1.0")  # a BPE text tower learns: its captions' features move
+    with pytest.raises(ValueError, match="needs a frozen text tower"):
+        train(tiny, tmp_path / "tiny", progress=False)
+    with pytest.raises(ValueError, match="caption_bank_weight must be 0"):
+        train(_cfg("train.caption_bank_weight=-1"), tmp_path / "negative", progress=False)

@@ -10,6 +10,7 @@ from visembed.config import apply_overrides, load_preset
 from visembed.data import epoch_order
 from visembed.losses import ContrastiveLoss
 from visembed.models import build_model
+from visembed.train.caption_bank import CaptionBank
 from visembed.train.optim import build_optimizer, param_groups
 from visembed.train.plan import MapPlan, StreamPlan, micro_batches, rank_slice
 from visembed.train.schedule import lr_at
@@ -128,6 +129,31 @@ def test_accumulation_keeps_every_negative(tiny_model_factory, loss):
     for chunk in (slice(0, 6), slice(6, 12)):
         contrastive_backward(naive, loss_fn, [(pixels[chunk], texts[chunk])])
     assert not torch.allclose(_grads(naive)["visual_projection.weight"], expected["visual_projection.weight"], atol=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_accumulation_with_a_caption_bank_counts_the_bank_once(tiny_model_factory, loss):
+    """The bank term under accumulation: two micro-batches of 6 give one batch of 12's gradient."""
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.rand(12, 3, 32, 32, generator=g)
+    texts = [f"{t} {i % 4}" for i, t in enumerate(CAPTIONS * 2)]
+    model = tiny_model_factory(loss)
+    captions = sorted(set(texts[:10])) + ["a caption no image has"]  # the last two images are not in the bank
+    bank = CaptionBank(captions, torch.randn(len(captions), model.text.width, generator=g))
+    loss_fn = ContrastiveLoss(loss, bank_weight=0.5)
+
+    full = contrastive_backward(model, loss_fn, [(pixels, texts)], bank=bank)
+    accum = tiny_model_factory(loss)
+    split = contrastive_backward(accum, loss_fn, [(pixels[:6], texts[:6]), (pixels[6:], texts[6:])], bank=bank)
+    assert split["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    expected, got = _grads(model), _grads(accum)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-4, msg=name)
+
+    without = tiny_model_factory(loss)  # the bank term is there: it changes the loss and the projections' gradients
+    plain = contrastive_backward(without, ContrastiveLoss(loss), [(pixels, texts)])
+    assert full["loss"] > plain["loss"]
+    assert not torch.allclose(_grads(without)["text_projection.weight"], expected["text_projection.weight"], atol=1e-4)
 
 
 def test_one_optimizer_step_moves_weights_and_keeps_norms_undecayed(tiny_model_factory):

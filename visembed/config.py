@@ -105,6 +105,7 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0  # 0 disables
     accum_steps: int = 1  # micro-batches per step; negatives come from the whole accumulated batch
+    caption_bank_weight: float = 0.0  # > 0: also contrast each image against every training caption (frozen text)
     checkpoint_every: int = 200
     eval_every: int = 0  # 0: only at the end
     log_every: int = 10

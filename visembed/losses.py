@@ -1,6 +1,8 @@
-"""Contrastive losses: CLIP (symmetric softmax InfoNCE) and SigLIP (pairwise sigmoid).
+"""Contrastive losses: CLIP (symmetric softmax InfoNCE) and SigLIP (pairwise sigmoid), and the
+optional caption-bank term (each image against every training caption, see
+`visembed.train.caption_bank`).
 
-Both see the whole global batch: features are gathered from every rank with gradients, and every
+All see the whole global batch: features are gathered from every rank with gradients, and every
 rank computes the same full-batch loss (see `visembed.distributed.gather_with_grad` for why the
 gradients then come out exactly as in one process).
 """
@@ -32,6 +34,14 @@ def siglip_loss(
     return -F.logsigmoid(signs * logits).sum() / len(logits)
 
 
+def caption_bank_loss(image: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Image i must pick its caption `labels[i]` among all K captions of the bank (softmax), whatever
+    the batch loss; an image whose caption is not in the bank (label -1) adds nothing but still
+    counts in the mean over images."""
+    logits = logit_scale * image @ bank.T  # (N, K)
+    return F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / len(image)
+
+
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
@@ -39,14 +49,16 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 class ContrastiveLoss(nn.Module):
     """`loss(image_features, text_features, logit_scale, logit_bias) -> {"contrastive_loss": t}`.
 
-    Features (n_local, D) are already L2-normalised and `logit_scale` is already exp'd.
+    Features (n_local, D) are already L2-normalised and `logit_scale` is already exp'd. With
+    `bank_weight` > 0, `bank` (K, D) and `bank_labels` (n_local,) add `bank_weight` times the
+    caption-bank term.
     """
 
-    def __init__(self, kind: str = "clip", rank: int = 0, world_size: int = 1):
+    def __init__(self, kind: str = "clip", rank: int = 0, world_size: int = 1, bank_weight: float = 0.0):
         super().__init__()
         if kind not in LOSS_KINDS:
             raise ValueError(f"unknown contrastive loss {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
-        self.kind, self.rank, self.world_size = kind, rank, world_size
+        self.kind, self.rank, self.world_size, self.bank_weight = kind, rank, world_size, bank_weight
 
     def forward(
         self,
@@ -54,6 +66,8 @@ class ContrastiveLoss(nn.Module):
         text_features: torch.Tensor,
         logit_scale: torch.Tensor,
         logit_bias: torch.Tensor | None = None,
+        bank: torch.Tensor | None = None,
+        bank_labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         if self.kind == "siglip" and logit_bias is None:
             raise ValueError("the siglip loss needs a logit_bias (set model.loss='siglip' when building the model)")
@@ -67,4 +81,7 @@ class ContrastiveLoss(nn.Module):
                 loss = clip_loss(image, text, scale)
             else:
                 loss = siglip_loss(image, text, scale, _at_least_fp32(logit_bias))
+            if bank is not None:
+                labels = gather_with_grad(bank_labels) if self.world_size > 1 else bank_labels
+                loss = loss + self.bank_weight * caption_bank_loss(image, _at_least_fp32(bank), labels, scale)
         return {"contrastive_loss": loss}

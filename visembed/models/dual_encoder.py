@@ -40,13 +40,20 @@ class DualEncoder(nn.Module):
         """texts: list of B strings -> (B, embed_dim), not normalised."""
         return self.text_projection(self.text(texts))
 
-    def forward(self, pixels: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor | None]:
-        return {
+    def forward(
+        self, pixels: torch.Tensor, texts: list[str], bank: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        """`bank`: text-tower outputs (K, text width) of a caption bank (`visembed.train.caption_bank`),
+        projected here so that the projection learns from them."""
+        out = {
             "image_features": F.normalize(self.encode_image(pixels), dim=-1),
             "text_features": F.normalize(self.encode_text(texts), dim=-1),
             "logit_scale": self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp(),
             "logit_bias": self.logit_bias,
         }
+        if bank is not None:
+            out["bank_features"] = F.normalize(self.text_projection(bank), dim=-1)
+        return out
 
     def save_assets(self, out_dir: str | Path) -> None:
         """Files the towers need besides weights (tokenizer, HF encoder config)."""

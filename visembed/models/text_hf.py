@@ -84,6 +84,10 @@ class HFTextEncoder(nn.Module):
         if self.student is not None:
             self.student.save_assets(out_dir)
 
+    def is_frozen_for(self, text: str) -> bool:
+        """Whether `text` goes through the frozen encoder (and so always gets the same features)."""
+        return self.frozen and not (self.student is not None and has_cjk(text))
+
     def _pooled(self, texts: list[str]) -> torch.Tensor:
         device = next(self.encoder.parameters()).device
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(device)

@@ -3,6 +3,7 @@
     plan.py       which samples each step and rank sees (a pure function of seed and step)
     loader.py     decode and collate them (broken images skipped and counted), optionally ahead
     step.py       forward/backward with feature-cached gradient accumulation, clip, optimiser step
+    caption_bank.py  every training caption's frozen text features, for a loss over all of them
     optim.py      AdamW with weight decay on matrices only
     schedule.py   warmup + cosine learning rate as a function of the step
     state.py      RNG state for exact resumes

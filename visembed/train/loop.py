@@ -25,6 +25,7 @@ from visembed.data import DataError, SkipCounter, build_train_augment, open_data
 from visembed.distributed import barrier, cleanup, init_distributed, reduce_number
 from visembed.losses import ContrastiveLoss
 from visembed.models import build_model, needs_bpe_tokenizer
+from visembed.train.caption_bank import build_caption_bank
 from visembed.train.loader import StepLoader
 from visembed.train.metrics_log import MetricsLog
 from visembed.train.optim import build_optimizer
@@ -69,6 +70,11 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
     if init is not None:
         checkpoint.load_weights(model, checkpoint.weights_path(init))
     model.to(device).train()
+    bank = None
+    if tc.caption_bank_weight > 0:  # the frozen tower's features of every training caption, once
+        bank = build_caption_bank(model, dataset, progress=progress and main)
+        if main:
+            print(f"caption bank: {len(bank):,} distinct training captions")
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
     total_steps = _total_steps(cfg, dataset)
     per_step = tc.batch_size * tc.accum_steps  # samples of the global stream each step consumes
@@ -106,7 +112,7 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None,
             find_unused_parameters=cfg.model.text.kind == "hf")  # a CJK student idles on all-English batches
-    loss_fn = ContrastiveLoss(cfg.model.loss, rank=rank, world_size=world)
+    loss_fn = ContrastiveLoss(cfg.model.loss, rank=rank, world_size=world, bank_weight=tc.caption_bank_weight)
     augment = build_train_augment(cfg.data.augment).to(device)
     loader = StepLoader(dataset, cfg, rank, world, start_step * per_step)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume else None) if main else None
@@ -131,7 +137,7 @@ def _train(cfg, out, init, resume, progress, rank, world, local_rank, device) ->
             torch.manual_seed(step_seed(tc.seed, step, rank))  # augmentations depend on the step only
             with torch.no_grad():
                 batch = [(augment(pixels.to(device).float() / 255), texts) for pixels, texts in batch]
-            last = train_step(ddp, loss_fn, optimizer, batch, tc.grad_clip, autocast)
+            last = train_step(ddp, loss_fn, optimizer, batch, tc.grad_clip, autocast, bank)
             interval_samples += sum(local_sizes)
         bar.update(1)
 
@@ -224,6 +230,8 @@ def _check(cfg: RunConfig, world: int) -> None:
         raise ValueError(f"train.batch_size ({tc.batch_size}) must be at least the number of processes ({world})")
     if tc.accum_steps < 1:
         raise ValueError(f"train.accum_steps must be 1 or more, got {tc.accum_steps}")
+    if tc.caption_bank_weight < 0:
+        raise ValueError(f"train.caption_bank_weight must be 0 (off) or more, got {tc.caption_bank_weight}")
     if tc.steps < 1 and tc.epochs < 1:
         raise ValueError("set train.steps or train.epochs to 1 or more")
 

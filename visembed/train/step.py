@@ -5,6 +5,9 @@ every micro-batch are computed first without gradients, then each micro-batch is
 gradients and spliced into that cached set, so each backward pass is the full accumulated batch's
 loss seen through one micro-batch (the method of OpenCLIP's `accum_freq`). The sum of those
 backward passes is exactly the gradient of the one big batch.
+
+A caption bank (`caption_bank.py`) is projected in every pass; like the temperature, its
+projection carries gradient in one pass only, so that it is counted once.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from visembed.train.caption_bank import CaptionBank
 
 MicroBatch = tuple[torch.Tensor, list[str]]  # pixels (b, 3, S, S) in [0, 1], b captions
 
@@ -30,16 +35,20 @@ def contrastive_backward(
     loss_fn: Callable[..., dict[str, torch.Tensor]],
     micro_batches: list[MicroBatch],
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    bank: CaptionBank | None = None,
 ) -> dict[str, float]:
     """Backpropagate the loss of all micro-batches together; gradients accumulate in `.grad`.
 
     Returns the loss and the temperature for logging.
     """
+    bank_input = {} if bank is None else {"bank": bank.features}
     if len(micro_batches) == 1:
         pixels, texts = micro_batches[0]
         with autocast():
-            out = model(pixels, texts)
-            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
+            out = model(pixels, texts, **bank_input)
+            bank_args = {} if bank is None else {"bank": out["bank_features"], "bank_labels": bank.labels(texts)}
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"],
+                           **bank_args)
             loss = loss["contrastive_loss"]
         loss.backward()
         return {"loss": loss.item(), "logit_scale": out["logit_scale"].item()}
@@ -49,17 +58,21 @@ def contrastive_backward(
     images = [c["image_features"] for c in cached]  # each (b_j, D)
     texts_ = [c["text_features"] for c in cached]
     last = len(micro_batches) - 1
+    bank_labels = None if bank is None else bank.labels([t for _, texts in micro_batches for t in texts])
     for j, (pixels, texts) in enumerate(micro_batches):
         with _no_sync(model, sync=j == last), autocast():
-            out = model(pixels, texts)
+            out = model(pixels, texts, **bank_input)
             image = torch.cat(images[:j] + [out["image_features"]] + images[j + 1 :])  # (B, D)
             text = torch.cat(texts_[:j] + [out["text_features"]] + texts_[j + 1 :])
-            # the temperature enters every pass; let only one of them carry its gradient
+            # the temperature (and a caption bank) enters every pass; let only one of them carry its gradient
             scale, bias = out["logit_scale"], out["logit_bias"]
+            bank_args = {} if bank is None else {"bank": out["bank_features"], "bank_labels": bank_labels}
             if j != last:
                 scale = scale.detach()
                 bias = bias.detach() if bias is not None else None
-            loss = loss_fn(image, text, scale, bias)["contrastive_loss"]
+                if bank is not None:
+                    bank_args["bank"] = bank_args["bank"].detach()
+            loss = loss_fn(image, text, scale, bias, **bank_args)["contrastive_loss"]
         loss.backward()
     return {"loss": loss.item(), "logit_scale": out["logit_scale"].item()}
 
@@ -71,10 +84,11 @@ def train_step(
     micro_batches: list[MicroBatch],
     grad_clip: float = 0.0,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    bank: CaptionBank | None = None,
 ) -> dict[str, float]:
     """zero_grad -> forward/backward over the micro-batches -> clip -> optimiser step."""
     optimizer.zero_grad(set_to_none=True)
-    stats = contrastive_backward(model, loss_fn, micro_batches, autocast)
+    stats = contrastive_backward(model, loss_fn, micro_batches, autocast, bank)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     optimizer.step()
