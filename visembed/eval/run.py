@@ -72,12 +72,9 @@ def evaluate(model, spec: str, split: str = "test", *, language: str = "en", tem
 
 def evaluate_folder(folder: str | Path, spec: str, split: str = "test", **kwargs) -> dict:
     """Load a model folder, evaluate, and save `eval_<split>.json` beside the weights."""
-    from visembed.distributed import best_device
-    from visembed.models import load_model_folder
     from visembed.models.inference import Model
 
-    device = best_device()
-    model = Model(*load_model_folder(folder, device), device)
+    model = Model.from_folder(folder)
     metrics = evaluate(model, spec, split, **kwargs)
     (Path(folder) / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return metrics

@@ -17,6 +17,15 @@ class Model:
         self.module, self.config = module, config
         self.device = torch.device(device) if device is not None else next(module.parameters()).device
 
+    @classmethod
+    def from_folder(cls, folder, device: str | torch.device | None = None) -> "Model":
+        """Load a run or model folder written by `visembed train`, on the best device unless told."""
+        from visembed.distributed import best_device
+        from visembed.models import load_model_folder
+
+        device = torch.device(device) if device is not None else best_device()
+        return cls(*load_model_folder(folder, device), device)
+
     @property
     def image_size(self) -> int:
         return self.config.model.vision.image_size

@@ -2,10 +2,12 @@
 of them and not only against the ~100 captions of its batch.
 
 With a frozen text tower (LiT) a caption's features never change, so the whole training set's
-captions are encoded once; each step then only projects them (one matrix product, ~1 % of a
-ConvNet step at 48 px) and adds, with weight `train.caption_bank_weight`, a softmax of each image
-over the bank to the batch loss. On small data that is where the hard negatives are: an emoji's
-skin-tone siblings and near-synonyms rarely share a batch of 128 drawn from ~3,400 images.
+captions are encoded once. Each step then only projects them and adds, with weight
+`train.caption_bank_weight`, a softmax of each image over the bank to the batch loss (forward and
+backward for 3,400 captions: ~30 ms on 2 cores, ~4 % of a `demo` step). On small data that is
+where the hard negatives are: an emoji's skin-tone siblings and near-synonyms rarely share a
+batch of 128 drawn from ~3,400 images. Measured in `benchmarks/emoji_quality.py`: held-out R@1
+0.326 -> 0.386 (mean of 3 seeds).
 Captions that a trainable tower reads (Chinese ones, with a CJK student) stay out of the bank.
 """
 
