@@ -11,7 +11,7 @@ from visembed.models import build_model, load_model_folder
 
 @pytest.fixture
 def tiny(tmp_path):
-    from visembed.data.tokenizer import train_bpe_tokenizer
+    from visembed.models.bpe_tokenizer import train_bpe_tokenizer
 
     cfg = apply_overrides(load_preset("tiny"), ["model.text.vocab_size=300"])
     train_bpe_tokenizer(["a red circle", "a blue square", "狗"] * 20, 300, tmp_path / "tokenizer.json")

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -46,3 +47,40 @@ def test_overrides_parse_json_and_check_types():
 def test_unknown_preset_lists_known_ones():
     with pytest.raises(ConfigError, match="known presets: .*tiny"):
         load_preset("huge")
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.lr=Infinity", "train.lr"), ("model.vision.std=[0,0,0]", "model.vision.std"),
+    ("train.weight_decay=1e400", "train.weight_decay"), ("model.embed_dim=0", "model.embed_dim"),
+    ("model.vision.patch_size=0", "model.vision.patch_size"), ("model.vision.mean=[1]", "model.vision.mean"),
+    ("model.text.vocab_size=1", "model.text.vocab_size"), ("train.grad_clip=NaN", "train.grad_clip"),
+    ("train.warmup_steps=-10", "train.warmup_steps"), ("data.num_workers=-1", "data.num_workers"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every"), ("model.vision.kind=resnet", "model.vision.kind"),
+    ("model.loss=triplet", "model.loss"), ("train.precision=fp8", "train.precision"),
+    ("model.vision.image_size=36", "model.vision.image_size"),  # not a multiple of the ViT's patch 8
+])
+def test_bad_values_fail_with_the_key_named(override, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        apply_overrides(load_preset("tiny"), [override])
+
+
+def test_a_cjk_student_needs_an_hf_tower_and_its_own_valid_sizes():
+    with pytest.raises(ConfigError, match="cjk_student.enabled"):
+        apply_overrides(load_preset("tiny"), ["model.text.cjk_student.enabled=true"])
+    with pytest.raises(ConfigError, match="model.text.cjk_student.width"):
+        apply_overrides(load_preset("demo"), ["model.text.cjk_student.width=100"])  # not a multiple of 3 heads
+
+
+def test_a_preset_that_is_not_an_object_names_its_file(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=f"{re.escape(str(path))}.*JSON object"):
+        load_preset(str(path))
+
+
+def test_configs_saved_before_the_student_sub_config_still_load():
+    legacy = to_dict(load_preset("demo"))
+    legacy["model"]["text"] = {**{k: v for k, v in legacy["model"]["text"].items() if k != "cjk_student"},
+                               "cjk_student": True, "student_distill_steps": 300, "vocab_size": 4096,
+                               "context_length": 24, "width": 192, "depth": 3, "heads": 3}
+    assert from_dict(legacy).model.text.cjk_student == load_preset("demo").model.text.cjk_student

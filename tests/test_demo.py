@@ -8,7 +8,7 @@ import pytest
 import visembed
 
 
-FAST = ["train.batch_size=32", "train.checkpoint_every=4", "model.text.student_distill_steps=20"]
+FAST = ["train.batch_size=32", "train.checkpoint_every=4", "model.text.cjk_student.distill_steps=20"]
 
 
 @pytest.mark.slow

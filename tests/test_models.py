@@ -13,7 +13,7 @@ CAPTIONS = ["a small red circle", "一只狗", "dog face", "a blue square left o
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from visembed.data.tokenizer import train_bpe_tokenizer
+    from visembed.models.bpe_tokenizer import train_bpe_tokenizer
 
     folder = tmp_path_factory.mktemp("tok")
     train_bpe_tokenizer(CAPTIONS * 20 + ["狗脸", "苹果", "火箭"] * 10, 600, folder / "tokenizer.json")
@@ -101,7 +101,7 @@ def test_caption_bank_holds_the_distinct_captions_the_frozen_tower_reads(tokeniz
     data = ListDataset([Sample(id=str(i), image="x.png", caption=c) for i, c in enumerate(captions)])
     bank = build_caption_bank(model, data, progress=False)
     assert bank.captions == ["dog face", "red apple"]
-    torch.testing.assert_close(bank.features, model.text(["dog face", "red apple"]))
+    torch.testing.assert_close(bank.features, model.text.encode(["dog face", "red apple"]))
     assert bank.labels(["red apple", "狗脸", "dog face"]).tolist() == [1, -1, 0]
 
     with pytest.raises(ValueError, match="frozen text tower"):
@@ -109,3 +109,45 @@ def test_caption_bank_holds_the_distinct_captions_the_frozen_tower_reads(tokeniz
     data.streaming = True
     with pytest.raises(DataError, match="known length"):
         build_caption_bank(model, data, progress=False)
+
+
+@pytest.mark.parametrize("kind, tokens", [("vit", 1 + (32 // 8) ** 2), ("convnet", (32 // 4) ** 2)])
+def test_vision_towers_hand_out_tokens_and_pool_them(kind, tokens):
+    """forward_features -> (B, N, width): the class token and patches of a ViT, the last feature
+    map's cells of a ConvNet; forward is pool(forward_features)."""
+    from visembed.models import build_vision
+
+    cfg = apply_overrides(load_preset("tiny"), [f"model.vision.kind={kind}", "model.vision.image_size=32",
+                                                "model.vision.channels=[8,16]"]).model
+    tower = build_vision(cfg).eval()
+    pixels = torch.rand(2, 3, 32, 32)
+    features = tower.forward_features(pixels)
+    assert features.shape == (2, tokens, tower.width)
+    torch.testing.assert_close(tower.pool(features), tower(pixels))
+    assert tower(pixels).shape == (2, tower.width)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo"])
+def test_text_towers_tokenize_then_forward_as_encode_text_does(preset, tokenizer_dir):
+    """The tensor contract: tokenize(texts) -> (ids, mask) and forward(ids, mask) compose into the
+    string API (English texts: the hf tower's student reads only CJK text)."""
+    model = build_model(_small(preset).model, tokenizer_dir).eval()
+    texts = ["dog face", "a blue square left of a green triangle"]
+    ids, mask = model.text.tokenize(texts)
+    assert ids.dtype == torch.long and ids.shape == mask.shape and ids.shape[0] == 2
+    assert mask.sum(dim=1).tolist()[0] < mask.shape[1]  # the shorter text is padded
+    with torch.no_grad():
+        composed = model.text_projection(model.text(ids, mask))
+        torch.testing.assert_close(composed, model.encode_text(texts))
+
+
+def test_frozen_tower_cache_is_bounded_least_recently_used_first(tokenizer_dir):
+    model = build_model(_small("demo").model, tokenizer_dir).eval()
+    model.text.cache_limit = 3
+    with torch.no_grad():
+        first = model.encode_text(["red apple"])
+        model.encode_text(["dog face", "cat face"])
+        model.encode_text(["red apple"])  # used again: now the most recent
+        model.encode_text(["green pear"])  # over the limit: "dog face", the least recent, leaves
+        assert list(model.text._cache) == ["cat face", "red apple", "green pear"]
+        assert torch.equal(model.encode_text(["red apple"]), first)

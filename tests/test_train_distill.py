@@ -3,14 +3,15 @@
 import torch
 
 from visembed.config import apply_overrides, load_preset
-from visembed.data import open_dataset, train_bpe_tokenizer
+from visembed.data import open_dataset
+from visembed.models.bpe_tokenizer import train_bpe_tokenizer
 from visembed.models import build_model
 from visembed.train.distill import distill_student, translation_pairs
 
 
 def _match_rate(text_tower, pairs):
     with torch.no_grad():
-        student = torch.nn.functional.normalize(text_tower.student_proj(text_tower.student([zh for zh, _ in pairs])), dim=-1)
+        student = torch.nn.functional.normalize(text_tower.student_proj(text_tower.student.encode([zh for zh, _ in pairs])), dim=-1)
         teacher = text_tower._encode_teacher([en for _, en in pairs])
     return ((student @ teacher.T).argmax(dim=1) == torch.arange(len(pairs))).float().mean().item()
 

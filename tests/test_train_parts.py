@@ -23,7 +23,7 @@ CAPTIONS = ["a small red circle", "a large blue square", "a green triangle left 
 
 @pytest.fixture(scope="module")
 def tiny_model_factory(tmp_path_factory):
-    from visembed.data.tokenizer import train_bpe_tokenizer
+    from visembed.models.bpe_tokenizer import train_bpe_tokenizer
 
     folder = tmp_path_factory.mktemp("tok")
     train_bpe_tokenizer(CAPTIONS * 10, 300, folder)

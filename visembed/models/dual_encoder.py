@@ -1,4 +1,8 @@
-"""The dual encoder: an image tower and a text tower projected into one shared space."""
+"""The dual encoder: an image tower and a text tower projected into one shared space.
+
+The towers take tensors (see `vision_vit.py` and `text_transformer.py` for the contract); this
+class composes them into the string API the rest of visembed uses (`encode_text(list[str])`).
+"""
 
 from __future__ import annotations
 
@@ -33,12 +37,15 @@ class DualEncoder(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels: float (B, 3, S, S) in [0, 1] -> (B, embed_dim), not normalised."""
-        x = (pixels - self.pixel_mean) / self.pixel_std
-        return self.visual_projection(self.vision(x))
+        return self.visual_projection(self.vision(self.normalize_pixels(pixels)))
+
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, S, S) in [0, 1] -> what the vision tower reads (its mean and std applied)."""
+        return (pixels - self.pixel_mean) / self.pixel_std
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """texts: list of B strings -> (B, embed_dim), not normalised."""
-        return self.text_projection(self.text(texts))
+        """texts: list of B strings -> (B, embed_dim), not normalised (tokenize + the tower, composed)."""
+        return self.text_projection(self.text.encode(texts))
 
     def forward(
         self, pixels: torch.Tensor, texts: list[str], bank: torch.Tensor | None = None

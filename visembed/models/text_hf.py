@@ -1,15 +1,22 @@
 """A pretrained Hugging Face text encoder from a local folder (never a hub download).
 
+Tower contract: `tokenize(texts) -> (ids, mask)` with the encoder's own tokenizer,
+`forward(ids, mask) -> (B, width)` (mean over real tokens, L2-normalised, as sentence-transformers
+pools all-MiniLM-L6-v2), and `encode(texts)`, which composes them and adds two things strings
+allow: a cache and routing.
+
 Frozen (LiT-style locked tower) by default: then its sentence features are computed once per
-distinct text and cached, which makes training with it nearly as cheap as training the image tower
-alone. all-MiniLM-L6-v2 knows English only; with `cjk_student` texts that contain CJK characters
-go to a small BPE text transformer that is trained beside it, into the same feature space.
+distinct text and cached (least recently used first out beyond `cache_limit` texts), which makes
+training with it nearly as cheap as training the image tower alone. all-MiniLM-L6-v2 knows English
+only; with `model.text.cjk_student` texts that contain CJK characters go to a small BPE text
+transformer that is trained beside it, into the same feature space.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -18,6 +25,7 @@ from torch import nn
 from visembed.config import TextConfig
 
 ENCODER_DIR = "text_encoder"  # inside a model folder: the HF encoder's own files
+CACHE_LIMIT = 100_000  # cached texts (384 floats each for MiniLM: ~150 MB at most)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
@@ -56,14 +64,14 @@ class HFTextEncoder(nn.Module):
         self.encoder.requires_grad_(not self.frozen)
         self.width = self.encoder.config.hidden_size
         self.max_length = min(self.tokenizer.model_max_length, 128)
-        self._cache: dict[str, torch.Tensor] = {}
+        self.cache_limit = CACHE_LIMIT
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
         self.student = None
-        if cfg.cjk_student:
+        if cfg.cjk_student.enabled:
             from visembed.models.text_transformer import TextTransformer
 
-            student_cfg = TextConfig(**{**cfg.__dict__, "kind": "transformer"})
-            self.student = TextTransformer(student_cfg, asset_dir)
+            self.student = TextTransformer(cfg.cjk_student, asset_dir)
             self.student_proj = nn.Linear(self.student.width, self.width, bias=False)
 
     def train(self, mode: bool = True) -> "HFTextEncoder":
@@ -88,13 +96,22 @@ class HFTextEncoder(nn.Module):
         """Whether `text` goes through the frozen encoder (and so always gets the same features)."""
         return self.frozen and not (self.student is not None and has_cjk(text))
 
-    def _pooled(self, texts: list[str]) -> torch.Tensor:
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> ids (B, T) long and mask (B, T) long, padded to the longest text (at most 128 tokens)."""
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return batch["input_ids"], batch["attention_mask"]
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's features averaged over real tokens, L2-normalised -> (B, width)."""
         device = next(self.encoder.parameters()).device
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(device)
-        hidden = self.encoder(**batch).last_hidden_state  # (B, T, width)
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over real tokens
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, width)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, width)
         return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def _pooled(self, texts: list[str]) -> torch.Tensor:
+        return self(*self.tokenize(texts))
 
     def _encode_teacher(self, texts: list[str]) -> torch.Tensor:
         if not self.frozen:
@@ -105,9 +122,15 @@ class HFTextEncoder(nn.Module):
                 for text, feature in zip(missing, self._pooled(missing).float()):
                     self._cache[text] = feature.cpu()  # host memory: the cache can grow large
         device = next(self.encoder.parameters()).device
-        return torch.stack([self._cache[t] for t in texts]).to(device)
+        features = torch.stack([self._cache[t] for t in texts]).to(device)
+        for text in dict.fromkeys(texts):  # most recently used last; the oldest leave beyond the limit
+            self._cache.move_to_end(text)
+        while len(self._cache) > self.cache_limit:
+            self._cache.popitem(last=False)
+        return features
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (B, width): the frozen encoder's cached features, CJK texts through the student."""
         if self.student is None:
             return self._encode_teacher(texts)
         routed = [has_cjk(t) for t in texts]
@@ -117,7 +140,7 @@ class HFTextEncoder(nn.Module):
         if english:
             parts.append((self._encode_teacher(english), [i for i, r in enumerate(routed) if not r]))
         if cjk:
-            parts.append((self.student_proj(self.student(cjk)), [i for i, r in enumerate(routed) if r]))
+            parts.append((self.student_proj(self.student.encode(cjk)), [i for i, r in enumerate(routed) if r]))
         width = parts[0][0].shape[-1]
         result = parts[0][0].new_zeros(len(texts), width)
         for features, index in parts:

@@ -1,7 +1,9 @@
 """CLIP-style text transformer over a byte-level BPE vocabulary trained on the captions.
 
 Causal attention and pooling at the end-of-text token, as in CLIP: padding after the EOS token can
-never influence the pooled feature, so no padding mask is needed.
+never influence the pooled feature. The tower contract (shared by every text tower):
+`tokenize(texts) -> (ids, mask)` on the CPU, `forward(ids, mask) -> (B, width)`, and
+`encode(texts)`, the two composed.
 """
 
 from __future__ import annotations
@@ -11,23 +13,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from visembed.config import TextConfig
+from visembed.models.bpe_tokenizer import FILE_NAME as TOKENIZER_FILE
+from visembed.models.bpe_tokenizer import BPETokenizer
 from visembed.models.layers import Encoder
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 class TextTransformer(nn.Module):
-    def __init__(self, cfg: TextConfig, tokenizer_dir: str | Path | None):
-        super().__init__()
-        from visembed.data.tokenizer import BPETokenizer
+    """`cfg` holds vocab_size, context_length, width, depth, heads and mlp_ratio (a TextConfig, or
+    the StudentConfig of a CJK student)."""
 
+    def __init__(self, cfg, tokenizer_dir: str | Path | None):
+        super().__init__()
         if tokenizer_dir is None or not (Path(tokenizer_dir) / TOKENIZER_FILE).is_file():
             raise FileNotFoundError(
                 f"a BPE text tower needs {TOKENIZER_FILE} in {tokenizer_dir}; train one with "
-                "visembed.data.tokenizer.train_bpe_tokenizer (the trainer does this for you)"
+                "visembed.models.bpe_tokenizer.train_bpe_tokenizer (the trainer does this for you)"
             )
         self.tokenizer = BPETokenizer.load(Path(tokenizer_dir) / TOKENIZER_FILE)
+        if self.tokenizer.vocab_size > cfg.vocab_size:
+            raise ValueError(f"the tokenizer in {tokenizer_dir} has {self.tokenizer.vocab_size} tokens but the tower's "
+                             f"vocabulary holds {cfg.vocab_size}")
         self.context_length = cfg.context_length
         self.width = cfg.width
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
@@ -40,10 +45,23 @@ class TextTransformer(nn.Module):
     def save_assets(self, out_dir: Path) -> None:
         self.tokenizer.save(out_dir / TOKENIZER_FILE)
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        ids, lengths = self.tokenizer.encode_batch(texts, self.context_length)  # (B, T), (B,)
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> ids (B, T) long `<bos> tokens <eos>` padded with 0, mask (B, T) bool of real tokens."""
+        ids, lengths = self.tokenizer.encode_batch(texts, self.context_length)
+        mask = torch.arange(ids.shape[1]) < lengths[:, None]  # (B, T)
+        return ids, mask
+
+    def forward_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """-> every position's features (B, T, width), after the final layer norm."""
         ids = ids.to(self.token_embedding.weight.device)
         x = self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]  # (B, T, width)
-        x = self.final_layer_norm(self.encoder(x, causal=True))
-        eos = torch.as_tensor(lengths, device=x.device) - 1
-        return x[torch.arange(x.shape[0], device=x.device), eos]  # (B, width)
+        return self.final_layer_norm(self.encoder(x, causal=True))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Features at each text's `<eos>`, its last real token -> (B, width)."""
+        x = self.forward_features(ids, mask)
+        eos = mask.to(x.device).sum(dim=1) - 1  # (B,)
+        return x[torch.arange(x.shape[0], device=x.device), eos]
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return self(*self.tokenize(texts))

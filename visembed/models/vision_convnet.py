@@ -1,7 +1,8 @@
 """A small residual ConvNet image tower.
 
 On a CPU budget and small data it learns faster than a ViT of similar cost (convolutions bring the
-locality prior a ViT has to learn), which is why the `demo` preset uses it.
+locality prior a ViT has to learn), which is why the `demo` preset uses it. Tower contract as in `vision_vit.py`: its tokens are the
+cells of the last feature map, pooled by their mean.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ class ConvNet(nn.Module):
         self.stages = nn.Sequential(*stages)  # (B, c_last, S/2^len, S/2^len)
         self.norm = nn.LayerNorm(self.width)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))  # (B, width, h, w)
+        return x.flatten(2).transpose(1, 2)  # (B, h * w, width): one token per cell
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        # the mean over the cells' contiguous axis, the same sum in the same order as a mean over (h, w)
+        return self.norm(tokens.transpose(1, 2).mean(dim=-1))  # (B, width)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        return self.norm(x.mean(dim=(2, 3)))  # (B, width)
+        return self.pool(self.forward_features(x))

@@ -1,4 +1,10 @@
-"""CLIP-style Vision Transformer: patches + class token -> pre-LN blocks -> class token."""
+"""CLIP-style Vision Transformer: patches + class token -> pre-LN blocks -> class token.
+
+Tower contract (shared by every vision tower): `forward_features(pixels) -> (B, N, width)` tokens
+(here the class token first, then the patches, before the final layer norm, as transformers'
+`last_hidden_state`), `pool(tokens) -> (B, width)`, and `forward = pool(forward_features(...))`.
+Pixels arrive normalised with the tower's mean and std.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +30,15 @@ class VisionTransformer(nn.Module):
         self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
         self.post_layernorm = nn.LayerNorm(cfg.width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embedding(x)  # (B, width, S/p, S/p)
         x = x.flatten(2).transpose(1, 2)  # (B, patches, width)
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.position_embedding.weight  # (B, 1 + patches, width)
-        x = self.encoder(self.pre_layrnorm(x))
-        return self.post_layernorm(x[:, 0])  # (B, width)
+        return self.encoder(self.pre_layrnorm(x))  # (B, 1 + patches, width)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.post_layernorm(tokens[:, 0])  # the class token, (B, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x))

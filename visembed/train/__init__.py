@@ -2,8 +2,11 @@
 
     plan.py       which samples each step and rank sees (a pure function of seed and step)
     loader.py     decode and collate them (broken images skipped and counted), optionally ahead
-    step.py       forward/backward with feature-cached gradient accumulation, clip, optimiser step
+    tasks/        what is optimised: a task prepares itself and turns micro-batches into losses
+                  (contrastive.py: CLIP / SigLIP, caption bank, CJK student distillation)
+    step.py       the contrastive forward/backward with feature-cached gradient accumulation
     caption_bank.py  every training caption's frozen text features, for a loss over all of them
+    distill.py    the CJK student pulled onto the frozen English tower
     optim.py      AdamW with weight decay on matrices only
     schedule.py   warmup + cosine learning rate as a function of the step
     state.py      RNG state for exact resumes

@@ -60,5 +60,5 @@ def build_caption_bank(model, dataset, progress: bool = True) -> CaptionBank:
     with torch.no_grad():
         for start in tqdm(range(0, len(texts), ENCODE_BATCH), desc="caption bank", disable=not progress,
                           dynamic_ncols=True):
-            parts.append(model.text(texts[start : start + ENCODE_BATCH]))
+            parts.append(model.text.encode(texts[start : start + ENCODE_BATCH]))
     return CaptionBank(texts, torch.cat(parts))

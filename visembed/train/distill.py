@@ -42,7 +42,7 @@ def distill_student(text_tower, pairs: list[tuple[str, str]], *, steps: int, bat
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, lr, max(1, steps // 10), steps)
         index = torch.randint(len(pairs), (min(batch_size, len(pairs)),), generator=generator)  # (B,)
-        student = text_tower.student_proj(text_tower.student([sources[i] for i in index.tolist()]))  # (B, width)
+        student = text_tower.student_proj(text_tower.student.encode([sources[i] for i in index.tolist()]))  # (B, width)
         loss = 1 - F.cosine_similarity(student.float(), targets[index].to(student.device), dim=-1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,4 +1,4 @@
-"""One optimisation step's forward and backward for the contrastive task.
+"""One optimisation step's forward and backward for the contrastive task (`tasks/contrastive.py`).
 
 Gradient accumulation for a contrastive loss must not shrink the set of negatives: the features of
 every micro-batch are computed first without gradients, then each micro-batch is recomputed with
@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from visembed.train.caption_bank import CaptionBank
-
-MicroBatch = tuple[torch.Tensor, list[str]]  # pixels (b, 3, S, S) in [0, 1], b captions
+from visembed.train.tasks import Autocast, MicroBatch
 
 
 def _no_sync(model: nn.Module, sync: bool):
@@ -34,7 +33,7 @@ def contrastive_backward(
     model: nn.Module,
     loss_fn: Callable[..., dict[str, torch.Tensor]],
     micro_batches: list[MicroBatch],
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    autocast: Autocast = contextlib.nullcontext,
     bank: CaptionBank | None = None,
 ) -> dict[str, float]:
     """Backpropagate the loss of all micro-batches together; gradients accumulate in `.grad`.
@@ -75,21 +74,3 @@ def contrastive_backward(
             loss = loss_fn(image, text, scale, bias, **bank_args)["contrastive_loss"]
         loss.backward()
     return {"loss": loss.item(), "logit_scale": out["logit_scale"].item()}
-
-
-def train_step(
-    model: nn.Module,
-    loss_fn: Callable[..., dict[str, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    micro_batches: list[MicroBatch],
-    grad_clip: float = 0.0,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    bank: CaptionBank | None = None,
-) -> dict[str, float]:
-    """zero_grad -> forward/backward over the micro-batches -> clip -> optimiser step."""
-    optimizer.zero_grad(set_to_none=True)
-    stats = contrastive_backward(model, loss_fn, micro_batches, autocast, bank)
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
-    optimizer.step()
-    return stats

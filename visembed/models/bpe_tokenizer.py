@@ -1,4 +1,5 @@
-"""A byte-level BPE tokenizer trained on the training captions (HF `tokenizers`).
+"""A byte-level BPE tokenizer trained on the training captions (HF `tokenizers`), for the text
+transformer towers beside it.
 
 Byte-level means any text, Chinese included, encodes without unknown tokens. Text is NFKC-normalised
 and lower-cased, as CLIP does. Ids: `<pad>` = 0, `<bos>` = 1, `<eos>` = 2. Every encoded caption is

@@ -1,6 +1,6 @@
 import torch
 
-from visembed.data import BPETokenizer, train_bpe_tokenizer
+from visembed.models.bpe_tokenizer import BPETokenizer, train_bpe_tokenizer
 
 TEXTS = ["a small red circle left of a blue square", "dog face", "狗脸", "红色的圆形在蓝色方块左边"] * 5
 
