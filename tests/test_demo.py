@@ -13,7 +13,7 @@ FAST = ["train.batch_size=32", "train.checkpoint_every=4", "model.text.student_d
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    from visembed.demo import run_demo
+    from visembed.commands.demo_cmd import run_demo
 
     out = tmp_path / "demo"
     metrics = run_demo(out, serve=False, steps=4, overrides=FAST)
