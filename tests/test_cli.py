@@ -66,3 +66,46 @@ def test_augment_preview_writes_a_grid(tmp_path):
     assert result.returncode == 0, result.stderr
     grid = Image.open(out)
     assert grid.width > grid.height > 0  # originals beside several augmented copies, three rows
+
+
+def _model_copy(tiny_model_dir, tmp_path):
+    import shutil
+
+    return shutil.copytree(tiny_model_dir, tmp_path / "model", ignore=shutil.ignore_patterns("checkpoints", "eval_*"))
+
+
+def test_eval_on_damaged_weights_is_one_line(tiny_model_dir, tmp_path):
+    folder = _model_copy(tiny_model_dir, tmp_path)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 3)
+    result = visembed("eval", str(folder), "--data", "builtin:shapes?n=40")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "model.safetensors is corrupt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_eval_on_a_bad_config_json_names_the_file(tiny_model_dir, tmp_path):
+    folder = _model_copy(tiny_model_dir, tmp_path)
+    config = folder / "config.json"
+    for text in ("{\"model\": ", json.dumps({"model": {"embed_dim": "wide"}})):
+        config.write_text(text)
+        result = visembed("eval", str(folder), "--data", "builtin:shapes?n=40")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert str(config) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_embed_counts_skips_and_leaves_only_its_outputs(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (30, 30), "red" if name == "a" else "blue").save(data / f"{name}.png")
+    (data / "c.png").write_bytes(b"not a png")
+    (data / "data.jsonl").write_text("".join(json.dumps({"image": f"{n}.png", "caption": n}) + "\n"
+                                             for n in ("a", "b", "c", "gone")))
+    out = tmp_path / "emb" / "photos"
+    result = visembed("embed", str(tiny_model_dir), "--data", str(data / "data.jsonl"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "skipped 2 (missing_file=1, unreadable=1)" in result.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["photos.ids.txt", "photos.npy"]
+    assert (out.parent / "photos.ids.txt").read_text().split() == ["a.png", "b.png"]
+    assert np.load(out.parent / "photos.npy").shape == (2, 64)

@@ -88,3 +88,32 @@ def test_many_renders_go_through_the_worker_pool(tmp_path):
     assert len(ds) == 70
     assert len(list((tmp_path / "emoji-16").glob("*.png"))) == 70
     assert not list((tmp_path / "emoji-16").glob(".*"))
+
+
+def test_style_all_without_the_font_says_so_once(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("visembed.data.emoji.NOTO_FONT", tmp_path / "absent.ttf")
+    monkeypatch.setattr("visembed.data.emoji._noto_missing_said", False)
+    spec = f"builtin:emoji?style=all&limit=2&size=16&cache={tmp_path}"
+    ds = open_dataset(spec, "val")
+    assert ds.styles == ("openmoji",)
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "fonts-noto-color-emoji" in said[0] and "apt-get install" in said[0]
+    open_dataset(spec, "val")  # opened again for eval and the index: not said again
+    assert capsys.readouterr().err == ""
+
+
+def test_the_data_line_names_the_styles_and_their_credits(monkeypatch, tmp_path):
+    from visembed.commands.demo_cmd import data_line
+    from visembed.data.emoji import NOTO_ATTRIBUTION
+
+    monkeypatch.setattr("visembed.data.emoji.NOTO_FONT", tmp_path / "absent.ttf")
+    monkeypatch.setattr("visembed.data.emoji._noto_missing_said", True)
+    openmoji_only = data_line(open_dataset(f"builtin:emoji?style=all&limit=2&size=16&cache={tmp_path}", "val"))
+    assert openmoji_only.startswith("Data: OpenMoji art.") and "CC BY-SA 4.0" in openmoji_only
+    assert "Noto" not in openmoji_only and "CLDR" in openmoji_only
+    monkeypatch.undo()
+    if not NOTO_FONT.is_file():
+        pytest.skip("fonts-noto-color-emoji is not installed")
+    both = data_line(open_dataset(f"builtin:emoji?style=all&limit=2&size=16&cache={tmp_path}", "val"))
+    assert both.startswith("Data: OpenMoji + Noto Color Emoji art.") and NOTO_ATTRIBUTION in both
+    assert "CC BY-SA 4.0" in both

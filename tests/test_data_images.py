@@ -128,3 +128,60 @@ def test_formats_outside_the_allow_list_are_unreadable(tmp_path):
     with pytest.raises(BadImage) as err:
         load_image(eps)
     assert err.value.reason == "unreadable"
+
+
+def test_files_over_the_byte_limit_are_too_large_before_reading(tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(encode(noisy_rgb()))
+    assert reason_of(photo, max_bytes=100) == "too_large"
+    assert reason_of(photo.read_bytes(), max_bytes=100) == "too_large"
+    assert load_image(photo, max_bytes=None).size == (64, 64)
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:  # sparse: 300 MB on paper, nothing on disk
+        f.truncate(300 * 1024 * 1024)
+    with pytest.raises(BadImage, match="bytes") as info:
+        load_image(huge)  # the default limit
+    assert info.value.reason == "too_large"
+
+
+def test_a_large_non_image_is_recognised_from_its_header(tmp_path):
+    """A manifest once pointed at a 3 GB video: it was read whole into memory before Pillow looked."""
+    import tracemalloc
+
+    video = tmp_path / "clip.jpg"
+    with open(video, "wb") as f:
+        f.write(b"\x00\x00\x00\x18ftypmp42")  # an MP4 header
+        f.truncate(200 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        assert reason_of(video, max_bytes=None) == "unreadable"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024  # a header's worth of reading, not 200 MB
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims another size: only the header is ever read."""
+    import struct
+    import zlib
+
+    png = bytearray(encode(Image.new("L", (1, 1))))
+    ihdr = bytearray(png[12:29])  # b"IHDR" + 13 bytes of data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    png[12:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(png)
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # over Pillow's warning limit; over its hard limit
+def test_decompression_bomb_message_quotes_our_limit(side):
+    with pytest.raises(BadImage) as info:
+        load_image(_png_claiming(side, side), max_pixels=5_000_000)
+    assert info.value.reason == "too_large"
+    assert "5,000,000" in str(info.value) and str(Image.MAX_IMAGE_PIXELS) not in str(info.value)
+
+
+def test_our_pixel_limit_decides_not_pillows_warning(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # Pillow warns above 300 px and refuses above 600
+    assert load_image(encode(Image.new("RGB", (20, 20))), max_pixels=10**6).size == (20, 20)  # 400 px: ours allow it

@@ -45,6 +45,7 @@ def test_jsonl_manifest_paths_are_relative_and_empty_captions_counted(tmp_path):
 
 
 def test_missing_column_names_the_column_and_the_file(tmp_path):
+    write_images(tmp_path, ["a.png"])
     write_jsonl(tmp_path / "data.jsonl", [{"image": "a.png", "description": "x"}])
     with pytest.raises(DataError) as info:
         open_dataset(str(tmp_path / "data.jsonl"))
@@ -140,3 +141,33 @@ def test_missing_shards_and_unknown_specs_fail_clearly(tmp_path):
         open_dataset("builtin:nothing")
     with pytest.raises(DataError, match="no such"):
         open_dataset(str(tmp_path / "missing.jsonl"))
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", '"img/a.png"', "3", "null"])
+def test_a_jsonl_line_that_is_not_an_object_names_file_and_line(tmp_path, line):
+    write_images(tmp_path / "img", ["a.png"])
+    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "img/a.png", "caption": "a"}) + "\n\n" + line + "\n")
+    with pytest.raises(DataError, match=r"data\.jsonl:3: a line must be a JSON object"):
+        open_dataset(str(tmp_path / "data.jsonl"))
+
+
+def test_missing_files_are_counted_once_per_row(tmp_path):
+    """Counted when the manifest is read, so a run reports rows, not every time a row is drawn."""
+    write_images(tmp_path, ["a.png"])
+    write_jsonl(tmp_path / "data.jsonl", [{"image": "a.png", "caption": "here"}, {"image": "gone.png", "caption": "gone"},
+                                          {"image": "gone.png", "caption": "gone again"}])
+    ds = open_dataset(str(tmp_path / "data.jsonl"))
+    assert [s.caption for s in ds] == ["here"]
+    assert ds.skipped.as_dict() == {"missing_file": 2}
+
+
+def test_a_manifest_without_one_usable_row_fails_when_opened(tmp_path):
+    write_jsonl(tmp_path / "data.jsonl", [{"image": f"img/{i}.png", "caption": f"picture {i}"} for i in range(3)])
+    with pytest.raises(DataError) as info:
+        open_dataset(str(tmp_path / "data.jsonl"))
+    message = str(info.value)
+    assert "none of the 3 rows" in message and "data.jsonl" in message
+    assert f"first missing: {tmp_path / 'img' / '0.png'}" in message
+    write_jsonl(tmp_path / "blank.jsonl", [{"image": "x.png", "caption": " "}])
+    with pytest.raises(DataError, match="empty_caption=1"):
+        open_dataset(str(tmp_path / "blank.jsonl"))

@@ -13,12 +13,17 @@ FAST = ["train.batch_size=32", "train.checkpoint_every=4", "model.text.cjk_stude
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    from visembed.demo import run_demo
+    from visembed.commands.demo_cmd import run_demo
 
     out = tmp_path / "demo"
     metrics = run_demo(out, serve=False, steps=4, overrides=FAST)
     printed = capsys.readouterr().out
     assert "OpenMoji" in printed and "CC BY-SA 4.0" in printed  # the attribution is shown
+    from visembed.data.emoji import NOTO_ATTRIBUTION, NOTO_FONT
+
+    data_line = next(line for line in printed.splitlines() if line.startswith("Data: "))
+    if NOTO_FONT.is_file():  # the demo preset trains on both styles where the font is there
+        assert data_line.startswith("Data: OpenMoji + Noto Color Emoji art.") and NOTO_ATTRIBUTION in data_line
     searches = [line for line in printed.splitlines() if line.startswith("  ") and "] -> " in line]
     assert len(searches) == 12  # six held-out names, in English and in Chinese
     assert any("\u4e00" <= ch <= "\u9fff" for line in searches[6:] for ch in line.split(" -> ")[0])

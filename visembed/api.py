@@ -1,4 +1,8 @@
-"""The Python API: `visembed.load(folder)` -> a `Model` that turns images and texts into vectors."""
+"""The Python API: `visembed.load(folder)` -> a `Model` that turns images and texts into vectors.
+
+This is the one way a folder becomes a usable model: commands, evaluation, the demo, the index and
+the service all load through `visembed.load`, so they read folders, and fail on bad ones, alike.
+"""
 
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 Model folder: `model.safetensors`, `config.json` (resolved RunConfig), `preprocessing.json` and the
 towers' assets (`tokenizer.json`, `text_encoder/`). A run folder is a model folder plus
 `checkpoints/step_XXXXXXXX/` ({model.safetensors, optimizer.pt, state.pt}) and `metrics.jsonl`.
-Every file goes to a temporary name first and is moved into place with `os.replace`, and a
-checkpoint folder appears under its final name only once complete: a killed run never leaves a
-half-written file where a reader would look.
+Every file goes to a temporary name first, is flushed to disk and moved into place with its folder
+fsynced (`visembed.atomic`), and a checkpoint folder appears under its final name only once complete:
+a killed run, or a power cut, never leaves a half-written file where a reader would look. A damaged
+file met on reading is a `ModelFolderError` that names it, never a traceback from a library.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from visembed.config import RunConfig, from_dict, to_dict
+from visembed.atomic import atomic_write, atomic_write_json, replace_dir
+from visembed.config import ConfigError, RunConfig, from_dict, to_dict
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -28,32 +31,36 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 class ModelFolderError(FileNotFoundError):
-    pass
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """A model or run folder that cannot be used: missing, corrupt, or for another model."""
 
 
 def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def _torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a damaged file is a ModelFolderError that names it."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ModelFolderError(f"{path} does not exist") from None
+    except (SafetensorError, OSError) as err:  # truncated, random bytes, empty, absurd header size
+        raise ModelFolderError(f"{path} is corrupt (not a complete safetensors file: {err}); "
+                               "copy or train it again") from None
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise ModelFolderError(f"{path} does not exist") from None
+    except Exception as err:  # torch raises RuntimeError, pickle and zip errors for damaged files
+        raise ModelFolderError(f"{path} is corrupt ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -67,11 +74,11 @@ def write_model_metadata(model: torch.nn.Module, cfg: RunConfig, out_dir: str | 
     """config.json, preprocessing.json and tower assets: all a folder needs besides weights."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / CONFIG_FILE, json.dumps(to_dict(cfg), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(out / CONFIG_FILE, to_dict(cfg))
     v = cfg.model.vision
     prep = {"image_size": v.image_size, "resize": "shorter side, bicubic, centre crop", "mean": v.mean, "std": v.std,
             "pixel_range": [0, 1]}
-    atomic_write_text(out / PREPROCESSING_FILE, json.dumps(prep, indent=2) + "\n")
+    atomic_write_json(out / PREPROCESSING_FILE, prep)
     unwrap(model).save_assets(out)
 
 
@@ -87,7 +94,16 @@ def read_config(folder: str | Path) -> RunConfig:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise ModelFolderError(f"{folder} is not a visembed model or run folder (no {CONFIG_FILE})")
-    return from_dict(json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise ModelFolderError(f"{path} is not valid JSON ({err}); the folder's config is damaged") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path} is not a visembed config (a JSON object is expected)")
+    try:
+        return from_dict(data)
+    except (ConfigError, ValueError, TypeError) as err:
+        raise ModelFolderError(f"{path} is not a valid visembed config: {err}") from None
 
 
 def weights_path(folder: str | Path) -> Path:
@@ -102,7 +118,9 @@ def weights_path(folder: str | Path) -> Path:
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    state = load_file(str(path))
+    """Load a safetensors file into `model` (unwrapped); damaged or mismatched weights are a
+    ModelFolderError naming the file."""
+    state = read_tensors(path)
     try:
         missing, unexpected = unwrap(model).load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
@@ -147,7 +165,7 @@ def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module, 
     _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
     _torch_save({"step": step, **state}, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -158,5 +176,5 @@ def load_training_state(ckpt_dir: str | Path, model: torch.nn.Module, optimizer:
     ckpt = Path(ckpt_dir)
     load_weights(model, ckpt / MODEL_FILE)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
-    return torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+        optimizer.load_state_dict(_torch_load(ckpt / "optimizer.pt"))
+    return _torch_load(ckpt / "state.pt")

@@ -1,13 +1,19 @@
-"""`visembed demo`: the main job."""
+"""`visembed demo`, the main job: train on the built-in emoji data on a CPU, evaluate on held-out
+concepts, show search results in English and Chinese, then index every emoji and serve the page."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from visembed.commands.errors import friendly_errors
+
+SHOWN_QUERIES = 6  # held-out names searched for in the printout, spread over the test split
+EVAL_DATA = "builtin:emoji"  # held-out concepts in OpenMoji art, English and Chinese names
+NAMES_CREDIT = "Names: Unicode CLDR (English, Chinese) via the `emoji` package."
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +29,83 @@ def demo(
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value, repeatable."),
 ) -> None:
     """Train on built-in emoji (English + Chinese names) on the CPU, evaluate on held-out concepts, show searches, index and serve."""
-    from visembed.demo import run_demo
-
     with friendly_errors():
         run_demo(out, serve=not no_serve, host=host, port=port, steps=steps, overrides=list(overrides))
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def data_line(dataset) -> str:
+    """What the model is trained on, with the credits the art's licences ask for."""
+    attribution = getattr(dataset, "attribution", None)
+    if attribution is None:  # the demo pointed at other data with --set data.train=...
+        return f"Data: {len(dataset)} training images."
+    return f"Data: {attribution} {NAMES_CREDIT}"
+
+
+def _show_searches(model, data: str) -> None:
+    """Search the held-out emoji by some of their own names, in English and Chinese: each query's
+    concept was never trained on, so a hit shows what the model generalises to."""
+    import numpy as np
+
+    from visembed.data import SkipCounter, open_dataset
+    from visembed.eval.run import embed_images
+
+    samples, image_emb = embed_images(model, open_dataset(data, "test", language="en"), SkipCounter())
+    plain = [i for i, s in enumerate(samples) if "skin tone" not in s.caption]  # variants differ only in tone
+    picks = [plain[round(j * (len(plain) - 1) / (SHOWN_QUERIES - 1))] for j in range(SHOWN_QUERIES)]
+    _say(f"\nText -> emoji search among the {len(samples)} held-out emoji (never seen in training);")
+    _say("each query is the name of one of them, in English and in Chinese (rank of the right one in brackets):")
+    for language in ("en", "zh"):
+        queries = [samples[i].captions.get(language, samples[i].caption) for i in picks]
+        for target, query, q in zip(picks, queries, model.encode_text(queries)):
+            scores = image_emb @ q
+            order = np.argsort(-scores)
+            rank = int(np.nonzero(order == target)[0][0]) + 1
+            shown = ", ".join(f"{samples[i].meta.get('emoji', '')} {samples[i].caption} ({scores[i]:.2f})" for i in order[:3])
+            _say(f"  {query!r:34} [{rank:>3}] -> {shown}")
+
+
+def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "127.0.0.1", port: int = 8000,
+             steps: int | None = None, overrides: list[str] | None = None) -> dict:
+    import visembed
+    from visembed.atomic import atomic_write_json
+    from visembed.config import apply_overrides, load_preset
+    from visembed.data import open_dataset
+    from visembed.eval.run import evaluate
+    from visembed.train.loop import train
+
+    out = Path(out)
+    started = time.time()
+    cfg = load_preset("demo")
+    extra = list(overrides or []) + ([f"train.steps={steps}"] if steps is not None else [])
+    cfg = apply_overrides(cfg, extra)
+    _say("visembed demo: a shared image-text space for emoji, trained on this CPU.")
+    _say(data_line(open_dataset(cfg.data.train, "train", language=cfg.data.language)) + "\n")
+    train(cfg, out, resume=(out / "checkpoints").is_dir())
+    _say(f"\nTrained in {time.time() - started:.0f} s. Evaluating on held-out concepts ({EVAL_DATA}, test split) ...")
+    model = visembed.load(out)
+    metrics = evaluate(model, EVAL_DATA, "test", language="en")
+    atomic_write_json(out / "eval_test.json", metrics)
+    keys = ["text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10", "image_to_text_R@1",
+            "zh_text_to_image_R@1", "zh_text_to_image_R@5", "zeroshot_top1", "num_images"]
+    for key in keys:
+        if key in metrics:
+            value = metrics[key]
+            _say(f"  {key:24} {value:.3f}" if isinstance(value, float) else f"  {key:24} {value}")
+    _show_searches(model, EVAL_DATA)
+    _say(f"\nModel folder: {out} (load it with visembed.load({str(out)!r}))")
+
+    from visembed.index import build_index
+
+    index_dir = out / "index"
+    build_index(out, "builtin:emoji", index_dir, split="all")
+    _say(f"Index of every emoji: {index_dir}")
+    _say(f"Total time {time.time() - started:.0f} s.")
+    if serve:
+        from visembed.serve import run_server
+
+        run_server(index_dir, host=host, port=port)
+    return metrics

@@ -1,4 +1,4 @@
-"""Turn expected failures (bad config, bad data, missing folders) into one clear line and exit code 2."""
+"""Turn expected failures (bad config, bad data, missing or damaged folders) into one clear line and exit code 2."""
 
 from __future__ import annotations
 
@@ -8,16 +8,24 @@ import sys
 import typer
 
 
-@contextlib.contextmanager
-def friendly_errors():
-    from visembed.checkpoint import ModelFolderError
+def _expected() -> tuple[type[BaseException], ...]:
+    from visembed.checkpoint import ModelFolderError  # also damaged weights and config.json
     from visembed.config import ConfigError
     from visembed.data import BadImage, DataError
-    from visembed.index.store import IndexStoreError
 
-    expected = (ConfigError, ModelFolderError, DataError, BadImage, IndexStoreError, FileNotFoundError, ValueError)
+    kinds = [ConfigError, ModelFolderError, DataError, BadImage, FileNotFoundError, ValueError]
+    store = sys.modules.get("visembed.index.store")  # only an index command can raise its errors: no faiss import
+    if store is not None:
+        kinds.append(store.IndexStoreError)
+    return tuple(kinds)
+
+
+@contextlib.contextmanager
+def friendly_errors():
     try:
         yield
-    except expected as err:
+    except Exception as err:
+        if not isinstance(err, _expected()):
+            raise
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .images import DEFAULT_MAX_PIXELS, BadImage, SkipCounter, load_image, to_tensor
+from .decode import decoded
+from .images import DEFAULT_MAX_PIXELS, SkipCounter, to_tensor
 from .sample import Sample
 
 
@@ -17,15 +18,7 @@ def collate(
     Returns pixels uint8 (B, 3, S, S) with B <= len(samples), captions and ids in the same order.
     """
     pixels, captions, ids = [], [], []
-    for sample in samples:
-        if not sample.caption or not sample.caption.strip():
-            counter.add("empty_caption")
-            continue
-        try:
-            image = load_image(sample.image, max_pixels=max_pixels)
-        except BadImage as e:
-            counter.add(e.reason)
-            continue
+    for sample, image in decoded(samples, counter, need_caption=True, max_pixels=max_pixels):
         pixels.append(to_tensor(image, image_size))  # (3, S, S)
         captions.append(sample.caption)
         ids.append(sample.id)

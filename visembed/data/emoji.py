@@ -19,7 +19,8 @@ metadata, so we ship this small table (Unicode's terms allow redistributing its 
 Images are rasterised once per size and cached as PNG files (atomic writes) under
 `$VISEMBED_CACHE` (default `~/.cache/visembed`): `emoji-<size>/` for OpenMoji and
 `emoji-noto-<size>/` for the Noto Color Emoji font (`style=noto`, where Debian's
-fonts-noto-color-emoji is installed). `style=all` concatenates the available styles.
+fonts-noto-color-emoji is installed). `style=all` concatenates the available styles, and says on
+stderr (once) when the font is missing and only OpenMoji art is used.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from .sample import DataError, Sample
 
 NOTO_ATTRIBUTION = "Noto Color Emoji by Google, SIL Open Font License 1.1"
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+NOTO_PACKAGE = "fonts-noto-color-emoji"  # the Debian package that puts NOTO_FONT there
 STYLES = ("openmoji", "noto")
+STYLE_NAMES = {"openmoji": "OpenMoji", "noto": "Noto Color Emoji"}
 SPLITS = ("train", "val", "test")
 SKIN_TONES = {f"{cp:X}" for cp in range(0x1F3FB, 0x1F400)}
 VARIATION_SELECTOR = "FE0F"
@@ -150,7 +153,9 @@ def style_dir(root: Path, style: str, size: int) -> Path:
 
 
 def _save_atomic(image: Image.Image, out: Path) -> None:
-    """Write beside the target and rename: a killed render never leaves a half-written PNG."""
+    """Write beside the target and rename: a killed render never leaves a half-written PNG. No fsync
+    (unlike `visembed.atomic`): thousands of cache files would pay for it, and the cache can be
+    deleted and rendered again."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     image.save(tmp, format="PNG")
     os.replace(tmp, out)
@@ -235,6 +240,18 @@ def render_missing(jobs: list[tuple[str, str, str, int]], workers: int | None = 
 
 # ---------------------------------------------------------------------------------------------
 
+_noto_missing_said = False  # style=all is opened several times per run (train, eval, index): say it once
+
+
+def _say_noto_missing() -> None:
+    """style=all without the font trains on one style only; a user who asked for two must know."""
+    global _noto_missing_said
+    if not _noto_missing_said:
+        _noto_missing_said = True
+        print(f"builtin:emoji?style=all: no Noto Color Emoji font at {NOTO_FONT}, so OpenMoji art only; "
+              f"for the second style install Debian's {NOTO_PACKAGE} (sudo apt-get install {NOTO_PACKAGE})",
+              file=sys.stderr, flush=True)
+
 
 class EmojiDataset:
     """Map-style dataset of rendered emoji; `ds[i].path` is the cached PNG."""
@@ -285,16 +302,26 @@ class EmojiDataset:
         self.labels = sorted(names) or None
         self.skipped = SkipCounter()  # nothing is left out, but every source reports it
 
+    @property
+    def attribution(self) -> str:
+        """Which art this is and whose: OpenMoji's licence (CC BY-SA) asks for it beside the images."""
+        art = " + ".join(STYLE_NAMES[style] for style in self.styles)
+        credits = [EMOJI_ATTRIBUTION] + ([NOTO_ATTRIBUTION] if "noto" in self.styles else [])
+        return f"{art} art. " + " ".join(f"{credit}." for credit in credits)
+
     @staticmethod
     def _styles(style: str) -> tuple[str, ...]:
         if style == "all":
-            return STYLES if NOTO_FONT.is_file() else ("openmoji",)
+            if NOTO_FONT.is_file():
+                return STYLES
+            _say_noto_missing()
+            return ("openmoji",)
         if style not in STYLES:
             raise DataError(f"builtin:emoji: style must be {', '.join(STYLES)} or all, not {style!r}")
         if style == "noto" and not NOTO_FONT.is_file():
             raise DataError(
                 f"builtin:emoji?style=noto needs the Noto Color Emoji font at {NOTO_FONT} "
-                "(Debian: apt-get install fonts-noto-color-emoji)"
+                f"(Debian: apt-get install {NOTO_PACKAGE})"
             )
         return (style,)
 

@@ -7,17 +7,21 @@ CMYK scans, decompression bombs). `load_image` turns each into either an RGB `PI
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7000 x 7000: beyond this decoding costs too much memory to be worth it
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # larger than any photo worth training on; checked before reading
 
 
 class BadImage(Exception):
@@ -57,16 +61,21 @@ class SkipCounter:
         return f"SkipCounter({self.as_dict()})"
 
 
-def load_image(src, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(src, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Image.Image:
     """A path, bytes or PIL image -> RGB PIL image (EXIF orientation applied, alpha on white).
 
     Raises `BadImage` with reason `missing_file`, `empty_file`, `unreadable`, `truncated` or
-    `too_large`; never any other exception for bad data.
+    `too_large` (over `max_bytes` on disk or `max_pixels` decoded); never any other exception
+    for bad data. A file is checked by size, then by its header, and only then decoded: a huge
+    file that is not an image costs a few bytes of reading, not its size in memory.
     """
     if isinstance(src, Image.Image):
-        img = src
-    else:
-        img = _open(src, max_pixels)
+        return _upright_rgb(src)
+    with _opened(src, max_bytes) as fp:
+        return _upright_rgb(_decode(fp, max_pixels))  # inside `with`: EXIF may still read the file
+
+
+def _upright_rgb(img: Image.Image) -> Image.Image:
     try:
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
@@ -76,38 +85,65 @@ def load_image(src, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise BadImage("unreadable", f"{type(e).__name__}: {e}") from e
 
 
-def _open(src, max_pixels: int) -> Image.Image:
+@contextlib.contextmanager
+def _opened(src, max_bytes: int | None) -> Iterator[BinaryIO]:
+    """A binary file object over `src` after the checks that need no decoding (exists, size)."""
     if isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
-        if not data:
+        size = len(src)
+        if not size:
             raise BadImage("empty_file", "0 bytes")
-        fp = io.BytesIO(data)
-    elif isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        if not path.is_file():
-            raise BadImage("missing_file", str(path))
-        if path.stat().st_size == 0:
-            raise BadImage("empty_file", str(path))
-        fp = io.BytesIO(path.read_bytes())  # read once, so no file handle stays open
-    else:
+        if max_bytes is not None and size > max_bytes:
+            raise BadImage("too_large", f"{size:,} bytes > {max_bytes:,}")
+        yield io.BytesIO(src)
+        return
+    if not isinstance(src, (str, os.PathLike)):
         raise BadImage("unreadable", f"unsupported image source {type(src).__name__}")
+    path = Path(src)
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise FileNotFoundError(src)
+    except OSError:
+        raise BadImage("missing_file", str(path)) from None
+    if size == 0:
+        raise BadImage("empty_file", str(path))
+    if max_bytes is not None and size > max_bytes:
+        raise BadImage("too_large", f"{path}: {size:,} bytes > {max_bytes:,}")
+    try:
+        f = open(path, "rb")
+    except OSError as e:  # permissions, a file removed meanwhile
+        raise BadImage("unreadable", f"{path}: {e.strerror or e}") from None
+    with f:
+        yield f
 
-    # Pillow's bomb check uses a global limit; ours is per call, so check the header size ourselves
-    # and turn Pillow's own warning into an error too.
+
+_PILLOW_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
+
+
+def _decode(fp: BinaryIO, max_pixels: int) -> Image.Image:
+    """Identify the format from the header, check the pixel count, then decode."""
+    # Pillow's own bomb check has one global limit; ours is per call. Its warning is silenced and
+    # replaced by our check; its hard error (beyond 2 x PIL.Image.MAX_IMAGE_PIXELS) is reported
+    # with our limit.
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(fp, formats=DECODABLE_FORMATS)
+            img = Image.open(fp, formats=DECODABLE_FORMATS)  # reads the header only
             width, height = img.size
             if width * height > max_pixels:
-                raise BadImage("too_large", f"{width}x{height} pixels > {max_pixels}")
+                raise BadImage("too_large", f"{width}x{height} = {width * height:,} pixels > max_pixels {max_pixels:,}")
             if ImageFile.LOAD_TRUNCATED_IMAGES:
                 raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True: truncated files would half-load")
             img.load()  # decode now: a truncated file fails here, not later in a worker
         except BadImage:
             raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise BadImage("too_large", str(e)) from e
+        except Image.DecompressionBombError as e:
+            found = _PILLOW_BOMB_SIZE.search(str(e))
+            pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+            limit = f"max_pixels {max_pixels:,}"
+            if found and int(found.group(1)) <= max_pixels:
+                limit += f", but over Pillow's hard limit {2 * (Image.MAX_IMAGE_PIXELS or 0):,} (PIL.Image.MAX_IMAGE_PIXELS)"
+            raise BadImage("too_large", f"{pixels} > {limit}") from e
         except UnidentifiedImageError as e:
             raise BadImage("unreadable", str(e)) from e
         except (OSError, EOFError, SyntaxError, ValueError) as e:

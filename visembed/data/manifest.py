@@ -30,9 +30,13 @@ def read_rows(path: Path) -> list[dict]:
                 for number, line in enumerate(f, 1):
                     if line.strip():
                         try:
-                            rows.append(json.loads(line))
+                            row = json.loads(line)
                         except json.JSONDecodeError as e:
                             raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from e
+                        if not isinstance(row, dict):
+                            raise DataError(f"{path}:{number}: a line must be a JSON object "
+                                            f"({{\"image\": ..., \"caption\": ...}}), not a {type(row).__name__}")
+                        rows.append(row)
             return rows
         if suffix == ".csv":
             with path.open(encoding="utf-8", newline="") as f:
@@ -40,7 +44,7 @@ def read_rows(path: Path) -> list[dict]:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            return pq.read_table(path).to_pylist()  # rows of a table are always mappings
     except DataError:
         raise
     except Exception as e:
@@ -82,7 +86,8 @@ def open_manifest(
     id_column: str | None = None,
     language: str = "en",
 ) -> ListDataset:
-    """Read a manifest into a map-style dataset; rows without image or caption are skipped and counted.
+    """Read a manifest into a map-style dataset; rows without caption, image or image file are
+    skipped and counted in `skipped` (once per row); a manifest with no usable row is a DataError.
 
     `language` is accepted for a uniform signature: a manifest's captions are used as written.
     A column named `label` (or `id`) is used without being asked for.
@@ -115,6 +120,7 @@ def open_manifest(
     skipped = SkipCounter()
     samples: list[Sample] = []
     seen: dict[str, int] = {}
+    first_missing = None
     for number, row in enumerate(rows):
         caption = row.get(caption_key)
         caption = "" if caption is None else str(caption).strip()
@@ -125,6 +131,11 @@ def open_manifest(
         image, file_path = _image_source(cell, folder)
         if image is None:
             skipped.add("missing_image")
+            continue
+        if file_path is not None and not Path(file_path).is_file():
+            # counted once per row here, not once per draw while training
+            skipped.add("missing_file")
+            first_missing = first_missing or file_path
             continue
         raw_id = row.get(id_column) if id_column else None
         if raw_id in (None, ""):
@@ -144,6 +155,9 @@ def open_manifest(
                 meta={"source": str(path)},
             )
         )
+    if not samples:
+        cause = f"first missing: {first_missing}" if first_missing else skipped.summary()
+        raise DataError(f"none of the {len(rows)} rows of {path} has a usable image: {cause}")
     labels = None
     if label_column:
         labels = sorted({s.label for s in samples if s.label is not None}) or None

