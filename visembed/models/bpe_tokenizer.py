@@ -14,6 +14,8 @@ from typing import Iterable
 
 import torch
 
+from visembed.atomic import atomic_write
+
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 FILE_NAME = "tokenizer.json"
 
@@ -48,8 +50,7 @@ class BPETokenizer:
             path.mkdir(parents=True, exist_ok=True)
             path = path / FILE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(path))
-        return path
+        return atomic_write(path, self.tokenizer.save)
 
     def encode_batch(self, texts: list[str], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ids (B, T) long, `<bos> tokens <eos>` padded with 0; lengths (B,) long, eos at lengths - 1."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from visembed.atomic import replace_dir
 from visembed.config import TextConfig
 
 ENCODER_DIR = "text_encoder"  # inside a model folder: the HF encoder's own files
@@ -88,7 +89,7 @@ class HFTextEncoder(nn.Module):
             shutil.rmtree(tmp, ignore_errors=True)
             self.tokenizer.save_pretrained(tmp)
             self.encoder.config.save_pretrained(tmp)  # weights live in model.safetensors
-            tmp.rename(target)
+            replace_dir(tmp, target)
         if self.student is not None:
             self.student.save_assets(out_dir)
 
