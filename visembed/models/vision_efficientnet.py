@@ -174,12 +174,17 @@ class EfficientNetLite(nn.Module):
         )  # (B, 320 or 352, S/32, S/32)
         self.head = ConvBN(specs[-1][1], HEAD_CHANNELS)  # (B, 1280, S/32, S/32)
         self._trainable_from = 0  # index into layer_groups(): groups before it are frozen
+        self.feature_cache = None  # FeatureCache of the locked groups' output, see with_feature_cache
         # where the weights came from (package, file, sha256, licence) for a model card; None if not pretrained
         self.weights_info = load_pretrained(self) if pretrained else None
 
     def layer_groups(self) -> list[nn.Module]:
         """[stem, *blocks, head], input side first."""
         return [self.stem, *self.blocks, self.head]
+
+    def locked_groups(self) -> list[nn.Module]:
+        """The groups that do not train, input side first."""
+        return self.layer_groups()[: self._trainable_from]
 
     def set_trainable(self, last_groups: int) -> "EfficientNetLite":
         """Train only the last `last_groups` of layer_groups(); freeze (and put in eval) the rest."""
@@ -190,6 +195,15 @@ class EfficientNetLite(nn.Module):
         for i, group in enumerate(groups):
             group.requires_grad_(i >= self._trainable_from)
         return self.train(self.training)
+
+    def with_feature_cache(self, limit: int) -> "EfficientNetLite":
+        """Keep the locked groups' output per distinct input (at most `limit` images; 0: no cache).
+        A fully locked tower keeps its pooled features (1,280 numbers an image); a partly locked one
+        the feature map that enters its first trainable group."""
+        from visembed.models.feature_cache import FeatureCache
+
+        self.feature_cache = FeatureCache(limit) if limit > 0 and self._trainable_from > 0 else None
+        return self
 
     @property
     def frozen(self) -> bool:
@@ -202,18 +216,28 @@ class EfficientNetLite(nn.Module):
             group.eval()  # locked layers: BN statistics frozen, no drop-connect
         return self
 
+    def _run(self, groups: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        for group in groups:
+            x = group(x)
+        return x
+
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, H, W), normalised -> (B, H/32 * W/32, 1280): the last feature map's cells."""
-        x = self.stem(pixels)
-        for block in self.blocks:
-            x = block(x)
-        x = self.head(x)  # (B, 1280, h, w)
+        groups = self.layer_groups()
+        locked, trainable = groups[: self._trainable_from], groups[self._trainable_from :]
+        if self.feature_cache is not None and trainable:  # the map entering the first trainable group
+            x = self.feature_cache(lambda p: self._run(locked, p), pixels)
+        else:
+            x = self._run(locked, pixels)
+        x = self._run(trainable, x)  # (B, 1280, h, w)
         return x.flatten(2).transpose(1, 2)  # (B, h*w, 1280)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens.mean(dim=1)  # (B, 1280)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.feature_cache is not None and self.frozen:  # a locked tower: its pooled features
+            return self.feature_cache(lambda p: self.pool(self.forward_features(p)), pixels)
         return self.pool(self.forward_features(pixels))
 
 

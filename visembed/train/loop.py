@@ -78,7 +78,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
             raise ValueError(f"{out} holds a run with a different model or data config; resume it with the same "
                              "preset and --set overrides, or choose another --out")
     assets = _asset_dir(task, dataset, out, init, ckpt is not None, main)
-    model = build_model(cfg.model, tokenizer_dir=assets)
+    model = build_model(cfg.model, tokenizer_dir=assets, pretrained=fresh)  # else weights come from init or ckpt
     if init is not None:
         checkpoint.load_weights(model, checkpoint.weights_path(init))
     model.to(device).train()
