@@ -181,3 +181,17 @@ def test_ivfpq_exact_rerank_recovers_what_pq_codes_lose():
         return np.mean([len(set(r) & set(t)) / 10 for r, t in zip(rows, truth)])
 
     assert recall(10) > recall(1) + 0.2
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_vectors_are_refused_with_the_count_of_bad_rows(bad):
+    from visembed.index.store import NonFiniteVectors
+
+    x = unit_vectors(10)
+    x[[2, 7], 3] = bad
+    with pytest.raises(NonFiniteVectors, match="2 of 10 vectors contain NaN/inf"):
+        VectorIndex.build(x, items_for(10))
+    index = VectorIndex.build(unit_vectors(5), items_for(5))
+    with pytest.raises(NonFiniteVectors, match="2 of 10 vectors"):
+        index.add(x, items_for(10, prefix="new"))
+    assert len(index) == 5 and index.vectors.shape == (5, 32)

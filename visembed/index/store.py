@@ -43,6 +43,10 @@ class UnknownItem(IndexStoreError, LookupError):
     pass
 
 
+class NonFiniteVectors(IndexStoreError, ValueError):
+    """NaN/inf vectors: a broken model. FAISS would index them and rank them anywhere."""
+
+
 @dataclass
 class IndexSettings:
     kind: str = "auto"  # "auto", "flat" (exact inner product), "hnsw" or "ivfpq"
@@ -90,6 +94,13 @@ def _as_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     return vectors
 
 
+def _refuse_non_finite(vectors: np.ndarray) -> None:
+    bad = int((~np.isfinite(vectors)).any(axis=1).sum()) if vectors.size else 0
+    if bad:
+        raise NonFiniteVectors(f"{bad} of {len(vectors)} vectors contain NaN/inf: the model that made them is broken "
+                               "(diverged training or corrupt weights); nothing was indexed")
+
+
 class VectorIndex:
     """Vectors (N, D), one metadata dict per row (`id`, `caption`, `path`, ...) and tombstones."""
 
@@ -113,6 +124,7 @@ class VectorIndex:
               info: dict | None = None) -> VectorIndex:
         settings = settings or IndexSettings()
         vectors = _as_matrix(vectors)
+        _refuse_non_finite(vectors)
         if len(items) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
         ids = [item["id"] for item in items]
@@ -155,6 +167,7 @@ class VectorIndex:
 
     def add(self, vectors: np.ndarray, items: list[dict]) -> None:
         vectors = _as_matrix(vectors, self.dim)
+        _refuse_non_finite(vectors)
         if len(items) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
         new_ids = [item["id"] for item in items]
