@@ -154,7 +154,7 @@ def test_add_new_items_without_a_rebuild(tiny_model_dir, tmp_path):
         thumb, _ = searcher.thumbnail(new_id)
         hits = searcher.search_image(Image.open(io.BytesIO(thumb)), k=1)
         assert hits[0].id == new_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
-    with TestClient(create_app(out)) as client:
+    with TestClient(create_app(out), base_url="http://localhost") as client:
         assert client.get("/healthz").json()["items"] == 30
         for new_id in new_ids:
             for kind in ("thumbnail", "image"):

@@ -137,6 +137,7 @@ def data_roots(items: list[dict], previous: list[str] = ()) -> list[str]:
 class AddReport:
     added: int = 0
     already_indexed: int = 0  # samples whose id the index already holds: left as they are
+    still_deleted: int = 0  # samples whose id was deleted with `index delete`: deletions stand
     skipped: SkipCounter = field(default_factory=SkipCounter)  # unusable images, repeated ids
     total: int = 0  # live items afterwards
 
@@ -145,7 +146,8 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
                  language: str = "en", shard_size: int = SHARD_SIZE, batch_size: int = 64,
                  progress: bool = True) -> AddReport:
     """Embed the samples of `data_spec` whose ids the index does not hold yet, with the index's own
-    model, store them as new shards (thumbnails included) and append them to the index."""
+    model, store them as new shards (thumbnails included) and append them to the index. Ids deleted
+    from the index stay deleted (as on a rebuild)."""
     import visembed
     from visembed.data import open_dataset
 
@@ -169,12 +171,16 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
     # shards of an earlier `add` that was killed before it committed: never part of the index
     remove_unreferenced_shards(index_dir, _added_shards(index.items), prefixes=(ADDED_PREFIX,))
 
+    deleted = _deleted_ids(index)
+
     def new_samples():  # a stream: a large source is never held in memory
         seen = set()
         for sample in dataset:
             sample_id = str(sample.id)
             if sample_id in index:
                 report.already_indexed += 1
+            elif sample_id in deleted:
+                report.still_deleted += 1
             elif sample_id in seen:
                 report.skipped.add("duplicate_id")
             else:
