@@ -18,7 +18,7 @@ class Limits:
     # pixels being decoded at once, all requests together: two uploads at the cap, ~8 bytes a
     # pixel while decoding and reducing (RGBA + its reduced copy), ~0.7 GB at worst
     decode_budget_pixels: int = 2 * 40_000_000
-    decode_wait_s: float = 2.0  # how long an upload waits for its share of the budget before a 503
+    decode_wait_s: float = 5.0  # how long an upload waits for its share of the budget before a 503
 
 
 class BodySizeLimit:
