@@ -76,12 +76,12 @@ class Searcher:
         stamp = self._manifest_stamp()
         if stamp == self._stamp or stamp is None:
             return False
-        with self._reload_lock:
-            if stamp == self._stamp:  # another request swapped it in meanwhile
-                return False
+        if not self._reload_lock.acquire(blocking=False):
+            return False  # another request is loading it: answer from the current one meanwhile
+        try:
             current = self.index
             try:
-                fresh = VectorIndex.open(self.index_dir)
+                fresh = current.reopened(self.index_dir)
                 if fresh.dim != current.dim or (fresh.info.get("weights_sha256") or None) != (
                         current.info.get("weights_sha256") or None):
                     raise IndexStoreError("the new index was built with another model; restart the server with it")
@@ -93,6 +93,8 @@ class Searcher:
             fresh.search_threads = current.search_threads
             self.index, self._stamp = fresh, stamp
             return True
+        finally:
+            self._reload_lock.release()
 
     # ---- queries -----------------------------------------------------------------------------
 

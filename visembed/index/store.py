@@ -298,11 +298,36 @@ class VectorIndex:
             problems.append("tombstones point outside the index")
         if problems:
             raise CorruptIndex(f"index in {directory} is inconsistent: {'; '.join(problems)}")
-        info = {k: v for k, v in manifest.items()
-                if k not in ("format", "generation", "kind", "dim", "count", "live", "files", "deleted", "settings")}
+        info = {k: v for k, v in manifest.items() if k not in _MANIFEST_KEYS}
         index = cls(faiss_index, vectors.astype(np.float32, copy=False), items, kind, settings, info, deleted)
         index._saved = (directory.resolve(), dict(files))
         return index
+
+
+    def reopened(self, directory: str | Path) -> VectorIndex:
+        """The generation now committed in `directory` (which this index was opened from or saved
+        to). When only tombstones or metadata changed (`index delete`: same data files), the new
+        index shares this one's FAISS index, vectors and items instead of reading them again; a
+        long-running reader (the HTTP service) follows deletions at the cost of reading index.json."""
+        directory = Path(directory)
+        manifest = _read_manifest(directory)
+        files = manifest.get("files")
+        if not (self._saved and self._saved[0] == directory.resolve() and files == self._saved[1]):
+            return VectorIndex.open(directory)
+        try:
+            deleted = [int(r) for r in manifest["deleted"]]
+            settings = IndexSettings(**manifest["settings"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptIndex(f"{directory / 'index.json'} is incomplete or malformed ({exc!r})") from None
+        if int(manifest.get("count", -1)) != len(self.items) or any(not 0 <= r < len(self.items) for r in deleted):
+            raise CorruptIndex(f"index in {directory} is inconsistent: tombstones do not fit its {len(self.items)} items")
+        info = {k: v for k, v in manifest.items() if k not in _MANIFEST_KEYS}
+        index = VectorIndex(self.faiss_index, self.vectors, self.items, self.kind, settings, info, deleted)
+        index._saved = self._saved
+        return index
+
+
+_MANIFEST_KEYS = ("format", "generation", "kind", "dim", "count", "live", "files", "deleted", "settings")
 
 
 def _read_manifest(directory: Path) -> dict:
