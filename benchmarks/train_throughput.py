@@ -1,13 +1,26 @@
 """Training throughput (samples/s for forward + backward + AdamW) of the reference tiny CLIP.
 
-    .venv/bin/python benchmarks/train_throughput.py [--batch-size 128] [--steps 6] [--warmup 2]
+    .venv/bin/python benchmarks/train_throughput.py [--batch-size 128] [--steps 8] [--warmup 2]
 
 The reference config (DESIGN.md): ViT patch 8, width 192, 4 layers, 3 heads at 64x64; text
-transformer width 192, 4 layers, context 32; batch 128; embed 256. visembed's step (the one the
-training loop runs, text tokenisation included) is timed beside a plain torch.nn version of the
-same architecture (nn.TransformerEncoderLayer, pre-tokenised ids, torch.optim.AdamW with its
-defaults, as OpenCLIP builds it). OpenCLIP cannot be imported
-beside the CPU torch wheel, so its figure, measured on this machine class, is printed as a constant.
+transformer width 192, 4 layers, context 32, vocabulary 4096; batch 128; embed 256. Every row is
+measured in this process, on this machine, interleaved step by step:
+
+- visembed's step (the one the training loop runs, text tokenisation included, fused AdamW);
+- a plain torch.nn version of the same architecture (nn.TransformerEncoderLayer, pre-tokenised
+  ids, torch.optim.AdamW with its defaults);
+- OpenCLIP's `CLIP` with the same config, its `ClipLoss`, AdamW with OpenCLIP's parameter groups
+  (no decay on gains, biases, logit scale), once with the default AdamW and once fused, when
+  `open_clip` imports here. Where it does not, its row says "not run" and why: a benchmark compares
+  only what it ran.
+
+OpenCLIP needs torchvision, and PyPI's torchvision does not import beside the CPU torch wheel this
+project installs (`operator torchvision::nms does not exist`). It does in a separate venv, with
+the CUDA build of torch (~6 GB download; it runs on CPU):
+
+    python -m venv /tmp/oc && /tmp/oc/bin/pip install torch==2.14.1 torchvision open_clip_torch
+    /tmp/oc/bin/pip install -e .
+    /tmp/oc/bin/python benchmarks/train_throughput.py
 """
 
 from __future__ import annotations
@@ -29,7 +42,6 @@ from visembed.models import build_model
 from visembed.train.optim import build_optimizer
 from visembed.train.step import train_step
 
-OPENCLIP_SAMPLES_PER_S = 73.0  # OpenCLIP 3.3, same config and batch, this machine class (DESIGN.md)
 WORDS = "red green blue yellow small large circle square triangle star left right above below of a the and".split()
 
 
@@ -106,6 +118,47 @@ def reference_step(batch: int):
     return step
 
 
+def openclip_steps(batch: int) -> tuple[dict, str | None]:
+    """({row name: step}, None) with OpenCLIP's model and loss on the reference config, or
+    ({}, why not) when open_clip does not import here."""
+    try:
+        import open_clip
+    except Exception as exc:  # ImportError, or torchvision's operator registration failing
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:90]
+        return {}, f"not run (open_clip does not import here: {reason})"
+    version = getattr(open_clip, "__version__", "?")
+    vision = {"image_size": 64, "patch_size": 8, "width": 192, "layers": 4, "head_width": 64}  # 3 heads
+    text = {"context_length": 32, "vocab_size": 4096, "width": 192, "heads": 3, "layers": 4}
+    pixels = torch.rand(batch, 3, 64, 64)
+    ids = torch.randint(1, 4096, (batch, 32))
+
+    def step_with(fused: bool):
+        model = open_clip.CLIP(embed_dim=256, vision_cfg=vision, text_cfg=text).train()
+        loss_fn = open_clip.ClipLoss()
+        # OpenCLIP's training script: no weight decay on gains, biases and the logit scale
+        exclude = [p for n, p in model.named_parameters() if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n
+                   or "logit_scale" in n]
+        rest = [p for p in model.parameters() if all(p is not q for q in exclude)]
+        opt = torch.optim.AdamW([{"params": exclude, "weight_decay": 0.0}, {"params": rest, "weight_decay": 0.1}],
+                                lr=1e-4, fused=fused or None)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            out = model(pixels, ids)
+            if isinstance(out, dict):
+                image, text_features, scale = out["image_features"], out["text_features"], out["logit_scale"]
+            else:
+                image, text_features, scale = out[:3]
+            loss_fn(image, text_features, scale).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        return step
+
+    return {f"OpenCLIP {version} (default AdamW)": step_with(False),
+            f"OpenCLIP {version} (fused AdamW)": step_with(True)}, None
+
+
 def time_interleaved(steps: dict, rounds: int, warmup: int) -> dict[str, float]:
     """Median seconds per step; implementations alternate step by step, so load from other
     processes on a shared machine hits all of them alike."""
@@ -128,18 +181,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     torch.manual_seed(0)
-    rows = time_interleaved({
+    steps = {
         "visembed train_step (fused AdamW)": visembed_step(args.batch_size),
         "plain torch.nn reference (default AdamW)": reference_step(args.batch_size),
-    }, args.steps, args.warmup)
+    }
+    openclip, not_run = openclip_steps(args.batch_size)
+    rows = time_interleaved({**steps, **openclip}, args.steps, args.warmup)
     print(f"tiny CLIP, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"median of {args.steps} interleaved steps after {args.warmup} warm-up")
+          f"median of {args.steps} interleaved steps after {args.warmup} warm-up, all rows in this process")
     print(f"| {'implementation':<50} | {'s/step':>7} | {'samples/s':>9} |")
     print(f"|{'-' * 52}|{'-' * 9}|{'-' * 11}|")
     for name, seconds in rows.items():
         print(f"| {name:<50} | {seconds:7.3f} | {args.batch_size / seconds:9.1f} |")
-    print(f"| {'OpenCLIP 3.3 (published figure, not run here)':<50} | {args.batch_size / OPENCLIP_SAMPLES_PER_S:7.3f} "
-          f"| {OPENCLIP_SAMPLES_PER_S:9.1f} |")
+    if not_run:
+        print(f"| {'OpenCLIP: ' + not_run:<50} | {'-':>7} | {'-':>9} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from visembed.eval.retrieval import retrieval_metrics
 from visembed.eval.zeroshot import zeroshot_accuracy
@@ -48,3 +49,37 @@ def test_zeroshot_accuracy_counts_correct_top1():
     out = zeroshot_accuracy(images, ["a", "b", "c", "b"], class_emb, ["a", "b", "c"])
     assert out["zeroshot_top1"] == 0.75
     assert np.isclose(out["zeroshot_mean_per_class_recall"], (1 + 0.5 + 1) / 3)
+
+
+def test_ties_rank_the_right_item_last_not_first():
+    """A collapsed model (every score equal) gets the worst rank, not R@1 = 1.0."""
+    emb = np.ones((6, 4), dtype=np.float32) / 2.0
+    metrics = retrieval_metrics(emb, list("abcdef"), emb)
+    assert metrics["text_to_image_R@1"] == 0.0 and metrics["image_to_text_R@1"] == 0.0
+    assert metrics["text_to_image_mean_rank"] == 6.0 and metrics["image_to_text_median_rank"] == 6.0
+    # one tie: the right image shares the top score with one wrong image -> rank 2
+    images = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    texts = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    out = retrieval_metrics(images[[0, 2]], ["x", "y"], texts)
+    assert out["text_to_image_R@1"] == 1.0  # no tie there
+    tied = retrieval_metrics(images, ["x", "z", "y"], np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32))
+    assert tied["text_to_image_R@1"] == 1 / 3 and tied["text_to_image_mean_rank"] == (2 + 2 + 1) / 3
+
+
+def test_zeroshot_ties_are_not_correct():
+    out = zeroshot_accuracy(np.ones((4, 3), np.float32), ["a", "b", "c", "a"], np.ones((3, 3), np.float32), ["a", "b", "c"])
+    assert out["zeroshot_top1"] == 0.0 and out["zeroshot_mean_per_class_recall"] == 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_embeddings_raise(bad):
+    emb = np.eye(4, dtype=np.float32)
+    broken = emb.copy()
+    broken[1, 2] = bad
+    for images, texts in ((broken, emb), (emb, broken)):
+        with pytest.raises(ValueError, match=r"NaN/inf \(1 of 4 rows\): the model is broken"):
+            retrieval_metrics(images, list("abcd"), texts)
+        with pytest.raises(ValueError, match="NaN/inf"):
+            zeroshot_accuracy(images, list("abcd"), texts, list("abcd"))
+    with pytest.raises(ValueError, match="NaN/inf"):
+        retrieval_metrics(np.full((3, 4), np.nan, np.float32), list("abc"), np.full((3, 4), np.nan, np.float32))

@@ -50,14 +50,14 @@ def test_rerun_after_a_crash_only_redoes_the_unfinished_shard(tiny_model_dir, tm
     source = {"model": "tiny", "data": "shapes-150"}
     first = embed_dataset(model, dataset, tmp_path, source=source, shard_size=50, progress=False)
     assert (first.shards, first.embedded, model.images) == (3, 120, 120)
-    vectors, items, _ = read_shards(tmp_path)
+    vectors, items, _ = read_shards(tmp_path, first.names)
     assert vectors.shape == (120, model.embed_dim) and len(items) == 120
 
-    (tmp_path / "embeddings" / "shard_00001.npy").unlink()  # as if killed while writing shard 1
+    (tmp_path / "embeddings" / f"{first.names[1]}.npy").unlink()  # as if killed while writing shard 1
     model.images = 0
     again = embed_dataset(model, dataset, tmp_path, source=source, shard_size=50, progress=False)
-    assert (again.reused_shards, again.embedded, model.images) == (2, 50, 50)
-    vectors_again, items_again, _ = read_shards(tmp_path)
+    assert (again.reused_shards, again.embedded, model.images) == (2, 50, 50) and again.names == first.names
+    vectors_again, items_again, _ = read_shards(tmp_path, again.names)
     np.testing.assert_allclose(vectors_again, vectors, atol=1e-5)
     assert items_again == items
 
@@ -154,7 +154,7 @@ def test_add_new_items_without_a_rebuild(tiny_model_dir, tmp_path):
         thumb, _ = searcher.thumbnail(new_id)
         hits = searcher.search_image(Image.open(io.BytesIO(thumb)), k=1)
         assert hits[0].id == new_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
-    with TestClient(create_app(out)) as client:
+    with TestClient(create_app(out), base_url="http://localhost") as client:
         assert client.get("/healthz").json()["items"] == 30
         for new_id in new_ids:
             for kind in ("thumbnail", "image"):

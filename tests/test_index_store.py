@@ -181,3 +181,35 @@ def test_ivfpq_exact_rerank_recovers_what_pq_codes_lose():
         return np.mean([len(set(r) & set(t)) / 10 for r, t in zip(rows, truth)])
 
     assert recall(10) > recall(1) + 0.2
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_vectors_are_refused_with_the_count_of_bad_rows(bad):
+    from visembed.index.store import NonFiniteVectors
+
+    x = unit_vectors(10)
+    x[[2, 7], 3] = bad
+    with pytest.raises(NonFiniteVectors, match="2 of 10 vectors contain NaN/inf"):
+        VectorIndex.build(x, items_for(10))
+    index = VectorIndex.build(unit_vectors(5), items_for(5))
+    with pytest.raises(NonFiniteVectors, match="2 of 10 vectors"):
+        index.add(x, items_for(10, prefix="new"))
+    assert len(index) == 5 and index.vectors.shape == (5, 32)
+
+
+def test_reopened_follows_the_committed_generation_sharing_unchanged_data(tmp_path):
+    index = VectorIndex.build(unit_vectors(20), items_for(20))
+    index.save(tmp_path)
+    reader = VectorIndex.open(tmp_path)  # a long-running reader, as the HTTP service
+
+    writer = VectorIndex.open(tmp_path)  # another process: `index delete`
+    writer.delete(["item-3"])
+    writer.save(tmp_path)
+    fresh = reader.reopened(tmp_path)
+    assert "item-3" not in fresh and "item-3" in reader and len(fresh) == 19
+    assert fresh.faiss_index is reader.faiss_index and fresh.vectors is reader.vectors  # nothing read again
+
+    writer.add(unit_vectors(2, seed=5), items_for(2, prefix="new"))  # `index add`: new data files
+    writer.save(tmp_path)
+    newer = fresh.reopened(tmp_path)
+    assert len(newer) == 21 and "new-1" in newer and newer.vectors is not fresh.vectors

@@ -17,7 +17,7 @@ LIMIT = 64 * 1024
 @pytest.fixture(scope="module")
 def client(tiny_model_dir, tmp_path_factory):
     app = create_app(shapes_index(tiny_model_dir, tmp_path_factory), max_upload_bytes=LIMIT)
-    with TestClient(app) as client:  # runs the lifespan: model and index load here
+    with TestClient(app, base_url="http://localhost") as client:  # runs the lifespan: model and index load here
         yield client
 
 
@@ -162,16 +162,17 @@ def test_oversized_uploads_are_413(client):
 
 def test_decompression_bomb_is_refused(tiny_model_dir, tmp_path_factory):
     app = create_app(shapes_index(tiny_model_dir, tmp_path_factory), max_pixels=100 * 100)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         response = client.post("/search/image", files={"file": ("big.png", png(Image.new("RGB", (300, 300))), "image/png")})
-    assert response.status_code == 413 and "too_large" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert response.status_code == 413 and "too large" in detail and "at most 10,000 pixels" in detail
 
 
 def test_missing_or_truncated_thumbnails_are_404_not_500(tiny_model_dir, tmp_path):
     from visembed.index import build_index
 
     out = build_index(tiny_model_dir, "builtin:shapes?n=10", tmp_path / "index", progress=False, shard_size=5)
-    with TestClient(create_app(out)) as client:
+    with TestClient(create_app(out), base_url="http://localhost") as client:
         a, b = first_ids(client, 2)
         assert client.get(f"/items/{a}/thumbnail").status_code == 200
         for thumbs in (out / "embeddings").glob("*.thumbs"):

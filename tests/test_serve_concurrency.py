@@ -1,26 +1,25 @@
 """A real uvicorn server on 127.0.0.1 under 20 concurrent clients x 200 requests: no errors."""
 
 import contextlib
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
 from test_index_build import shapes_index
-from visembed.serve.app import create_app
+from visembed.serve.app import create_app, make_server
+from visembed.serve.connection import bind_socket
 
 
 @contextlib.contextmanager
-def serve_in_thread(app, timeout: float = 60.0):
-    """Run `app` under uvicorn on a free loopback port in a thread; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; uvicorn serves on this very socket
+def serve_in_thread(app, timeout: float = 60.0, **server_settings):
+    """Run `app` on a free loopback port in a thread, as `run_server` runs it (`make_server`:
+    uvicorn with our connection deadlines); yields the base URL."""
+    sock = bind_socket("127.0.0.1", 0)  # the OS picks a free port; uvicorn serves on this very socket
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=30))
+    server = make_server(app, **{"timeout_keep_alive": 30, **server_settings})
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -21,7 +21,8 @@ from visembed.serve.app import create_app
 @pytest.fixture(scope="module")
 def api_schema(tiny_model_dir, tmp_path_factory):
     index_dir = shapes_index(tiny_model_dir, tmp_path_factory)
-    app = create_app(index_dir, max_upload_bytes=256 * 1024, searcher=Searcher.open(index_dir))  # loaded up front
+    app = create_app(index_dir, max_upload_bytes=256 * 1024, searcher=Searcher.open(index_dir),  # loaded up front
+                     allowed_hosts=["testserver"])  # schemathesis' ASGI host
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -1,8 +1,15 @@
-"""Zero-shot classification: each class is the mean of its prompt embeddings (CLIP's ensembling)."""
+"""Zero-shot classification: each class is the mean of its prompt embeddings (CLIP's ensembling).
+
+Ties rank pessimistically, as in `retrieval`: the true class is placed after every other class that
+scores the same, so a collapsed or broken model scores chance or worse, never perfect. NaN/inf in
+the embeddings raises.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+from visembed.eval.retrieval import check_finite, pessimistic_ranks
 
 DEFAULT_TEMPLATES = ("{}", "a picture of {}", "an emoji of {}")
 
@@ -17,12 +24,14 @@ def class_embeddings(encode_text, classnames: list[str], templates: tuple[str, .
 def zeroshot_accuracy(image_emb: np.ndarray, labels: list[str], class_emb: np.ndarray, classnames: list[str],
                       prefix: str = "") -> dict[str, float]:
     """Top-1/top-5 accuracy and mean per-class recall of predicting `labels` among `classnames`."""
+    check_finite("image embeddings", image_emb)
+    check_finite("class embeddings", class_emb)
     index = {c: i for i, c in enumerate(classnames)}
     y = np.array([index[label] for label in labels])
     scores = image_emb @ class_emb.T  # (N, C)
-    order = np.argsort(-scores, axis=1)
-    top1 = order[:, 0] == y
-    top5 = (order[:, :5] == y[:, None]).any(axis=1)
+    check_finite("similarity scores", scores)
+    ranks = pessimistic_ranks(scores, y[:, None] == np.arange(len(classnames))[None, :])  # (N,)
+    top1, top5 = ranks == 1, ranks <= 5
     per_class = [top1[y == c].mean() for c in np.unique(y)]
     return {f"{prefix}zeroshot_top1": float(top1.mean()), f"{prefix}zeroshot_top5": float(top5.mean()),
             f"{prefix}zeroshot_mean_per_class_recall": float(np.mean(per_class)),

@@ -14,7 +14,7 @@ _WHERE = {
     "build_index": "build", "add_to_index": "build", "AddReport": "build",
     "Searcher": "searcher", "Hit": "searcher",
     "VectorIndex": "store", "IndexSettings": "store", "IndexStoreError": "store", "IndexNotFound": "store",
-    "CorruptIndex": "store", "UnknownItem": "store",
+    "CorruptIndex": "store", "UnknownItem": "store", "NonFiniteVectors": "store",
     "preference_vector": "recommend", "mmr": "recommend", "nearest_liked": "recommend", "recommend": "recommend",
 }
 

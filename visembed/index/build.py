@@ -1,5 +1,12 @@
 """`build_index`: model folder + data spec -> a searchable index folder (resumable);
-`add_to_index`: new samples into an existing index, without a rebuild."""
+`add_to_index`: new samples into an existing index, without a rebuild.
+
+A rebuild into an existing index folder (the way to resume, and to refresh an index after the
+data changed) trusts nothing it cannot prove: shards are reused only when their content
+fingerprint matches (see `embed`), rows that left the data leave the index, items deleted with
+`index delete` stay deleted, items added with `index add` stay, and the shards of an `index add`
+that never committed are neither read nor kept.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visembed.data import SkipCounter
-from visembed.index.embed import ADDED_PREFIX, SHARD_SIZE, embed_dataset, embed_samples, read_shards
+from visembed.index.embed import (
+    ADDED_PREFIX, SHARD_SIZE, embed_dataset, embed_samples, read_shards, remove_unreferenced_shards, shard_stem,
+)
 from visembed.index.store import IndexSettings, IndexStoreError, VectorIndex
 
 
@@ -26,10 +35,16 @@ def weights_sha256(model_dir: Path) -> str:
 
 def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, split: str | None = None,
                 progress: bool = True, settings: IndexSettings | None = None, language: str = "en",
-                shard_size: int = SHARD_SIZE, batch_size: int = 64) -> Path:
+                shard_size: int = SHARD_SIZE, batch_size: int = 64, keep_deletions: bool = True) -> Path:
     """Embed every image of `data_spec` (split "all" unless told otherwise) with the model in
-    `model_dir` and write an index to `out_dir`. Rerunning after a crash resumes from the last
-    finished shard; items added later with `add_to_index` are kept."""
+    `model_dir` and write an index to `out_dir`.
+
+    Rerunning into the same folder resumes after a crash and refreshes the index after the data
+    changed: finished shards whose rows and weights still match are reused, everything else is
+    embedded again, and rows no longer in the data leave the index. What the committed index
+    recorded is carried through: items added with `add_to_index` are kept (unless the data now
+    holds the same id), and items deleted with `index delete` stay deleted. To bring deleted items
+    back, rebuild with `keep_deletions=False` (or into a new folder)."""
     import visembed
     from visembed.data import open_dataset
 
@@ -37,27 +52,92 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir)
     if not model_dir.is_dir():
         raise IndexStoreError(f"no model folder at {model_dir}")
-    model = visembed.load(model_dir)
     fingerprint = weights_sha256(model_dir)
+    previous = _committed_index(out_dir, fingerprint)
+    model = visembed.load(model_dir)
     source = {"weights_sha256": fingerprint, "data_spec": data_spec, "split": split, "language": language}
     dataset = open_dataset(data_spec, split, language=language)
     report = embed_dataset(model, dataset, out_dir, source=source, shard_size=shard_size,
                            batch_size=batch_size, progress=progress)
-    vectors, items, skipped = read_shards(out_dir)
+    vectors, items, skipped = read_shards(out_dir, report.names)
     if getattr(dataset, "skipped", None) is not None:
         skipped.update(dataset.skipped)  # rows the source itself left out (missing files, empty captions)
+    deleted_ids: set[str] = set()
+    if previous is not None:
+        vectors, items = _with_added_items(previous, vectors, items)
+        if keep_deletions:
+            deleted_ids = _deleted_ids(previous)
     if not items:
         raise IndexStoreError(f"no usable images in {data_spec!r} ({skipped.summary()})")
     info = {"model_dir": str(model_dir), "weights_sha256": fingerprint, "data_spec": data_spec, "split": split,
-            "language": language, "skipped": skipped.as_dict(), "reused_shards": report.reused_shards}
-    VectorIndex.build(vectors, items, settings, info).save(out_dir)
+            "language": language, "skipped": skipped.as_dict(), "reused_shards": report.reused_shards,
+            "data_roots": data_roots(items)}
+    if previous is not None and previous.info.get("added"):
+        info["added"] = previous.info["added"]
+    index = VectorIndex.build(vectors, items, settings, info)
+    still_there = [i for i in deleted_ids if i in index]
+    if still_there:
+        index.delete(still_there)
+    index.save(out_dir)  # commits; only then may the files it no longer needs go
+    remove_unreferenced_shards(out_dir, set(report.names) | _added_shards(index.items))
     return out_dir
+
+
+def _committed_index(out_dir: Path, fingerprint: str) -> VectorIndex | None:
+    """The index an earlier build or add committed in `out_dir`, if any; made with other weights
+    it cannot be refreshed (its added items would not be comparable)."""
+    if not (out_dir / "index.json").exists():
+        return None
+    previous = VectorIndex.open(out_dir)  # a corrupt one raises CorruptIndex: never silently dropped
+    recorded = previous.info.get("weights_sha256")
+    if recorded and recorded != fingerprint:
+        raise IndexStoreError(f"the index in {out_dir} was built with another model (its weights differ); "
+                              "build into a new --out folder (or delete this one)")
+    return previous
+
+
+def _is_added(item: dict) -> bool:
+    ref = item.get("thumb") or [""]
+    return str(ref[0]).startswith(f"embeddings/{ADDED_PREFIX}_")
+
+
+def _added_shards(items: list[dict]) -> set[str]:
+    return {shard_stem(Path(item["thumb"][0]).name) for item in items if _is_added(item)}
+
+
+def _with_added_items(previous: VectorIndex, vectors, items: list[dict]):
+    """The rebuilt rows plus the committed index's live added items whose ids the data does not
+    hold (their vectors come from the committed index, never from `added_*` shard files)."""
+    import numpy as np
+
+    ids = {item["id"] for item in items}
+    rows = [row for row in previous.live_rows() if _is_added(previous.items[row]) and previous.items[row]["id"] not in ids]
+    if not rows:
+        return vectors, items
+    return np.concatenate([vectors, previous.vectors[rows]]), items + [dict(previous.items[row]) for row in rows]
+
+
+def _deleted_ids(previous: VectorIndex) -> set[str]:
+    """Ids deleted in the committed index and not added back since."""
+    return {previous.items[row]["id"] for row in previous.deleted} - {previous.items[r]["id"] for r in previous.live_rows()}
+
+
+def data_roots(items: list[dict], previous: list[str] = ()) -> list[str]:
+    """The folders the indexed image files live in (resolved, none inside another): the server
+    sends an item's original only from under one of them."""
+    folders = {str(Path(item["path"]).parent) for item in items if item.get("path")} | set(previous)
+    roots = []
+    for folder in sorted(folders, key=lambda f: (len(Path(f).parts), f)):
+        if not any(Path(folder).is_relative_to(root) for root in roots):
+            roots.append(folder)
+    return sorted(roots)
 
 
 @dataclass
 class AddReport:
     added: int = 0
     already_indexed: int = 0  # samples whose id the index already holds: left as they are
+    still_deleted: int = 0  # samples whose id was deleted with `index delete`: deletions stand
     skipped: SkipCounter = field(default_factory=SkipCounter)  # unusable images, repeated ids
     total: int = 0  # live items afterwards
 
@@ -66,7 +146,8 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
                  language: str = "en", shard_size: int = SHARD_SIZE, batch_size: int = 64,
                  progress: bool = True) -> AddReport:
     """Embed the samples of `data_spec` whose ids the index does not hold yet, with the index's own
-    model, store them as new shards (thumbnails included) and append them to the index."""
+    model, store them as new shards (thumbnails included) and append them to the index. Ids deleted
+    from the index stay deleted (as on a rebuild)."""
     import visembed
     from visembed.data import open_dataset
 
@@ -87,6 +168,10 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
     split = split or "all"
     dataset = open_dataset(data_spec, split, language=language)
     report = AddReport()
+    # shards of an earlier `add` that was killed before it committed: never part of the index
+    remove_unreferenced_shards(index_dir, _added_shards(index.items), prefixes=(ADDED_PREFIX,))
+
+    deleted = _deleted_ids(index)
 
     def new_samples():  # a stream: a large source is never held in memory
         seen = set()
@@ -94,6 +179,8 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
             sample_id = str(sample.id)
             if sample_id in index:
                 report.already_indexed += 1
+            elif sample_id in deleted:
+                report.still_deleted += 1
             elif sample_id in seen:
                 report.skipped.add("duplicate_id")
             else:
@@ -107,6 +194,7 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
         report.skipped.update(dataset.skipped)  # rows the source itself left out
     if items:
         index.add(vectors, items)
+        index.info["data_roots"] = data_roots(items, index.info.get("data_roots") or [])
     report.added = len(items)
     index.info["skipped"] = _merged(index.info.get("skipped") or {}, report.skipped.as_dict())
     index.info.setdefault("added", []).append({"data_spec": data_spec, "split": split, "items": report.added})

@@ -1,19 +1,28 @@
 """Embed a whole dataset into shard files, resumably.
 
-    INDEX_DIR/embeddings/source.json          which model and data the shards came from
-    INDEX_DIR/embeddings/shard_00000.thumbs   the shard's thumbnails, concatenated
-    INDEX_DIR/embeddings/shard_00000.json     {"items": [...], "skipped": {...}, "n_source": n}
-    INDEX_DIR/embeddings/shard_00000.npy      float32 (n_items, D), written last: it marks the shard done
-    INDEX_DIR/embeddings/added_00000.*        the same, for items added later (`visembed index add`)
+    INDEX_DIR/embeddings/source.json                which model and data the shards came from
+    INDEX_DIR/embeddings/shard_00000-<fp>.thumbs    the shard's thumbnails, concatenated
+    INDEX_DIR/embeddings/shard_00000-<fp>.json      {"items": [...], "skipped": {...}, "n_source": n, "fingerprint": fp}
+    INDEX_DIR/embeddings/shard_00000-<fp>.npy       float32 (n_items, D), written last: it marks the shard done
+    INDEX_DIR/embeddings/added_00000.*              items added later (`visembed index add`)
 
-Each file is written atomically, so a crash loses at most the shard in progress, and a rerun with
-the same model and data skips every finished shard.
+`<fp>` is the shard's *content fingerprint*: a hash of the weights' sha256 and of every source row
+in it (id, captions, label, path, and the image's identity: for a file its resolved path, size and
+mtime_ns, one `stat`; for in-memory images a hash of their bytes or pixels). A rerun reuses a
+finished shard only when a file of the same number and fingerprint exists, so a manifest that
+shrank, a caption that changed or an image rewritten in place are embedded again instead of served
+stale. A `stat` is cheap and catches every ordinary edit; a file rewritten with the same size in
+the same nanosecond would slip through, which is the price of not hashing every image on a rerun.
+
+Each file is written atomically, so a crash loses at most the shard in progress.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
+import os
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -35,40 +44,84 @@ THUMB_SIZE = 128
 @dataclass
 class EmbedReport:
     shards: int = 0
-    reused_shards: int = 0  # finished by an earlier run
+    reused_shards: int = 0  # finished by an earlier run, same fingerprint
     embedded: int = 0  # images embedded by this run
     skipped: SkipCounter = field(default_factory=SkipCounter)
+    names: list[str] = field(default_factory=list)  # this dataset's shards, in order: all a build reads
 
 
-def shard_name(number: int) -> str:
-    return f"shard_{number:05d}"
+def shard_name(number: int, fingerprint: str) -> str:
+    return f"shard_{number:05d}-{fingerprint[:16]}"
+
+
+def image_identity(image) -> list:
+    """What a row's image is, cheaply: a file by path, size and mtime; bytes and pixels by hash."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            stat = os.stat(image)
+        except OSError:
+            return ["missing", str(image)]
+        return ["file", str(Path(image).resolve()), stat.st_size, stat.st_mtime_ns]
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return ["bytes", hashlib.sha256(image).hexdigest()]
+    if hasattr(image, "tobytes") and hasattr(image, "mode"):  # a PIL image
+        return ["pixels", image.mode, list(image.size), hashlib.sha256(image.tobytes()).hexdigest()]
+    return ["unknown", type(image).__name__]
+
+
+def shard_fingerprint(samples: list, identity: str) -> str:
+    """sha256 over `identity` (the source: weights' sha256, data spec, ...) and every row's content
+    (see the module docstring)."""
+    digest = hashlib.sha256(json.dumps(["source", identity]).encode())
+    for sample in samples:
+        row = [str(sample.id), sample.caption, dict(sample.captions or {}), sample.label,
+               str(sample.path) if sample.path else None, image_identity(sample.image)]
+        digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def embed_dataset(model, dataset, out_dir: str | Path, *, source: dict, shard_size: int = SHARD_SIZE,
                   batch_size: int = 64, progress: bool = True, thumb_size: int = THUMB_SIZE) -> EmbedReport:
     """Embed every image of `dataset` into `out_dir/embeddings`; `source` identifies model and data
-    so that shards from a different model are never mixed in."""
+    so that shards from a different model are never mixed in. A finished shard is reused only when
+    its content fingerprint (rows and weights) matches; `report.names` lists this dataset's shards."""
     from tqdm import tqdm
 
     emb_dir = Path(out_dir) / "embeddings"
     emb_dir.mkdir(parents=True, exist_ok=True)
     _check_source(emb_dir, {**source, "shard_size": shard_size, "thumb_size": thumb_size})
+    identity = json.dumps(source, sort_keys=True, default=str)  # the weights' sha256 is in `source`
     report = EmbedReport()
     total = None if getattr(dataset, "streaming", False) else len(dataset)
     with tqdm(total=total, unit="img", desc="embedding", disable=not progress, dynamic_ncols=True) as bar:
         for number, samples in _shards(dataset, shard_size):
-            name = shard_name(number)
+            rows = samples()  # read (not decoded) even when the shard is done: the fingerprint needs them
+            fingerprint = shard_fingerprint(rows, identity)
+            name = shard_name(number, fingerprint)
             report.shards += 1
-            if (emb_dir / f"{name}.npy").exists() and (emb_dir / f"{name}.json").exists():
-                done = json.loads((emb_dir / f"{name}.json").read_text(encoding="utf-8"))
+            report.names.append(name)
+            done = _finished_shard(emb_dir, name, fingerprint)
+            if done is not None:
                 report.reused_shards += 1
                 report.skipped.update(_counter(done["skipped"]))
                 bar.update(done["n_source"])
                 continue
-            shard = _embed_shard(model, samples(), emb_dir, name, batch_size, thumb_size, bar.update)
+            shard = _embed_shard(model, rows, emb_dir, name, batch_size, thumb_size, bar.update,
+                                 fingerprint=fingerprint)
             report.embedded += shard["n_items"]
             report.skipped.update(shard["skipped"])
     return report
+
+
+def _finished_shard(emb_dir: Path, name: str, fingerprint: str) -> dict | None:
+    """The shard's json when both its files are there and it carries `fingerprint`, else None."""
+    if not (emb_dir / f"{name}.npy").exists():
+        return None
+    try:
+        done = json.loads((emb_dir / f"{name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return done if isinstance(done, dict) and done.get("fingerprint") == fingerprint else None
 
 
 def embed_samples(model, samples: Iterable, out_dir: str | Path, *, prefix: str = ADDED_PREFIX,
@@ -113,7 +166,7 @@ def _shards(dataset, shard_size: int) -> Iterator[tuple[int, Callable[[], list]]
 
 
 def _embed_shard(model, samples: list, emb_dir: Path, name: str, batch_size: int, thumb_size: int,
-                 advance: Callable[[int], object]) -> dict:
+                 advance: Callable[[int], object], fingerprint: str | None = None) -> dict:
     skipped = SkipCounter()
     items: list[dict] = []
     vectors: list[np.ndarray] = []
@@ -144,7 +197,8 @@ def _embed_shard(model, samples: list, emb_dir: Path, name: str, batch_size: int
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, model.embed_dim), np.float32)  # (n_items, D)
     matrix = matrix.astype(np.float32, copy=False)
     atomic_write_bytes(emb_dir / f"{name}.thumbs", bytes(thumbs))
-    atomic_write_json(emb_dir / f"{name}.json", {"items": items, "skipped": skipped.as_dict(), "n_source": len(samples)})
+    atomic_write_json(emb_dir / f"{name}.json", {"items": items, "skipped": skipped.as_dict(), "n_source": len(samples),
+                                                 "fingerprint": fingerprint})
     atomic_write_npy(emb_dir / f"{name}.npy", matrix)
     return {"n_items": len(items), "skipped": skipped, "items": items, "vectors": matrix}
 
@@ -183,12 +237,13 @@ def _check_source(emb_dir: Path, source: dict) -> None:
         atomic_write_json(path, source)
 
 
-def read_shards(out_dir: str | Path) -> tuple[np.ndarray, list[dict], SkipCounter]:
-    """All finished shards in order, added ones last: vectors (N, D), items, and what was skipped
-    (repeated ids too)."""
+def read_shards(out_dir: str | Path, names: Iterable[str]) -> tuple[np.ndarray, list[dict], SkipCounter]:
+    """The named shards in order (a build passes `EmbedReport.names`: shards of rows no longer in
+    the data, or of an `index add` that never committed, are not read): vectors (N, D), items, and
+    what was skipped (repeated ids too)."""
     emb_dir = Path(out_dir) / "embeddings"
     vectors, items, skipped, seen = [], [], SkipCounter(), set()
-    for npy in sorted(emb_dir.glob("shard_*.npy")) + sorted(emb_dir.glob(f"{ADDED_PREFIX}_*.npy")):
+    for npy in (emb_dir / f"{name}.npy" for name in names):
         shard = json.loads(npy.with_suffix(".json").read_text(encoding="utf-8"))
         matrix = np.load(npy, allow_pickle=False)  # (n_items, D)
         if len(matrix) != len(shard["items"]):
@@ -205,3 +260,22 @@ def read_shards(out_dir: str | Path) -> tuple[np.ndarray, list[dict], SkipCounte
         vectors.append(matrix[keep])
     dim = vectors[0].shape[1] if vectors else 0
     return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), items, skipped
+
+
+def shard_stem(filename: str) -> str:
+    """`shard_00001-ab12.thumbs` -> `shard_00001-ab12`; `.shard_00001-ab12.npy.x1y2.tmp` -> the same."""
+    return filename.lstrip(".").split(".", 1)[0]
+
+
+def remove_unreferenced_shards(out_dir: str | Path, keep: set[str], prefixes: tuple[str, ...] = ("shard", ADDED_PREFIX)) -> int:
+    """Delete shard files (and leftover temporary files of a killed run) whose shard is not in
+    `keep`: shards of rows that left the data, of other fingerprints, and of an `index add` that
+    never committed. Call it only after index.json names everything it needs."""
+    emb_dir = Path(out_dir) / "embeddings"
+    removed = 0
+    for path in emb_dir.glob("*") if emb_dir.is_dir() else ():
+        stem = shard_stem(path.name)
+        if stem.startswith(tuple(f"{p}_" for p in prefixes)) and stem not in keep and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -1,7 +1,16 @@
-"""A model and an index together: what the CLI and the HTTP service both ask questions of."""
+"""A model and an index together: what the CLI and the HTTP service both ask questions of.
+
+A long-lived searcher (the HTTP service) follows the index folder: `refresh()` compares index.json's
+file identity (inode, size, mtime) with the one it loaded, one `stat`, and when another process
+committed a new generation (`index delete`, `index add`, a rebuild) it opens that one and swaps it
+in. Every query works on the one index it started with, so a swap never mixes two generations'
+row numbers in one answer.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -12,6 +21,8 @@ import numpy as np
 from visembed.index.query import combine, image_query, text_query
 from visembed.index.recommend import recommend
 from visembed.index.store import IndexStoreError, VectorIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +43,8 @@ class Searcher:
         self.index, self.model = index, model
         self.index_dir = Path(index_dir).resolve()
         self._model_lock = threading.Lock()  # one forward pass at a time: torch already uses every core
+        self._reload_lock = threading.Lock()
+        self._stamp = self._manifest_stamp()
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> Searcher:
@@ -46,6 +59,42 @@ class Searcher:
         if model.embed_dim != index.dim:
             raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {index.dim}-d ones")
         return cls(index, model, index_dir)
+
+    # ---- following the folder ----------------------------------------------------------------
+
+    def _manifest_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.index_dir / "index.json")
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns  # index.json is replaced atomically: a new inode
+
+    def refresh(self) -> bool:
+        """Swap in the generation committed since the last look, if any; True when it did. A new
+        generation that cannot be used (corrupt, other weights) is logged and the current index
+        kept; it is not retried until index.json changes again."""
+        stamp = self._manifest_stamp()
+        if stamp == self._stamp or stamp is None:
+            return False
+        if not self._reload_lock.acquire(blocking=False):
+            return False  # another request is loading it: answer from the current one meanwhile
+        try:
+            current = self.index
+            try:
+                fresh = current.reopened(self.index_dir)
+                if fresh.dim != current.dim or (fresh.info.get("weights_sha256") or None) != (
+                        current.info.get("weights_sha256") or None):
+                    raise IndexStoreError("the new index was built with another model; restart the server with it")
+            except IndexStoreError as exc:
+                log.error("index in %s changed but cannot be loaded, still serving the previous one: %s",
+                          self.index_dir, exc)
+                self._stamp = stamp
+                return False
+            fresh.search_threads = current.search_threads
+            self.index, self._stamp = fresh, stamp
+            return True
+        finally:
+            self._reload_lock.release()
 
     # ---- queries -----------------------------------------------------------------------------
 
@@ -62,8 +111,9 @@ class Searcher:
         return vec
 
     def search_vector(self, vector: np.ndarray, k: int = 10, exclude_ids: Sequence[str] = ()) -> list[Hit]:
-        scores, rows = self.index.search(vector[None], k, exclude_rows=self.index.rows(exclude_ids))
-        return [self._hit(int(r), float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0]
+        index = self.index
+        scores, rows = index.search(vector[None], k, exclude_rows=index.rows(exclude_ids))
+        return [_hit(index, int(r), float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0]
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
         return self.search_vector(self.text_vector(text), k)
@@ -73,19 +123,21 @@ class Searcher:
 
     def similar(self, item_id: str, k: int = 10) -> list[Hit]:
         """"More like this": the item's own vector as the query, the item itself left out."""
-        row = self.index.rows([item_id])[0]
-        return self.search_vector(self.index.vectors[row], k, exclude_ids=[item_id])
+        index = self.index
+        row = index.rows([item_id])[0]
+        scores, rows = index.search(index.vectors[row][None], k, exclude_rows=[row])
+        return [_hit(index, int(r), float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0]
 
     def recommend(self, liked: Sequence[str], disliked: Sequence[str] = (), k: int = 10, lam: float = 0.7) -> list[Hit]:
-        recs = recommend(self.index, liked, disliked, k, lam=lam)
-        return [self._hit(r.row, r.score, because_row=r.because_row, because_score=r.because_score) for r in recs]
-
-    def _hit(self, row: int, score: float, because_row: int | None = None, because_score: float | None = None) -> Hit:
-        item = self.index.items[row]
-        because = self.index.items[because_row]["id"] if because_row is not None else None
-        return Hit(item["id"], score, item.get("caption", ""), item.get("path"), because, because_score)
+        index = self.index
+        recs = recommend(index, liked, disliked, k, lam=lam)
+        return [_hit(index, r.row, r.score, because_row=r.because_row, because_score=r.because_score) for r in recs]
 
     # ---- item images -------------------------------------------------------------------------
+
+    def item(self, item_id: str) -> dict:
+        """The live item's metadata; `UnknownItem` for an unknown or deleted id."""
+        return self.index.item(item_id)
 
     def image_file(self, item_id: str) -> Path | None:
         """The item's original image file, if the data had one and it is still there."""
@@ -114,3 +166,10 @@ class Searcher:
         if len(data) != int(length):
             return None
         return data, "image/png" if data[:4] == b"\x89PNG" else "image/jpeg"
+
+
+def _hit(index: VectorIndex, row: int, score: float, because_row: int | None = None,
+         because_score: float | None = None) -> Hit:
+    item = index.items[row]
+    because = index.items[because_row]["id"] if because_row is not None else None
+    return Hit(item["id"], score, item.get("caption", ""), item.get("path"), because, because_score)

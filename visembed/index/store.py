@@ -43,6 +43,10 @@ class UnknownItem(IndexStoreError, LookupError):
     pass
 
 
+class NonFiniteVectors(IndexStoreError, ValueError):
+    """NaN/inf vectors: a broken model. FAISS would index them and rank them anywhere."""
+
+
 @dataclass
 class IndexSettings:
     kind: str = "auto"  # "auto", "flat" (exact inner product), "hnsw" or "ivfpq"
@@ -90,6 +94,13 @@ def _as_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     return vectors
 
 
+def _refuse_non_finite(vectors: np.ndarray) -> None:
+    bad = int((~np.isfinite(vectors)).any(axis=1).sum()) if vectors.size else 0
+    if bad:
+        raise NonFiniteVectors(f"{bad} of {len(vectors)} vectors contain NaN/inf: the model that made them is broken "
+                               "(diverged training or corrupt weights); nothing was indexed")
+
+
 class VectorIndex:
     """Vectors (N, D), one metadata dict per row (`id`, `caption`, `path`, ...) and tombstones."""
 
@@ -113,6 +124,7 @@ class VectorIndex:
               info: dict | None = None) -> VectorIndex:
         settings = settings or IndexSettings()
         vectors = _as_matrix(vectors)
+        _refuse_non_finite(vectors)
         if len(items) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
         ids = [item["id"] for item in items]
@@ -155,6 +167,7 @@ class VectorIndex:
 
     def add(self, vectors: np.ndarray, items: list[dict]) -> None:
         vectors = _as_matrix(vectors, self.dim)
+        _refuse_non_finite(vectors)
         if len(items) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
         new_ids = [item["id"] for item in items]
@@ -285,11 +298,36 @@ class VectorIndex:
             problems.append("tombstones point outside the index")
         if problems:
             raise CorruptIndex(f"index in {directory} is inconsistent: {'; '.join(problems)}")
-        info = {k: v for k, v in manifest.items()
-                if k not in ("format", "generation", "kind", "dim", "count", "live", "files", "deleted", "settings")}
+        info = {k: v for k, v in manifest.items() if k not in _MANIFEST_KEYS}
         index = cls(faiss_index, vectors.astype(np.float32, copy=False), items, kind, settings, info, deleted)
         index._saved = (directory.resolve(), dict(files))
         return index
+
+
+    def reopened(self, directory: str | Path) -> VectorIndex:
+        """The generation now committed in `directory` (which this index was opened from or saved
+        to). When only tombstones or metadata changed (`index delete`: same data files), the new
+        index shares this one's FAISS index, vectors and items instead of reading them again; a
+        long-running reader (the HTTP service) follows deletions at the cost of reading index.json."""
+        directory = Path(directory)
+        manifest = _read_manifest(directory)
+        files = manifest.get("files")
+        if not (self._saved and self._saved[0] == directory.resolve() and files == self._saved[1]):
+            return VectorIndex.open(directory)
+        try:
+            deleted = [int(r) for r in manifest["deleted"]]
+            settings = IndexSettings(**manifest["settings"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptIndex(f"{directory / 'index.json'} is incomplete or malformed ({exc!r})") from None
+        if int(manifest.get("count", -1)) != len(self.items) or any(not 0 <= r < len(self.items) for r in deleted):
+            raise CorruptIndex(f"index in {directory} is inconsistent: tombstones do not fit its {len(self.items)} items")
+        info = {k: v for k, v in manifest.items() if k not in _MANIFEST_KEYS}
+        index = VectorIndex(self.faiss_index, self.vectors, self.items, self.kind, settings, info, deleted)
+        index._saved = self._saved
+        return index
+
+
+_MANIFEST_KEYS = ("format", "generation", "kind", "dim", "count", "live", "files", "deleted", "settings")
 
 
 def _read_manifest(directory: Path) -> dict:

@@ -1,63 +1,48 @@
 """The FastAPI app: `create_app(index_dir)`; `run_server(index_dir, host, port)` for the CLI.
 
 The model and the index load once, in the lifespan (or before it, in `run_server`, so that a
-missing or corrupt index is one clear line rather than a server traceback).
+missing or corrupt index is one clear line rather than a server traceback). The index folder is
+followed while serving: a generation committed by `index delete`, `index add` or a rebuild is
+picked up by the next request (see `Searcher.refresh`).
+
+Exposure: the service answers only requests whose Host header names it (`allowed_hosts`; by
+default the loopback names and the bound host), so a web page the user visits cannot reach it by
+DNS rebinding; half-open connections are closed (`connection`).
 """
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from visembed.serve.connection import BODY_IDLE_TIMEOUT_S, HEADER_TIMEOUT_S, KEEP_ALIVE_S, bind_socket, timed_h11
+from visembed.serve.decode import DecodeBudget
+from visembed.serve.limits import MULTIPART_OVERHEAD, BodySizeLimit, Limits
 from visembed.serve.routes import router
+from visembed.serve.strict_json import validation_error_handler
 
 STATIC_DIR = Path(__file__).parent / "static"
-MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and other fields around the uploaded file
-
-
-@dataclass
-class Limits:
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000  # decoded size: a tiny file can still be a decompression bomb
-
-
-class BodySizeLimit:
-    """Answers 413 to request bodies over the limit, whether announced by Content-Length or
-    streamed in chunks, before they are buffered in memory or on disk."""
-
-    def __init__(self, app, max_body_bytes: int):
-        self.app, self.max_body_bytes = app, max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            response = JSONResponse({"detail": f"request body larger than {self.max_body_bytes} bytes"}, 413)
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body_bytes:  # FastAPI passes HTTPExceptions from body parsing through
-                raise HTTPException(413, f"request body larger than {self.max_body_bytes} bytes")
-            return message
-
-        return await self.app(scope, limited_receive, send)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
 
 
 def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
                max_upload_bytes: int = Limits.max_upload_bytes, max_pixels: int = Limits.max_pixels,
-               searcher=None) -> FastAPI:
-    """The service over one index. `searcher` (an opened `Searcher`) skips loading in the lifespan."""
+               decode_budget_pixels: int | None = None, decode_wait_s: float = Limits.decode_wait_s,
+               allowed_hosts: list[str] | tuple[str, ...] | None = None, searcher=None) -> FastAPI:
+    """The service over one index. `searcher` (an opened `Searcher`) skips loading in the lifespan.
+
+    `allowed_hosts`: Host header names answered (a port is ignored; "*" allows any, "*.example.com"
+    a domain); default `LOOPBACK_HOSTS`. `decode_budget_pixels`: pixels decoded at once across all
+    uploads (default twice `max_pixels`); an upload that cannot get its share within
+    `decode_wait_s` seconds is answered 503 with Retry-After."""
     from visembed.index.searcher import Searcher
 
     @asynccontextmanager
@@ -74,8 +59,12 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     app = FastAPI(title="visembed", version="0.1.0", lifespan=lifespan,
                   description="Search and recommendation over visual embeddings (images and text in one space).")
     app.state.searcher = searcher
-    app.state.limits = Limits(max_upload_bytes, max_pixels)
+    budget = decode_budget_pixels or 2 * max_pixels
+    app.state.limits = Limits(max_upload_bytes, max_pixels, budget, decode_wait_s)
+    app.state.decode_budget = DecodeBudget(budget)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOOPBACK_HOSTS), www_redirect=False)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -86,15 +75,50 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     return app
 
 
-def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
-               model_dir: str | Path | None = None, max_upload_bytes: int = Limits.max_upload_bytes) -> None:
-    """Load the index and model, print the URL, serve until interrupted."""
+def default_allowed_hosts(host: str) -> list[str]:
+    """Loopback names, plus the bound address when it is a specific one (not 0.0.0.0 / ::)."""
+    hosts = list(LOOPBACK_HOSTS)
+    if host not in WILDCARD_ADDRESSES:
+        hosts.append(f"[{host}]" if ":" in host else host.lower())
+    return list(dict.fromkeys(hosts))
+
+
+def make_server(app: FastAPI, *, timeout_keep_alive: int = KEEP_ALIVE_S, header_timeout: float = HEADER_TIMEOUT_S,
+                body_idle_timeout: float = BODY_IDLE_TIMEOUT_S, log_level: str = "warning"):
+    """A uvicorn server for `app` with the connection deadlines set; run it with
+    `server.run(sockets=[bind_socket(host, port)])`."""
     import uvicorn
 
+    config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=timeout_keep_alive,
+                            http=timed_h11(header_timeout, body_idle_timeout))
+    return uvicorn.Server(config)
+
+
+def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
+               model_dir: str | Path | None = None, max_upload_bytes: int = Limits.max_upload_bytes,
+               allowed_hosts: list[str] | tuple[str, ...] | None = None, timeout_keep_alive: int = KEEP_ALIVE_S,
+               header_timeout: float = HEADER_TIMEOUT_S) -> None:
+    """Bind the port, load the index and model, print the URL, serve until interrupted.
+
+    A taken port raises `PortUnavailable` (one line, before anything is announced or loaded).
+    `allowed_hosts` extends the default (loopback names and `host`); pass the names the service
+    is reached by when it listens on 0.0.0.0."""
     from visembed.index.searcher import Searcher
 
-    searcher = Searcher.open(index_dir, model_dir)  # raises IndexStoreError with a clear message
-    app = create_app(index_dir, model_dir, max_upload_bytes=max_upload_bytes, searcher=searcher)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"serving {len(searcher.index)} items from {index_dir} at http://{shown}:{port}/  (API docs: /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = bind_socket(host, port)
+    try:
+        searcher = Searcher.open(index_dir, model_dir)  # raises IndexStoreError with a clear message
+        hosts = default_allowed_hosts(host) + list(allowed_hosts or [])
+        app = create_app(index_dir, model_dir, max_upload_bytes=max_upload_bytes, searcher=searcher,
+                         allowed_hosts=hosts)
+        server = make_server(app, timeout_keep_alive=timeout_keep_alive, header_timeout=header_timeout)
+        shown = f"[{host}]" if ":" in host else host
+        bound_port = sock.getsockname()[1]
+        print(f"serving {len(searcher.index)} items from {index_dir} at http://{shown}:{bound_port}/  (API docs: /docs)",
+              flush=True)
+        if host in WILDCARD_ADDRESSES and not allowed_hosts:
+            print("note: only requests addressed to localhost/127.0.0.1/[::1] are answered; "
+                  "add the names clients use with --allowed-host", flush=True)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,31 +1,32 @@
 """The HTTP endpoints. Plain `def` endpoints run in Starlette's thread pool, so model forward
-passes and FAISS searches never block the event loop."""
+passes, image decoding and FAISS searches never block the event loop."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response, StreamingResponse
 
 from visembed.index.searcher import Hit, Searcher
 from visembed.index.store import UnknownItem
+from visembed.serve.decode import UploadRejected, decode_upload
+from visembed.serve.item_files import RefusedFile, data_roots, file_chunks, open_item_image
 from visembed.serve.schemas import (
     MAX_K, MAX_QUERY_CHARS, Health, RecommendRequest, Result, SearchResponse, problems,
 )
+from visembed.serve.strict_json import StrictJSONRoute
 
-router = APIRouter()
-
-# BadImage reasons -> status: not an image at all is 415, an image we cannot use is 422
-_BAD_IMAGE_STATUS = {"unreadable": 415, "too_large": 413}
-_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-                ".webp": "image/webp", ".bmp": "image/bmp", ".svg": "image/svg+xml"}
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 def get_searcher(request: Request) -> Searcher:
-    return request.app.state.searcher
+    """The app's searcher, first brought up to the index folder's committed generation (one
+    `stat`; a reload only when `index delete`/`add`/a rebuild committed since)."""
+    searcher = request.app.state.searcher
+    searcher.refresh()
+    return searcher
 
 
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
@@ -64,22 +65,24 @@ def search_text(searcher: SearcherDep, q: Annotated[str, Query(min_length=1, max
     return results(searcher.search_text(text, k))
 
 
-@router.post("/search/image", response_model=SearchResponse, tags=["search"], responses=problems(400, 413, 415, 422))
+@router.post("/search/image", response_model=SearchResponse, tags=["search"],
+             responses=problems(400, 413, 415, 422, 503))
 def search_image(request: Request, searcher: SearcherDep, file: Annotated[UploadFile, File(description="an image")],
                  q: Annotated[str | None, Form(max_length=MAX_QUERY_CHARS, description="optional text modifier")] = None,
                  k: Annotated[int, Form(ge=1, le=MAX_K)] = 12,
-                 text_weight: Annotated[float, Form(ge=0.0, le=1.0)] = 0.5) -> SearchResponse:
-    """Image -> images; with `q`, a composed query ("like this, but blue")."""
-    from visembed.data import BadImage, load_image
-
+                 text_weight: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.5) -> SearchResponse:
+    """Image -> images; with `q`, a composed query ("like this, but blue"). 503 with `Retry-After`
+    when the server is already decoding as many images as its memory budget allows."""
     limits = request.app.state.limits
     data = file.file.read(limits.max_upload_bytes + 1)
     if len(data) > limits.max_upload_bytes:
         raise HTTPException(413, f"the upload is larger than {limits.max_upload_bytes} bytes")
     try:
-        image = load_image(data, max_pixels=limits.max_pixels)
-    except BadImage as exc:
-        raise HTTPException(_BAD_IMAGE_STATUS.get(exc.reason, 422), f"not a usable image ({exc})") from None
+        image = decode_upload(data, max_pixels=limits.max_pixels, model_side=searcher.model.image_size,
+                              budget=request.app.state.decode_budget, wait_s=limits.decode_wait_s)
+    except UploadRejected as exc:
+        raise HTTPException(exc.status, exc.detail, headers=exc.headers) from None
+    del data
     return results(searcher.search_image(image, k, text=clean_text(q), text_weight=text_weight))
 
 
@@ -94,16 +97,21 @@ def recommend(searcher: SearcherDep, body: RecommendRequest) -> SearchResponse:
     return results(hits)
 
 
-def _known(searcher: Searcher, item_id: str) -> None:
-    if item_id not in searcher.index:
-        raise HTTPException(404, f"no item with id {item_id!r}")
+def _item(searcher: Searcher, item_id: str) -> dict:
+    try:
+        return searcher.item(item_id)
+    except UnknownItem:
+        raise HTTPException(404, f"no item with id {item_id!r}") from None
 
 
 @router.get("/items/{item_id:path}/similar", response_model=SearchResponse, tags=["search"], responses=problems(404))
 def similar(searcher: SearcherDep, item_id: str, k: K = 12) -> SearchResponse:
     """"More like this": the item's own embedding as the query."""
-    _known(searcher, item_id)
-    return results(searcher.similar(item_id, k))
+    _item(searcher, item_id)
+    try:
+        return results(searcher.similar(item_id, k))
+    except UnknownItem:  # deleted between the two looks
+        raise HTTPException(404, f"no item with id {item_id!r}") from None
 
 
 _IMAGE_RESPONSES = {200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "the image"}, **problems(404)}
@@ -112,7 +120,7 @@ _IMAGE_RESPONSES = {200: {"content": {"image/png": {}, "image/jpeg": {}}, "descr
 @router.get("/items/{item_id:path}/thumbnail", tags=["items"], response_class=Response, responses=_IMAGE_RESPONSES)
 def thumbnail(searcher: SearcherDep, item_id: str) -> Response:
     """A small copy made when the index was built. Only items in the index are served."""
-    _known(searcher, item_id)
+    _item(searcher, item_id)
     thumb = searcher.thumbnail(item_id)
     if thumb is None:
         raise HTTPException(404, f"item {item_id!r} has no thumbnail")
@@ -122,9 +130,16 @@ def thumbnail(searcher: SearcherDep, item_id: str) -> Response:
 @router.get("/items/{item_id:path}/image", tags=["items"], response_class=Response, responses=_IMAGE_RESPONSES)
 def image(searcher: SearcherDep, item_id: str) -> Response:
     """The item's original image file where the data had one, else its thumbnail. The file is
-    found through the index metadata only: a URL never names a path on disk."""
-    _known(searcher, item_id)
-    path = searcher.image_file(item_id)
-    if path is not None and Path(path).suffix.lower() in _IMAGE_TYPES:
-        return FileResponse(path, media_type=_IMAGE_TYPES[Path(path).suffix.lower()])
+    found through the index metadata only (a URL never names a path on disk), and sent only when
+    it is a regular image file under the data folders the index was built from (no links out)."""
+    item = _item(searcher, item_id)
+    path = item.get("path")
+    try:
+        opened = open_item_image(path, data_roots(searcher.index.info, path)) if path else None
+    except RefusedFile:
+        raise HTTPException(404, f"the image file of item {item_id!r} is not served: it is not a regular image "
+                                 "file under the folders the index was built from") from None
+    if opened is not None:
+        f, media_type = opened
+        return StreamingResponse(file_chunks(f), media_type=media_type)
     return thumbnail(searcher, item_id)
