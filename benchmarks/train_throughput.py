@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visembed.config import load_preset
-from visembed.data.tokenizer import train_bpe_tokenizer
+from visembed.models.bpe_tokenizer import train_bpe_tokenizer
 from visembed.losses import ContrastiveLoss, clip_loss
 from visembed.models import build_model
 from visembed.train.optim import build_optimizer

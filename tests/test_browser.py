@@ -77,6 +77,8 @@ def test_search_like_and_recommend(page):
     caption = first.locator(".caption").inner_text()
     assert first.locator("img").get_attribute("alt") == caption
     assert first.locator(".score").inner_text().startswith("score ")
+    # the thumbnail loads after the card appears: wait for the browser to finish it, then check it decoded
+    page.wait_for_function("document.querySelector('#results img').complete")
     assert page.evaluate("document.querySelector('#results img').naturalWidth") > 0  # thumbnail loaded
 
     liked_id = first.get_attribute("data-id")

@@ -185,3 +185,9 @@ def test_decompression_bomb_message_quotes_our_limit(side):
 def test_our_pixel_limit_decides_not_pillows_warning(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # Pillow warns above 300 px and refuses above 600
     assert load_image(encode(Image.new("RGB", (20, 20))), max_pixels=10**6).size == (20, 20)  # 400 px: ours allow it
+
+
+def test_an_unidentified_image_message_names_no_heap_address():
+    with pytest.raises(BadImage) as err:
+        load_image(b"certainly not an image, just some bytes")
+    assert "0x" not in str(err.value) and "PNG" in str(err.value)

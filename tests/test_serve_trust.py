@@ -4,7 +4,7 @@ indexed folders, and an index folder followed while serving."""
 
 import io
 import json
-import os
+
 
 import pytest
 from fastapi.testclient import TestClient

@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
 def build(
     model: Path = typer.Argument(..., help="Model (or run) folder that embeds the images."),
     data: str = typer.Option(..., "--data", help="Data spec: builtin:emoji, a manifest, a folder, WebDataset shards."),
-    out: Path = typer.Option(..., "--out", help="Index folder to write (rerun to resume)."),
+    out: Path = typer.Option(..., "--out", help="Index folder to write; rerun to resume or refresh (deletions are kept: "
+                                                "undo them with --forget-deletions, or use a new --out)."),
     split: str = typer.Option("all", "--split", help="Dataset split: every image unless told otherwise."),
     language: str = typer.Option("en", "--language", help="Caption language for multilingual data."),
     kind: str = typer.Option("auto", "--kind", help="auto, flat (exact), hnsw or ivfpq."),
@@ -33,6 +34,7 @@ def build(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard (the unit of resumption)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    forget_deletions: bool = typer.Option(False, "--forget-deletions", help="Bring back items removed with `index delete`."),
 ) -> None:
     """Embed every image of a dataset (sharded, resumable) and build a FAISS index over it."""
     from visembed.index.build import build_index
@@ -42,7 +44,7 @@ def build(
         settings = IndexSettings(kind=kind, exact_below=exact_below, large_kind=large_kind)
         settings.resolve_kind(0), settings.resolve_kind(exact_below)  # fail early on a bad kind
         build_index(model, data, out, split=split, progress=not quiet, settings=settings, language=language,
-                    shard_size=shard_size, batch_size=batch_size)
+                    shard_size=shard_size, batch_size=batch_size, keep_deletions=not forget_deletions)
         manifest = json.loads((out / "index.json").read_text(encoding="utf-8"))
     skipped = ", ".join(f"{reason}={n}" for reason, n in manifest["skipped"].items()) or "none"
     typer.echo(f"indexed {manifest['live']} items into {out} ({manifest['kind']} index; skipped: {skipped})")
@@ -65,7 +67,8 @@ def add(
         report = add_to_index(index_dir, data, split=split, model_dir=model, language=language,
                               shard_size=shard_size, batch_size=batch_size, progress=not quiet)
     skipped = ", ".join(f"{reason}={n}" for reason, n in report.skipped.as_dict().items()) or "none"
-    typer.echo(f"added {report.added} items to {index_dir} ({report.already_indexed} already there; "
+    deleted = f", {report.still_deleted} deleted earlier and left out" if report.still_deleted else ""
+    typer.echo(f"added {report.added} items to {index_dir} ({report.already_indexed} already there{deleted}; "
                f"skipped: {skipped}); {report.total} items in total")
 
 
@@ -162,12 +165,16 @@ def serve(
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     model: Path = typer.Option(None, "--model", help="Model folder (default: the one recorded in the index)."),
     max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.001, help="Largest accepted upload."),
+    allowed_hosts: list[str] = typer.Option([], "--allowed-host", help="Another Host name clients may use (repeatable; "
+                                            "loopback names and --host are always allowed: a guard against DNS rebinding)."),
 ) -> None:
-    """Serve the web page and the HTTP API (search, upload, recommend, thumbnails, /docs)."""
+    """Serve the web page and the HTTP API (search, upload, recommend, thumbnails, /docs); picks up
+    index changes (`index add`, `index delete`, rebuilds) on the next request."""
     from visembed.serve.app import run_server
 
     with friendly_errors():
-        run_server(index_dir, host, port, model_dir=model, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+        run_server(index_dir, host, port, model_dir=model, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                   allowed_hosts=list(allowed_hosts) or None)
 
 
 def _print_hits(hits, as_json: bool) -> None:

@@ -144,8 +144,8 @@ def _decode(fp: BinaryIO, max_pixels: int) -> Image.Image:
             if found and int(found.group(1)) <= max_pixels:
                 limit += f", but over Pillow's hard limit {2 * (Image.MAX_IMAGE_PIXELS or 0):,} (PIL.Image.MAX_IMAGE_PIXELS)"
             raise BadImage("too_large", f"{pixels} > {limit}") from e
-        except UnidentifiedImageError as e:
-            raise BadImage("unreadable", str(e)) from e
+        except UnidentifiedImageError as e:  # Pillow's text names the file object (a heap address for bytes)
+            raise BadImage("unreadable", f"not a {', '.join(DECODABLE_FORMATS)} image") from e
         except (OSError, EOFError, SyntaxError, ValueError) as e:
             text = str(e).lower()
             truncated = isinstance(e, EOFError) or "truncated" in text or "broken data stream" in text

@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from visembed.data import BadImage, SkipCounter, load_image
-from visembed.index.store import (
-    IndexStoreError, atomic_write_bytes, atomic_write_json, atomic_write_npy,
-)
+from visembed.atomic import atomic_write_bytes, atomic_write_json, atomic_write_npy
+from visembed.data import SkipCounter, decoded
+from visembed.index.store import IndexStoreError
 
 SHARD_SIZE = 1000
 ADDED_PREFIX = "added"  # shards of items added after the build: never renumbered by a rebuild
@@ -174,12 +173,7 @@ def _embed_shard(model, samples: list, emb_dir: Path, name: str, batch_size: int
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
         images = []  # decoded one batch at a time: a shard of large photos would not fit in memory
-        for sample in batch:
-            try:
-                image = load_image(sample.image)
-            except BadImage as exc:
-                skipped.add(exc.reason)
-                continue
+        for sample, image in decoded(batch, skipped):
             thumb = _thumbnail(image, thumb_size)
             items.append({
                 "id": str(sample.id),

@@ -53,9 +53,9 @@ class Searcher:
         if not str(model_dir) or not model_dir.is_dir():
             raise IndexStoreError(f"the model folder {str(model_dir)!r} that made this index is not there; "
                                   "pass the model folder explicitly (--model)")
-        from visembed.api import load
+        import visembed
 
-        model = load(model_dir)
+        model = visembed.load(model_dir)
         if model.embed_dim != index.dim:
             raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {index.dim}-d ones")
         return cls(index, model, index_dir)

@@ -13,16 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
+
+from visembed.atomic import atomic_write, atomic_write_json, atomic_write_npy, atomic_write_text
 
 FORMAT = "visembed-index/1"
 
@@ -248,10 +247,10 @@ class VectorIndex:
                 "vectors": f"vectors.{generation:05d}.npy",
                 "items": f"items.{generation:05d}.jsonl",
             }
-            _atomic_write(directory / files["faiss"], lambda tmp: faiss.write_index(self.faiss_index, tmp))
-            _atomic_write(directory / files["vectors"], lambda tmp: save_npy(tmp, self.vectors))
-            _atomic_write(directory / files["items"], lambda tmp: Path(tmp).write_text(
-                "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in self.items), encoding="utf-8"))
+            atomic_write(directory / files["faiss"], lambda tmp: faiss.write_index(self.faiss_index, tmp))
+            atomic_write_npy(directory / files["vectors"], self.vectors)
+            atomic_write_text(directory / files["items"],
+                              "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in self.items))
         manifest = {
             "format": FORMAT,
             "generation": generation,
@@ -264,7 +263,7 @@ class VectorIndex:
             "settings": dataclasses.asdict(self.settings),
             **self.info,
         }
-        atomic_write_json(directory / "index.json", manifest)
+        atomic_write_json(directory / "index.json", manifest, indent=1)
         _remove_stale_generations(directory, set(files.values()))
         self._saved = (directory.resolve(), files)
         return directory
@@ -345,25 +344,6 @@ def _read_manifest(directory: Path) -> dict:
     return manifest
 
 
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """`write(tmp_path)` a temporary file in the same folder, fsync it, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 _GENERATION_FILE = re.compile(r"^(index|vectors|items)\.\d{5,}\.(faiss|npy|jsonl)$")
 
 
@@ -371,20 +351,3 @@ def _remove_stale_generations(directory: Path, keep: set[str]) -> None:
     for path in directory.iterdir():
         if _GENERATION_FILE.match(path.name) and path.name not in keep:
             path.unlink(missing_ok=True)
-
-
-def save_npy(path: str | Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # through a file object: np.save(path) would append ".npy" to the name
-        np.save(f, array, allow_pickle=False)
-
-
-def atomic_write_npy(path: str | Path, array: np.ndarray) -> None:
-    _atomic_write(Path(path), lambda tmp: save_npy(tmp, array))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=1).encode())
