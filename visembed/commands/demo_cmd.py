@@ -13,6 +13,7 @@ from visembed.commands.errors import friendly_errors
 
 SHOWN_QUERIES = 6  # held-out names searched for in the printout, spread over the test split
 EVAL_DATA = "builtin:emoji"  # held-out concepts in OpenMoji art, English and Chinese names
+RENDERED_SIZE = 64  # builtin:emoji's default render size
 NAMES_CREDIT = "Names: Unicode CLDR (English, Chinese) via the `emoji` package."
 
 
@@ -35,6 +36,12 @@ def demo(
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def emoji_spec(image_size: int) -> str:
+    """builtin:emoji rendered at the model's input size where that is larger than the default (an
+    upscaled 64 px render would be blurrier than what the model trained on)."""
+    return EVAL_DATA if image_size <= RENDERED_SIZE else f"{EVAL_DATA}?size={image_size}"
 
 
 def data_line(dataset) -> str:
@@ -82,12 +89,18 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
     cfg = load_preset("demo")
     extra = list(overrides or []) + ([f"train.steps={steps}"] if steps is not None else [])
     cfg = apply_overrides(cfg, extra)
+    from visembed.models.card import pretrained_sources
+
     _say("visembed demo: a shared image-text space for emoji, trained on this CPU.")
-    _say(data_line(open_dataset(cfg.data.train, "train", language=cfg.data.language)) + "\n")
+    _say(data_line(open_dataset(cfg.data.train, "train", language=cfg.data.language)))
+    for line in pretrained_sources(cfg):
+        _say(f"Starts from: {line}")
+    _say()
     train(cfg, out, resume=(out / "checkpoints").is_dir())
-    _say(f"\nTrained in {time.time() - started:.0f} s. Evaluating on held-out concepts ({EVAL_DATA}, test split) ...")
+    spec = emoji_spec(cfg.model.vision.image_size)
+    _say(f"\nTrained in {time.time() - started:.0f} s. Evaluating on held-out concepts ({spec}, test split) ...")
     model = visembed.load(out)
-    metrics = evaluate(model, EVAL_DATA, "test", language="en")
+    metrics = evaluate(model, spec, "test", language="en")
     atomic_write_json(out / "eval_test.json", metrics)
     keys = ["text_to_image_R@1", "text_to_image_R@5", "text_to_image_R@10", "image_to_text_R@1",
             "zh_text_to_image_R@1", "zh_text_to_image_R@5", "zeroshot_top1", "num_images"]
@@ -95,13 +108,13 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
         if key in metrics:
             value = metrics[key]
             _say(f"  {key:24} {value:.3f}" if isinstance(value, float) else f"  {key:24} {value}")
-    _show_searches(model, EVAL_DATA)
-    _say(f"\nModel folder: {out} (load it with visembed.load({str(out)!r}))")
+    _show_searches(model, spec)
+    _say(f"\nModel folder: {out} (load it with visembed.load({str(out)!r}); model card: {out / 'README.md'})")
 
     from visembed.index import build_index
 
     index_dir = out / "index"
-    build_index(out, "builtin:emoji", index_dir, split="all")
+    build_index(out, spec, index_dir, split="all")
     _say(f"Index of every emoji: {index_dir}")
     _say(f"Total time {time.time() - started:.0f} s.")
     if serve:

@@ -25,7 +25,9 @@ from visembed import checkpoint
 from visembed.config import RunConfig
 from visembed.data import DataError, SkipCounter, build_train_augment, open_dataset
 from visembed.distributed import barrier, cleanup, init_distributed, reduce_number
+from visembed.atomic import atomic_write_text
 from visembed.models import build_model
+from visembed.models.card import model_card
 from visembed.models.text_hf import ENCODER_DIR
 from visembed.train.loader import StepLoader
 from visembed.train.metrics_log import MetricsLog
@@ -179,6 +181,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
         checkpoint.save_model_folder(model, cfg, out)
     final.update(_evaluate(task, model, total_steps, None, main))
     if main:
+        atomic_write_text(out / "README.md", model_card(cfg, final))
         log.write({**final, "final": True})
         total = sum(skips.values())
         summary = ", ".join(f"{reason}={n}" for reason, n in skips.items())

