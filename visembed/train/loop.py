@@ -84,7 +84,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
     if init is not None:
         checkpoint.load_weights(model, checkpoint.weights_path(init))
     model.to(device).train()
-    optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.layer_decay)
     total_steps = _total_steps(cfg, dataset)
     per_step = tc.batch_size * tc.accum_steps  # samples of the global stream each step consumes
 
@@ -121,7 +121,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
     for step in range(start_step, total_steps):
         lr = lr_at(step, tc.lr, tc.warmup_steps, total_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # (checkpoints from before layer decay have none)
 
         batch = loader.load(step, skipped)  # this rank's micro-batches: [(uint8 pixels, captions)]
         if step + 1 < total_steps:
