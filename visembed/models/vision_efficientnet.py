@@ -282,7 +282,9 @@ def weights_licence_path(variant: str) -> Path:
     from importlib.metadata import distribution
 
     dist = distribution(WEIGHTS[_check_variant(variant)][0])
-    licence = next(f for f in dist.files or () if f.name == "LICENSE")
+    licence = next((f for f in dist.files or () if f.name == "LICENSE"), None)
+    if licence is None:
+        raise FileNotFoundError(f"{WEIGHTS[variant][0]} is installed without its LICENSE file")
     return Path(dist.locate_file(licence))
 
 
