@@ -24,6 +24,11 @@ def test_unknown_key_fails_with_its_dotted_name():
         from_dict({"model": {"vision": {"widht": 3}}})
 
 
+def test_wrong_types_anywhere_fail_as_config_errors():
+    with pytest.raises(ConfigError, match="model: expected a mapping"):
+        from_dict({"model": "vit", "train": [1, 2]})  # a damaged config.json: never a traceback
+
+
 def test_wrong_type_fails():
     with pytest.raises(ConfigError, match="train.steps: expected int"):
         from_dict({"train": {"steps": "many"}})

@@ -291,7 +291,8 @@ def from_dict(data: dict, cls: type = RunConfig) -> Any:
 def _upgrade_legacy(data: dict) -> dict:
     """Configs saved before the CJK student had its own sub-config (`cjk_student: true` and
     `student_distill_steps`, with the student's sizes in the text tower's own fields) still load."""
-    text = (data.get("model") or {}).get("text")
+    model = data.get("model")
+    text = model.get("text") if isinstance(model, dict) else None
     if not isinstance(text, dict) or not isinstance(text.get("cjk_student"), bool):
         return data
     text = dict(text)
