@@ -42,16 +42,19 @@ try:  # imported from the repository root (python -m benchmarks.emoji_quality, t
 except ImportError:  # run as a script: this folder is on sys.path
     import emoji_search
 
-CONFIGS = {
-    # the reference set-up: OpenMoji only, no style augmentation
-    "baseline": ["data.train=builtin:emoji"],
+CONFIGS = {  # name -> (preset, overrides)
+    # a reference set-up: a ConvNet from scratch, OpenMoji only, no style augmentation
+    "baseline": ("demo-scratch", ["data.train=builtin:emoji"]),
     # the same, each image contrasted against its batch's captions only (no caption bank)
-    "baseline-no-bank": ["data.train=builtin:emoji", "train.caption_bank_weight=0"],
+    "baseline-no-bank": ("demo-scratch", ["data.train=builtin:emoji", "train.caption_bank_weight=0"]),
     # style augmentation (outline/fill changes, blur), still trained on OpenMoji alone: the honest
     # cross-style measurement
-    "openmoji-style-aug": ["data.train=builtin:emoji", "data.augment.style_prob=0.3", "data.augment.blur_prob=0.1"],
-    # the demo as shipped: every art style on the machine (train concepts only)
-    "demo": [],
+    "openmoji-style-aug": ("demo-scratch", ["data.train=builtin:emoji", "data.augment.style_prob=0.3",
+                                            "data.augment.blur_prob=0.1"]),
+    # the ConvNet from scratch on every art style on the machine (train concepts only)
+    "demo-scratch": ("demo-scratch", []),
+    # the demo as shipped
+    "demo": ("demo", []),
 }
 
 
@@ -97,13 +100,13 @@ def measure(model, details: dict | None = None) -> dict:
     return row
 
 
-def run(name: str, overrides: list[str], steps: int | None, seed: int, root: Path) -> dict:
+def run(name: str, preset: str, overrides: list[str], steps: int | None, seed: int, root: Path) -> dict:
     import visembed
     from visembed.config import apply_overrides, load_preset
     from visembed.train.loop import train
 
     extra = [f"train.seed={seed}"] + ([f"train.steps={steps}"] if steps else [])
-    cfg = apply_overrides(load_preset("demo"), overrides + extra)
+    cfg = apply_overrides(load_preset(preset), overrides + extra)
     out = root / f"{name}-seed{seed}"
     start = time.time()
     train(cfg, out, progress=False)
@@ -169,7 +172,7 @@ def main() -> None:
         rows = [run_folder(folder) for folder in args.model]
     else:
         root = args.out or Path(tempfile.mkdtemp(prefix="emoji_quality_"))
-        rows = [run(name, CONFIGS[name], args.steps, seed, root) for name in args.configs for seed in args.seeds]
+        rows = [run(name, *CONFIGS[name], args.steps, seed, root) for name in args.configs for seed in args.seeds]
         if len(args.seeds) > 1:
             rows += [_mean_row(name, [r for r in rows if r["config"] == name]) for name in args.configs]
     print_table(rows)

