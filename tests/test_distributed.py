@@ -91,6 +91,9 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
                 steps[kind, with_bank] = (loss.item(), {k: v.numpy() for k, v in _grads(model.module).items()})
         numbers = (reduce_number(rank + 1, "sum"), reduce_number(rank + 1, "min"))
         queue.put((rank, gathered.detach().numpy(), local.grad.numpy(), steps, numbers))
+        # both ranks done before either tears down: a rank destroying its gloo group while the other
+        # still reads from it aborted once ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
