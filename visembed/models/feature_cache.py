@@ -44,19 +44,20 @@ class FeatureCache:
         """fn(x) (no gradient: `fn` must be locked), the rows seen before taken from the cache.
         x: (B, ...) -> (B, ...) on x's device."""
         keys = [digest(row) for row in x]
-        todo = [i for i, key in enumerate(dict.fromkeys(keys)) if key not in self._store]
-        distinct = list(dict.fromkeys(keys))
+        first: dict[bytes, int] = {}  # each distinct key -> its first row
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        todo = [key for key in first if key not in self._store]
         if todo:
-            first = {key: keys.index(key) for key in distinct}
-            rows = torch.as_tensor([first[distinct[i]] for i in todo], device=x.device)
+            rows = torch.as_tensor([first[key] for key in todo], device=x.device)
             with torch.no_grad():
                 computed = fn(x.index_select(0, rows)).float().cpu()
-            for i, features in zip(todo, computed):
-                self._store[distinct[i]] = features.clone()
+            for key, features in zip(todo, computed):
+                self._store[key] = features.clone()
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)
         out = torch.stack([self._store[key] for key in keys]).to(x.device)
-        for key in distinct:
+        for key in first:
             self._store.move_to_end(key)
         while len(self._store) > self.limit:
             self._store.popitem(last=False)
