@@ -10,6 +10,7 @@ import importlib
 
 from .augment import augment_preview, build_eval_transform, build_train_augment
 from .batches import collate, epoch_order
+from .conversations import IMAGE_TOKEN, alt_text_of, caption_prompt, conversations_of
 from .decode import decoded, decoded_batches
 from .images import BadImage, SkipCounter, load_image, to_tensor
 from .sample import DataError, ListDataset, Sample
@@ -30,14 +31,18 @@ __all__ = [
     "DataError",
     "EMOJI_ATTRIBUTION",
     "EmojiDataset",
+    "IMAGE_TOKEN",
     "ListDataset",
     "Sample",
     "ShapesDataset",
     "SkipCounter",
+    "alt_text_of",
     "augment_preview",
     "build_eval_transform",
     "build_train_augment",
+    "caption_prompt",
     "collate",
+    "conversations_of",
     "decoded",
     "decoded_batches",
     "epoch_order",

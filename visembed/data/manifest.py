@@ -52,6 +52,18 @@ def read_rows(path: Path) -> list[dict]:
     raise DataError(f"{path}: a manifest must end in {', '.join(MANIFEST_SUFFIXES)}")
 
 
+def rows_of_split(rows: list[dict], split: str, path: Path) -> list[dict]:
+    """The rows whose `split` is `split` (or its alias); "all" keeps every row. For files with a split field."""
+    if split == "all":
+        return rows
+    wanted = {split, SPLIT_ALIASES.get(split, split)}
+    present = sorted({str(row.get("split")) for row in rows})
+    rows = [row for row in rows if str(row.get("split")) in wanted]
+    if not rows:
+        raise DataError(f"{path}: no rows with split {split!r} (splits present: {', '.join(present)})")
+    return rows
+
+
 def _pick_column(columns: set[str], wanted: str, role: str, path: Path) -> str:
     if wanted in columns:
         return wanted
@@ -109,12 +121,8 @@ def open_manifest(
     if id_column is None and "id" in columns:
         id_column = "id"
 
-    if "split" in columns and split != "all":
-        wanted = {split, SPLIT_ALIASES.get(split, split)}
-        present = sorted({str(row.get("split")) for row in rows})
-        rows = [row for row in rows if str(row.get("split")) in wanted]
-        if not rows:
-            raise DataError(f"{path}: no rows with split {split!r} (splits present: {', '.join(present)})")
+    if "split" in columns:
+        rows = rows_of_split(rows, split, path)
 
     folder = path.parent
     skipped = SkipCounter()

@@ -3,6 +3,7 @@
     builtin:shapes?n=2000&seed=0&size=64     synthetic scenes (tests, quick checks)
     builtin:emoji?size=64&style=openmoji     OpenMoji + CLDR names in English and Chinese
     path/to/manifest.jsonl | .csv | .parquet image path + caption columns
+    path/to/conversations.json               LLaVA-format conversations about images
     path/to/folder/                          images with same-name .txt captions
                                              (or an HF imagefolder with metadata.jsonl/.csv/.parquet)
     path/to/shards/{00000..00009}.tar        WebDataset shards, streamed (a single .tar too)
@@ -19,6 +20,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from .folder import open_folder
+from .llava import open_llava
 from .manifest import MANIFEST_SUFFIXES, open_manifest
 from .sample import DataError
 
@@ -27,7 +29,8 @@ from .sample import DataError
 BUILTINS = {"shapes": ("shapes", "ShapesDataset"), "emoji": ("emoji", "EmojiDataset")}
 SPEC_FORMS = (
     "builtin:shapes or builtin:emoji (options: builtin:NAME?key=value&...), "
-    "a manifest path/to/data.jsonl|.csv|.parquet, a folder of images with .txt captions, "
+    "a manifest path/to/data.jsonl|.csv|.parquet, LLaVA conversations path/to/data.json, "
+    "a folder of images with .txt captions, "
     "or WebDataset shards path/to/{00000..00009}.tar"
 )
 
@@ -80,6 +83,8 @@ def open_dataset(
         return _call(spec, WebDatasetSource, spec, split, language=language, **options)
     if path.suffix.lower() in MANIFEST_SUFFIXES:
         return _call(spec, open_manifest, path, split, **columns, **options)
+    if path.suffix.lower() == ".json":
+        return _call(spec, open_llava, path, split, language=language, **options)
     if path.is_dir():
         for suffix in MANIFEST_SUFFIXES:  # a Hugging Face imagefolder
             metadata = path / f"metadata{suffix}"
