@@ -35,7 +35,14 @@ class ModelFolderError(FileNotFoundError):
 
 
 def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    """Every name gets its own copy of tied weights (an LM's input embedding and output layer share
+    one tensor; safetensors stores shared memory under one name only); loading ties them again."""
+    tensors, seen = {}, set()
+    for name, value in state.items():
+        value = value.detach().contiguous().cpu()
+        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        tensors[name] = value.clone() if key in seen else value
+        seen.add(key)
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 

@@ -85,8 +85,26 @@ class TextConfig:
 
 
 @dataclass
+class CaptionerConfig:
+    """A causal language model that reads an image: the dual encoder's image features (its tower's
+    cells and its embedding) become prefix tokens through a projector (see models/captioner.py)."""
+
+    vision: str = ""  # the dual-encoder model folder the captioner was built from (its weights are copied in)
+    # the causal LM: "gpt2" (small, trained from scratch on the conversations; the offline default),
+    # "minilm" (a decoder warm-started from all-MiniLM-L6-v2) or a local transformers folder
+    lm: str = "gpt2"
+    # the "gpt2" LM trained from scratch
+    vocab_size: int = 4096  # byte-level BPE learnt on the training conversations
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    projector_hidden: int = 1024  # Linear -> GELU -> Linear, as LLaVA-1.5
+    max_tokens: int = 96  # text tokens of one conversation (the visual prefix comes on top)
+
+
+@dataclass
 class ModelConfig:
-    architecture: Literal["dual_encoder"] = "dual_encoder"  # the model class `build_model` makes
+    architecture: Literal["dual_encoder", "captioner"] = "dual_encoder"  # the model class `build_model` makes
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     embed_dim: int = 256  # shared embedding size
@@ -94,6 +112,7 @@ class ModelConfig:
     init_logit_scale: float = 2.6592  # log(1/0.07), as CLIP; SigLIP uses log(10)
     max_logit_scale: float = 100.0  # the temperature is clamped as in CLIP
     init_logit_bias: float = -10.0  # SigLIP only
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)  # architecture "captioner" only
 
 
 @dataclass
@@ -125,7 +144,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    task: Literal["contrastive"] = "contrastive"  # what is optimised (see visembed/train/tasks/)
+    # what is optimised (see visembed/train/tasks/): image-text contrast, or a captioner's
+    # projector alone ("caption_align") or projector and LM ("caption_instruct")
+    task: Literal["contrastive", "caption_align", "caption_instruct"] = "contrastive"
     batch_size: int = 128  # global batch (split across ranks)
     steps: int = 1000  # optimiser steps; overridden by epochs when epochs > 0
     epochs: int = 0
@@ -254,6 +275,18 @@ def validate(cfg: RunConfig) -> RunConfig:
         _check_transformer(t.cjk_student, "model.text.cjk_student")
         _at_least(t.cjk_student, "model.text.cjk_student", 0, "distill_steps")
     _at_least(m, "model", 1, "embed_dim")
+    c = m.captioner
+    if m.architecture == "captioner":
+        _require(bool(c.lm.strip()), "model.captioner.lm", "'gpt2', 'minilm' or a local transformers folder", c.lm)
+        if c.lm == "gpt2":
+            _check_transformer(types.SimpleNamespace(**dataclasses.asdict(c), context_length=c.max_tokens, mlp_ratio=4.0),
+                               "model.captioner")
+        _at_least(c, "model.captioner", 1, "projector_hidden")
+        _at_least(c, "model.captioner", 8, "max_tokens")
+    captioning = cfg.train.task.startswith("caption_")
+    _require(captioning == (m.architecture == "captioner"), "train.task",
+             "'caption_align' or 'caption_instruct' for a captioner, 'contrastive' for a dual encoder",
+             cfg.train.task)
     _require(m.max_logit_scale > 0, "model.max_logit_scale", "more than 0", m.max_logit_scale)
 
     a = cfg.data.augment

@@ -11,16 +11,18 @@ from .sample import Sample
 
 
 def collate(
-    samples: list[Sample], image_size: int, counter: SkipCounter, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[torch.Tensor, list[str], list[str]]:
+    samples: list[Sample], image_size: int, counter: SkipCounter, max_pixels: int = DEFAULT_MAX_PIXELS,
+    target=None,
+) -> tuple[torch.Tensor, list, list[str]]:
     """Decode and resize each sample; bad images and empty captions are skipped and counted.
 
-    Returns pixels uint8 (B, 3, S, S) with B <= len(samples), captions and ids in the same order.
+    Returns pixels uint8 (B, 3, S, S) with B <= len(samples), the samples' targets (`target(sample)`;
+    their captions unless told) and ids in the same order.
     """
     pixels, captions, ids = [], [], []
     for sample, image in decoded(samples, counter, need_caption=True, max_pixels=max_pixels):
         pixels.append(to_tensor(image, image_size))  # (3, S, S)
-        captions.append(sample.caption)
+        captions.append(sample.caption if target is None else target(sample))
         ids.append(sample.id)
     if not pixels:
         return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), [], []

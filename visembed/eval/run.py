@@ -84,6 +84,12 @@ def evaluate_folder(folder: str | Path, spec: str, split: str = "test", **kwargs
     import visembed
 
     model = visembed.load(folder)
-    metrics = evaluate(model, spec, split, **kwargs)
+    if hasattr(model, "caption"):  # a captioner: its generated alt text, beside the nearest-neighbour baseline
+        from visembed.eval.captioning import evaluate_captioner
+
+        metrics = evaluate_captioner(model, spec, split, limit=kwargs.get("limit"),
+                                     progress=kwargs.get("progress", True))
+    else:
+        metrics = evaluate(model, spec, split, **kwargs)
     atomic_write_json(Path(folder) / f"eval_{split}.json", metrics)
     return metrics

@@ -7,6 +7,7 @@
     text_transformer.py, text_hf.py    text towers: tokenize(texts) -> (ids, mask), forward(ids, mask)
     bpe_tokenizer.py                   the byte-level BPE the text transformer reads
     dual_encoder.py                    towers + projections: the contrastive model
+    captioner.py, lm.py, chat_format.py  a dual encoder's image features as the prefix of a causal LM
     inference.py                       `Model`: numpy vectors out, what `visembed.load` returns
 """
 
@@ -68,6 +69,10 @@ def build_model(cfg: ModelConfig, tokenizer_dir: str | Path | None = None, pretr
     text_encoder/); `pretrained=False` when weights will be loaded over it anyway."""
     if cfg.architecture == "dual_encoder":
         return DualEncoder(cfg, build_vision(cfg, pretrained), build_text(cfg, tokenizer_dir))
+    if cfg.architecture == "captioner":
+        from visembed.models.captioner import build_captioner
+
+        return build_captioner(cfg, tokenizer_dir, pretrained)
     raise ValueError(f"unknown model.architecture {cfg.architecture!r}")
 
 
@@ -78,8 +83,11 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
     cfg = read_config(folder)
     model = build_model(cfg.model, tokenizer_dir=folder, pretrained=False)
     load_weights(model, weights_path(folder))
-    if hasattr(model.vision, "with_feature_cache"):  # a training device: inference never sees an image twice
-        model.vision.with_feature_cache(0)
+    encoder = getattr(model, "encoder", model)  # a captioner's dual encoder
+    if hasattr(encoder.vision, "with_feature_cache"):  # a training device: inference never sees an image twice
+        encoder.vision.with_feature_cache(0)
+    if getattr(model, "feature_cache", None) is not None:
+        model.feature_cache = None
     return model.to(device).eval(), cfg
 
 

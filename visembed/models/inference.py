@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -24,7 +25,9 @@ class Model:
         from visembed.models import load_model_folder
 
         device = torch.device(device) if device is not None else best_device()
-        return cls(*load_model_folder(folder, device), device)
+        module, config = load_model_folder(folder, device)
+        kind = CaptionerModel if config.model.architecture == "captioner" else Model
+        return kind(module, config, device)
 
     @property
     def image_size(self) -> int:
@@ -63,3 +66,103 @@ class Model:
             with self._autocast():
                 out.append(F.normalize(self.module.encode_text(list(texts[start : start + batch_size])).float(), dim=-1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
+
+
+HEDGE_BELOW = 0.5  # mean token probability under which a caption is hedged ("May show ...")
+ALT_TEXT_LIMIT = 125  # characters: screen readers' guidance for alt text
+_IMAGE_OF = re.compile(r"^(an? |the )?(image|picture|photo|photograph) of (an? )?", re.I)
+
+
+class CaptionerModel(Model):
+    """A captioner (`visembed train-captioner`): describes images and answers questions about them;
+    it is also the dual encoder it was built on (`encode_image`, `encode_text`)."""
+
+    def _prompts(self, conversations: list[list[dict]]):
+        from visembed.models.chat_format import encode
+
+        limit = self.config.model.captioner.max_tokens
+        return [encode(self.module.tokenizer, turns, limit, prompt=True) for turns in conversations]
+
+    @torch.no_grad()
+    def caption(self, images: Sequence, *, language: str = "en", detail: bool = False, max_new_tokens: int = 32,
+                batch_size: int = 32) -> list[str]:
+        """Alt text for each image: one short sentence (at most 125 characters) in `language`
+        ("en" or "zh"), hedged ("May show ...") when the model is unsure; `detail`: a longer
+        description, not shortened."""
+        from visembed.data.conversations import IMAGE_TOKEN, caption_prompt
+
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            raise TypeError("caption takes a list of images (PIL images, paths or bytes), not one image")
+        if language not in ("en", "zh"):
+            raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
+        turns = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{caption_prompt(language, detail=detail)}"}]
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            pixels = self.pixels(chunk).to(self.device)
+            with self._autocast():
+                answers = self.module.generate(pixels, self._prompts([turns] * len(chunk)), max_new_tokens)
+            out.extend(_alt_text(text, confidence, language, detail) for text, confidence in answers)
+        return out
+
+    @torch.no_grad()
+    def reply(self, image, messages: list[dict], *, max_new_tokens: int = 48) -> tuple[str, str | None]:
+        """(the assistant's next reply, a note when the oldest turns were dropped to fit the context)."""
+        from visembed.models.chat_format import fit_dialogue
+
+        turns = chat_turns(messages)
+        limit = self.config.model.captioner.max_tokens
+        turns, dropped = fit_dialogue(self.module.tokenizer, turns, max(8, limit - max_new_tokens))
+        pixels = self.pixels([image]).to(self.device)
+        with self._autocast():
+            (text, _), = self.module.generate(pixels, self._prompts([turns]), max_new_tokens)
+        note = f"the dialogue was too long: its oldest {dropped} turn(s) were left out" if dropped else None
+        return text, note
+
+    def chat(self, image, messages: list[dict], *, max_new_tokens: int = 48) -> str:
+        """The assistant's reply to `messages` ([{"role": "user" | "assistant", "content": str}],
+        ending with the user's) about `image`. Over-long dialogues lose their oldest turns (with a
+        warning)."""
+        import warnings
+
+        text, note = self.reply(image, messages, max_new_tokens=max_new_tokens)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        return text
+
+
+def chat_turns(messages) -> list[dict]:
+    """Checked chat messages -> captioner turns, the image placeholder at the start of the first."""
+    from visembed.data.conversations import IMAGE_TOKEN
+
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': 'user' | 'assistant', 'content': str}")
+    turns = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or \
+                message.get("role") not in ("user", "assistant"):
+            raise ValueError(f"message {i + 1} must be {{'role': 'user' | 'assistant', 'content': str}}")
+        content = message["content"].replace(IMAGE_TOKEN, "").strip()
+        if not content:
+            raise ValueError(f"message {i + 1} is empty")
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise ValueError(f"message {i + 1} must be the {expected}'s: messages alternate, starting with the user's")
+        turns.append({"role": expected, "content": content})
+    if turns[-1]["role"] != "user":
+        raise ValueError("the last message must be the user's (the model answers it)")
+    turns[0] = {"role": "user", "content": f"{IMAGE_TOKEN}\n{turns[0]['content']}"}
+    return turns
+
+
+def _alt_text(text: str, confidence: float, language: str, detail: bool) -> str:
+    """A generated answer as alt text: no "image of", hedged when unsure, at most 125 characters."""
+    text = _IMAGE_OF.sub("", text.strip()).strip()
+    if text and confidence < HEDGE_BELOW:
+        text = "可能是" + text if language == "zh" else "May show " + text[0].lower() + text[1:]
+    elif text and language == "en":
+        text = text[0].upper() + text[1:]
+    if not detail and len(text) > ALT_TEXT_LIMIT:
+        cut = text[: ALT_TEXT_LIMIT - 1]
+        text = (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(",;: ") + "…"
+    return text

@@ -16,10 +16,11 @@ from visembed.train.plan import MapPlan, StreamPlan, micro_batches
 
 
 class StepLoader:
-    """`load(step)` -> this rank's micro-batches [(uint8 pixels (b, 3, S, S), captions)]; with
+    """`load(step)` -> this rank's micro-batches [(uint8 pixels (b, 3, S, S), targets)], a sample's
+    target being what `target(sample)` makes of it (its caption unless told); with
     `data.num_workers` > 0, `prefetch(step + 1)` loads the next step while this one trains."""
 
-    def __init__(self, dataset, cfg: RunConfig, rank: int, world: int, position: int):
+    def __init__(self, dataset, cfg: RunConfig, rank: int, world: int, position: int, target=None):
         tc = cfg.train
         self.dataset, self.rank, self.world = dataset, rank, world
         self.batch_size, self.accum, self.image_size = tc.batch_size, tc.accum_steps, cfg.model.vision.image_size
@@ -32,6 +33,7 @@ class StepLoader:
         self.pool = ThreadPoolExecutor(workers) if workers > 0 else None
         self.ahead = ThreadPoolExecutor(1) if workers > 0 else None
         self.pending: dict[int, object] = {}
+        self.target = target
 
     def _samples(self, step: int) -> list:
         start = step * self.per_step
@@ -43,7 +45,7 @@ class StepLoader:
         counter = SkipCounter()
         shares = micro_batches(self._samples(step), self.batch_size, self.accum, self.rank, self.world)
         if self.pool is None:
-            return [collate(share, self.image_size, counter)[:2] for share in shares], counter
+            return [collate(share, self.image_size, counter, target=self.target)[:2] for share in shares], counter
         batch = []
         for share in shares:  # decode in threads, one counter per sample (Counter is not thread-safe)
             decoded = list(self.pool.map(self._decode_one, share))
@@ -57,7 +59,7 @@ class StepLoader:
 
     def _decode_one(self, sample) -> tuple[torch.Tensor, list[str], SkipCounter]:
         own = SkipCounter()
-        pixels, texts, _ = collate([sample], self.image_size, own)
+        pixels, texts, _ = collate([sample], self.image_size, own, target=self.target)
         return pixels, texts, own
 
     def prefetch(self, step: int) -> None:

@@ -83,6 +83,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
     model = build_model(cfg.model, tokenizer_dir=assets, pretrained=fresh)  # else weights come from init or ckpt
     if init is not None:
         checkpoint.load_weights(model, checkpoint.weights_path(init))
+    task.configure(model)  # which parameters learn
     model.to(device).train()
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.layer_decay)
     total_steps = _total_steps(cfg, dataset)
@@ -110,7 +111,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
             model, device_ids=[local_rank] if device.type == "cuda" else None,
             find_unused_parameters=task.find_unused_parameters)
     augment = build_train_augment(cfg.data.augment).to(device)
-    loader = StepLoader(dataset, cfg, rank, world, start_step * per_step)
+    loader = StepLoader(dataset, cfg, rank, world, start_step * per_step, target=task.target)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume else None) if main else None
     bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not (progress and main), dynamic_ncols=True)
 
@@ -123,7 +124,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # (checkpoints from before layer decay have none)
 
-        batch = loader.load(step, skipped)  # this rank's micro-batches: [(uint8 pixels, captions)]
+        batch = loader.load(step, skipped)  # this rank's micro-batches: [(uint8 pixels, targets)]
         if step + 1 < total_steps:
             loader.prefetch(step + 1)
         local_sizes = [len(texts) for _, texts in batch]

@@ -5,6 +5,9 @@ is particular to one objective:
     prepare_assets(dataset, out_dir)   before the model is built, on the main process of a fresh
                                        run: files the model needs (a BPE vocabulary learnt on the
                                        captions)
+    configure(model)                   before the optimiser is built: which parameters learn
+    target(sample)                     what a micro-batch carries of each sample besides its pixels
+                                       (its caption; a captioner's candidate conversations)
     prepare(model, dataset, fresh=, progress=)
                                        after the weights are in place (initialised, or restored by a
                                        resume): caches and warm-ups (a caption bank; distilling a
@@ -29,7 +32,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-MicroBatch = tuple[torch.Tensor, list[str]]  # pixels (b, 3, S, S) in [0, 1], augmented; b captions
+MicroBatch = tuple[torch.Tensor, list]  # pixels (b, 3, S, S) in [0, 1], augmented; b targets (captions)
 Autocast = Callable[[], contextlib.AbstractContextManager]
 
 
@@ -37,6 +40,10 @@ class Task(Protocol):
     find_unused_parameters: bool
 
     def prepare_assets(self, dataset, out_dir: Path) -> None: ...
+
+    def configure(self, model: nn.Module) -> None: ...
+
+    def target(self, sample): ...
 
     def prepare(self, model: nn.Module, dataset, *, fresh: bool, progress: bool) -> None: ...
 
@@ -51,6 +58,10 @@ def build_task(cfg, rank: int, world: int) -> Task:
         from visembed.train.tasks.contrastive import ContrastiveTask
 
         return ContrastiveTask(cfg, rank, world)
+    if cfg.train.task in ("caption_align", "caption_instruct"):
+        from visembed.train.tasks.captioning import CaptioningTask
+
+        return CaptioningTask(cfg, rank, world)
     raise ValueError(f"unknown train.task {cfg.train.task!r}")
 
 

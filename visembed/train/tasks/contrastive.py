@@ -40,6 +40,12 @@ class ContrastiveTask:
             every_language = self.cfg.data.language == "both" or m.text.cjk_student.enabled
             train_bpe_tokenizer(_caption_texts(dataset, every_language), bpe_vocab_size(m), out_dir)
 
+    def configure(self, model: nn.Module) -> None:
+        pass  # the towers decide (locked groups, a frozen text tower)
+
+    def target(self, sample) -> str:
+        return sample.caption
+
     def prepare(self, model: nn.Module, dataset, *, fresh: bool, progress: bool) -> None:
         tc, student = self.cfg.train, self.cfg.model.text.cjk_student
         if getattr(model.vision, "feature_cache", None) is not None:

@@ -1,0 +1,152 @@
+"""A captioner: a trained dual encoder (frozen) whose image features become prefix tokens of a causal
+language model, which then describes the image or answers questions about it (LLaVA's recipe, with
+ClipCap's use of the contrastive embedding).
+
+    pixels -> image tower -> cells (B, N, W)   -> projector (Linear-GELU-Linear) -> N prefix tokens
+                          -> embedding (B, D)  -> projector (Linear-GELU-Linear) -> 1 prefix token
+    [bos] USER: <prefix> question ASSISTANT: -> LM (`inputs_embeds`) -> answer
+
+The embedding token carries what contrastive training aligned with words; the cells carry layout
+and detail. The dual encoder keeps working as one (`encode_image`, `encode_text`), so a captioner
+folder also searches and serves as a plain model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visembed.config import ModelConfig
+from visembed.models.chat_format import IGNORE, Encoded
+from visembed.models.lm import build_lm, save_lm_assets, special_ids
+
+
+def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
+class Captioner(nn.Module):
+    def __init__(self, cfg: ModelConfig, encoder: nn.Module, lm: nn.Module, tokenizer):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        hidden, lm_width = cfg.captioner.projector_hidden, lm.get_input_embeddings().embedding_dim
+        self.cell_projector = _mlp(encoder.vision.width, hidden, lm_width)
+        self.embedding_projector = _mlp(cfg.embed_dim, hidden, lm_width)
+        self.bos, self.eos, self.pad = special_ids(tokenizer)
+        # the frozen encoder's features of each distinct image, where its tower caches (a locked tower)
+        limit = getattr(encoder.vision, "feature_cache", None)
+        if limit is not None:
+            from visembed.models.feature_cache import FeatureCache
+
+            self.feature_cache = FeatureCache(limit.limit)
+        else:
+            self.feature_cache = None
+
+    def train(self, mode: bool = True) -> "Captioner":
+        super().train(mode)
+        self.encoder.eval()  # frozen, BatchNorm statistics included
+        return self
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.vision.image_size
+
+    # the dual encoder's own API, so a captioner folder is also a search model
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder.encode_image(pixels)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self.encoder.encode_text(texts)
+
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder.normalize_pixels(pixels)
+
+    @torch.no_grad()
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """-> (B, D + N * W): the L2-normalised embedding and the tower's cells, flat (cacheable)."""
+        tokens = self.encoder.vision.forward_features(self.encoder.normalize_pixels(pixels))  # (B, N, W)
+        embedding = F.normalize(self.encoder.visual_projection(self.encoder.vision.pool(tokens)), dim=-1)  # (B, D)
+        return torch.cat([embedding, tokens.flatten(1)], dim=1).float()
+
+    def visual_prefix(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, S, S) in [0, 1] -> prefix tokens (B, 1 + N, LM width)."""
+        if self.feature_cache is not None:
+            flat = self.feature_cache(self._image_features, pixels)
+        else:
+            flat = self._image_features(pixels)
+        d = self.cfg.embed_dim
+        cells = flat[:, d:].view(len(flat), -1, self.encoder.vision.width)  # (B, N, W)
+        return torch.cat([self.embedding_projector(flat[:, None, :d]), self.cell_projector(cells)], dim=1)
+
+    def _spliced(self, prefix: torch.Tensor, rows: list[Encoded], left_pad: bool):
+        """Embeddings with each row's prefix spliced in at its image position, padded to one length:
+        (embeds (B, L, H), attention mask (B, L), labels (B, L))."""
+        table = self.lm.get_input_embeddings()
+        device = prefix.device
+        embeds, labels = [], []
+        for b, row in enumerate(rows):
+            ids = torch.tensor(row.ids, dtype=torch.long, device=device)
+            lab = torch.tensor(row.labels, dtype=torch.long, device=device)
+            words = table(ids)  # (T, H)
+            embeds.append(torch.cat([words[: row.image_at], prefix[b], words[row.image_at :]]))
+            labels.append(torch.cat([lab[: row.image_at], torch.full((prefix.shape[1],), IGNORE, device=device),
+                                     lab[row.image_at :]]))
+        length = max(len(e) for e in embeds)
+        out_e = prefix.new_zeros(len(rows), length, prefix.shape[-1])
+        out_m = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        out_l = torch.full((len(rows), length), IGNORE, dtype=torch.long, device=device)
+        for b, (e, lab) in enumerate(zip(embeds, labels)):
+            span = slice(length - len(e), length) if left_pad else slice(0, len(e))
+            out_e[b, span], out_m[b, span], out_l[b, span] = e, 1, lab
+        return out_e, out_m, out_l
+
+    def forward(self, pixels: torch.Tensor, rows: list[Encoded]) -> torch.Tensor:
+        """The mean next-token loss over the assistant's tokens of every row (teacher forcing)."""
+        embeds, mask, labels = self._spliced(self.visual_prefix(pixels), rows, left_pad=False)
+        logits = self.lm(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask).logits  # (B, L, V)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def generate(self, pixels: torch.Tensor, prompts: list[Encoded], max_new_tokens: int) -> list[tuple[str, float]]:
+        """Greedy answers (KV cache, stopping at eos): [(text, mean probability of its tokens)]."""
+        embeds, mask, _ = self._spliced(self.visual_prefix(pixels), prompts, left_pad=True)
+        out = self.lm.generate(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask, do_sample=False,
+                               max_new_tokens=max_new_tokens, eos_token_id=self.eos, pad_token_id=self.pad,
+                               output_scores=True, return_dict_in_generate=True)
+        new = out.sequences[:, -len(out.scores):] if out.scores else out.sequences[:, :0]  # (B, T) generated ids
+        logp = torch.stack(out.scores, dim=1).float().log_softmax(-1) if out.scores else None  # (B, T, V)
+        results = []
+        for b in range(len(prompts)):
+            ids = new[b].tolist()
+            n = ids.index(self.eos) if self.eos in ids else len(ids)
+            confidence = float(logp[b, torch.arange(n), new[b, :n]].exp().mean()) if n else 0.0
+            results.append((self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), confidence))
+        return results
+
+    def save_assets(self, out_dir: str | Path) -> None:
+        out_dir = Path(out_dir)
+        self.encoder.save_assets(out_dir)
+        save_lm_assets(self.lm, self.tokenizer, out_dir)
+
+
+def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -> Captioner:
+    """A captioner of `cfg`; `pretrained`: the dual encoder's weights from `cfg.captioner.vision` and
+    the LM from its source (a fresh run), else both come from a model folder afterwards."""
+    from visembed.checkpoint import load_weights, weights_path
+    from visembed.models import build_model
+
+    if asset_dir is None:
+        raise ValueError("a captioner needs its asset folder (tokenizers, LM config)")
+    encoder = build_model(dataclasses.replace(cfg, architecture="dual_encoder"), tokenizer_dir=asset_dir,
+                          pretrained=False)
+    if pretrained:
+        load_weights(encoder, weights_path(cfg.captioner.vision))
+    lm, tokenizer = build_lm(cfg.captioner, Path(asset_dir), pretrained)
+    return Captioner(cfg, encoder, lm, tokenizer)

@@ -1,0 +1,162 @@
+"""The captioning tasks: a causal LM learns to continue conversations about an image whose features
+(from a frozen dual encoder) are spliced into its input as prefix tokens.
+
+    caption_align     stage 1: the projector learns (and the LM too when it starts from scratch:
+                      there is nothing to align to yet); single-exchange conversations only
+    caption_instruct  stage 2: projector and LM learn; every conversation, multi-turn included
+
+Each sample brings its candidate conversations (`visembed.data.conversations.conversations_of`);
+each step draws one per sample with the step's seeded RNG, so a resumed run draws the same ones.
+The loss is the assistant's tokens only; a conversation left with nothing to learn after
+truncation is an error naming the sample, never a silent zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from visembed.config import RunConfig
+from visembed.data import DataError
+from visembed.train.tasks import Autocast, MicroBatch
+
+EVAL_LIMIT = 100  # images per periodic evaluation (generation is slow on a CPU)
+TOKENIZER_SAMPLES = 50_000  # samples whose conversations teach the "gpt2" LM's tokenizer
+
+
+class CaptioningTask:
+    find_unused_parameters = False
+
+    def __init__(self, cfg: RunConfig, rank: int = 0, world: int = 1):
+        self.cfg, self.main = cfg, rank == 0
+        self.instruct = cfg.train.task == "caption_instruct"
+
+    def prepare_assets(self, dataset, out_dir: Path) -> None:
+        """The dual encoder's assets (from its folder) and the LM's tokenizer."""
+        from visembed.checkpoint import read_config
+        from visembed.data.conversations import conversations_of
+        from visembed.models import build_model
+        from visembed.models.lm import prepare_lm_assets
+
+        source = Path(self.cfg.model.captioner.vision)
+        build_model(read_config(source).model, tokenizer_dir=source, pretrained=False).save_assets(out_dir)
+
+        def texts():
+            for i, sample in enumerate(dataset):
+                if i >= TOKENIZER_SAMPLES:
+                    return
+                for turns in conversations_of(sample):
+                    yield from (turn["content"] for turn in turns)
+            yield "USER: ASSISTANT:"
+
+        prepare_lm_assets(self.cfg.model.captioner, texts(), out_dir)
+
+    def configure(self, model: nn.Module) -> None:
+        """The projectors always learn; the LM in stage 2, or from the start when it is new."""
+        model.lm.requires_grad_(self.instruct or self.cfg.model.captioner.lm == "gpt2")
+
+    def target(self, sample) -> dict:
+        from visembed.data.conversations import conversations_of
+
+        candidates = conversations_of(sample)
+        if not self.instruct:
+            candidates = [c for c in candidates if len(c) == 2] or candidates
+        return {"id": sample.id, "conversations": candidates}
+
+    def prepare(self, model: nn.Module, dataset, *, fresh: bool, progress: bool) -> None:
+        if model.feature_cache is not None and not getattr(dataset, "streaming", False):
+            self._warm(model, dataset, progress)
+
+    def _warm(self, model, dataset, progress: bool) -> None:
+        """Each training image through the frozen encoder once, before the first step, reusing what an
+        earlier run with the same encoder saved (`$VISEMBED_CACHE/features/`: both stages, reruns)."""
+        from tqdm import tqdm
+
+        from visembed.data import SkipCounter, decoded_batches, to_tensor
+        from visembed.paths import cache_root
+
+        started = time.perf_counter()
+        cache = model.feature_cache
+        path = cache_root() / "features" / f"captioner-{_encoder_fingerprint(model.encoder)}.safetensors"
+        loaded, before = cache.load(path), cache.misses
+        device = next(model.parameters()).device
+        size = self.cfg.model.vision.image_size
+        with torch.no_grad(), tqdm(total=len(dataset), desc="image features", unit="img", disable=not progress,
+                                    dynamic_ncols=True) as bar:
+            for batch in decoded_batches(dataset, SkipCounter(), 64):
+                pixels = torch.stack([to_tensor(image, size) for _, image in batch]).to(device).float() / 255
+                model.visual_prefix(pixels)
+                bar.update(len(batch))
+        computed = cache.misses - before
+        if self.main:
+            if computed:
+                cache.save(path)
+            print(f"image features: {len(cache):,} cached ({loaded:,} read from {path}, {computed:,} computed) "
+                  f"in {time.perf_counter() - started:.0f} s")
+
+    def backward(self, model: nn.Module, micro_batches: list[MicroBatch], autocast: Autocast) -> dict[str, float]:
+        from visembed.models.chat_format import ConversationError, encode
+
+        plain = getattr(model, "module", model)
+        limit = self.cfg.model.captioner.max_tokens
+        total, last = 0.0, len(micro_batches) - 1
+        for j, (pixels, targets) in enumerate(micro_batches):
+            rows = []
+            for target in targets:
+                choices = target["conversations"]
+                if not choices:
+                    raise DataError(f"sample {target['id']!r} has no caption or conversation to learn from")
+                turns = choices[int(torch.randint(len(choices), ()))]
+                try:
+                    row = encode(plain.tokenizer, turns, limit)
+                except ConversationError as err:
+                    raise DataError(f"sample {target['id']!r}: {err}") from None
+                if all(label < 0 for label in row.labels):
+                    raise DataError(f"sample {target['id']!r}: every answer token falls beyond "
+                                    f"model.captioner.max_tokens ({limit}): nothing to learn; shorten its first "
+                                    "turn or raise the limit")
+                rows.append(row)
+            sync = j == last or not hasattr(model, "no_sync")
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
+                loss = model(pixels, rows) / len(micro_batches)
+            loss.backward()
+            total += loss.item()
+        return {"loss": total}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Caption scores on (up to EVAL_LIMIT) validation images, after stage 2 (the projector alone
+        does not speak yet); no validation data is not fatal."""
+        if not self.instruct:
+            return {}
+        from visembed.eval.captioning import evaluate_captioner
+        from visembed.models.inference import CaptionerModel
+
+        cfg = self.cfg
+        was_training = model.training
+        model.eval()
+        try:
+            result = evaluate_captioner(CaptionerModel(model, cfg), cfg.data.val or cfg.data.train, "val",
+                                        limit=EVAL_LIMIT, baseline=False, progress=False)
+        except (DataError, ValueError, FileNotFoundError) as err:
+            print(f"evaluation skipped: {err}")
+            return {}
+        finally:
+            model.train(was_training)
+        return {f"val_{k}": v for k, v in result.items() if isinstance(v, float)}
+
+
+def _encoder_fingerprint(encoder: nn.Module) -> str:
+    """What a captioner's cached image features depend on besides the pixels: the image tower and
+    its projection into the shared space."""
+    import hashlib
+
+    digest = hashlib.sha256(type(encoder.vision).__name__.encode())
+    for module in (encoder.vision, encoder.visual_projection):
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
