@@ -82,6 +82,10 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
 
     cfg = read_config(folder)
     model = build_model(cfg.model, tokenizer_dir=folder, pretrained=False)
+    if cfg.model.architecture == "captioner":
+        from visembed.models.captioner import check_fits
+
+        check_fits(model, weights_path(folder), folder)
     load_weights(model, weights_path(folder))
     encoder = getattr(model, "encoder", model)  # a captioner's dual encoder
     if hasattr(encoder.vision, "with_feature_cache"):  # a training device: inference never sees an image twice

@@ -150,3 +150,23 @@ def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -
         load_weights(encoder, weights_path(cfg.captioner.vision))
     lm, tokenizer = build_lm(cfg.captioner, Path(asset_dir), pretrained)
     return Captioner(cfg, encoder, lm, tokenizer)
+
+
+def check_fits(model: Captioner, weights: Path, folder: str | Path) -> None:
+    """A saved projector must speak the LM's width: a mismatched pair fails naming both."""
+    from safetensors import safe_open
+
+    from visembed.checkpoint import ModelFolderError
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            width = f.get_slice("cell_projector.2.weight").get_shape()[0] if "cell_projector.2.weight" in f.keys() \
+                else None
+    except Exception:  # a damaged file: load_weights names it
+        return
+    lm_width = model.lm.get_input_embeddings().embedding_dim
+    if width is not None and width != lm_width:
+        raise ModelFolderError(
+            f"the language model in {Path(folder) / 'lm'} ({type(model.lm).__name__}, hidden size {lm_width}) does "
+            f"not fit the image projector in {weights} (output size {width}): the LM and the vision side come from "
+            "different captioners; train the captioner again with this LM (visembed train-captioner --lm ...)")
