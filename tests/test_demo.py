@@ -18,7 +18,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     from visembed.commands.demo_cmd import run_demo
 
     out = tmp_path / "demo"
-    metrics = run_demo(out, serve=False, steps=4, overrides=FAST)
+    metrics = run_demo(out, serve=False, steps=4, caption_steps=4, overrides=FAST)
     printed = capsys.readouterr().out
     assert "OpenMoji" in printed and "CC BY-SA 4.0" in printed  # the attribution is shown
     assert "Starts from: image tower: EfficientNet-Lite0" in printed and "Apache-2.0" in printed  # and the weights
@@ -28,6 +28,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     if NOTO_FONT.is_file():  # the demo preset trains on both styles where the font is there
         assert data_line.startswith("Data: OpenMoji + Noto Color Emoji art.") and NOTO_ATTRIBUTION in data_line
     searches = [line for line in printed.splitlines() if line.startswith("  ") and "] -> " in line]
+    # the captioner: alt text for five held-out emoji in both languages, and a dialogue in each
+    captions = [line for line in printed.splitlines() if line.startswith("  ") and " -> '" in line]
+    assert len(captions) == 5 and all(line.count("' / '") == 1 for line in captions)
+    assert printed.count("  you> ") == 4 and printed.count("  visembed> ") == 4
+    assert hasattr(visembed.load(out / "captioner"), "caption")
     assert len(searches) == 12  # six held-out names, in English and in Chinese
     assert any("\u4e00" <= ch <= "\u9fff" for line in searches[6:] for ch in line.split(" -> ")[0])
     assert metrics["num_images"] > 300  # evaluated on the held-out concepts
@@ -42,5 +47,5 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
     assert len(VectorIndex.open(out / "index")) == len(open_dataset("builtin:emoji", "all"))  # every emoji indexed
     # a second run on the same folder resumes the finished run and reuses the index
-    again = run_demo(out, serve=False, steps=4, overrides=FAST)
+    again = run_demo(out, serve=False, steps=4, caption_steps=4, overrides=FAST)
     assert again["text_to_image_R@1"] == metrics["text_to_image_R@1"]

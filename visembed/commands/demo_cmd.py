@@ -1,5 +1,6 @@
 """`visembed demo`, the main job: train on the built-in emoji data on a CPU, evaluate on held-out
-concepts, show search results in English and Chinese, then index every emoji and serve the page."""
+concepts, show search results in English and Chinese, train a captioner on the model and let it
+describe and discuss held-out emoji, then index every emoji and serve the page."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import typer
 from visembed.commands.errors import friendly_errors
 
 SHOWN_QUERIES = 6  # held-out names searched for in the printout, spread over the test split
+SHOWN_CAPTIONS = 5  # held-out emoji the captioner describes in the printout
 EVAL_DATA = "builtin:emoji"  # held-out concepts in OpenMoji art, English and Chinese names
 RENDERED_SIZE = 64  # builtin:emoji's default render size
 NAMES_CREDIT = "Names: Unicode CLDR (English, Chinese) via the `emoji` package."
@@ -27,11 +29,13 @@ def demo(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="Port to serve on."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the demo preset's)."),
+    caption_steps: Optional[int] = typer.Option(None, "--caption-steps", help="Captioner training steps (0: no captioner)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value, repeatable."),
 ) -> None:
-    """Train on built-in emoji (English + Chinese names) on the CPU, evaluate on held-out concepts, show searches, index and serve."""
+    """Train on built-in emoji (English + Chinese names) on the CPU, evaluate on held-out concepts, show searches, train a captioner, index and serve."""
     with friendly_errors():
-        run_demo(out, serve=not no_serve, host=host, port=port, steps=steps, overrides=list(overrides))
+        run_demo(out, serve=not no_serve, host=host, port=port, steps=steps, caption_steps=caption_steps,
+                 overrides=list(overrides))
 
 
 def _say(text: str = "") -> None:
@@ -75,8 +79,45 @@ def _show_searches(model, data: str) -> None:
             _say(f"  {query!r:34} [{rank:>3}] -> {shown}")
 
 
+def _train_captioner(model_dir: Path, data: str, steps: int | None) -> Path:
+    """A captioner on the demo model's image features (both stages), resumed where a run left it."""
+    from visembed.train.captioner_run import captioner_config, train_captioner
+
+    out = model_dir / "captioner"
+    _say(f"\nTeaching a small language model to describe what the image tower sees (captioner: {out}) ...")
+    cfg = captioner_config(model_dir, data, steps=steps)
+    train_captioner(cfg, out, stage="both", resume=out.is_dir())
+    return out
+
+
+def _show_captions(captioner_dir: Path, data: str) -> None:
+    """Alt text in English and Chinese for held-out emoji, and a short dialogue about one of them."""
+    import visembed
+    from visembed.data import open_dataset
+    from visembed.data.conversations import QUESTIONS
+
+    model = visembed.load(captioner_dir)
+    test = open_dataset(data, "test", language="en")
+    plain = [s for s in test if "skin tone" not in s.caption]
+    picks = [plain[round(j * (len(plain) - 1) / (SHOWN_CAPTIONS - 1))] for j in range(SHOWN_CAPTIONS)]
+    images = [s.image for s in picks]
+    english, chinese = model.caption(images, language="en"), model.caption(images, language="zh")
+    _say(f"\nAlt text for held-out emoji (concepts never trained on), English and Chinese:")
+    for sample, en, zh in zip(picks, english, chinese):
+        _say(f"  {sample.meta.get('emoji', '')} {sample.caption!r:34} -> {en!r} / {zh!r}")
+    sample = picks[len(picks) // 2]
+    _say(f"\nA short dialogue about {sample.meta.get('emoji', '')} ({sample.caption}):")
+    for language in ("en", "zh"):
+        messages: list[dict] = []
+        for question in (QUESTIONS[language]["name"], QUESTIONS[language]["group"]):
+            messages.append({"role": "user", "content": question})
+            reply = model.chat(sample.image, messages)
+            messages.append({"role": "assistant", "content": reply or "…"})
+            _say(f"  you> {question}\n  visembed> {reply}")
+
+
 def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "127.0.0.1", port: int = 8000,
-             steps: int | None = None, overrides: list[str] | None = None) -> dict:
+             steps: int | None = None, caption_steps: int | None = None, overrides: list[str] | None = None) -> dict:
     import visembed
     from visembed.atomic import atomic_write_json
     from visembed.config import apply_overrides, load_preset
@@ -110,6 +151,11 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
             _say(f"  {key:24} {value:.3f}" if isinstance(value, float) else f"  {key:24} {value}")
     _show_searches(model, spec)
     _say(f"\nModel folder: {out} (load it with visembed.load({str(out)!r}); model card: {out / 'README.md'})")
+    captioner = None
+    if caption_steps != 0:
+        captioner = _train_captioner(out, cfg.data.train, caption_steps)
+        _show_captions(captioner, spec)
+        _say(f"Captioner folder: {captioner} (visembed caption {captioner} IMAGE; visembed chat {captioner} --image IMAGE)")
 
     from visembed.index import build_index
 

@@ -35,7 +35,7 @@ _PROMPTS = {  # (language, detail) -> the user's request
 }
 LANGUAGES = ("en", "zh")
 
-_QUESTIONS = {
+QUESTIONS = {
     "en": {"name": "What is this?", "group": "Which emoji group is this in?",
            "subgroup": "Which emoji subgroup is this in?"},
     "zh": {"name": "这是什么？", "group": "这个表情符号属于哪个类别？"},  # no Chinese subgroup names
@@ -174,7 +174,7 @@ def _emoji_conversations(sample: Sample, language: str) -> list[list[dict]]:
     name = sample.captions.get(language)
     if not name:
         return []
-    asked = _QUESTIONS[language]
+    asked = QUESTIONS[language]
     group = sample.meta.get("group")
     group_answer = GROUPS_ZH.get(group or "") if language == "zh" else group
     subgroup = sample.meta.get("subgroup") if "subgroup" in asked else None

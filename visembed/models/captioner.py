@@ -117,6 +117,9 @@ class Captioner(nn.Module):
     def generate(self, pixels: torch.Tensor, prompts: list[Encoded], max_new_tokens: int) -> list[tuple[str, float]]:
         """Greedy answers (KV cache, stopping at eos): [(text, mean probability of its tokens)]."""
         embeds, mask, _ = self._spliced(self.visual_prefix(pixels), prompts, left_pad=True)
+        positions = getattr(self.lm.config, "max_position_embeddings", None)
+        if positions:  # a learnt position table ends somewhere
+            max_new_tokens = max(1, min(max_new_tokens, positions - embeds.shape[1]))
         out = self.lm.generate(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask, do_sample=False,
                                max_new_tokens=max_new_tokens, eos_token_id=self.eos, pad_token_id=self.pad,
                                output_scores=True, return_dict_in_generate=True)
@@ -148,7 +151,10 @@ def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -
                           pretrained=False)
     if pretrained:
         load_weights(encoder, weights_path(cfg.captioner.vision))
-    lm, tokenizer = build_lm(cfg.captioner, Path(asset_dir), pretrained)
+    with torch.no_grad():  # the visual prefix's length: the tower's cells and the embedding
+        size = cfg.vision.image_size
+        prefix = 1 + encoder.vision.forward_features(torch.zeros(1, 3, size, size)).shape[1]
+    lm, tokenizer = build_lm(cfg.captioner, Path(asset_dir), pretrained, prefix_tokens=prefix)
     return Captioner(cfg, encoder, lm, tokenizer)
 
 

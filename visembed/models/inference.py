@@ -112,7 +112,7 @@ class CaptionerModel(Model):
 
         turns = chat_turns(messages)
         limit = self.config.model.captioner.max_tokens
-        turns, dropped = fit_dialogue(self.module.tokenizer, turns, max(8, limit - max_new_tokens))
+        turns, dropped = fit_dialogue(self.module.tokenizer, turns, limit)
         pixels = self.pixels([image]).to(self.device)
         with self._autocast():
             (text, _), = self.module.generate(pixels, self._prompts([turns]), max_new_tokens)

@@ -81,9 +81,13 @@ def prepare_lm_assets(cfg: CaptionerConfig, texts: Iterable[str], out_dir: Path)
     replace_dir(tmp, out_dir / LM_DIR)
 
 
-def build_lm(cfg: CaptionerConfig, asset_dir: Path, pretrained: bool):
+GENERATED_TOKENS = 64  # room a "gpt2" LM's position table leaves for an answer beyond training's length
+
+
+def build_lm(cfg: CaptionerConfig, asset_dir: Path, pretrained: bool, prefix_tokens: int = 0):
     """(causal LM, tokenizer). `pretrained`: start from the source (a fresh run); otherwise the
-    architecture comes from `asset_dir/lm/config.json` and the weights from the model folder."""
+    architecture comes from `asset_dir/lm/config.json` and the weights from the model folder.
+    `prefix_tokens`: the visual prefix's length (a "gpt2" LM's positions must cover it)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     _quiet_transformers()
@@ -97,7 +101,7 @@ def build_lm(cfg: CaptionerConfig, asset_dir: Path, pretrained: bool):
         lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(local), dtype=torch.float32)
     elif cfg.lm == "gpt2":
         lm = GPT2LMHeadModel(GPT2Config(
-            vocab_size=len(tokenizer), n_positions=cfg.max_tokens + 64, n_embd=cfg.width, n_layer=cfg.depth,
+            vocab_size=len(tokenizer), n_positions=cfg.max_tokens + prefix_tokens + GENERATED_TOKENS, n_embd=cfg.width, n_layer=cfg.depth,
             n_head=cfg.heads, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id))
     else:
