@@ -49,7 +49,10 @@ def _clip_tokenizer():
 
 def _save_tiny_clip(folder, seed: int = 0, hidden_act: str = "quick_gelu"):
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    try:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    except ImportError:  # transformers 4.x (a folder made there, for the version check)
+        from transformers import CLIPImageProcessor as CLIPImageProcessorPil
 
     tokenizer = _clip_tokenizer()
     common = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -285,3 +288,21 @@ def test_export_refuses_a_folder_in_use(tiny_model_dir, tmp_path):
     result = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--format", "hf", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "not empty" in result.output
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_a_cjk_student_has_no_transformers_equivalent():
+    from visembed.config import load_preset
+    from visembed.export.hf import ExportError, check_exportable
+    from visembed.config import apply_overrides
+
+    cfg = apply_overrides(load_preset("demo"), ["model.vision.kind=vit", "model.vision.head=linear",
+                                                "model.vision.feature_cache=0"])
+    with pytest.raises(ExportError, match="CJK text to a distilled student.*--format onnx"):
+        check_exportable(cfg)
+    assert check_exportable(apply_overrides(cfg, ["model.text.cjk_student.enabled=false"])) == "dual_encoder"
+
+
+@pytest.mark.parametrize("command", ["export", "merge"])
+def test_help(command):
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "--out" in result.output

@@ -130,6 +130,7 @@ def _export_clip(model, cfg: RunConfig, out: Path) -> None:
     _save_model(CLIPModel(config), hf_state, out)
     processor = CLIPProcessor(image_processor=_image_processor(cfg), tokenizer=_fast_tokenizer(tokenizer, wrapped, t.context_length))
     processor.save_pretrained(out)
+    _readable_by_transformers_4(out, processor)
 
 
 def _export_dual_encoder(model, cfg: RunConfig, model_dir: Path, out: Path) -> None:
@@ -152,8 +153,38 @@ def _export_dual_encoder(model, cfg: RunConfig, model_dir: Path, out: Path) -> N
         else:
             hf_state[to_hf_name(name)] = tensor
     _save_model(VisionTextDualEncoderModel(config), hf_state, out)
+    _vision_names_of_transformers_4(out / "model.safetensors")
     processor = VisionTextDualEncoderProcessor(image_processor=_image_processor(cfg), tokenizer=model.text.tokenizer)
     processor.save_pretrained(out)
+    _readable_by_transformers_4(out, processor)
+
+
+def _vision_names_of_transformers_4(path: Path) -> None:
+    """transformers 5 saves a VisionTextDualEncoder's CLIP tower as `vision_model.embeddings...`;
+    4.x looks for `vision_model.vision_model.embeddings...` and, not finding it, initialises the tower
+    at random with only a warning. 5.x reads the 4.x names too, so the folder is written with them."""
+    from safetensors.torch import load_file, save_file
+
+    from visembed.atomic import atomic_write
+
+    state = load_file(str(path))
+    state = {("vision_model." + k if k.startswith("vision_model.") else k): v for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+
+
+def _readable_by_transformers_4(out: Path, processor) -> None:
+    """transformers 5 names its generic fast tokenizer `TokenizersBackend` and nests the image
+    processor in processor_config.json; 4.x knows `PreTrainedTokenizerFast` and reads a flat
+    preprocessor_config.json. Both releases read the folder so patched (tested: 4.57.6, 5.24.0)."""
+    from visembed.atomic import atomic_write_json
+
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        atomic_write_json(path, {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+    image = {k: v for k, v in processor.image_processor.to_dict().items() if not k.startswith("_")}
+    image["image_processor_type"] = "CLIPImageProcessor"
+    atomic_write_json(out / "preprocessor_config.json", image)
 
 
 def _save_model(hf_model, state: dict[str, torch.Tensor], out: Path) -> None:
