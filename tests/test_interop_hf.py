@@ -255,6 +255,10 @@ def test_export_lit_to_vision_text_dual_encoder(tmp_path):
     _assert_same(ours.encode_text(texts), text)
     assert np.abs(ours.encode_text(texts) - pooler).max() > 1e-2  # why the card gives the recipe
     assert "get_text_features" in (out / "README.md").read_text()
+    # the names transformers 4.x looks for (5.x reads them too); 5.x's own would load as a random tower in 4.x
+    names = load_file(str(out / "model.safetensors")).keys()
+    assert "vision_model.vision_model.embeddings.patch_embedding.weight" in names
+    assert not any(n.startswith("vision_model.embeddings.") for n in names)
 
 
 def _save_untrained(folder, *overrides):
