@@ -14,8 +14,12 @@ from visembed.models.inference import Model
 
 
 def load(folder: str | Path, device: str | torch.device | None = None) -> Model:
-    """Load a run or model folder written by `visembed train`, on the best device unless told."""
-    return Model.from_folder(folder, device)
+    """Load a run or model folder written by `visembed train` (or `hf:PATH`, a transformers CLIPModel
+    folder, or `openclip:PATH`, converted once; see `visembed.models.sources`), on the best device
+    unless told."""
+    from visembed.models.sources import resolve_model
+
+    return Model.from_folder(resolve_model(folder), device)
 
 
 __all__ = ["Model", "load"]

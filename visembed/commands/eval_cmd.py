@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
 
 def eval_cmd(
-    folder: Path = typer.Argument(..., help="Run or model folder."),
+    folder: Path = typer.Argument(..., help="Run or model folder, hf:PATH or openclip:PATH."),
     data: str = typer.Option(..., "--data", help="Data spec to evaluate on."),
     split: str = typer.Option("test", "--split", help="Split name (train, val, test)."),
     language: str = typer.Option("en", "--language", help="Caption language of the plain metric names."),
@@ -27,7 +27,9 @@ def eval_cmd(
     from visembed.eval.run import evaluate_folder
     from visembed.eval.zeroshot import DEFAULT_TEMPLATES
 
+    from visembed.models.sources import resolve_model
+
     with friendly_errors():
-        metrics = evaluate_folder(folder, data, split, language=language, templates=tuple(templates) or DEFAULT_TEMPLATES,
+        metrics = evaluate_folder(resolve_model(folder), data, split, language=language, templates=tuple(templates) or DEFAULT_TEMPLATES,
                                   limit=limit)
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 def build(
-    model: Path = typer.Argument(..., help="Model (or run) folder that embeds the images."),
+    model: Path = typer.Argument(..., help="Model (or run) folder that embeds the images; hf:PATH or openclip:PATH."),
     data: str = typer.Option(..., "--data", help="Data spec: builtin:emoji, a manifest, a folder, WebDataset shards."),
     out: Path = typer.Option(..., "--out", help="Index folder to write; rerun to resume or refresh (deletions are kept: "
                                                 "undo them with --forget-deletions, or use a new --out)."),
@@ -39,8 +39,10 @@ def build(
     """Embed every image of a dataset (sharded, resumable) and build a FAISS index over it."""
     from visembed.index.build import build_index
     from visembed.index.store import IndexSettings
+    from visembed.models.sources import resolve_model
 
     with friendly_errors():
+        model = resolve_model(model)
         settings = IndexSettings(kind=kind, exact_below=exact_below, large_kind=large_kind)
         settings.resolve_kind(0), settings.resolve_kind(exact_below)  # fail early on a bad kind
         build_index(model, data, out, split=split, progress=not quiet, settings=settings, language=language,

@@ -19,7 +19,8 @@ def train(
     data: Optional[str] = typer.Option(None, "--data", help="Data spec: builtin:emoji, builtin:shapes, a manifest, a folder or WebDataset shards."),
     out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, metrics.jsonl, final model)."),
     preset: str = typer.Option("tiny", "--preset", help="Preset name (tiny, clip-tiny, demo, vit-b16, vit-b16-siglip) or a JSON file."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this model folder's weights (fine-tuning)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this model folder's weights (fine-tuning); "
+                                        "hf:PATH (a transformers CLIPModel folder) or openclip:PATH also work."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over the data (instead of --steps)."),
@@ -38,8 +39,10 @@ def train(
                  "train.checkpoint_every": checkpoint_every, "train.seed": seed}
         cli = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
         cfg = apply_overrides(cfg, cli + list(overrides))
+        from visembed.models.sources import resolve_model
         from visembed.train.loop import train as run_training
 
+        init = resolve_model(init) if init is not None else None
         metrics = run_training(cfg, out, init=init, resume=resume, progress=not no_progress)
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
 

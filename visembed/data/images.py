@@ -184,16 +184,31 @@ def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
-def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """Eval preprocessing: the centre square, resized to `size` (bicubic) -> uint8 (3, size, size).
+EXACT_ASPECT = 8  # up to this ratio of long to short side the resize is transformers' CLIP one, pixel for pixel
 
-    Cropping before resizing (the same picture as "shorter side to size, then centre crop") keeps
-    memory bounded: a 1 x 40,000,000 panorama must not be scaled up to 64 x 2.56e9 first."""
+
+def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
+    """Eval preprocessing: the shorter side resized to `size` (bicubic), then the centre square
+    -> uint8 (3, size, size).
+
+    Up to an aspect ratio of `EXACT_ASPECT` this is literally what transformers' `CLIPImageProcessor`
+    does (resize to (size, int(size * long / short)), crop at (long' - size) // 2), so an exported
+    or imported CLIP sees the same pixels. Beyond it, the centre square is cropped first and then
+    resized (the same picture up to sub-pixel placement), which keeps memory bounded: a 1 x 40,000,000
+    panorama must not be scaled up to 64 x 2.56e9 first."""
     width, height = img.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
+    short, long = min(width, height), max(width, height)
     if (width, height) != (size, size):
-        img = img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+        new_long = int(size * long / short)
+        if new_long <= EXACT_ASPECT * size:
+            shape = (size, new_long) if width <= height else (new_long, size)  # (width, height)
+            img = img.resize(shape, Image.Resampling.BICUBIC)
+            offset = (new_long - size) // 2
+            box = (0, offset, size, offset + size) if width <= height else (offset, 0, offset + size, size)
+            img = img.crop(box)
+        else:
+            left, top = (width - short) // 2, (height - short) // 2
+            img = img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + short, top + short))
     if img.mode != "RGB":
         img = img.convert("RGB")
     array = np.asarray(img, dtype=np.uint8)  # (S, S, 3)

@@ -5,6 +5,11 @@ Byte-level means any text, Chinese included, encodes without unknown tokens. Tex
 and lower-cased, as CLIP does. Ids: `<pad>` = 0, `<bos>` = 1, `<eos>` = 2. Every encoded caption is
 `<bos> ... <eos>` and always keeps its `<eos>` when truncated: the text tower pools the features at
 the `<eos>` position (`lengths - 1`), as CLIP does.
+
+A `tokenizer.json` that carries its own post-processor (one imported from a transformers CLIP
+folder, or exported by `visembed export`) is used as it is: the post-processor adds the begin and
+end tokens, after truncation to leave room for them, exactly as a transformers fast tokenizer
+called with `truncation=True, max_length=context_length` does.
 """
 
 from __future__ import annotations
@@ -23,6 +28,16 @@ FILE_NAME = "tokenizer.json"
 class BPETokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer  # a `tokenizers.Tokenizer`
+        if tokenizer.post_processor is not None:  # its own begin/end tokens (e.g. CLIP's)
+            self.specials = tokenizer.post_processor.num_special_tokens_to_add(False)
+            ends = tokenizer.encode("", add_special_tokens=True).ids
+            if len(ends) != 2:
+                raise ValueError(f"the tokenizer's post-processor must add one begin and one end token, it adds {ends}")
+            self.bos_id, self.eos_id = ends
+            pad = tokenizer.token_to_id(PAD)
+            self.pad_id = pad if pad is not None else self.eos_id  # CLIP pads with its end token
+            return
+        self.specials = 0
         self.pad_id = tokenizer.token_to_id(PAD)
         self.bos_id = tokenizer.token_to_id(BOS)
         self.eos_id = tokenizer.token_to_id(EOS)
@@ -59,7 +74,11 @@ class BPETokenizer:
         ids = torch.full((len(texts), context_length), self.pad_id, dtype=torch.long)  # (B, T)
         lengths = torch.empty(len(texts), dtype=torch.long)  # (B,)
         for row, encoding in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
-            tokens = [self.bos_id, *encoding.ids[: context_length - 2], self.eos_id]
+            if self.specials:
+                encoding.truncate(context_length - self.specials)
+                tokens = self.tokenizer.post_process(encoding).ids
+            else:
+                tokens = [self.bos_id, *encoding.ids[: context_length - 2], self.eos_id]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             lengths[row] = len(tokens)
         return ids, lengths

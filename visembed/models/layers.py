@@ -28,25 +28,34 @@ class Attention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """OpenAI CLIP's sigmoid approximation of GELU (transformers' `quick_gelu`)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu}
+
+
 class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int):
+    def __init__(self, width: int, hidden: int, activation: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str = "gelu"):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(width)
         self.self_attn = Attention(width, heads)
         self.layer_norm2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, int(width * mlp_ratio))
+        self.mlp = MLP(width, int(width * mlp_ratio), activation)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x), attn_mask=attn_mask, causal=causal)
@@ -54,9 +63,9 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, activation: str = "gelu"):
         super().__init__()
-        self.layers = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
+        self.layers = nn.ModuleList(Block(width, heads, mlp_ratio, activation) for _ in range(depth))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         for layer in self.layers:

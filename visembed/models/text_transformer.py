@@ -39,7 +39,7 @@ class TextTransformer(nn.Module):
         self.position_embedding = nn.Embedding(cfg.context_length, cfg.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding.weight, std=0.01)
-        self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
+        self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.activation)
         self.final_layer_norm = nn.LayerNorm(cfg.width)
 
     def save_assets(self, out_dir: Path) -> None:

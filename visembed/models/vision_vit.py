@@ -27,7 +27,7 @@ class VisionTransformer(nn.Module):
         self.position_embedding = nn.Embedding(self.num_patches + 1, cfg.width)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
         self.pre_layrnorm = nn.LayerNorm(cfg.width)  # (sic) the name transformers uses
-        self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
+        self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.activation)
         self.post_layernorm = nn.LayerNorm(cfg.width)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,284 @@
+"""A visembed model folder -> a transformers folder (weights renamed, never changed).
+
+- ViT + BPE text transformer -> `CLIPModel` + `CLIPProcessor` (CLIPImageProcessor + a fast tokenizer).
+- ViT + pretrained HF text tower (the LiT set-up) -> `VisionTextDualEncoderModel` + its processor.
+
+Two traps, handled here:
+- transformers' CLIP text tower pools at the *first* `eos_token_id` in the ids, except when
+  `eos_token_id == 2`, where it takes the argmax of the ids (a legacy rule; releases before 4.31
+  always take the argmax). Our BPE has `<eos>` = 2, so the export swaps `<eos>` with the
+  tokenizer's last id (and the two rows of the token embedding): `<eos>` is then both the first
+  end token and the largest id, and every release pools the same position as visembed.
+- our BPE adds `<bos>`/`<eos>` by hand; the exported `tokenizer.json` gets a post-processor that
+  adds them, after truncation, as our tower does.
+
+The LiT text tower mean-pools the encoder's tokens (sentence-transformers' pooling), while
+`VisionTextDualEncoderModel.get_text_features` projects the BERT pooler output ([CLS] through a
+tanh layer): the model card says how to compute the same text embedding with transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from visembed.atomic import atomic_write_text, replace_dir
+from visembed.checkpoint import read_config
+from visembed.config import RunConfig
+from visembed.models import load_model_folder
+from visembed.models.hf_import import to_hf_name
+
+ONNX_HINT = "use `visembed export DIR --format onnx` instead"
+
+
+class ExportError(ValueError):
+    """A model that has no equivalent in the requested format."""
+
+
+def check_exportable(cfg: RunConfig) -> str:
+    """'clip' or 'dual_encoder' (the transformers class the model maps onto), or an ExportError."""
+    v, t = cfg.model.vision, cfg.model.text
+    if v.kind != "vit":
+        raise ExportError(f"model.vision.kind is {v.kind!r}: transformers has no image tower equivalent to visembed's "
+                          f"{v.kind} (only the ViT maps onto CLIP's vision model); {ONNX_HINT}")
+    if v.head != "linear":
+        raise ExportError(f"model.vision.head is {v.head!r}: transformers' CLIP projects with one bias-free linear layer; "
+                          f"{ONNX_HINT}")
+    if t.kind == "hf" and t.cjk_student.enabled:
+        raise ExportError("the text tower routes CJK text to a distilled student: transformers has no equivalent of that "
+                          f"routing; {ONNX_HINT}")
+    return "clip" if t.kind == "transformer" else "dual_encoder"
+
+
+def _vision_config(cfg: RunConfig, projection_dim: int) -> dict:
+    v = cfg.model.vision
+    return {"hidden_size": v.width, "intermediate_size": int(v.width * v.mlp_ratio), "num_hidden_layers": v.depth,
+            "num_attention_heads": v.heads, "image_size": v.image_size, "patch_size": v.patch_size, "num_channels": 3,
+            "hidden_act": v.activation, "layer_norm_eps": 1e-5, "projection_dim": projection_dim}
+
+
+def _image_processor(cfg: RunConfig):
+    """transformers' CLIP image processor set to visembed's preprocessing (shorter side bicubic, centre crop)."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    v = cfg.model.vision
+    return CLIPImageProcessorPil(size={"shortest_edge": v.image_size}, crop_size={"height": v.image_size, "width": v.image_size},
+                                 resample=3, image_mean=list(v.mean), image_std=list(v.std), do_convert_rgb=True)
+
+
+def clip_tokenizer(tokenizer, state: dict[str, torch.Tensor]):
+    """(a `tokenizers.Tokenizer` that adds begin/end itself with `<eos>` at the largest id, its special
+    ids); swaps the token embedding rows in `state` to match."""
+    from tokenizers import Tokenizer, processors
+
+    from visembed.models.bpe_tokenizer import BOS, EOS, BPETokenizer
+
+    wrapped = BPETokenizer(tokenizer)
+    if wrapped.specials:  # imported: it adds its own begin/end tokens already
+        return tokenizer, wrapped
+    last = tokenizer.get_vocab_size() - 1
+    last_token = tokenizer.id_to_token(last)
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    vocab[EOS], vocab[last_token] = last, wrapped.eos_id
+    for entry in data["added_tokens"]:
+        if entry["content"] == EOS:
+            entry["id"] = last
+        elif entry["content"] == last_token:
+            entry["id"] = wrapped.eos_id
+    swapped = Tokenizer.from_str(json.dumps(data))
+    swapped.post_processor = processors.TemplateProcessing(single=f"{BOS} $A {EOS}", special_tokens=[(BOS, wrapped.bos_id),
+                                                                                                     (EOS, last)])
+    rows = state["text.token_embedding.weight"].clone()
+    rows[[wrapped.eos_id, last]] = rows[[last, wrapped.eos_id]]
+    state["text.token_embedding.weight"] = rows
+    return swapped, BPETokenizer(swapped)
+
+
+def _fast_tokenizer(tokenizer, wrapped, context_length: int):
+    from transformers import PreTrainedTokenizerFast
+
+    name = tokenizer.id_to_token
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=name(wrapped.bos_id), eos_token=name(wrapped.eos_id),
+                                   pad_token=name(wrapped.pad_id), model_max_length=context_length,
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def _export_clip(model, cfg: RunConfig, out: Path) -> None:
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    t = cfg.model.text
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tokenizer, wrapped = clip_tokenizer(model.text.tokenizer.tokenizer, state)
+    text_config = {"vocab_size": t.vocab_size, "hidden_size": t.width, "intermediate_size": int(t.width * t.mlp_ratio),
+                   "num_hidden_layers": t.depth, "num_attention_heads": t.heads, "max_position_embeddings": t.context_length,
+                   "hidden_act": t.activation, "layer_norm_eps": 1e-5, "projection_dim": cfg.model.embed_dim,
+                   "bos_token_id": wrapped.bos_id, "eos_token_id": wrapped.eos_id, "pad_token_id": wrapped.pad_id}
+    config = CLIPConfig(text_config=text_config, vision_config=_vision_config(cfg, cfg.model.embed_dim),
+                        projection_dim=cfg.model.embed_dim, logit_scale_init_value=float(state["logit_scale"]))
+    hf_state = {}
+    for name, tensor in state.items():
+        if name == "logit_bias":  # SigLIP loss: CLIPModel scores have no bias (embeddings are unaffected)
+            continue
+        hf_state[to_hf_name(name)] = tensor
+    _save_model(CLIPModel(config), hf_state, out)
+    processor = CLIPProcessor(image_processor=_image_processor(cfg), tokenizer=_fast_tokenizer(tokenizer, wrapped, t.context_length))
+    processor.save_pretrained(out)
+    _readable_by_transformers_4(out, processor)
+
+
+def _export_dual_encoder(model, cfg: RunConfig, model_dir: Path, out: Path) -> None:
+    from transformers import AutoConfig, CLIPVisionConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+    from transformers import VisionTextDualEncoderProcessor
+
+    from visembed.models.text_hf import ENCODER_DIR
+
+    text_config = AutoConfig.from_pretrained(model_dir / ENCODER_DIR)
+    vision_config = CLIPVisionConfig(**_vision_config(cfg, cfg.model.embed_dim))
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision_config, text_config,
+                                                                  projection_dim=cfg.model.embed_dim,
+                                                                  logit_scale_init_value=float(model.logit_scale))
+    hf_state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "logit_bias":
+            continue
+        if name.startswith("text.encoder."):
+            hf_state["text_model." + name[len("text.encoder."):]] = tensor
+        else:
+            hf_state[to_hf_name(name)] = tensor
+    _save_model(VisionTextDualEncoderModel(config), hf_state, out)
+    _vision_names_of_transformers_4(out / "model.safetensors")
+    processor = VisionTextDualEncoderProcessor(image_processor=_image_processor(cfg), tokenizer=model.text.tokenizer)
+    processor.save_pretrained(out)
+    _readable_by_transformers_4(out, processor)
+
+
+def _vision_names_of_transformers_4(path: Path) -> None:
+    """transformers 5 saves a VisionTextDualEncoder's CLIP tower as `vision_model.embeddings...`;
+    4.x looks for `vision_model.vision_model.embeddings...` and, not finding it, initialises the tower
+    at random with only a warning. 5.x reads the 4.x names too, so the folder is written with them."""
+    from safetensors.torch import load_file, save_file
+
+    from visembed.atomic import atomic_write
+
+    state = load_file(str(path))
+    state = {("vision_model." + k if k.startswith("vision_model.") else k): v for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+
+
+def _readable_by_transformers_4(out: Path, processor) -> None:
+    """transformers 5 names its generic fast tokenizer `TokenizersBackend` and nests the image
+    processor in processor_config.json; 4.x knows `PreTrainedTokenizerFast` and reads a flat
+    preprocessor_config.json. Both releases read the folder so patched (tested: 4.57.6, 5.24.0)."""
+    from visembed.atomic import atomic_write_json
+
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        atomic_write_json(path, {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+    image = {k: v for k, v in processor.image_processor.to_dict().items() if not k.startswith("_")}
+    image["image_processor_type"] = "CLIPImageProcessor"
+    atomic_write_json(out / "preprocessor_config.json", image)
+
+
+def _save_model(hf_model, state: dict[str, torch.Tensor], out: Path) -> None:
+    """Strict: every transformers weight comes from ours and every one of ours has a place."""
+    expected = hf_model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ExportError(f"internal name mapping incomplete (missing: {missing[:5]}, unexpected: {unexpected[:5]})")
+    hf_model.load_state_dict(state, strict=True)
+    hf_model.save_pretrained(out)
+
+
+def run_metrics(model_dir: Path) -> dict:
+    """Measured figures of a run folder: the final line of metrics.jsonl and every eval_<split>.json."""
+    metrics: dict = {}
+    log = model_dir / "metrics.jsonl"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("final"):
+                metrics = {k: v for k, v in record.items() if isinstance(v, float) and k not in ("loss", "lr")}
+    for path in sorted(model_dir.glob("eval_*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        split = path.stem[len("eval_"):]
+        metrics.update({f"{split}/{k}": v for k, v in data.items() if isinstance(v, float)})
+    return metrics
+
+
+def export_card(cfg: RunConfig, model_dir: Path, kind: str) -> str:
+    from visembed.models.card import model_card
+
+    card = model_card(cfg, run_metrics(model_dir))
+    card = card.replace("Load it with `visembed.load(folder)`.", "Exported by `visembed export --format hf`.", 1)
+    if kind == "clip":
+        use = ["```python", "from transformers import CLIPModel, AutoProcessor",
+               "model, processor = CLIPModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder)",
+               "inputs = processor(text=[\"a red apple\"], images=[image], return_tensors=\"pt\", padding=True)",
+               "image_embeds = model.get_image_features(pixel_values=inputs[\"pixel_values\"])  # L2-normalise both",
+               "text_embeds = model.get_text_features(input_ids=inputs[\"input_ids\"], attention_mask=inputs[\"attention_mask\"])",
+               "```", "",
+               "`<eos>` has the largest token id, so every transformers release pools the same position visembed does."]
+    else:
+        use = ["```python", "import torch.nn.functional as F",
+               "from transformers import VisionTextDualEncoderModel, AutoProcessor",
+               "model, processor = VisionTextDualEncoderModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder)",
+               "image_embeds = model.get_image_features(**processor(images=[image], return_tensors=\"pt\"))",
+               "t = processor(text=[\"a red apple\"], return_tensors=\"pt\", padding=True)",
+               "hidden = model.text_model(**t).last_hidden_state  # the text tower mean-pools, as sentence-transformers",
+               "mask = t[\"attention_mask\"].unsqueeze(-1).float()",
+               "text_embeds = model.text_projection((hidden * mask).sum(1) / mask.sum(1))  # L2-normalise both",
+               "```", "",
+               "`get_text_features` projects BERT's pooler output ([CLS] through a tanh layer) instead: not the "
+               "embedding this model was trained with."]
+    notes = ["", "## Use with transformers", "", *use, "",
+             "Images: `CLIPImageProcessor` resizes the shorter side (bicubic) and centre-crops, as visembed does; the "
+             "pixels are the same with its PIL backend (the one transformers picks without torchvision)."]
+    if cfg.model.loss == "siglip":
+        notes += ["", f"Trained with the SigLIP loss: its learnt `logit_bias` ({cfg.model.init_logit_bias} at start) is "
+                  "not carried (transformers' classes have no place for it); embeddings are unaffected."]
+    notes += ["", "## Licence", "",
+              "The weights are yours to license; what the model started from and its training data keep their own "
+              "licences and attribution (above)."]
+    return card + "\n".join(notes) + "\n"
+
+
+def export_hf(model_dir: str | Path, out: str | Path) -> Path:
+    """Write the transformers folder of the visembed model folder `model_dir` to `out` (a new or empty folder)."""
+    model_dir, out = Path(model_dir), Path(out)
+    cfg = read_config(model_dir)
+    kind = check_exportable(cfg)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} already exists and is not empty; choose a new --out")
+    model, cfg = load_model_folder(model_dir, "cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        tmp.mkdir()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if kind == "clip":
+                _export_clip(model, cfg, tmp)
+            else:
+                _export_dual_encoder(model, cfg, model_dir, tmp)
+        atomic_write_text(tmp / "README.md", export_card(cfg, model_dir, kind))
+        if out.exists():
+            out.rmdir()
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
