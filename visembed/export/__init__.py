@@ -1,0 +1,1 @@
+"""Export: visembed model folders written in other projects' formats (ONNX, transformers)."""
