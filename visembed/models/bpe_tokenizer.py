@@ -5,6 +5,11 @@ Byte-level means any text, Chinese included, encodes without unknown tokens. Tex
 and lower-cased, as CLIP does. Ids: `<pad>` = 0, `<bos>` = 1, `<eos>` = 2. Every encoded caption is
 `<bos> ... <eos>` and always keeps its `<eos>` when truncated: the text tower pools the features at
 the `<eos>` position (`lengths - 1`), as CLIP does.
+
+An imported tokenizer (OpenAI CLIP's BPE, from OpenCLIP or transformers checkpoints) loads too: its
+special tokens are found by name (`SPECIAL_TOKEN_CONVENTIONS`), its normalisation (lower-casing
+included) is in its tokenizer.json, and the context length is the text tower's config. Padding and
+truncation stored in a tokenizer.json are switched off: `encode_batch` does both itself.
 """
 
 from __future__ import annotations
@@ -18,16 +23,23 @@ from visembed.atomic import atomic_write
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 FILE_NAME = "tokenizer.json"
+# (pad, bos, eos) token names, tried in order; a pad of None pads with id 0. visembed's own BPE has
+# them at ids 0, 1, 2; OpenAI CLIP's BPE at the end of its vocabulary (49406, 49407 in CLIP's
+# 49,408), named as transformers' CLIPTokenizer or as open_clip 3.x names them, and is padded with
+# id 0 as OpenCLIP pads (a causal tower pooled at <eos> never sees the padding).
+SPECIAL_TOKEN_CONVENTIONS = (
+    (PAD, BOS, EOS),
+    (None, "<|startoftext|>", "<|endoftext|>"),
+    (None, "<start_of_text>", "<end_of_text>"),
+)
 
 
 class BPETokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer  # a `tokenizers.Tokenizer`
-        self.pad_id = tokenizer.token_to_id(PAD)
-        self.bos_id = tokenizer.token_to_id(BOS)
-        self.eos_id = tokenizer.token_to_id(EOS)
-        if (self.pad_id, self.bos_id, self.eos_id) != (0, 1, 2):
-            raise ValueError("tokenizer must have <pad>=0, <bos>=1, <eos>=2")
+        tokenizer.no_padding()  # encode_batch pads and truncates itself
+        tokenizer.no_truncation()
+        self.pad_id, self.bos_id, self.eos_id = _special_ids(tokenizer)
 
     @property
     def vocab_size(self) -> int:
@@ -69,6 +81,20 @@ class BPETokenizer:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _special_ids(tokenizer) -> tuple[int, int, int]:
+    """(pad, bos, eos) ids by the first of SPECIAL_TOKEN_CONVENTIONS whose bos and eos the vocabulary has."""
+    for pad, bos, eos in SPECIAL_TOKEN_CONVENTIONS:
+        bos_id, eos_id = tokenizer.token_to_id(bos), tokenizer.token_to_id(eos)
+        if bos_id is None or eos_id is None:
+            continue
+        ids = (0 if pad is None else tokenizer.token_to_id(pad), bos_id, eos_id)
+        if pad == PAD and ids != (0, 1, 2):
+            raise ValueError("tokenizer must have <pad>=0, <bos>=1, <eos>=2")
+        return ids
+    raise ValueError("tokenizer has no known begin/end tokens: "
+                     + "; ".join(f"{bos} and {eos}" for _, bos, eos in SPECIAL_TOKEN_CONVENTIONS))
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | Path | None = None) -> BPETokenizer:
