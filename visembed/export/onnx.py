@@ -14,7 +14,7 @@
 
 Both graphs end as `visembed.load(dir).encode_image` / `encode_text` do: L2-normalised embeddings.
 The image graph takes pixels in [0, 1] and applies the tower's mean and std itself, so a consumer
-only resizes and crops (the centre square, resized to S x S, bicubic). Batch size is dynamic in
+only resizes and crops (shorter side to S, bicubic, then the centre S x S square), as `visembed.load`. Batch size is dynamic in
 both graphs, and so is the sequence length T (at most the tower's context length, which the
 tokenizer's truncation keeps).
 
@@ -212,7 +212,7 @@ def _preprocessing(cfg, text_entries: dict) -> dict:
         "embed_dim": cfg.model.embed_dim,
         "image": {
             "graph": IMAGE_GRAPH,
-            "resize": f"centre square of the image, resized to {v.image_size}x{v.image_size} (bicubic)",
+            "resize": f"shorter side to {v.image_size} px (bicubic), then the centre {v.image_size}x{v.image_size} square",
             "image_size": v.image_size,
             "input": "pixels float32 (N, 3, S, S), RGB, channels first, values in [0, 1] (uint8 / 255)",
             "normalisation": "inside the graph: do not apply mean/std",

@@ -6,10 +6,10 @@ and lower-cased, as CLIP does. Ids: `<pad>` = 0, `<bos>` = 1, `<eos>` = 2. Every
 `<bos> ... <eos>` and always keeps its `<eos>` when truncated: the text tower pools the features at
 the `<eos>` position (`lengths - 1`), as CLIP does.
 
-An imported tokenizer (OpenAI CLIP's BPE, from OpenCLIP or transformers checkpoints) loads too: its
-special tokens are found by name (`SPECIAL_TOKEN_CONVENTIONS`), its normalisation (lower-casing
-included) is in its tokenizer.json, and the context length is the text tower's config. Padding and
-truncation stored in a tokenizer.json are switched off: `encode_batch` does both itself.
+A `tokenizer.json` that carries its own post-processor (one imported from a transformers CLIP
+folder, or exported by `visembed export`) is used as it is: the post-processor adds the begin and
+end tokens, after truncation to leave room for them, exactly as a transformers fast tokenizer
+called with `truncation=True, max_length=context_length` does.
 """
 
 from __future__ import annotations
@@ -23,23 +23,26 @@ from visembed.atomic import atomic_write
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 FILE_NAME = "tokenizer.json"
-# (pad, bos, eos) token names, tried in order; a pad of None pads with id 0. visembed's own BPE has
-# them at ids 0, 1, 2; OpenAI CLIP's BPE at the end of its vocabulary (49406, 49407 in CLIP's
-# 49,408), named as transformers' CLIPTokenizer or as open_clip 3.x names them, and is padded with
-# id 0 as OpenCLIP pads (a causal tower pooled at <eos> never sees the padding).
-SPECIAL_TOKEN_CONVENTIONS = (
-    (PAD, BOS, EOS),
-    (None, "<|startoftext|>", "<|endoftext|>"),
-    (None, "<start_of_text>", "<end_of_text>"),
-)
 
 
 class BPETokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer  # a `tokenizers.Tokenizer`
-        tokenizer.no_padding()  # encode_batch pads and truncates itself
-        tokenizer.no_truncation()
-        self.pad_id, self.bos_id, self.eos_id = _special_ids(tokenizer)
+        if tokenizer.post_processor is not None:  # its own begin/end tokens (e.g. CLIP's)
+            self.specials = tokenizer.post_processor.num_special_tokens_to_add(False)
+            ends = tokenizer.encode("", add_special_tokens=True).ids
+            if len(ends) != 2:
+                raise ValueError(f"the tokenizer's post-processor must add one begin and one end token, it adds {ends}")
+            self.bos_id, self.eos_id = ends
+            pad = tokenizer.token_to_id(PAD)
+            self.pad_id = pad if pad is not None else self.eos_id  # CLIP pads with its end token
+            return
+        self.specials = 0
+        self.pad_id = tokenizer.token_to_id(PAD)
+        self.bos_id = tokenizer.token_to_id(BOS)
+        self.eos_id = tokenizer.token_to_id(EOS)
+        if (self.pad_id, self.bos_id, self.eos_id) != (0, 1, 2):
+            raise ValueError("tokenizer must have <pad>=0, <bos>=1, <eos>=2")
 
     @property
     def vocab_size(self) -> int:
@@ -71,7 +74,11 @@ class BPETokenizer:
         ids = torch.full((len(texts), context_length), self.pad_id, dtype=torch.long)  # (B, T)
         lengths = torch.empty(len(texts), dtype=torch.long)  # (B,)
         for row, encoding in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=False)):
-            tokens = [self.bos_id, *encoding.ids[: context_length - 2], self.eos_id]
+            if self.specials:
+                encoding.truncate(context_length - self.specials)
+                tokens = self.tokenizer.post_process(encoding).ids
+            else:
+                tokens = [self.bos_id, *encoding.ids[: context_length - 2], self.eos_id]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             lengths[row] = len(tokens)
         return ids, lengths
@@ -81,20 +88,6 @@ class BPETokenizer:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _special_ids(tokenizer) -> tuple[int, int, int]:
-    """(pad, bos, eos) ids by the first of SPECIAL_TOKEN_CONVENTIONS whose bos and eos the vocabulary has."""
-    for pad, bos, eos in SPECIAL_TOKEN_CONVENTIONS:
-        bos_id, eos_id = tokenizer.token_to_id(bos), tokenizer.token_to_id(eos)
-        if bos_id is None or eos_id is None:
-            continue
-        ids = (0 if pad is None else tokenizer.token_to_id(pad), bos_id, eos_id)
-        if pad == PAD and ids != (0, 1, 2):
-            raise ValueError("tokenizer must have <pad>=0, <bos>=1, <eos>=2")
-        return ids
-    raise ValueError("tokenizer has no known begin/end tokens: "
-                     + "; ".join(f"{bos} and {eos}" for _, bos, eos in SPECIAL_TOKEN_CONVENTIONS))
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | Path | None = None) -> BPETokenizer:

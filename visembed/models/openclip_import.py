@@ -18,9 +18,10 @@ itself or a training checkpoint's `{"state_dict": ...}` (DDP's `module.` prefix 
 and bfloat16 weights become float32.
 
 Supported: OpenCLIP's `CLIP` and `CustomTextCLIP` with its own ViT (class-token pooling, learned
-positions) and text transformer (causal, pooled at the end-of-text token) and OpenAI's BPE. An
-option that changes what those compute (QuickGELU, layer scale, timm or HF towers, other pooling,
-other tokenizers, ...) fails with its name. Loading is strict: a weight the mapping does not know,
+positions) and text transformer (causal, pooled at the end-of-text token) and OpenAI's BPE;
+`quick_gelu` (OpenAI's weights) maps onto the towers' `activation` option. An option that changes
+what those compute (layer scale, timm or HF towers, other pooling, other tokenizers, ...) fails
+with its name. Loading is strict: a weight the mapping does not know,
 or a weight of our model that the checkpoint lacks, fails with its name.
 
 Names (OpenCLIP -> visembed, REFERENCES.md): `visual.conv1` -> `vision.patch_embedding`,
@@ -75,8 +76,9 @@ _TEXT_DEFAULTS = {"hf_tokenizer_name": (None,), "tokenizer_mode": (None,), "toke
                   "scale_attn_inner": (False,), "scale_attn": (False,), "scale_fc": (False,), "hf_model_name": (None,)}
 _TEXT_FREE = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "pad_id", "eos_id",
               "output_tokens", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type"}
-_TOP_DEFAULTS = {"quick_gelu": (False,), "multimodal_cfg": (None,)}
-_TOP_FREE = {"embed_dim", "vision_cfg", "text_cfg", "custom_text", "init_logit_scale", "init_logit_bias", "cast_dtype"}
+_TOP_DEFAULTS = {"multimodal_cfg": (None,)}
+_TOP_FREE = {"embed_dim", "vision_cfg", "text_cfg", "custom_text", "init_logit_scale", "init_logit_bias", "cast_dtype",
+             "quick_gelu"}
 
 
 class OpenCLIPImportError(ValueError):
@@ -235,6 +237,11 @@ def visembed_config(model_cfg: dict, preprocess_cfg: dict, has_logit_bias: bool 
                  "context_length": t.get("context_length", 77), "width": t.get("width", 512), "depth": t.get("layers", 12),
                  "heads": t.get("heads", 8), "mlp_ratio": float(t.get("mlp_ratio", 4.0))},
     })
+    if model_cfg.get("quick_gelu", False):  # OpenAI's own weights: x * sigmoid(1.702 x) in every MLP
+        if "activation" not in cfg["model"]["vision"]:
+            raise OpenCLIPImportError("OpenCLIP option quick_gelu=True is not supported: this visembed has no tower "
+                                      "activation option (model.vision.activation)")
+        cfg["model"]["vision"]["activation"] = cfg["model"]["text"]["activation"] = "quick_gelu"
     for key in ("init_logit_scale", "init_logit_bias"):
         if model_cfg.get(key) is not None:
             cfg["model"][key] = float(model_cfg[key])
