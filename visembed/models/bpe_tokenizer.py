@@ -28,6 +28,8 @@ FILE_NAME = "tokenizer.json"
 class BPETokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer  # a `tokenizers.Tokenizer`
+        tokenizer.no_padding()  # (an imported file may store either; encode_batch pads and truncates itself)
+        tokenizer.no_truncation()
         if tokenizer.post_processor is not None:  # its own begin/end tokens (e.g. CLIP's)
             self.specials = tokenizer.post_processor.num_special_tokens_to_add(False)
             ends = tokenizer.encode("", add_special_tokens=True).ids

@@ -32,8 +32,9 @@ def is_foreign(spec: str | os.PathLike) -> bool:
 def source_digest(kind: str, path: Path) -> str:
     """sha256 over the names and bytes of the files a converter reads (a folder's top level, or one file)."""
     digest = hashlib.sha256(f"{kind}:{CONVERTER_VERSION}".encode())
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                                                  and not p.name.endswith(_SKIPPED_SUFFIXES))
+    # a checkpoint file is read with the JSON (and tokenizer) files beside it
+    files = [path] + sorted(path.parent.glob("*.json")) if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_SKIPPED_SUFFIXES))
     for file in files:
         digest.update(f"\0{file.name}\0{file.stat().st_size}\0".encode())
         with open(file, "rb") as f:
