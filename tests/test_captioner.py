@@ -240,3 +240,10 @@ def test_sigkill_in_either_stage_then_resume_matches_an_uninterrupted_run(tiny_m
     b = load_file(str(tmp_path / "killed" / "model.safetensors"))
     different = [n for n in a if not torch.equal(a[n], b[n])]
     assert a.keys() == b.keys() and not different, f"resumed weights differ in {different[:5]}"
+
+
+def test_exporting_a_captioner_to_transformers_says_why_not(tiny_captioner_dir, tmp_path):
+    from visembed.export.hf import ExportError, export_hf
+
+    with pytest.raises(ExportError, match="LlavaForConditionalGeneration"):
+        export_hf(tiny_captioner_dir, tmp_path / "out")

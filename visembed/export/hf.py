@@ -44,6 +44,12 @@ class ExportError(ValueError):
 def check_exportable(cfg: RunConfig) -> str:
     """'clip' or 'dual_encoder' (the transformers class the model maps onto), or an ExportError."""
     v, t = cfg.model.vision, cfg.model.text
+    if cfg.model.architecture == "captioner":
+        raise ExportError(
+            "a visembed captioner has no transformers equivalent yet: LlavaForConditionalGeneration reads one projector "
+            "over the vision tower's patch tokens, while visembed's captioner also gives the LM the contrastive "
+            "embedding as a prefix token (a second projector). Use the captioner with visembed (caption, chat, serve); "
+            "its dual encoder exports from the folder it was trained on (model.captioner.vision in its config.json)")
     if v.kind != "vit":
         raise ExportError(f"model.vision.kind is {v.kind!r}: transformers has no image tower equivalent to visembed's "
                           f"{v.kind} (only the ViT maps onto CLIP's vision model); {ONNX_HINT}")
