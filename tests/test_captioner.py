@@ -247,3 +247,17 @@ def test_exporting_a_captioner_to_transformers_says_why_not(tiny_captioner_dir, 
 
     with pytest.raises(ExportError, match="LlavaForConditionalGeneration"):
         export_hf(tiny_captioner_dir, tmp_path / "out")
+
+
+def test_a_captioner_exports_its_dual_encoder_to_onnx(tiny_captioner_dir, tmp_path):
+    import numpy as np
+    import onnxruntime
+
+    from visembed.export.onnx import export_onnx
+
+    export_onnx(tiny_captioner_dir, tmp_path / "onnx")
+    model = visembed.load(tiny_captioner_dir)
+    pixels = model.pixels([open_dataset(SHAPES, "test")[0].image]).numpy()
+    graph = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "image_encoder.onnx"))
+    (ours,) = graph.run(None, {"pixels": pixels})
+    np.testing.assert_allclose(ours, model.encode_image([open_dataset(SHAPES, "test")[0].image]), atol=1e-4)

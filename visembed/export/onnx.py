@@ -86,6 +86,7 @@ def export_onnx(model_dir: str | Path, out: str | Path) -> None:
     _require_runtime()
     model_dir, out = Path(model_dir), Path(out)
     model, cfg = load_model_folder(model_dir, "cpu")
+    model = getattr(model, "encoder", model)  # a captioner: its dual encoder (the causal LM is not exported)
     if hasattr(model.vision, "with_feature_cache"):  # a Python-side cache cannot be traced: compute every time
         model.vision.with_feature_cache(0)
     out.mkdir(parents=True, exist_ok=True)
