@@ -261,3 +261,17 @@ def test_a_captioner_exports_its_dual_encoder_to_onnx(tiny_captioner_dir, tmp_pa
     graph = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "image_encoder.onnx"))
     (ours,) = graph.run(None, {"pixels": pixels})
     np.testing.assert_allclose(ours, model.encode_image([open_dataset(SHAPES, "test")[0].image]), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_train_captioner_runs_under_torchrun_with_two_processes(tiny_model_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ["--data", SHAPES, "--steps", "4", "--no-progress"] + [a for o in TINY_CAPTIONER for a in ("--set", o)]
+    done = subprocess.run([*torchrun, "-m", "visembed.cli", "train-captioner", "--vision", str(tiny_model_dir),
+                           "--out", str(tmp_path / "two"), *args], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["world_size"] == 2 and final["final"]
+    assert isinstance(visembed.load(tmp_path / "two").caption([open_dataset(SHAPES, "test")[0].image])[0], str)
