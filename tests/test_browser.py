@@ -1,12 +1,17 @@
 """The web page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright):
-type a query, see results, like one, get recommendations; search by a dropped image."""
+type a query, see results, like one, get recommendations; search by a dropped image; with a
+captioner, an uploaded picture is described (its alt text) and can be asked about."""
 
+import contextlib
+import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from test_index_build import shapes_index
+from test_serve_caption import SCENE_PNG
 from test_serve_concurrency import serve_in_thread
 from visembed.serve.app import create_app
 
@@ -40,8 +45,8 @@ def browser():
         browser.close()
 
 
-@pytest.fixture()
-def page(browser, page_url):
+@contextlib.contextmanager
+def fresh_page(browser, url):
     """A fresh page session (no likes yet); fails the test on any JavaScript or console error."""
     context = browser.new_context(viewport={"width": 1200, "height": 1400})
     page = context.new_page()
@@ -49,10 +54,16 @@ def page(browser, page_url):
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.goto(page_url)
+    page.goto(url)
     yield page
     context.close()
     assert not errors, errors
+
+
+@pytest.fixture()
+def page(browser, page_url):
+    with fresh_page(browser, page_url) as page:
+        yield page
 
 
 def result_cards(page, list_id):
@@ -129,6 +140,80 @@ def test_drop_an_image_to_search_by_example(page):
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
     wait_for_results(page, "Like the example:")
     assert page.locator("#example").is_visible()
+    # no captioner here: no description, no chat (test_browser_caption has them)
+    page.wait_for_function("document.body.dataset.captioner === 'off'")  # the page asked /capabilities
+    assert not page.locator("#example-caption").is_visible() and not page.locator("#chat").is_visible()
+    assert page.locator("#example-img").get_attribute("alt") == "your example image"
     ids = [cards.nth(i).get_attribute("data-id") for i in range(cards.count())]
     assert target in ids[:3]
     assert cards.first.locator(".score").inner_text() == "score 1.000"
+
+
+# ---- with a captioner ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def caption_url(tiny_model_dir, tiny_captioner_dir, tmp_path_factory):
+    """The same page and index, with the real tiny captioner beside them (`--captioner`)."""
+    app = create_app(shapes_index(tiny_model_dir, tmp_path_factory), captioner_dir=tiny_captioner_dir)
+    with serve_in_thread(app) as url:
+        yield url
+
+
+@pytest.fixture()
+def caption_page(browser, caption_url):
+    with fresh_page(browser, caption_url) as page:
+        page.set_input_files("#file", files=[{"name": "scene.png", "mimeType": "image/png", "buffer": SCENE_PNG}])
+        page.wait_for_selector("#example-caption[data-state=done]")
+        yield page
+
+
+def api(url, path, **form):
+    """What the API itself answers about the same picture."""
+    response = httpx.post(f"{url}{path}", files={"file": ("scene.png", SCENE_PNG, "image/png")}, data=form, timeout=60.0)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_an_uploaded_picture_is_described_and_can_be_asked_about(caption_page, caption_url):
+    page = caption_page
+    caption = api(caption_url, "/caption")["caption"]
+    assert caption  # the tiny model's words are gibberish, but there are some
+    assert page.locator("#example-img").get_attribute("alt") == caption
+    assert page.locator("#example-caption").inner_text() == caption and page.locator("#example-caption").is_visible()
+
+    chat = page.locator("#chat")
+    assert chat.is_visible() and page.locator("#dialogue").get_attribute("aria-live") == "polite"
+    question = page.get_by_label("Your question")  # the input is labelled
+    # Playwright does not see multipart bodies holding a File: read the messages field as sent
+    page.evaluate("""() => {
+        window.sentDialogues = [];
+        const send = window.fetch;
+        window.fetch = (url, options) => {
+            if (url === "/chat") window.sentDialogues.push(JSON.parse(options.body.get("messages")));
+            return send(url, options);
+        };
+    }""")
+    history = []
+    for text in ("What is in the picture?", "What colour is it?"):
+        question.fill(text)
+        page.get_by_role("button", name="Send").click()
+        history.append({"role": "user", "content": text})
+        reply = page.locator("#dialogue li.assistant").nth(len(history) // 2)
+        reply.wait_for()
+        assert page.evaluate("window.sentDialogues.at(-1)") == history  # the whole dialogue so far
+        expected = api(caption_url, "/chat", messages=json.dumps(history))["reply"]
+        assert reply.locator(".text").inner_text() == (expected or "…")
+        history.append({"role": "assistant", "content": expected or "…"})
+    assert page.locator("#dialogue li.user .text").all_inner_texts() == ["What is in the picture?", "What colour is it?"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-caption-chat.png"), full_page=True)
+
+    page.click("#clear-example")
+    assert not chat.is_visible() and page.locator("#dialogue li").count() == 0
+
+
+def test_an_empty_question_is_not_sent(caption_page):
+    caption_page.get_by_role("button", name="Send").click()
+    assert "Type a question" in caption_page.locator("#chat-status").inner_text()
+    assert caption_page.locator("#dialogue li").count() == 0

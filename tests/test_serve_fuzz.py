@@ -1,5 +1,6 @@
 """Property-based fuzzing of the OpenAPI spec (schemathesis), with valid and invalid inputs:
-no 5xx, only documented status codes, responses match their schemas.
+no 5xx, only documented status codes, responses match their schemas. The app has a captioner, so
+/caption and /chat are fuzzed as well (their 404 without one: test_serve_caption).
 
 schemathesis' lazy pytest loader does not work with pytest 9 yet, so each operation's strategy
 is driven by Hypothesis directly.
@@ -13,23 +14,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+import visembed
 from test_index_build import shapes_index
 from visembed.index.searcher import Searcher
 from visembed.serve.app import create_app
 
 
 @pytest.fixture(scope="module")
-def api_schema(tiny_model_dir, tmp_path_factory):
+def api_schema(tiny_model_dir, tiny_captioner_dir, tmp_path_factory):
     index_dir = shapes_index(tiny_model_dir, tmp_path_factory)
     app = create_app(index_dir, max_upload_bytes=256 * 1024, searcher=Searcher.open(index_dir),  # loaded up front
-                     allowed_hosts=["testserver"])  # schemathesis' ASGI host
+                     captioner=visembed.load(tiny_captioner_dir), allowed_hosts=["testserver"])  # schemathesis' ASGI host
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 def test_every_operation_conforms_to_its_spec(api_schema):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
-        "GET /search", "POST /search/image", "POST /recommend", "GET /healthz", "GET /items/{item_id}/image"}
+        "GET /search", "POST /search/image", "POST /recommend", "GET /healthz", "GET /items/{item_id}/image",
+        "POST /caption", "POST /chat", "GET /capabilities"}
     for operation, mode in itertools.product(operations, GenerationMode):
 
         @given(case=operation.as_strategy(generation_mode=mode))

@@ -166,16 +166,19 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless told otherwise)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     model: Path = typer.Option(None, "--model", help="Model folder (default: the one recorded in the index)."),
+    captioner: Path = typer.Option(None, "--captioner", help="Captioner folder (`visembed train-captioner`) for "
+                                   "POST /caption and /chat and the page's captions and chat (default: the index's "
+                                   "model, when it is a captioner)."),
     max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.001, help="Largest accepted upload."),
     allowed_hosts: list[str] = typer.Option([], "--allowed-host", help="Another Host name clients may use (repeatable; "
                                             "loopback names and --host are always allowed: a guard against DNS rebinding)."),
 ) -> None:
-    """Serve the web page and the HTTP API (search, upload, recommend, thumbnails, /docs); picks up
-    index changes (`index add`, `index delete`, rebuilds) on the next request."""
+    """Serve the web page and the HTTP API (search, upload, recommend, thumbnails, /docs; captions and
+    image chat with a captioner); picks up index changes (`index add`, `index delete`, rebuilds) on the next request."""
     from visembed.serve.app import run_server
 
     with friendly_errors():
-        run_server(index_dir, host, port, model_dir=model, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        run_server(index_dir, host, port, model_dir=model, captioner_dir=captioner, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                    allowed_hosts=list(allowed_hosts) or None)
 
 

@@ -3,7 +3,9 @@
 The model and the index load once, in the lifespan (or before it, in `run_server`, so that a
 missing or corrupt index is one clear line rather than a server traceback). The index folder is
 followed while serving: a generation committed by `index delete`, `index add` or a rebuild is
-picked up by the next request (see `Searcher.refresh`).
+picked up by the next request (see `Searcher.refresh`). With a captioner (`captioner_dir`, or an index
+built with one) the service also writes captions and answers questions about uploaded images
+(`captions`).
 
 Exposure: the service answers only requests whose Host header names it (`allowed_hosts`; by
 default the loopback names and the bound host), so a web page the user visits cannot reach it by
@@ -24,7 +26,9 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from visembed.serve.connection import BODY_IDLE_TIMEOUT_S, HEADER_TIMEOUT_S, KEEP_ALIVE_S, bind_socket, timed_h11
 from visembed.serve.decode import DecodeBudget
-from visembed.serve.limits import MULTIPART_OVERHEAD, BodySizeLimit, Limits
+from visembed.serve.captions import find_captioner
+from visembed.serve.captions import router as captions_router
+from visembed.serve.limits import MULTIPART_OVERHEAD, BodySizeLimit, GenerationSlots, Limits
 from visembed.serve.routes import router
 from visembed.serve.strict_json import validation_error_handler
 
@@ -36,8 +40,14 @@ WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
 def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
                max_upload_bytes: int = Limits.max_upload_bytes, max_pixels: int = Limits.max_pixels,
                decode_budget_pixels: int | None = None, decode_wait_s: float = Limits.decode_wait_s,
-               allowed_hosts: list[str] | tuple[str, ...] | None = None, searcher=None) -> FastAPI:
+               allowed_hosts: list[str] | tuple[str, ...] | None = None, searcher=None,
+               captioner_dir: str | Path | None = None, captioner=None,
+               generation_slots: GenerationSlots | None = None) -> FastAPI:
     """The service over one index. `searcher` (an opened `Searcher`) skips loading in the lifespan.
+
+    `captioner_dir`: a captioner folder for /caption and /chat (default: the index's model, when it
+    is a captioner); `captioner` (a loaded `CaptionerModel`) skips loading it. `generation_slots`:
+    how many generation requests may queue (default `GenerationSlots()`).
 
     `allowed_hosts`: Host header names answered (a port is ignored; "*" allows any, "*.example.com"
     a domain); default `LOOPBACK_HOSTS`. `decode_budget_pixels`: pixels decoded at once across all
@@ -49,16 +59,20 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     async def lifespan(app: FastAPI):
         if getattr(app.state, "searcher", None) is None:
             app.state.searcher = await run_in_threadpool(Searcher.open, index_dir, model_dir)
+        if app.state.captioner is None:
+            app.state.captioner = await run_in_threadpool(find_captioner, app.state.searcher, captioner_dir)
         # Parallelism comes from concurrent requests; an OpenMP team per request thread would
         # oversubscribe the cores (spin-waiting threads) and collapse throughput under load.
         # libgomp keeps the thread count per thread, so every search sets it in its own thread.
         app.state.searcher.index.search_threads = 1
         yield
-        app.state.searcher = None
+        app.state.searcher = app.state.captioner = None
 
     app = FastAPI(title="visembed", version="0.1.0", lifespan=lifespan,
-                  description="Search and recommendation over visual embeddings (images and text in one space).")
-    app.state.searcher = searcher
+                  description="Search and recommendation over visual embeddings (images and text in one space); "
+                              "with a captioner, captions and questions about uploaded images.")
+    app.state.searcher, app.state.captioner = searcher, captioner
+    app.state.generation = generation_slots or GenerationSlots()
     budget = decode_budget_pixels or 2 * max_pixels
     app.state.limits = Limits(max_upload_bytes, max_pixels, budget, decode_wait_s)
     app.state.decode_budget = DecodeBudget(budget)
@@ -66,6 +80,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOOPBACK_HOSTS), www_redirect=False)
     app.include_router(router)
+    app.include_router(captions_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -95,27 +110,33 @@ def make_server(app: FastAPI, *, timeout_keep_alive: int = KEEP_ALIVE_S, header_
 
 
 def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
-               model_dir: str | Path | None = None, max_upload_bytes: int = Limits.max_upload_bytes,
+               model_dir: str | Path | None = None, captioner_dir: str | Path | None = None,
+               max_upload_bytes: int = Limits.max_upload_bytes,
                allowed_hosts: list[str] | tuple[str, ...] | None = None, timeout_keep_alive: int = KEEP_ALIVE_S,
                header_timeout: float = HEADER_TIMEOUT_S) -> None:
     """Bind the port, load the index and model, print the URL, serve until interrupted.
 
     A taken port raises `PortUnavailable` (one line, before anything is announced or loaded).
     `allowed_hosts` extends the default (loopback names and `host`); pass the names the service
-    is reached by when it listens on 0.0.0.0."""
+    is reached by when it listens on 0.0.0.0. `captioner_dir`: a captioner folder for /caption and
+    /chat (default: the index's model, when it is a captioner)."""
     from visembed.index.searcher import Searcher
 
     sock = bind_socket(host, port)
     try:
         searcher = Searcher.open(index_dir, model_dir)  # raises IndexStoreError with a clear message
+        captioner = find_captioner(searcher, captioner_dir)  # a dual encoder there: ValueError
         hosts = default_allowed_hosts(host) + list(allowed_hosts or [])
         app = create_app(index_dir, model_dir, max_upload_bytes=max_upload_bytes, searcher=searcher,
-                         allowed_hosts=hosts)
+                         allowed_hosts=hosts, captioner=captioner)
         server = make_server(app, timeout_keep_alive=timeout_keep_alive, header_timeout=header_timeout)
         shown = f"[{host}]" if ":" in host else host
         bound_port = sock.getsockname()[1]
         print(f"serving {len(searcher.index)} items from {index_dir} at http://{shown}:{bound_port}/  (API docs: /docs)",
               flush=True)
+        if captioner is not None:
+            print(f"captions and image chat: POST /caption, POST /chat (captioner {captioner_dir or 'of the index'})",
+                  flush=True)
         if host in WILDCARD_ADDRESSES and not allowed_hosts:
             print("note: only requests addressed to localhost/127.0.0.1/[::1] are answered; "
                   "add the names clients use with --allowed-host", flush=True)

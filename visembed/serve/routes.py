@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
+from PIL import Image
 
 from visembed.index.searcher import Hit, Searcher
 from visembed.index.store import UnknownItem
@@ -50,6 +51,20 @@ def clean_text(text: str | None) -> str | None:
     return text or None
 
 
+def uploaded_image(request: Request, file: UploadFile, model_side: int) -> Image.Image:
+    """An uploaded file -> a small RGB image for a model whose input side is `model_side`, under
+    the app's upload and decode limits; HTTPException 413/415/422/503 with a sentence otherwise."""
+    limits = request.app.state.limits
+    data = file.file.read(limits.max_upload_bytes + 1)
+    if len(data) > limits.max_upload_bytes:
+        raise HTTPException(413, f"the upload is larger than {limits.max_upload_bytes} bytes")
+    try:
+        return decode_upload(data, max_pixels=limits.max_pixels, model_side=model_side,
+                             budget=request.app.state.decode_budget, wait_s=limits.decode_wait_s)
+    except UploadRejected as exc:
+        raise HTTPException(exc.status, exc.detail, headers=exc.headers) from None
+
+
 @router.get("/healthz", response_model=Health, tags=["service"])
 def healthz(searcher: SearcherDep) -> Health:
     return Health(items=len(searcher.index))
@@ -73,16 +88,7 @@ def search_image(request: Request, searcher: SearcherDep, file: Annotated[Upload
                  text_weight: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.5) -> SearchResponse:
     """Image -> images; with `q`, a composed query ("like this, but blue"). 503 with `Retry-After`
     when the server is already decoding as many images as its memory budget allows."""
-    limits = request.app.state.limits
-    data = file.file.read(limits.max_upload_bytes + 1)
-    if len(data) > limits.max_upload_bytes:
-        raise HTTPException(413, f"the upload is larger than {limits.max_upload_bytes} bytes")
-    try:
-        image = decode_upload(data, max_pixels=limits.max_pixels, model_side=searcher.model.image_size,
-                              budget=request.app.state.decode_budget, wait_s=limits.decode_wait_s)
-    except UploadRejected as exc:
-        raise HTTPException(exc.status, exc.detail, headers=exc.headers) from None
-    del data
+    image = uploaded_image(request, file, searcher.model.image_size)
     return results(searcher.search_image(image, k, text=clean_text(q), text_weight=text_weight))
 
 

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 MAX_K = 100
 MAX_QUERY_CHARS = 500
 MAX_IDS = 500
+MAX_CHAT_MESSAGES = 64  # turns in one /chat request; the oldest are dropped anyway to fit the model
+MAX_CHAT_CHARS = 20_000  # the `messages` form field, as JSON text
 
 
 class Health(BaseModel):
@@ -35,6 +37,20 @@ class RecommendRequest(BaseModel):
     disliked: list[str] = Field(default_factory=list, max_length=MAX_IDS, description="ids of disliked items")
     k: int = Field(12, ge=1, le=MAX_K)
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="1 = pure relevance; lower = more varied results")
+
+
+class Capabilities(BaseModel):
+    captioner: bool = Field(description="a captioner is loaded: POST /caption and POST /chat answer")
+
+
+class CaptionResponse(BaseModel):
+    caption: str = Field(description="alt text: one short sentence, hedged (\"May show ...\") when the model is "
+                                     "unsure; with `detail`, a longer description")
+
+
+class ChatResponse(BaseModel):
+    reply: str = Field(description="the assistant's answer to the last user message")
+    note: str | None = Field(None, description="present when the oldest turns were left out to fit the model")
 
 
 class Problem(BaseModel):

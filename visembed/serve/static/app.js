@@ -1,8 +1,14 @@
-// The page talks to the JSON API only; likes and dislikes live in this page session.
+// The page talks to the JSON API only; likes and dislikes, and the dialogue about an uploaded
+// picture, live in this page session.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { liked: new Map(), disliked: new Map(), example: null }; // id -> caption
+const state = {
+  liked: new Map(), disliked: new Map(), // id -> caption
+  example: null, // the uploaded File
+  exampleSerial: 0, // answers about an earlier upload arrive late: they are dropped
+  dialogue: [], // [{role, content}] about the example, sent whole with each question
+};
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -112,25 +118,125 @@ async function recommend() {
   }
 }
 
+// Captions and chat: shown only when the server has a captioner.
+const captioner = call("/capabilities").then((body) => body.captioner, () => false);
+captioner.then((on) => { $("caption-tagline").hidden = !on; document.body.dataset.captioner = on ? "on" : "off"; });
+
+async function describe(file, serial) {
+  const caption = $("example-caption");
+  caption.hidden = false;
+  caption.dataset.state = "pending";
+  caption.textContent = "Describing the picture…";
+  const form = new FormData();
+  form.append("file", file);
+  let text;
+  try {
+    text = (await call("/caption", { method: "POST", body: form })).caption;
+  } catch (error) {
+    if (serial !== state.exampleSerial) return;
+    caption.dataset.state = "failed";
+    caption.textContent = `No description: ${error.message}`;
+    return;
+  }
+  if (serial !== state.exampleSerial) return;
+  $("example-img").alt = text || "your example image";
+  caption.textContent = text || "(no description)";
+  caption.dataset.state = "done";
+}
+
+function showTurn(message) {
+  const item = document.createElement("li");
+  item.className = `turn ${message.role}`;
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = message.role === "user" ? "You: " : "visembed: ";
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = message.content;
+  item.append(who, text);
+  $("dialogue").append(item);
+}
+
+function resetChat(visible) {
+  state.dialogue = [];
+  $("dialogue").replaceChildren();
+  $("chat-status").textContent = "";
+  $("chat-input").value = "";
+  $("chat").hidden = !visible;
+}
+
+async function ask() {
+  const input = $("chat-input");
+  const question = input.value.trim();
+  if (!question) { $("chat-status").textContent = "Type a question about the picture first."; return; }
+  if (!state.example || $("chat-send").disabled) return;
+  const serial = state.exampleSerial;
+  state.dialogue.push({ role: "user", content: question });
+  showTurn(state.dialogue[state.dialogue.length - 1]);
+  input.value = "";
+  const form = new FormData();
+  form.append("file", state.example);
+  form.append("messages", JSON.stringify(state.dialogue));
+  $("chat-send").disabled = true;
+  $("dialogue").setAttribute("aria-busy", "true");
+  $("chat-status").textContent = "Writing a reply…";
+  try {
+    const body = await call("/chat", { method: "POST", body: form });
+    if (serial !== state.exampleSerial) return;
+    // an empty reply would make the next request's history invalid (empty messages are refused)
+    state.dialogue.push({ role: "assistant", content: body.reply || "…" });
+    showTurn(state.dialogue[state.dialogue.length - 1]);
+    $("chat-status").textContent = body.note ? `Note: ${body.note}.` : "";
+  } catch (error) {
+    if (serial !== state.exampleSerial) return;
+    state.dialogue.pop(); // the question was not answered: take it back, ready to resend
+    $("dialogue").lastElementChild.remove();
+    input.value = question;
+    $("chat-status").textContent = `No reply: ${error.message}`;
+  } finally {
+    $("chat-send").disabled = false;
+    $("dialogue").removeAttribute("aria-busy");
+  }
+}
+
+function clearExample() {
+  state.example = null;
+  state.exampleSerial += 1;
+  $("example").hidden = true;
+  $("file").value = "";
+  $("example-img").alt = "your example image";
+  $("example-caption").hidden = true;
+  resetChat(false);
+}
+
 function useExample(file) {
   if (!file) return;
   if (!file.type.startsWith("image/")) { setStatus(`${file.name} is not an image.`); return; }
   state.example = file;
+  const serial = ++state.exampleSerial;
   $("example-img").src = URL.createObjectURL(file);
+  $("example-img").alt = "your example image";
+  $("example-caption").hidden = true;
   $("example").hidden = false;
+  resetChat(false);
   search();
+  captioner.then((on) => {
+    if (!on || serial !== state.exampleSerial) return;
+    resetChat(true);
+    describe(file, serial);
+  });
 }
 
 $("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
 $("file").addEventListener("change", (event) => useExample(event.target.files[0]));
-$("clear-example").addEventListener("click", () => {
-  state.example = null; $("example").hidden = true; $("file").value = "";
-});
+$("clear-example").addEventListener("click", clearExample);
+$("chat-form").addEventListener("submit", (event) => { event.preventDefault(); ask(); });
 $("clear-prefs").addEventListener("click", () => {
   state.liked.clear(); state.disliked.clear(); refreshButtons(); recommend();
 });
 const zone = $("drop-zone");
 zone.addEventListener("keydown", (event) => {
+  if (event.target !== zone) return; // keys on the buttons inside it are theirs
   if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("file").click(); }
 });
 for (const type of ["dragenter", "dragover"]) {
