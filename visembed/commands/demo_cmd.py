@@ -166,5 +166,5 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
     if serve:
         from visembed.serve import run_server
 
-        run_server(index_dir, host=host, port=port)
+        run_server(index_dir, host=host, port=port, captioner_dir=captioner)  # uploads get alt text and a chat box
     return metrics
