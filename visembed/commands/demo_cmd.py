@@ -102,7 +102,7 @@ def _show_captions(captioner_dir: Path, data: str) -> None:
     picks = [plain[round(j * (len(plain) - 1) / (SHOWN_CAPTIONS - 1))] for j in range(SHOWN_CAPTIONS)]
     images = [s.image for s in picks]
     english, chinese = model.caption(images, language="en"), model.caption(images, language="zh")
-    _say(f"\nAlt text for held-out emoji (concepts never trained on), English and Chinese:")
+    _say("\nAlt text for held-out emoji (concepts never trained on), English and Chinese:")
     for sample, en, zh in zip(picks, english, chinese):
         _say(f"  {sample.meta.get('emoji', '')} {sample.caption!r:34} -> {en!r} / {zh!r}")
     sample = picks[len(picks) // 2]

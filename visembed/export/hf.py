@@ -204,30 +204,8 @@ def _save_model(hf_model, state: dict[str, torch.Tensor], out: Path) -> None:
     hf_model.save_pretrained(out)
 
 
-def run_metrics(model_dir: Path) -> dict:
-    """Measured figures of a run folder: the final line of metrics.jsonl and every eval_<split>.json."""
-    metrics: dict = {}
-    log = model_dir / "metrics.jsonl"
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("final"):
-                metrics = {k: v for k, v in record.items() if isinstance(v, float) and k not in ("loss", "lr")}
-    for path in sorted(model_dir.glob("eval_*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            continue
-        split = path.stem[len("eval_"):]
-        metrics.update({f"{split}/{k}": v for k, v in data.items() if isinstance(v, float)})
-    return metrics
-
-
 def export_card(cfg: RunConfig, model_dir: Path, kind: str) -> str:
-    from visembed.models.card import model_card
+    from visembed.models.card import model_card, run_metrics
 
     card = model_card(cfg, run_metrics(model_dir))
     card = card.replace("Load it with `visembed.load(folder)`.", "Exported by `visembed export --format hf`.", 1)

@@ -34,7 +34,6 @@ torch model; a difference above 1e-4 fails the export.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -228,26 +227,10 @@ def _preprocessing(cfg, text_entries: dict) -> dict:
     return prep
 
 
-def _final_metrics(model_dir: Path) -> dict | None:
-    """The last `final` record of a run folder's metrics.jsonl (None for a plain model folder)."""
-    path = model_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    final = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("final"):
-            final = record
-    return final
-
-
 def _card(cfg, model_dir: Path, text_entries: dict) -> str:
-    from visembed.models.card import model_card
+    from visembed.models.card import model_card, run_metrics
 
-    card = model_card(cfg, _final_metrics(model_dir)).replace("Load it with `visembed.load(folder)`.",
+    card = model_card(cfg, run_metrics(model_dir)).replace("Load it with `visembed.load(folder)`.",
                                                                  "This folder holds its ONNX export.")
     v = cfg.model.vision
     lines = ["", "## ONNX files", "",

@@ -4,6 +4,9 @@ fine-tuned run describes its model the same way."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from visembed.config import RunConfig
 
 
@@ -53,3 +56,25 @@ def model_card(cfg: RunConfig, metrics: dict | None = None) -> str:
         if numbers:
             lines += ["", "## Measured at the end of training", ""] + [f"- {k}: {v:.3f}" for k, v in numbers.items()]
     return "\n".join(lines) + "\n"
+
+
+def run_metrics(model_dir: str | Path) -> dict:
+    """Measured figures of a run folder: the final line of metrics.jsonl and every eval_<split>.json."""
+    model_dir, metrics = Path(model_dir), {}
+    log = model_dir / "metrics.jsonl"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("final"):
+                metrics = {k: v for k, v in record.items() if isinstance(v, float) and k not in ("loss", "lr")}
+    for path in sorted(model_dir.glob("eval_*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        split = path.stem[len("eval_"):]
+        metrics.update({f"{split}/{k}": v for k, v in data.items() if isinstance(v, float)})
+    return metrics

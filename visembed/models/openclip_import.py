@@ -90,7 +90,6 @@ def convert_openclip(path: str | Path, out_dir: str | Path) -> None:
     from visembed.atomic import atomic_write_text, replace_dir
     from visembed.checkpoint import save_model_folder
     from visembed.models import build_model
-    from visembed.models.bpe_tokenizer import BPETokenizer
 
     checkpoint, config_file = find_checkpoint(path)
     model_cfg, preprocess_cfg = read_openclip_config(config_file)
