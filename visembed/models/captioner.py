@@ -3,7 +3,7 @@ language model, which then describes the image or answers questions about it (LL
 ClipCap's use of the contrastive embedding).
 
     pixels -> image tower -> cells (B, N, W)   -> projector (Linear-GELU-Linear) -> N prefix tokens
-                          -> embedding (B, D)  -> projector (Linear-GELU-Linear) -> 1 prefix token
+                          -> embedding (B, D)  -> projector (Linear-GELU-Linear) -> K prefix tokens (model.captioner.embedding_tokens)
     [bos] USER: <prefix> question ASSISTANT: -> LM (`inputs_embeds`) -> answer
 
 The embedding token carries what contrastive training aligned with words; the cells carry layout
@@ -38,7 +38,8 @@ class Captioner(nn.Module):
         self.tokenizer = tokenizer
         hidden, lm_width = cfg.captioner.projector_hidden, lm.get_input_embeddings().embedding_dim
         self.cell_projector = _mlp(encoder.vision.width, hidden, lm_width)
-        self.embedding_projector = _mlp(cfg.embed_dim, hidden, lm_width)
+        self.embedding_tokens = cfg.captioner.embedding_tokens
+        self.embedding_projector = _mlp(cfg.embed_dim, hidden, lm_width * self.embedding_tokens)
         self.bos, self.eos, self.pad = special_ids(tokenizer)
         # the frozen encoder's features of each distinct image, where its tower caches (a locked tower)
         limit = getattr(encoder.vision, "feature_cache", None)
@@ -76,14 +77,15 @@ class Captioner(nn.Module):
         return torch.cat([embedding, tokens.flatten(1)], dim=1).float()
 
     def visual_prefix(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (B, 3, S, S) in [0, 1] -> prefix tokens (B, 1 + N, LM width)."""
+        """pixels (B, 3, S, S) in [0, 1] -> prefix tokens (B, K + N, LM width): K from the embedding."""
         if self.feature_cache is not None:
             flat = self.feature_cache(self._image_features, pixels)
         else:
             flat = self._image_features(pixels)
         d = self.cfg.embed_dim
         cells = flat[:, d:].view(len(flat), -1, self.encoder.vision.width)  # (B, N, W)
-        return torch.cat([self.embedding_projector(flat[:, None, :d]), self.cell_projector(cells)], dim=1)
+        embedding = self.embedding_projector(flat[:, :d]).view(len(flat), self.embedding_tokens, -1)  # (B, K, H)
+        return torch.cat([embedding, self.cell_projector(cells)], dim=1)
 
     def _spliced(self, prefix: torch.Tensor, rows: list[Encoded], left_pad: bool):
         """Embeddings with each row's prefix spliced in at its image position, padded to one length:
@@ -153,7 +155,7 @@ def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -
         load_weights(encoder, weights_path(cfg.captioner.vision))
     with torch.no_grad():  # the visual prefix's length: the tower's cells and the embedding
         size = cfg.vision.image_size
-        prefix = 1 + encoder.vision.forward_features(torch.zeros(1, 3, size, size)).shape[1]
+        prefix = cfg.captioner.embedding_tokens + encoder.vision.forward_features(torch.zeros(1, 3, size, size)).shape[1]
     lm, tokenizer = build_lm(cfg.captioner, Path(asset_dir), pretrained, prefix_tokens=prefix)
     return Captioner(cfg, encoder, lm, tokenizer)
 
