@@ -152,16 +152,16 @@ def test_hf_import_is_strict_about_weights(tiny_clip, tmp_path):
     assert not list((tmp_path / "cache" / "imported").glob(".tmp*"))  # failed conversions leave nothing behind
 
 
-def test_siglip_folders_fail_with_a_clear_error(tmp_path):
-    from transformers import SiglipConfig, SiglipModel
-
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
-    SiglipModel(SiglipConfig(text_config={**small, "vocab_size": 300}, vision_config={**small, "image_size": 32,
-                                                                                      "patch_size": 8})).save_pretrained(tmp_path / "siglip")
-    with pytest.raises(ModelFolderError, match="SigLIP model .* imports CLIP models only"):
-        visembed.load(f"hf:{tmp_path / 'siglip'}")
-    result = CliRunner().invoke(app, ["eval", f"hf:{tmp_path / 'siglip'}", "--data", "builtin:shapes?n=8"])
-    assert result.exit_code == 2 and "SigLIP" in result.output
+def test_other_model_types_fail_with_a_clear_error(tmp_path):
+    """SigLIP imports (tests/test_interop_siglip.py); SigLIP 2 and other models are refused by name."""
+    for kind, message in (("siglip2", "SigLIP 2 model"), ("bert", "'bert' model")):
+        folder = tmp_path / kind
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": kind}))
+        with pytest.raises(ModelFolderError, match=message):
+            visembed.load(f"hf:{folder}")
+    result = CliRunner().invoke(app, ["eval", f"hf:{tmp_path / 'siglip2'}", "--data", "builtin:shapes?n=8"])
+    assert result.exit_code == 2 and "SigLIP 2" in result.output
 
 
 def test_finetuning_from_hf_init_runs_and_resumes_exactly(tiny_clip, tmp_path):

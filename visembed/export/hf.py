@@ -56,6 +56,15 @@ def check_exportable(cfg: RunConfig) -> str:
     if v.head != "linear":
         raise ExportError(f"model.vision.head is {v.head!r}: transformers' CLIP projects with one bias-free linear layer; "
                           f"{ONNX_HINT}")
+    siglip = [f"model.{name}" for name, value, clip in (
+        ("vision.pool", v.pool, "class"), ("vision.pre_norm", v.pre_norm, True), ("vision.patch_bias", v.patch_bias, False),
+        ("vision.layer_norm_eps", v.layer_norm_eps, 1e-5), ("text.pool", t.pool, "eos"), ("text.causal", t.causal, True),
+        ("text.projection_bias", t.projection_bias, False), ("text.layer_norm_eps", t.layer_norm_eps, 1e-5))
+        if value != clip] + [f"model.{w}.activation" for w in ("vision", "text")
+                             if getattr(getattr(cfg.model, w), "activation", "gelu") == "gelu_tanh"]
+    if siglip:
+        raise ExportError(f"{', '.join(siglip)} differ from CLIP's (a SigLIP-style model): --format hf writes CLIPModel "
+                          f"folders only; {ONNX_HINT}")
     if t.kind == "hf" and t.cjk_student.enabled:
         raise ExportError("the text tower routes CJK text to a distilled student: transformers has no equivalent of that "
                           f"routing; {ONNX_HINT}")

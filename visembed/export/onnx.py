@@ -137,10 +137,17 @@ def _bpe_tokenizer(tower: nn.Module):
 
     bpe = tower.tokenizer
     tok = Tokenizer.from_str(bpe.tokenizer.to_str())
-    bos, eos = tok.id_to_token(bpe.bos_id), tok.id_to_token(bpe.eos_id)
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}", special_tokens=[(bos, bpe.bos_id), (eos, bpe.eos_id)])
+    eos = tok.id_to_token(bpe.eos_id)
+    if bpe.bos_id is None:  # an end token only (SigLIP's)
+        tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, bpe.eos_id)])
+    else:
+        bos = tok.id_to_token(bpe.bos_id)
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}",
+                                                           special_tokens=[(bos, bpe.bos_id), (eos, bpe.eos_id)])
     tok.enable_truncation(max_length=tower.context_length)  # counts the special tokens: <eos> always stays
-    tok.enable_padding(pad_id=bpe.pad_id, pad_token=tok.id_to_token(bpe.pad_id))
+    # last-position pooling (SigLIP) reads the text padded to the full context length
+    length = tower.context_length if getattr(tower, "pool_kind", "eos") == "last" else None
+    tok.enable_padding(pad_id=bpe.pad_id, pad_token=tok.id_to_token(bpe.pad_id), length=length)
     return tok
 
 

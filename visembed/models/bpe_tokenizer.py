@@ -8,8 +8,9 @@ the `<eos>` position (`lengths - 1`), as CLIP does.
 
 A `tokenizer.json` that carries its own post-processor (one imported from a transformers CLIP
 folder, or exported by `visembed export`) is used as it is: the post-processor adds the begin and
-end tokens, after truncation to leave room for them, exactly as a transformers fast tokenizer
-called with `truncation=True, max_length=context_length` does.
+end tokens (or only an end token, as SigLIP's), after truncation to leave room for them, exactly as
+a transformers fast tokenizer called with `truncation=True, max_length=context_length` does. Such
+a file's padding settings, where it has them, name the pad token (SigLIP pads with `</s>`).
 """
 
 from __future__ import annotations
@@ -28,16 +29,21 @@ FILE_NAME = "tokenizer.json"
 class BPETokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer  # a `tokenizers.Tokenizer`
+        self._padding = tokenizer.padding  # kept for `save` (the pad token of an imported file)
         tokenizer.no_padding()  # (an imported file may store either; encode_batch pads and truncates itself)
         tokenizer.no_truncation()
-        if tokenizer.post_processor is not None:  # its own begin/end tokens (e.g. CLIP's)
+        if tokenizer.post_processor is not None:  # its own begin/end tokens (e.g. CLIP's, SigLIP's)
             self.specials = tokenizer.post_processor.num_special_tokens_to_add(False)
             ends = tokenizer.encode("", add_special_tokens=True).ids
-            if len(ends) != 2:
-                raise ValueError(f"the tokenizer's post-processor must add one begin and one end token, it adds {ends}")
-            self.bos_id, self.eos_id = ends
+            if len(ends) not in (1, 2) or len(ends) != self.specials:
+                raise ValueError(f"the tokenizer's post-processor must add one begin and one end token, or one end "
+                                 f"token, it adds {ends}")
+            self.bos_id, self.eos_id = ends if len(ends) == 2 else (None, ends[0])
             pad = tokenizer.token_to_id(PAD)
-            self.pad_id = pad if pad is not None else self.eos_id  # CLIP pads with its end token
+            if self._padding is not None:
+                self.pad_id = self._padding["pad_id"]
+            else:
+                self.pad_id = pad if pad is not None else self.eos_id  # CLIP pads with its end token
             return
         self.specials = 0
         self.pad_id = tokenizer.token_to_id(PAD)
@@ -67,7 +73,13 @@ class BPETokenizer:
             path.mkdir(parents=True, exist_ok=True)
             path = path / FILE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, self.tokenizer.save)
+        if self._padding is None:
+            return atomic_write(path, self.tokenizer.save)
+        self.tokenizer.enable_padding(**self._padding)  # written with the file, never used to encode
+        try:
+            return atomic_write(path, self.tokenizer.save)
+        finally:
+            self.tokenizer.no_padding()
 
     def encode_batch(self, texts: list[str], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ids (B, T) long, `<bos> tokens <eos>` padded with 0; lengths (B,) long, eos at lengths - 1."""

@@ -25,9 +25,12 @@ class DualEncoder(nn.Module):
         if cfg.vision.head == "mlp":  # vision.head_hidden wide, as LLaVA's projector
             self.visual_projection = nn.Sequential(nn.Linear(vision.width, cfg.vision.head_hidden), nn.GELU(),
                                                    nn.Linear(cfg.vision.head_hidden, cfg.embed_dim))
+        elif cfg.vision.head == "none":  # the pooled features are the embedding (SigLIP)
+            self.visual_projection = nn.Identity()
         else:
             self.visual_projection = nn.Linear(vision.width, cfg.embed_dim, bias=False)
-        self.text_projection = nn.Linear(text.width, cfg.embed_dim, bias=False)
+        # SigLIP's text head has a bias (text towers other than the BPE transformer have no such option)
+        self.text_projection = nn.Linear(text.width, cfg.embed_dim, bias=getattr(cfg.text, "projection_bias", False))
         if cfg.vision.head == "linear":  # (initialised in this order: the same draws as before the mlp head existed)
             nn.init.normal_(self.visual_projection.weight, std=vision.width**-0.5)
         nn.init.normal_(self.text_projection.weight, std=text.width**-0.5)

@@ -33,7 +33,12 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu}
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation (transformers' `gelu_pytorch_tanh`, SigLIP's activation)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu, "gelu_tanh": gelu_tanh}
 
 
 class MLP(nn.Module):
@@ -50,11 +55,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str = "gelu"):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str = "gelu", eps: float = 1e-5):
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(width)
+        self.layer_norm1 = nn.LayerNorm(width, eps=eps)
         self.self_attn = Attention(width, heads)
-        self.layer_norm2 = nn.LayerNorm(width)
+        self.layer_norm2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, int(width * mlp_ratio), activation)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
@@ -63,9 +68,9 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, activation: str = "gelu"):
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, activation: str = "gelu", eps: float = 1e-5):
         super().__init__()
-        self.layers = nn.ModuleList(Block(width, heads, mlp_ratio, activation) for _ in range(depth))
+        self.layers = nn.ModuleList(Block(width, heads, mlp_ratio, activation, eps) for _ in range(depth))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         for layer in self.layers:

@@ -1,7 +1,10 @@
 """CLIP-style text transformer over a byte-level BPE vocabulary trained on the captions.
 
 Causal attention and pooling at the end-of-text token, as in CLIP: padding after the EOS token can
-never influence the pooled feature. The tower contract (shared by every text tower):
+never influence the pooled feature. SigLIP's variant (`model.text.pool = "last"`, `causal = false`):
+bidirectional attention over the text padded to `context_length` with the tokenizer's pad token,
+pooled at the last position (padding included, as SigLIP was trained), optionally with padded keys
+masked (`mask_padding`, what transformers computes when given its processor's attention mask). The tower contract (shared by every text tower):
 `tokenize(texts) -> (ids, mask)` on the CPU, `forward(ids, mask) -> (B, width)`, and
 `encode(texts)`, the two composed.
 """
@@ -35,18 +38,23 @@ class TextTransformer(nn.Module):
                              f"vocabulary holds {cfg.vocab_size}")
         self.context_length = cfg.context_length
         self.width = cfg.width
+        self.pool_kind = getattr(cfg, "pool", "eos")  # (a CJK student's config has none of these: CLIP's)
+        self.causal = getattr(cfg, "causal", True)
+        self.mask_padding = getattr(cfg, "mask_padding", False)
+        eps = getattr(cfg, "layer_norm_eps", 1e-5)
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.position_embedding = nn.Embedding(cfg.context_length, cfg.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding.weight, std=0.01)
-        self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.activation)
-        self.final_layer_norm = nn.LayerNorm(cfg.width)
+        self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.activation, eps)
+        self.final_layer_norm = nn.LayerNorm(cfg.width, eps=eps)
 
     def save_assets(self, out_dir: Path) -> None:
         self.tokenizer.save(out_dir / TOKENIZER_FILE)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> ids (B, T) long `<bos> tokens <eos>` padded with 0, mask (B, T) bool of real tokens."""
+        """-> ids (B, T = context_length) long `<bos> tokens <eos>` (or the tokenizer's own special tokens)
+        padded with the pad token, mask (B, T) bool of real tokens."""
         ids, lengths = self.tokenizer.encode_batch(texts, self.context_length)
         mask = torch.arange(ids.shape[1]) < lengths[:, None]  # (B, T)
         return ids, mask
@@ -55,11 +63,15 @@ class TextTransformer(nn.Module):
         """-> every position's features (B, T, width), after the final layer norm."""
         ids = ids.to(self.token_embedding.weight.device)
         x = self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]  # (B, T, width)
-        return self.final_layer_norm(self.encoder(x, causal=True))
+        attn_mask = mask.to(x.device).bool()[:, None, None, :] if self.mask_padding else None  # (B, 1, 1, T): keys to read
+        return self.final_layer_norm(self.encoder(x, attn_mask=attn_mask, causal=self.causal))
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Features at each text's `<eos>`, its last real token -> (B, width)."""
+        """Features at each text's `<eos>`, its last real token (pool "eos"), or at the last position of
+        the padded sequence (pool "last") -> (B, width)."""
         x = self.forward_features(ids, mask)
+        if self.pool_kind == "last":
+            return x[:, -1]
         eos = mask.to(x.device).sum(dim=1) - 1  # (B,)
         return x[torch.arange(x.shape[0], device=x.device), eos]
 

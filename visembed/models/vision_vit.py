@@ -1,8 +1,13 @@
-"""CLIP-style Vision Transformer: patches + class token -> pre-LN blocks -> class token.
+"""Vision Transformer: patches (+ a class token) -> pre-LN blocks -> a pooled feature.
+
+Two ways to read and pool, chosen by `model.vision.pool`: "class" is CLIP's (a class token first,
+a LayerNorm before the blocks, the class token pooled through `post_layernorm`); "map" is SigLIP's
+(no class token, `post_layernorm` on every token, then attention pooling with a learned probe:
+transformers' `SiglipMultiheadAttentionPoolingHead`, with the same weight names).
 
 Tower contract (shared by every vision tower): `forward_features(pixels) -> (B, N, width)` tokens
-(here the class token first, then the patches, before the final layer norm, as transformers'
-`last_hidden_state`), `pool(tokens) -> (B, width)`, and `forward = pool(forward_features(...))`.
+(the class token first where there is one, then the patches, before the final layer norm),
+`pool(tokens) -> (B, width)`, and `forward = pool(forward_features(...))`.
 Pixels arrive normalised with the tower's mean and std.
 """
 
@@ -12,7 +17,25 @@ import torch
 from torch import nn
 
 from visembed.config import VisionConfig
-from visembed.models.layers import Encoder
+from visembed.models.layers import MLP, Encoder
+
+
+class AttentionPoolingHead(nn.Module):
+    """Multi-head attention pooling (SigLIP's MAP head): a learned probe attends over the tokens
+    (`nn.MultiheadAttention`, as transformers), then x + mlp(layernorm(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str, eps: float):
+        super().__init__()
+        self.probe = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.layernorm = nn.LayerNorm(width, eps=eps)
+        self.mlp = MLP(width, int(width * mlp_ratio), activation)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        probe = self.probe.expand(tokens.shape[0], -1, -1)  # (B, 1, width)
+        x = self.attention(probe, tokens, tokens, need_weights=False)[0]  # (B, 1, width)
+        x = x + self.mlp(self.layernorm(x))
+        return x[:, 0]  # (B, width)
 
 
 class VisionTransformer(nn.Module):
@@ -22,22 +45,32 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         self.num_patches = (cfg.image_size // cfg.patch_size) ** 2
         self.width = cfg.width
-        self.patch_embedding = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(cfg.width) * cfg.width**-0.5)
-        self.position_embedding = nn.Embedding(self.num_patches + 1, cfg.width)
+        self.pool_kind = cfg.pool
+        eps = cfg.layer_norm_eps
+        self.patch_embedding = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
+        if cfg.pool == "class":
+            self.class_embedding = nn.Parameter(torch.randn(cfg.width) * cfg.width**-0.5)
+        self.position_embedding = nn.Embedding(self.num_patches + (cfg.pool == "class"), cfg.width)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
-        self.pre_layrnorm = nn.LayerNorm(cfg.width)  # (sic) the name transformers uses
-        self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.activation)
-        self.post_layernorm = nn.LayerNorm(cfg.width)
+        # (sic) the name transformers uses
+        self.pre_layrnorm = nn.LayerNorm(cfg.width, eps=eps) if cfg.pre_norm else nn.Identity()
+        self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.activation, eps)
+        self.post_layernorm = nn.LayerNorm(cfg.width, eps=eps)
+        if cfg.pool == "map":
+            self.head = AttentionPoolingHead(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.activation, eps)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embedding(x)  # (B, width, S/p, S/p)
         x = x.flatten(2).transpose(1, 2)  # (B, patches, width)
-        cls = self.class_embedding.expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.position_embedding.weight  # (B, 1 + patches, width)
-        return self.encoder(self.pre_layrnorm(x))  # (B, 1 + patches, width)
+        if self.pool_kind == "class":
+            cls = self.class_embedding.expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)  # (B, 1 + patches, width)
+        x = x + self.position_embedding.weight
+        return self.encoder(self.pre_layrnorm(x))  # (B, [1 +] patches, width)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.pool_kind == "map":
+            return self.head(self.post_layernorm(tokens))  # (B, width)
         return self.post_layernorm(tokens[:, 0])  # the class token, (B, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
