@@ -136,6 +136,8 @@ def quality(model, spec: str, split: str, limit: int | None) -> dict:
     for key in answers:
         row[f"chat_{key}"] = float(np.mean([_same(a, t) for a, t in zip(answers[key], truth[key])]))
         row[f"nn_chat_{key}"] = float(np.mean([_same(a, t) for a, t in zip(nn_answers[key], truth[key])]))
+    for key in ("group", "subgroup"):  # always answering the commonest one
+        row[f"majority_chat_{key}"] = max(truth[key].count(v) for v in set(truth[key])) / len(samples)
     # the batched questions are what model.chat answers, one image at a time
     row["chat_check"] = model.chat(paths[0], [{"role": "user", "content": _QUESTIONS["en"]["group"]}],
                                    max_new_tokens=MAX_NEW_TOKENS) == answers["group"][0]
@@ -215,7 +217,8 @@ def train_one(name: str, vision: Path, spec: str, steps: int | None, batch_size:
 COLUMNS = ["config", "lm", "lm_M", "steps", "lr", "batch", "train_s", "steps_per_s", "split", "images",
            "CIDEr", "nn_CIDEr", "BLEU-4", "nn_BLEU-4", "name", "nn_name", "exact",
            "zh_CIDEr", "zh_nn_CIDEr", "zh_BLEU-4", "zh_nn_BLEU-4", "zh_name", "zh_nn_name",
-           "chat_group", "nn_chat_group", "chat_subgroup", "nn_chat_subgroup", "chat_zh_group", "nn_chat_zh_group",
+           "chat_group", "nn_chat_group", "majority_chat_group", "chat_subgroup", "nn_chat_subgroup",
+           "majority_chat_subgroup", "chat_zh_group", "nn_chat_zh_group",
            "latency_p50_ms", "throughput_img_s"]
 
 
