@@ -11,7 +11,8 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
   * chat: the answer to "Which emoji group is this in?" / "Which emoji subgroup is this in?"
     (and "这个表情符号属于哪个类别？"), the exact prompts of `visembed/data/conversations.py`,
     equal to the data's group / subgroup (case, spacing and a final full stop aside); the
-    baseline answers with the group / subgroup of its nearest training concept;
+    baseline answers with the group / subgroup of its nearest training concept (majority_*: the share of
+    the commonest group / subgroup among the images, for scale);
   * CPU cost: latency of one caption (at most 16 new tokens, greedy, KV cache via `generate`;
     image decoding and the image tower included: the feature cache is off), p50 over 50 images,
     and batched throughput (images/s at batch 32, same settings).
