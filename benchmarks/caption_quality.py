@@ -1,0 +1,282 @@
+"""Captions and image chat on held-out emoji concepts: the two offline LMs, beside retrieval.
+
+A captioner (`visembed train-captioner`) on the demo's dual encoder is scored on concepts it never
+saw (the test split of `builtin:emoji`: concepts chosen by hash, skin-tone variants with their base),
+in English and Chinese, beside the nearest-neighbour baseline of the same run (the training alt
+text whose embedding is closest to the image: retrieval can only repeat a training caption):
+  * CIDEr / BLEU-4 of the generated alt text ("The dog face emoji, from Animals & Nature.")
+    against the data's (`visembed.eval.captioning.evaluate_captioner`);
+  * name: the share of alt texts that contain the emoji's CLDR name (case-insensitive; Chinese:
+    the Chinese name) — the part of the sentence that has to be right;
+  * chat: the answer to "Which emoji group is this in?" / "Which emoji subgroup is this in?"
+    (and "这个表情符号属于哪个类别？"), the exact prompts of `visembed/data/conversations.py`,
+    equal to the data's group / subgroup (case, spacing and a final full stop aside); the
+    baseline answers with the group / subgroup of its nearest training concept (majority_*: the share of
+    the commonest group / subgroup among the images, for scale);
+  * CPU cost: latency of one caption (at most 16 new tokens, greedy, KV cache via `generate`;
+    image decoding and the image tower included: the feature cache is off), p50 over 50 images,
+    and batched throughput (images/s at batch 32, same settings).
+
+    python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2 and minilm
+    python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 --steps 300 --split val
+    python benchmarks/caption_quality.py --model runs/cap-gpt2 runs/cap-minilm --json caption.json
+
+Choose settings on `--split val` (~180 images per art style); report `--split test` once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+DATA = "builtin:emoji?style=all&size=96"
+CONFIGS = {  # name -> (--lm, --set overrides)
+    "gpt2": ("gpt2", []),  # a small GPT-2 from scratch (the config's width/depth), lr 1e-3
+    "minilm": ("minilm", ["train.lr=0.0001"]),  # all-MiniLM-L6-v2 as a decoder: pretrained, a smaller lr
+}
+LATENCY_IMAGES = 50
+THROUGHPUT_BATCH = 32
+MAX_NEW_TOKENS = 16
+
+
+class _Recorder:
+    """A CaptionerModel seen through evaluate_captioner: keeps every caption it generated (per
+    language, in data order) and the vectors of the nearest-neighbour baseline."""
+
+    def __init__(self, model):
+        self.model = model
+        self.captions: dict[str, list[str]] = {}
+        self.image_vectors: list = []
+        self.text_calls: list[tuple[list[str], object]] = []
+
+    def caption(self, images, *, language: str = "en", **kwargs) -> list[str]:
+        out = self.model.caption(images, language=language, **kwargs)
+        self.captions.setdefault(language, []).extend(out)
+        return out
+
+    def encode_image(self, images):
+        vectors = self.model.encode_image(images)
+        self.image_vectors.append(vectors)
+        return vectors
+
+    def encode_text(self, texts):
+        vectors = self.model.encode_text(texts)
+        self.text_calls.append((list(texts), vectors))
+        return vectors
+
+
+def _same(a: str, b: str) -> bool:
+    norm = lambda s: " ".join(s.lower().split()).rstrip(".。")  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def ask(model, images: list, question: str, *, batch_size: int = THROUGHPUT_BATCH, max_new_tokens: int = MAX_NEW_TOKENS):
+    """`model.chat(image, [{"role": "user", "content": question}])` for many images, batched."""
+    from visembed.models.inference import chat_turns
+
+    turns = chat_turns([{"role": "user", "content": question}])
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pixels = model.pixels(chunk).to(model.device)
+        with model._autocast():
+            out += [text for text, _ in model.module.generate(pixels, model._prompts([turns] * len(chunk)),
+                                                              max_new_tokens)]
+    return out
+
+
+def quality(model, spec: str, split: str, limit: int | None) -> dict:
+    """Caption and chat figures of a loaded captioner on `split`, with the retrieval baseline."""
+    import numpy as np
+
+    from visembed.data import open_dataset
+    from visembed.data.conversations import GROUPS_ZH, _QUESTIONS, alt_text_of, caption_language
+    from visembed.eval.captioning import evaluate_captioner
+
+    rec = _Recorder(model)
+    metrics = evaluate_captioner(rec, spec, split, limit=limit, baseline=True, progress=False)
+    samples = list(open_dataset(spec, split, language="en"))[: metrics["images"]]
+    if any(len(c) != len(samples) for c in rec.captions.values()):
+        raise RuntimeError("captions and samples are out of step (were images skipped?)")
+    row = {"images": len(samples)}
+    for lang, prefix in (("en", ""), ("zh", "zh_")):
+        for name in ("CIDEr", "BLEU-4"):
+            row[f"{prefix}{name}"] = metrics.get(f"{prefix}caption_{name}")
+            row[f"{prefix}nn_{name}"] = metrics.get(f"{prefix}nn_caption_{name}")
+        row[f"{prefix}exact"] = metrics.get(f"{prefix}caption_exact")
+
+    # the baseline's choices again, from the vectors evaluate_captioner computed
+    images = np.concatenate(rec.image_vectors)
+    guesses: dict[str, list[str]] = {}
+    for texts, vectors in rec.text_calls:
+        guesses[caption_language(texts[0])] = [texts[i] for i in (images @ vectors.T).argmax(axis=1)]
+    train_by_text = {}
+    for sample in open_dataset(spec, "train", language="en"):
+        train_by_text.setdefault(alt_text_of(sample, "en"), sample)
+
+    def contains(texts: list[str], lang: str) -> float:
+        return float(np.mean([s.captions[lang].lower() in t.lower() for s, t in zip(samples, texts)]))
+
+    for lang, prefix in (("en", ""), ("zh", "zh_")):
+        row[f"{prefix}name"] = contains(rec.captions[lang], lang)
+        row[f"{prefix}nn_name"] = contains(guesses[lang], lang)
+
+    paths = [s.path for s in samples]
+    truth = {"group": [s.meta["group"] for s in samples], "subgroup": [s.meta["subgroup"] for s in samples]}
+    answers = {"group": ask(model, paths, _QUESTIONS["en"]["group"]),
+               "subgroup": ask(model, paths, _QUESTIONS["en"]["subgroup"]),
+               "zh_group": ask(model, paths, _QUESTIONS["zh"]["group"])}
+    truth["zh_group"] = [GROUPS_ZH[g] for g in truth["group"]]
+    nearest = [train_by_text[text] for text in guesses["en"]]
+    nn_answers = {"group": [s.meta["group"] for s in nearest], "subgroup": [s.meta["subgroup"] for s in nearest],
+                  "zh_group": [GROUPS_ZH[s.meta["group"]] for s in nearest]}
+    for key in answers:
+        row[f"chat_{key}"] = float(np.mean([_same(a, t) for a, t in zip(answers[key], truth[key])]))
+        row[f"nn_chat_{key}"] = float(np.mean([_same(a, t) for a, t in zip(nn_answers[key], truth[key])]))
+    for key in ("group", "subgroup"):  # always answering the commonest one
+        row[f"majority_chat_{key}"] = max(truth[key].count(v) for v in set(truth[key])) / len(samples)
+    # the batched questions are what model.chat answers, one image at a time
+    row["chat_check"] = model.chat(paths[0], [{"role": "user", "content": _QUESTIONS["en"]["group"]}],
+                                   max_new_tokens=MAX_NEW_TOKENS) == answers["group"][0]
+    row["examples"] = [{"name": s.captions["en"], "en": en, "zh": zh, "nn": nn, "group": g, "subgroup": sg}
+                       for s, en, zh, nn, g, sg in list(zip(samples, rec.captions["en"], rec.captions["zh"],
+                                                            guesses["en"], answers["group"], answers["subgroup"]))[:8]]
+    return row
+
+
+def cost(model, spec: str, split: str, images: int = LATENCY_IMAGES, batched: int = 4 * THROUGHPUT_BATCH) -> dict:
+    """CPU latency of one caption (p50 over LATENCY_IMAGES) and images/s at batch THROUGHPUT_BATCH,
+    with the image tower run for every image (the feature cache off)."""
+    import torch
+
+    from visembed.data import open_dataset
+
+    samples = list(open_dataset(spec, split, language="en"))
+    paths = [s.path for s in samples[:: max(1, len(samples) // images)]][:images]
+    cache, model.module.feature_cache = model.module.feature_cache, None
+    try:
+        model.caption(paths[:2], max_new_tokens=MAX_NEW_TOKENS)  # warm-up
+        times = []
+        for path in paths:
+            start = time.perf_counter()
+            model.caption([path], max_new_tokens=MAX_NEW_TOKENS)
+            times.append(time.perf_counter() - start)
+        batch = [s.path for s in samples[:batched]]
+        start = time.perf_counter()
+        model.caption(batch, max_new_tokens=MAX_NEW_TOKENS, batch_size=THROUGHPUT_BATCH)
+        seconds = time.perf_counter() - start
+    finally:
+        model.module.feature_cache = cache
+    return {"latency_p50_ms": 1000 * statistics.median(times), "throughput_img_s": len(batch) / seconds,
+            "threads": torch.get_num_threads()}
+
+
+def lm_params(model) -> float:
+    return sum(p.numel() for p in model.module.lm.parameters()) / 1e6
+
+
+def measure(folder: Path, spec: str, split: str, limit: int | None, timing: dict | None) -> dict:
+    import visembed
+
+    model = visembed.load(folder)
+    cfg = model.config
+    row = {"config": folder.name, "lm": cfg.model.captioner.lm, "lm_M": round(lm_params(model), 1),
+           "steps": _total_steps(folder, cfg), "lr": cfg.train.lr, "batch": cfg.train.batch_size, "split": split}
+    row.update(quality(model, spec, split, limit))
+    if timing is not None:
+        row.update(cost(model, spec, split, **timing))
+    return row
+
+
+def _total_steps(folder: Path, cfg) -> int:
+    """Both stages' steps (the align stage, with --stage both, lives in folder/align/)."""
+    from visembed.checkpoint import read_config
+
+    steps = cfg.train.steps
+    if (folder / "align" / "config.json").is_file():
+        steps += read_config(folder / "align").train.steps
+    return steps
+
+
+def train_one(name: str, vision: Path, spec: str, steps: int | None, batch_size: int | None, extra: list[str],
+              root: Path) -> tuple[Path, dict]:
+    from visembed.train.captioner_run import captioner_config, train_captioner
+
+    lm, overrides = CONFIGS[name]
+    cfg = captioner_config(vision, spec, lm=lm, steps=steps, batch_size=batch_size, overrides=overrides + extra)
+    out = root / name
+    start = time.time()
+    train_captioner(cfg, out, stage="both", progress=False)
+    seconds = time.time() - start
+    return out, {"train_s": round(seconds), "steps_per_s": round(cfg.train.steps / seconds, 2)}
+
+
+COLUMNS = ["config", "lm", "lm_M", "steps", "lr", "batch", "train_s", "steps_per_s", "split", "images",
+           "CIDEr", "nn_CIDEr", "BLEU-4", "nn_BLEU-4", "name", "nn_name", "exact",
+           "zh_CIDEr", "zh_nn_CIDEr", "zh_BLEU-4", "zh_nn_BLEU-4", "zh_name", "zh_nn_name",
+           "chat_group", "nn_chat_group", "majority_chat_group", "chat_subgroup", "nn_chat_subgroup",
+           "majority_chat_subgroup", "chat_zh_group", "nn_chat_zh_group",
+           "latency_p50_ms", "throughput_img_s"]
+
+
+def print_table(rows: list[dict], columns: list[str] = COLUMNS) -> None:
+    print("\n" + " | ".join(columns))
+    print(" | ".join("---" for _ in columns))
+    for row in rows:
+        print(" | ".join(f"{row.get(c):.3f}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vision", type=Path, default=None, help="the dual encoder to train captioners on")
+    parser.add_argument("--data", default=DATA, help=f"data spec (default {DATA})")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=None, help="training steps, both stages (default: the captioner's)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for every trained configuration (repeatable)")
+    parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    parser.add_argument("--model", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="evaluate these existing captioner folders instead of training")
+    parser.add_argument("--split", default="test", choices=["val", "test"],
+                        help="val to choose settings; test (held-out concepts) to report, once")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many images (quick looks)")
+    parser.add_argument("--no-timing", action="store_true", help="skip the latency and throughput figures")
+    parser.add_argument("--latency-images", type=int, default=LATENCY_IMAGES, help="images timed one at a time")
+    parser.add_argument("--throughput-images", type=int, default=4 * THROUGHPUT_BATCH,
+                        help=f"images captioned in batches of {THROUGHPUT_BATCH} for the throughput")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every row as JSON")
+    args = parser.parse_args()
+    rows = []
+    timing = None if args.no_timing else {"images": args.latency_images, "batched": args.throughput_images}
+    if args.model:
+        for folder in args.model:
+            rows.append({**measure(folder, args.data, args.split, args.limit, timing), "train_s": "-"})
+    else:
+        if args.vision is None:
+            parser.error("--vision (a dual encoder's folder) or --model is needed")
+        root = args.out or Path(tempfile.mkdtemp(prefix="caption_quality_"))
+        for name in args.configs:
+            folder, trained = train_one(name, args.vision, args.data, args.steps, args.batch_size, args.overrides, root)
+            rows.append({**measure(folder, args.data, args.split, args.limit, timing), **trained,
+                         "config": name})
+    print_table(rows)
+    print("\nname: alt text containing the emoji's CLDR name; nn_*: the nearest training alt text (retrieval) in the "
+          "same run; chat_*: exact answers to the group / subgroup questions; latency: one caption, <= "
+          f"{MAX_NEW_TOKENS} new tokens, image tower included, p50 over {args.latency_images} images; throughput at "
+          f"batch {THROUGHPUT_BATCH}")
+    for row in rows:
+        print(f"\n{row['config']} examples:")
+        for ex in row.get("examples", []):
+            print(f"  {ex['name']!r}: {ex['en']!r} / {ex['zh']!r} | nn {ex['nn']!r} | group {ex['group']!r}, "
+                  f"subgroup {ex['subgroup']!r}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
