@@ -94,7 +94,7 @@ def quality(model, spec: str, split: str, limit: int | None) -> dict:
     import numpy as np
 
     from visembed.data import open_dataset
-    from visembed.data.conversations import GROUPS_ZH, _QUESTIONS, alt_text_of, caption_language
+    from visembed.data.conversations import GROUPS_ZH, QUESTIONS, alt_text_of, caption_language
     from visembed.eval.captioning import evaluate_captioner
 
     rec = _Recorder(model)
@@ -127,9 +127,9 @@ def quality(model, spec: str, split: str, limit: int | None) -> dict:
 
     paths = [s.path for s in samples]
     truth = {"group": [s.meta["group"] for s in samples], "subgroup": [s.meta["subgroup"] for s in samples]}
-    answers = {"group": ask(model, paths, _QUESTIONS["en"]["group"]),
-               "subgroup": ask(model, paths, _QUESTIONS["en"]["subgroup"]),
-               "zh_group": ask(model, paths, _QUESTIONS["zh"]["group"])}
+    answers = {"group": ask(model, paths, QUESTIONS["en"]["group"]),
+               "subgroup": ask(model, paths, QUESTIONS["en"]["subgroup"]),
+               "zh_group": ask(model, paths, QUESTIONS["zh"]["group"])}
     truth["zh_group"] = [GROUPS_ZH[g] for g in truth["group"]]
     nearest = [train_by_text[text] for text in guesses["en"]]
     nn_answers = {"group": [s.meta["group"] for s in nearest], "subgroup": [s.meta["subgroup"] for s in nearest],
@@ -140,7 +140,7 @@ def quality(model, spec: str, split: str, limit: int | None) -> dict:
     for key in ("group", "subgroup"):  # always answering the commonest one
         row[f"majority_chat_{key}"] = max(truth[key].count(v) for v in set(truth[key])) / len(samples)
     # the batched questions are what model.chat answers, one image at a time
-    row["chat_check"] = model.chat(paths[0], [{"role": "user", "content": _QUESTIONS["en"]["group"]}],
+    row["chat_check"] = model.chat(paths[0], [{"role": "user", "content": QUESTIONS["en"]["group"]}],
                                    max_new_tokens=MAX_NEW_TOKENS) == answers["group"][0]
     row["examples"] = [{"name": s.captions["en"], "en": en, "zh": zh, "nn": nn, "group": g, "subgroup": sg}
                        for s, en, zh, nn, g, sg in list(zip(samples, rec.captions["en"], rec.captions["zh"],

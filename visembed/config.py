@@ -117,7 +117,7 @@ class CaptionerConfig:
     depth: int = 4
     heads: int = 4
     projector_hidden: int = 1024  # Linear -> GELU -> Linear, as LLaVA-1.5
-    embedding_tokens: int = 1  # prefix tokens made from the contrastive embedding (ClipCap uses 10)
+    embedding_tokens: int = 4  # prefix tokens made from the contrastive embedding (ClipCap uses 10)
     max_tokens: int = 96  # text tokens of one conversation (the visual prefix comes on top)
 
 

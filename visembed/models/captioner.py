@@ -110,10 +110,12 @@ class Captioner(nn.Module):
         return out_e, out_m, out_l
 
     def forward(self, pixels: torch.Tensor, rows: list[Encoded]) -> torch.Tensor:
-        """The mean next-token loss over the assistant's tokens of every row (teacher forcing)."""
+        """The summed next-token loss over the assistant's tokens of every row (teacher forcing);
+        divide by `learnt_tokens(rows)` for the mean."""
         embeds, mask, labels = self._spliced(self.visual_prefix(pixels), rows, left_pad=False)
-        logits = self.lm(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask).logits  # (B, L, V)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        logits = self.lm(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask, use_cache=False).logits
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
+                               reduction="sum")
 
     @torch.no_grad()
     def generate(self, pixels: torch.Tensor, prompts: list[Encoded], max_new_tokens: int) -> list[tuple[str, float]]:
@@ -139,6 +141,11 @@ class Captioner(nn.Module):
         out_dir = Path(out_dir)
         self.encoder.save_assets(out_dir)
         save_lm_assets(self.lm, self.tokenizer, out_dir)
+
+
+def learnt_tokens(rows: list[Encoded]) -> int:
+    """How many tokens of `rows` the loss learns (each predicted from the one before it)."""
+    return sum(sum(1 for label in row.labels[1:] if label != IGNORE) for row in rows)
 
 
 def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -> Captioner:

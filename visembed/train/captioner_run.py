@@ -22,7 +22,7 @@ STAGES = ("align", "instruct", "both")
 ALIGN_SHARE = 0.25  # of the steps, with --stage both
 # what a captioner run changes from the defaults of RunConfig (a dual encoder's model section comes with --vision)
 CAPTIONER_DEFAULTS = [
-    "train.batch_size=64", "train.steps=1200", "train.lr=0.001", "train.warmup_steps=50", "train.weight_decay=0.05",
+    "train.batch_size=64", "train.steps=600", "train.lr=0.001", "train.warmup_steps=50", "train.weight_decay=0.05",
     "train.checkpoint_every=200", "train.log_every=20", "data.augment.enabled=false",
 ]
 

@@ -25,6 +25,7 @@ from visembed.data import DataError
 from visembed.train.tasks import Autocast, MicroBatch
 
 EVAL_LIMIT = 100  # images per periodic evaluation (generation is slow on a CPU)
+CHUNKS = 4  # forward/backward passes per micro-batch, rows grouped by length
 TOKENIZER_SAMPLES = 50_000  # samples whose conversations teach the "gpt2" LM's tokenizer
 
 
@@ -56,8 +57,11 @@ class CaptioningTask:
         prepare_lm_assets(self.cfg.model.captioner, texts(), out_dir)
 
     def configure(self, model: nn.Module) -> None:
-        """The projectors always learn; the LM in stage 2, or from the start when it is new."""
+        """The projectors always learn; the LM in stage 2, or from the start when it is new (and
+        MiniLM's LM head, which the sentence encoder never had)."""
         model.lm.requires_grad_(self.instruct or self.cfg.model.captioner.lm == "gpt2")
+        if self.cfg.model.captioner.lm == "minilm":
+            model.lm.cls.requires_grad_(True)
 
     def target(self, sample) -> dict:
         from visembed.data.conversations import conversations_of
@@ -99,12 +103,13 @@ class CaptioningTask:
                   f"in {time.perf_counter() - started:.0f} s")
 
     def backward(self, model: nn.Module, micro_batches: list[MicroBatch], autocast: Autocast) -> dict[str, float]:
+        from visembed.models.captioner import learnt_tokens
         from visembed.models.chat_format import ConversationError, encode
 
         plain = getattr(model, "module", model)
         limit = self.cfg.model.captioner.max_tokens
-        total, last = 0.0, len(micro_batches) - 1
-        for j, (pixels, targets) in enumerate(micro_batches):
+        total, batches = 0.0, []
+        for pixels, targets in micro_batches:
             rows = []
             for target in targets:
                 choices = target["conversations"]
@@ -120,9 +125,15 @@ class CaptioningTask:
                                     f"model.captioner.max_tokens ({limit}): nothing to learn; shorten its first "
                                     "turn or raise the limit")
                 rows.append(row)
-            sync = j == last or not hasattr(model, "no_sync")
+            batches.append((pixels, rows))
+        # the mean over every learnt token of the step; rows of similar length run together (padding
+        # to the longest of the whole batch would double the work), which leaves the gradient as is
+        tokens = sum(learnt_tokens(rows) for _, rows in batches)
+        chunks = [(pixels, rows, part) for pixels, rows in batches for part in _by_length(rows)]
+        for j, (pixels, rows, part) in enumerate(chunks):
+            sync = j == len(chunks) - 1 or not hasattr(model, "no_sync")
             with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
-                loss = model(pixels, rows) / len(micro_batches)
+                loss = model(pixels[part], [rows[i] for i in part]) / tokens
             loss.backward()
             total += loss.item()
         return {"loss": total}
@@ -160,3 +171,10 @@ def _encoder_fingerprint(encoder: nn.Module) -> str:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def _by_length(rows, parts: int = CHUNKS) -> list[list[int]]:
+    """Row indices in up to `parts` groups of similar length (shortest first)."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+    size = -(-len(order) // parts)
+    return [order[i : i + size] for i in range(0, len(order), size)]
