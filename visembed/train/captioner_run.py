@@ -16,6 +16,7 @@ from pathlib import Path
 
 from visembed.checkpoint import MODEL_FILE, ModelFolderError, read_config
 from visembed.config import CaptionerConfig, ConfigError, RunConfig, apply_overrides
+from visembed.distributed import cleanup, init_distributed
 from visembed.train.loop import train
 
 STAGES = ("align", "instruct", "both")
@@ -51,7 +52,15 @@ def train_captioner(cfg: RunConfig, out: str | Path, *, stage: str = "both", res
     """Run `stage` of `cfg` into `out`; returns the last stage's final metrics."""
     if stage not in STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, not {stage!r}")
-    out = Path(out)
+    _, world, _, _ = init_distributed()  # one process group for both stages (re-creating it can hang)
+    try:
+        return _stages(cfg, Path(out), stage, resume, progress)
+    finally:
+        if world > 1:
+            cleanup()
+
+
+def _stages(cfg: RunConfig, out: Path, stage: str, resume: bool, progress: bool) -> dict:
     if stage == "instruct":
         return train(cfg, out, resume=resume, progress=progress)
     align_steps = cfg.train.steps if stage == "align" else max(1, round(cfg.train.steps * ALIGN_SHARE))

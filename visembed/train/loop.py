@@ -45,11 +45,12 @@ def train(cfg: RunConfig, out_dir, *, init=None, resume: bool = False, progress:
           task: Task | None = None) -> dict:
     """Train `cfg` into the run folder `out_dir`; returns the final metrics (JSON-ready). `task`
     replaces the one `cfg.train.task` names (it must be made for this process's rank)."""
+    joined = dist.is_available() and dist.is_initialized()  # a caller that runs several trainings keeps the group
     rank, world, local_rank, device = init_distributed()
     try:
         return _train(cfg, Path(out_dir), init, resume, progress, task, rank, world, local_rank, device)
     finally:
-        if world > 1:
+        if world > 1 and not joined:
             cleanup()
 
 
