@@ -275,3 +275,14 @@ def test_train_captioner_runs_under_torchrun_with_two_processes(tiny_model_dir, 
     final = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["world_size"] == 2 and final["final"]
     assert isinstance(visembed.load(tmp_path / "two").caption([open_dataset(SHAPES, "test")[0].image])[0], str)
+
+
+def test_preparing_the_lm_assets_again_replaces_what_a_killed_run_left(tmp_path):
+    from visembed.config import CaptionerConfig
+    from visembed.models.lm import LM_DIR, prepare_lm_assets
+
+    cfg = CaptionerConfig(vocab_size=300)
+    prepare_lm_assets(cfg, ["a small red circle"] * 5, tmp_path)
+    prepare_lm_assets(cfg, ["a large blue square"] * 5, tmp_path)  # a fresh run over the same folder
+    assert "square" in (tmp_path / LM_DIR / "tokenizer.json").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == [LM_DIR]  # no temporary folder left behind

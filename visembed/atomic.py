@@ -12,10 +12,12 @@ commands) can use it. Writers that only take a path (safetensors, `torch.save`, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,5 +105,22 @@ def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
     return final_dir
 
 
+@contextlib.contextmanager
+def new_dir(final_dir: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """A hidden folder beside `final_dir` to fill; when the block ends without an error it becomes
+    `final_dir` (absent or empty; with `replace`, whatever was there goes), else it is removed."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(final_dir)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final_dir.is_dir() and (replace or not any(final_dir.iterdir())):
+            shutil.rmtree(final_dir)
+        replace_dir(tmp, final_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_npy", "atomic_write_text",
-           "fsync_dir", "replace_dir", "temporary_path"]
+           "fsync_dir", "new_dir", "replace_dir", "temporary_path"]

@@ -20,15 +20,12 @@ tanh layer): the model card says how to compute the same text embedding with tra
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 import warnings
 from pathlib import Path
 
 import torch
 
-from visembed.atomic import atomic_write_text, replace_dir
+from visembed.atomic import atomic_write_text, new_dir
 from visembed.checkpoint import read_config
 from visembed.config import RunConfig
 from visembed.models import load_model_folder
@@ -258,10 +255,7 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not empty; choose a new --out")
     model, cfg = load_model_folder(model_dir, "cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        tmp.mkdir()
+    with new_dir(out) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if kind == "clip":
@@ -269,9 +263,4 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
             else:
                 _export_dual_encoder(model, cfg, model_dir, tmp)
         atomic_write_text(tmp / "README.md", export_card(cfg, model_dir, kind))
-        if out.exists():
-            out.rmdir()
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -13,13 +13,12 @@ A model folder keeps the LM's config and tokenizer in `lm/` and its weights in m
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from visembed.atomic import atomic_write_text, replace_dir
+from visembed.atomic import atomic_write_text, new_dir
 from visembed.config import CaptionerConfig
 
 LM_DIR = "lm"  # inside a model folder
@@ -75,10 +74,8 @@ def prepare_lm_assets(cfg: CaptionerConfig, texts: Iterable[str], out_dir: Path)
         tokenizer = AutoTokenizer.from_pretrained(source_path(cfg.lm), local_files_only=True)
         if IMAGE_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    tmp = out_dir / (LM_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    replace_dir(tmp, out_dir / LM_DIR)
+    with new_dir(out_dir / LM_DIR, replace=True) as tmp:  # (left by a run killed before its first checkpoint)
+        tokenizer.save_pretrained(tmp)
 
 
 GENERATED_TOKENS = 64  # room a "gpt2" LM's position table leaves for an answer beyond training's length
@@ -121,11 +118,9 @@ def save_lm_assets(lm, tokenizer, out_dir: Path) -> None:
     if target.is_dir():  # the tokenizer prepared before training: add the config beside it
         atomic_write_text(target / "config.json", lm.config.to_json_string())
         return
-    tmp = out_dir / (LM_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    lm.config.save_pretrained(tmp)
-    replace_dir(tmp, target)
+    with new_dir(target) as tmp:
+        tokenizer.save_pretrained(tmp)
+        lm.config.save_pretrained(tmp)
 
 
 def special_ids(tokenizer) -> tuple[int | None, int, int]:

@@ -8,14 +8,11 @@ exact: alpha = 0 gives A's weights bit for bit, alpha = 1 gives B's.
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
 from pathlib import Path
 
 import torch
 
-from visembed.atomic import atomic_write_text, replace_dir
+from visembed.atomic import atomic_write_text, new_dir
 from visembed.checkpoint import read_config, read_tensors, save_model_folder, weights_path
 from visembed.config import to_dict
 
@@ -84,17 +81,10 @@ def merge_models(a: str | Path, b: str | Path, alpha: float, out: str | Path) ->
     merged = interpolate(read_tensors(weights_path(a)), read_tensors(weights_path(b)), alpha)
     model = build_model(cfg_a.model, tokenizer_dir=a, pretrained=False)
     model.load_state_dict(merged, strict=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
+    with new_dir(out) as tmp:
         save_model_folder(model, cfg_b, tmp)  # the config of the fine-tuned run; the model section is A's too
         card = model_card(cfg_b) + (
             f"\n## Merged (WiSE-FT)\n\n- weights: (1 - {alpha:g}) x A + {alpha:g} x B\n"
             f"- A: `{a.resolve()}` (trained on `{cfg_a.data.train}`)\n- B: `{b.resolve()}` (trained on `{cfg_b.data.train}`)\n")
         atomic_write_text(tmp / "README.md", card)
-        if out.exists():
-            out.rmdir()
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -45,7 +45,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -87,7 +86,7 @@ class OpenCLIPImportError(ValueError):
 
 def convert_openclip(path: str | Path, out_dir: str | Path) -> None:
     """Write a visembed model folder at `out_dir` (absent or empty) from the OpenCLIP checkpoint at `path`."""
-    from visembed.atomic import atomic_write_text, replace_dir
+    from visembed.atomic import atomic_write_text, new_dir
     from visembed.checkpoint import save_model_folder
     from visembed.models import build_model
 
@@ -103,21 +102,12 @@ def convert_openclip(path: str | Path, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; convert into a new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with new_dir(out_dir) as tmp:
         tokenizer.save(tmp)  # the text tower reads it from its folder
         model = build_model(cfg.model, tokenizer_dir=tmp, pretrained=False)
         model.load_state_dict(convert_state_dict(state, model.state_dict(), checkpoint), strict=True)
         save_model_folder(model, cfg, tmp)
         atomic_write_text(tmp / "README.md", _card(cfg, checkpoint, config_file, tokenizer_source))
-        if out_dir.exists():
-            out_dir.rmdir()
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- finding and reading the files -------------------------------------------------------------

@@ -15,14 +15,13 @@ transformer that is trained beside it, into the same feature space.
 from __future__ import annotations
 
 import re
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from visembed.atomic import replace_dir
+from visembed.atomic import new_dir
 from visembed.config import TextConfig
 
 ENCODER_DIR = "text_encoder"  # inside a model folder: the HF encoder's own files
@@ -85,11 +84,9 @@ class HFTextEncoder(nn.Module):
     def save_assets(self, out_dir: Path) -> None:
         target = out_dir / ENCODER_DIR
         if not target.exists():
-            tmp = out_dir / (ENCODER_DIR + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.tokenizer.save_pretrained(tmp)
-            self.encoder.config.save_pretrained(tmp)  # weights live in model.safetensors
-            replace_dir(tmp, target)
+            with new_dir(target) as tmp:
+                self.tokenizer.save_pretrained(tmp)
+                self.encoder.config.save_pretrained(tmp)  # weights live in model.safetensors
         if self.student is not None:
             self.student.save_assets(out_dir)
 
