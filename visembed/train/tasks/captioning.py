@@ -14,7 +14,6 @@ truncation is an error naming the sample, never a silent zero.
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 
 import torch
@@ -77,30 +76,13 @@ class CaptioningTask:
 
     def _warm(self, model, dataset, progress: bool) -> None:
         """Each training image through the frozen encoder once, before the first step, reusing what an
-        earlier run with the same encoder saved (`$VISEMBED_CACHE/features/`: both stages, reruns)."""
-        from tqdm import tqdm
+        earlier run with the same encoder saved (both stages, reruns)."""
+        from visembed.train.feature_warmup import warm_cache, weights_digest
 
-        from visembed.data import SkipCounter, decoded_batches, to_tensor
-        from visembed.paths import cache_root
-
-        started = time.perf_counter()
-        cache = model.feature_cache
-        path = cache_root() / "features" / f"captioner-{_encoder_fingerprint(model.encoder)}.safetensors"
-        loaded, before = cache.load(path), cache.misses
-        device = next(model.parameters()).device
-        size = self.cfg.model.vision.image_size
-        with torch.no_grad(), tqdm(total=len(dataset), desc="image features", unit="img", disable=not progress,
-                                    dynamic_ncols=True) as bar:
-            for batch in decoded_batches(dataset, SkipCounter(), 64):
-                pixels = torch.stack([to_tensor(image, size) for _, image in batch]).to(device).float() / 255
-                model.visual_prefix(pixels)
-                bar.update(len(batch))
-        computed = cache.misses - before
-        if self.main:
-            if computed:
-                cache.save(path)
-            print(f"image features: {len(cache):,} cached ({loaded:,} read from {path}, {computed:,} computed) "
-                  f"in {time.perf_counter() - started:.0f} s")
+        encoder = model.encoder  # its image tower and its projection into the shared space
+        name = "captioner-" + weights_digest(type(encoder.vision).__name__, (encoder.vision, encoder.visual_projection))
+        warm_cache(model.feature_cache, name, dataset, self.cfg.model.vision.image_size, model.visual_prefix,
+                   device=next(model.parameters()).device, progress=progress, main=self.main)
 
     def backward(self, model: nn.Module, micro_batches: list[MicroBatch], autocast: Autocast) -> dict[str, float]:
         from visembed.models.captioner import learnt_tokens
@@ -158,19 +140,6 @@ class CaptioningTask:
         finally:
             model.train(was_training)
         return {f"val_{k}": v for k, v in result.items() if isinstance(v, float)}
-
-
-def _encoder_fingerprint(encoder: nn.Module) -> str:
-    """What a captioner's cached image features depend on besides the pixels: the image tower and
-    its projection into the shared space."""
-    import hashlib
-
-    digest = hashlib.sha256(type(encoder.vision).__name__.encode())
-    for module in (encoder.vision, encoder.visual_projection):
-        for name, tensor in module.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:32]
 
 
 def _by_length(rows, parts: int = CHUNKS) -> list[list[int]]:

@@ -88,52 +88,24 @@ class ContrastiveTask:
 
 def warm_feature_cache(model: nn.Module, dataset, image_size: int, *, progress: bool, main: bool) -> None:
     """Pass every training image through the locked part of the image tower once, before the first
-    step, reusing what an earlier run on the same images saved (`$VISEMBED_CACHE/features/`): the
-    steps then never run it. The pixels go the way the loader sends them (`to_tensor`, / 255, no
-    augmentation), so each step finds its images by content."""
-    import time
+    step (`feature_warmup.warm_cache`): the steps then never run it."""
+    from visembed.train.feature_warmup import warm_cache
 
-    from tqdm import tqdm
-
-    from visembed.data import SkipCounter, decoded_batches, to_tensor
-    from visembed.paths import cache_root
-
-    if getattr(dataset, "streaming", False):
-        return  # no known end to warm up to: the cache fills as the steps go
-    cache = model.vision.feature_cache
-    path = cache_root() / "features" / f"{locked_fingerprint(model.vision)}.safetensors"
-    started, loaded = time.perf_counter(), cache.load(path)
-    before = cache.misses
-    device = next(model.parameters()).device
     was_training = model.vision.training
     model.vision.eval()  # the trainable groups run too here: their BatchNorm statistics must not move
-    with torch.no_grad(), tqdm(total=len(dataset), desc="image features", unit="img", disable=not progress,
-                                dynamic_ncols=True) as bar:
-        for batch in decoded_batches(dataset, SkipCounter(), 64):
-            pixels = torch.stack([to_tensor(image, image_size) for _, image in batch]).to(device).float() / 255
-            model.vision(model.normalize_pixels(pixels))
-            bar.update(len(batch))
+    warm_cache(model.vision.feature_cache, locked_fingerprint(model.vision), dataset, image_size,
+               lambda pixels: model.vision(model.normalize_pixels(pixels)), device=next(model.parameters()).device,
+               progress=progress, main=main)
     model.vision.train(was_training)
-    computed = cache.misses - before
-    if main:
-        if computed:
-            cache.save(path)
-        print(f"image features: {len(cache):,} cached ({loaded:,} read from {path}, {computed:,} computed) "
-              f"in {time.perf_counter() - started:.0f} s")
 
 
 def locked_fingerprint(tower: nn.Module) -> str:
     """What cached features depend on besides the pixels: the tower's kind, how much of it is
     locked, and the locked groups' weights and statistics."""
-    import hashlib
+    from visembed.train.feature_warmup import weights_digest
 
     locked = tower.locked_groups()
-    digest = hashlib.sha256(f"{type(tower).__name__}/{len(locked)}".encode())
-    for group in locked:
-        for name, tensor in group.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:32]
+    return weights_digest(f"{type(tower).__name__}/{len(locked)}", locked)
 
 
 def _caption_texts(dataset, every_language: bool):
