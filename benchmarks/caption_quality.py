@@ -35,7 +35,8 @@ from pathlib import Path
 
 DATA = "builtin:emoji?style=all&size=96"
 CONFIGS = {  # name -> (--lm, --set overrides)
-    "gpt2": ("gpt2", []),  # a small GPT-2 from scratch (the config's width/depth), lr 1e-3
+    "gpt2": ("gpt2", []),  # a small GPT-2 from scratch (the config's width/depth), lr 1e-3; hints in the prompt
+    "gpt2-no-hints": ("gpt2", ["model.captioner.hints=0"]),  # the same, without retrieved captions in the prompt
     "minilm": ("minilm", ["train.lr=0.0001"]),  # all-MiniLM-L6-v2 as a decoder: pretrained, a smaller lr
 }
 LATENCY_IMAGES = 50
@@ -82,10 +83,7 @@ def ask(model, images: list, question: str, *, batch_size: int = THROUGHPUT_BATC
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        pixels = model.pixels(chunk).to(model.device)
-        with model._autocast():
-            out += [text for text, _ in model.module.generate(pixels, model._prompts([turns] * len(chunk)),
-                                                              max_new_tokens)]
+        out += [text for text, _ in model._answer(chunk, [turns] * len(chunk), max_new_tokens)]
     return out
 
 

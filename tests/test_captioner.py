@@ -83,7 +83,9 @@ def test_batched_generation_with_prompts_of_different_lengths_equals_one_by_one(
     model = visembed.load(tiny_captioner_dir)
     module = model.module
     images = [open_dataset(SHAPES, "test")[i].image for i in range(2)]
-    prompts = model._prompts([_turns("What is this?"), _turns("Describe every shape you see in this picture, please.")])
+    limit = model.config.model.captioner.max_tokens
+    prompts = [encode(module.tokenizer, turns, limit, prompt=True)
+               for turns in (_turns("What is this?"), _turns("Describe every shape you see in this picture, please."))]
     assert len(prompts[0].ids) != len(prompts[1].ids)  # left padding is exercised
     pixels = model.pixels(images)
     together = module.generate(pixels, prompts, 12)
@@ -286,3 +288,62 @@ def test_preparing_the_lm_assets_again_replaces_what_a_killed_run_left(tmp_path)
     prepare_lm_assets(cfg, ["a large blue square"] * 5, tmp_path)  # a fresh run over the same folder
     assert "square" in (tmp_path / LM_DIR / "tokenizer.json").read_text()
     assert [p.name for p in tmp_path.iterdir()] == [LM_DIR]  # no temporary folder left behind
+
+
+def test_the_prompt_names_the_training_captions_closest_to_the_image(tiny_captioner_dir):
+    from visembed.data.conversations import caption_prompt, with_hints
+    from visembed.models.chat_format import encode_with_hints
+
+    model = visembed.load(tiny_captioner_dir)
+    module = model.module
+    bank = json.loads((tiny_captioner_dir / "hints.json").read_text())
+    training = list(dict.fromkeys(s.caption for s in open_dataset("builtin:shapes?n=256", "train")))
+    assert bank == {"en": training} and module.hints == 3
+
+    image = open_dataset(SHAPES, "test")[0].image
+    features = module.features(model.pixels([image]))
+    (hints,) = module.hints_for(features, ["en"])
+    scores = model.encode_text(bank["en"]) @ model.encode_image([image])[0]  # the dual encoder's own ranking
+    assert hints == [bank["en"][i] for i in scores.argsort()[::-1][:3]]
+    (without_first,) = module.hints_for(features, ["en"], exclude=[{hints[0]}])
+    assert without_first[:2] == hints[1:] and hints[0] not in without_first and len(without_first) == 3
+    assert module.hints_for(features, ["fr"]) == [[]]  # no bank in that language: no hints
+
+    # captions are generated from the prompt with the hints
+    turns = _turns(caption_prompt("en"))
+    limit = model.config.model.captioner.max_tokens
+    hinted = encode_with_hints(module.tokenizer, turns, hints, limit, prompt=True)
+    assert hinted.ids == encode(module.tokenizer, with_hints(turns, hints), limit, prompt=True).ids
+    plain = encode(module.tokenizer, turns, limit, prompt=True)
+    pixels = model.pixels([image])
+    (expected,) = module.generate(pixels, [hinted], 16)
+    (unhinted,) = module.generate(pixels, [plain], 16)
+    (got,) = model._answer([image], [turns], 16)
+    assert got == expected and got[1] != unhinted[1]
+
+
+def test_hints_never_push_an_answer_out_of_the_context(tiny_captioner_dir):
+    from visembed.models.chat_format import encode_with_hints
+
+    tokenizer = visembed.load(tiny_captioner_dir).module.tokenizer
+    turns = _turns("What is this?") + [{"role": "assistant", "content": "a red circle"}]
+    whole = len(encode(tokenizer, turns, 10**9).ids)
+    hints = ["a big blue square", "a small green triangle", "a red circle on white"]
+    fitted = encode_with_hints(tokenizer, turns, hints, whole + 1)
+    assert len(fitted.ids) <= whole + 1 and fitted.labels[-1] != IGNORE  # the answer's eos is still learnt
+    assert encode_with_hints(tokenizer, turns, hints, whole).ids == encode(tokenizer, turns, whole).ids
+    assert len(encode_with_hints(tokenizer, turns, hints, 10**6).ids) > whole + 10
+
+
+def test_a_captioner_trained_without_hints_has_no_bank(tiny_model_dir, tmp_path):
+    from visembed.train.captioner_run import captioner_config, train_captioner
+    from visembed.train.tasks.captioning import CaptioningTask
+
+    cfg = captioner_config(tiny_model_dir, "builtin:shapes?n=64", steps=2,
+                           overrides=TINY_CAPTIONER + ["model.captioner.hints=0"])
+    train_captioner(cfg, tmp_path / "cap", stage="align", progress=False)
+    assert not (tmp_path / "cap" / "hints.json").exists()
+    module = visembed.load(tmp_path / "cap").module
+    assert module.hints == 0 and module.hints_for(module.features(torch.zeros(1, 3, 32, 32)), ["en"]) == [[]]
+    sample = open_dataset("builtin:shapes?n=64", "train")[0]
+    assert CaptioningTask(cfg).target(sample)["own"] == {sample.caption}  # left out of its own hints

@@ -12,6 +12,8 @@ from visembed.data.conversations import (
     caption_prompt,
     conversation_problem,
     conversations_of,
+    hint_texts_of,
+    with_hints,
 )
 
 
@@ -216,3 +218,22 @@ def test_a_llava_json_without_one_usable_entry_fails_when_opened(tmp_path):
 ])
 def test_conversation_problem_names_what_is_wrong(conversation, problem):
     assert conversation_problem(conversation) == problem
+
+
+def test_hints_go_on_a_line_after_the_image_in_the_conversation_language():
+    english = [{"role": "user", "content": f"{IMAGE_TOKEN}\nWhat is this?"}, {"role": "assistant", "content": "a dog"}]
+    hinted = with_hints(english, ["dog face", "wolf  face"])
+    assert hinted[0]["content"] == f"{IMAGE_TOKEN}\nSimilar: dog face; wolf face.\nWhat is this?"
+    assert hinted[1:] == english[1:] and english[0]["content"] == f"{IMAGE_TOKEN}\nWhat is this?"  # a new list
+    assert conversation_problem(hinted) is None
+    chinese = [{"role": "user", "content": f"{IMAGE_TOKEN}\n这是什么？"}]
+    assert with_hints(chinese, ["狗脸", "狼脸"])[0]["content"] == f"{IMAGE_TOKEN}\n相似：狗脸；狼脸。\n这是什么？"
+    assert with_hints(english, []) is english
+    assert with_hints([{"role": "user", "content": IMAGE_TOKEN}], ["x"])[0]["content"] == f"{IMAGE_TOKEN}\nSimilar: x."
+
+
+def test_a_samples_hint_texts_are_its_captions_by_language():
+    both = Sample(id="x", image="", caption="a cat", captions={"en": "a cat", "zh": "一只猫"})
+    assert hint_texts_of(both) == {"en": "a cat", "zh": "一只猫"}
+    assert hint_texts_of(Sample(id="y", image="", caption="一只红苹果")) == {"zh": "一只红苹果"}
+    assert hint_texts_of(Sample(id="z", image="", caption="")) == {}

@@ -119,6 +119,9 @@ class CaptionerConfig:
     projector_hidden: int = 1024  # Linear -> GELU -> Linear, as LLaVA-1.5
     embedding_tokens: int = 4  # prefix tokens made from the contrastive embedding (ClipCap uses 10)
     max_tokens: int = 96  # text tokens of one conversation (the visual prefix comes on top)
+    # training captions closest to the image shown in the prompt (SmallCap's retrieval augmentation;
+    # the bank is the training data's captions, kept in the model folder); 0: none
+    hints: int = 3
 
 
 @dataclass
@@ -320,6 +323,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                                "model.captioner")
         _at_least(c, "model.captioner", 1, "projector_hidden", "embedding_tokens")
         _at_least(c, "model.captioner", 8, "max_tokens")
+        _at_least(c, "model.captioner", 0, "hints")
     captioning = cfg.train.task.startswith("caption_")
     _require(captioning == (m.architecture == "captioner"), "train.task",
              "'caption_align' or 'caption_instruct' for a captioner, 'contrastive' for a dual encoder",

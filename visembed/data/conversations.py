@@ -13,6 +13,14 @@ starts with IMAGE_TOKEN and a newline (where the visual prefix goes); no other t
 `alt_text_of(sample, language)` is the reference an evaluated caption is compared with: for emoji
 the same sentence the alt-text request is trained on.
 
+Hints (SmallCap's retrieval augmentation): `with_hints(turns, texts)` puts the training captions
+closest to the image (found by the captioner in its dual-encoder space; `hint_texts_of` gives a
+sample's own, which make the bank) on a line after the image, in the conversation's language:
+    <image>
+    Similar: man juggling; woman golfing; person juggling.
+    Describe the image in one short sentence.
+The LM learns to reuse and recombine them, which retrieval alone cannot do for a concept it never saw.
+
 Alt text follows common practice (WCAG alt decision tree): one short sentence, at most
 ALT_TEXT_MAX characters, never "image of".
 """
@@ -53,6 +61,7 @@ GROUPS_ZH = {
     "Symbols": "符号",
     "Flags": "旗帜",
 }
+_HINT_LINES = {"en": ("Similar: ", "; ", "."), "zh": ("相似：", "；", "。")}  # (label, separator, end)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -72,6 +81,26 @@ def with_image(prompt: str) -> str:
 def caption_language(text: str) -> str:
     """The language of a caption that comes without one: "zh" when it has CJK characters, else "en"."""
     return "zh" if _CJK.search(text) else "en"
+
+
+def conversation_language(turns: list[dict]) -> str:
+    """The language a conversation is asked in: that of its first user turn (the image aside)."""
+    return caption_language(turns[0]["content"].replace(IMAGE_TOKEN, ""))
+
+
+def hint_texts_of(sample: Sample, languages=LANGUAGES) -> dict[str, str]:
+    """A sample's captions that others may be shown as hints, by language (its name, for emoji)."""
+    return dict(_captions(sample, languages))
+
+
+def with_hints(turns: list[dict], texts: list[str]) -> list[dict]:
+    """`turns` with `texts` (captions of similar images) on a line after the image; unchanged without texts."""
+    if not texts:
+        return turns
+    label, separator, end = _HINT_LINES[conversation_language(turns)]
+    line = label + separator.join(" ".join(t.split()) for t in texts) + end
+    rest = turns[0]["content"].replace(IMAGE_TOKEN, "", 1).strip()
+    return [{"role": "user", "content": f"{IMAGE_TOKEN}\n{line}" + (f"\n{rest}" if rest else "")}, *turns[1:]]
 
 
 def conversation_problem(conversation) -> str | None:

@@ -7,13 +7,15 @@ ClipCap's use of the contrastive embedding).
     [bos] USER: <prefix> question ASSISTANT: -> LM (`inputs_embeds`) -> answer
 
 The embedding token carries what contrastive training aligned with words; the cells carry layout
-and detail. The dual encoder keeps working as one (`encode_image`, `encode_text`), so a captioner
+and detail. With `model.captioner.hints` > 0 the prompt also names the training captions closest to
+the image in the dual-encoder space (`hints_for`; the bank is HINTS_FILE in the model folder). The dual encoder keeps working as one (`encode_image`, `encode_text`), so a captioner
 folder also searches and serves as a plain model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -24,14 +26,19 @@ from visembed.config import ModelConfig
 from visembed.models.chat_format import IGNORE, Encoded
 from visembed.models.lm import build_lm, save_lm_assets, special_ids
 
+HINTS_FILE = "hints.json"  # {language: [caption, ...]}: the captions a prompt's hints come from
+
 
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
 class Captioner(nn.Module):
-    def __init__(self, cfg: ModelConfig, encoder: nn.Module, lm: nn.Module, tokenizer):
+    def __init__(self, cfg: ModelConfig, encoder: nn.Module, lm: nn.Module, tokenizer,
+                 hint_bank: dict[str, list[str]] | None = None):
         super().__init__()
+        self.hint_bank = hint_bank or {}  # {language: captions}; no hints without one
+        self._hint_vectors: dict[str, torch.Tensor] = {}  # the bank in the encoder's space, made when first needed
         self.cfg = cfg
         self.encoder = encoder.requires_grad_(False).eval()
         self.lm = lm
@@ -76,12 +83,50 @@ class Captioner(nn.Module):
         embedding = F.normalize(self.encoder.visual_projection(self.encoder.vision.pool(tokens)), dim=-1)  # (B, D)
         return torch.cat([embedding, tokens.flatten(1)], dim=1).float()
 
-    def visual_prefix(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels (B, 3, S, S) in [0, 1] -> prefix tokens (B, K + N, LM width): K from the embedding."""
+    @torch.no_grad()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, S, S) in [0, 1] -> the frozen encoder's (B, D + N * W) (see `_image_features`),
+        from the feature cache where there is one."""
         if self.feature_cache is not None:
-            flat = self.feature_cache(self._image_features, pixels)
-        else:
-            flat = self._image_features(pixels)
+            return self.feature_cache(self._image_features, pixels)
+        return self._image_features(pixels)
+
+    @property
+    def hints(self) -> int:
+        """Captions shown per prompt: the config's count, where the folder has a bank to draw them from."""
+        return self.cfg.captioner.hints if self.hint_bank else 0
+
+    @torch.no_grad()
+    def hints_for(self, features: torch.Tensor, languages: list[str],
+                  exclude: list[set[str]] | None = None) -> list[list[str]]:
+        """The `hints` bank captions closest to each image (most similar first), in each row's language,
+        leaving out the row's `exclude` texts (in training: the image's own captions, as for a concept
+        never seen)."""
+        embedding = features[:, : self.cfg.embed_dim]
+        out = []
+        for b, language in enumerate(languages):
+            bank = self.hint_bank.get(language) or []
+            if not self.hints or not bank:
+                out.append([])
+                continue
+            skip = exclude[b] if exclude else set()
+            scores = self._bank_vectors(language).to(embedding) @ embedding[b]
+            top = scores.topk(min(len(bank), self.hints + len(skip))).indices.tolist()
+            out.append([bank[i] for i in top if bank[i] not in skip][: self.hints])
+        return out
+
+    def _bank_vectors(self, language: str) -> torch.Tensor:
+        if language not in self._hint_vectors:  # the encoder is frozen: the same vectors every time
+            texts, chunks = self.hint_bank[language], []
+            for start in range(0, len(texts), 512):
+                chunks.append(F.normalize(self.encoder.encode_text(texts[start : start + 512]).float(), dim=-1))
+            self._hint_vectors[language] = torch.cat(chunks)
+        return self._hint_vectors[language]
+
+    def visual_prefix(self, pixels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """pixels (B, 3, S, S) in [0, 1] (or their `features`) -> prefix tokens (B, K + N, LM width):
+        K from the embedding."""
+        flat = self.features(pixels) if features is None else features
         d = self.cfg.embed_dim
         cells = flat[:, d:].view(len(flat), -1, self.encoder.vision.width)  # (B, N, W)
         embedding = self.embedding_projector(flat[:, :d]).view(len(flat), self.embedding_tokens, -1)  # (B, K, H)
@@ -109,18 +154,19 @@ class Captioner(nn.Module):
             out_e[b, span], out_m[b, span], out_l[b, span] = e, 1, lab
         return out_e, out_m, out_l
 
-    def forward(self, pixels: torch.Tensor, rows: list[Encoded]) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, rows: list[Encoded], features: torch.Tensor | None = None) -> torch.Tensor:
         """The summed next-token loss over the assistant's tokens of every row (teacher forcing);
-        divide by `learnt_tokens(rows)` for the mean."""
-        embeds, mask, labels = self._spliced(self.visual_prefix(pixels), rows, left_pad=False)
+        divide by `learnt_tokens(rows)` for the mean. `features`: `self.features(pixels)`, if at hand."""
+        embeds, mask, labels = self._spliced(self.visual_prefix(pixels, features), rows, left_pad=False)
         logits = self.lm(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask, use_cache=False).logits
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
                                reduction="sum")
 
     @torch.no_grad()
-    def generate(self, pixels: torch.Tensor, prompts: list[Encoded], max_new_tokens: int) -> list[tuple[str, float]]:
+    def generate(self, pixels: torch.Tensor, prompts: list[Encoded], max_new_tokens: int,
+                 features: torch.Tensor | None = None) -> list[tuple[str, float]]:
         """Greedy answers (KV cache, stopping at eos): [(text, mean probability of its tokens)]."""
-        embeds, mask, _ = self._spliced(self.visual_prefix(pixels), prompts, left_pad=True)
+        embeds, mask, _ = self._spliced(self.visual_prefix(pixels, features), prompts, left_pad=True)
         positions = getattr(self.lm.config, "max_position_embeddings", None)
         if positions:  # a learnt position table ends somewhere
             max_new_tokens = max(1, min(max_new_tokens, positions - embeds.shape[1]))
@@ -141,6 +187,29 @@ class Captioner(nn.Module):
         out_dir = Path(out_dir)
         self.encoder.save_assets(out_dir)
         save_lm_assets(self.lm, self.tokenizer, out_dir)
+        if self.hint_bank:
+            save_hint_bank(self.hint_bank, out_dir)
+
+
+def save_hint_bank(bank: dict[str, list[str]], out_dir: str | Path) -> None:
+    from visembed.atomic import atomic_write_text
+
+    atomic_write_text(Path(out_dir) / HINTS_FILE, json.dumps(bank, ensure_ascii=False))
+
+
+def read_hint_bank(folder: str | Path) -> dict[str, list[str]]:
+    """The hint bank a model folder holds ({} without one: a captioner trained without hints)."""
+    path = Path(folder) / HINTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        bank = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a hint bank ({err}); train the captioner again") from None
+    if not isinstance(bank, dict) or not all(isinstance(v, list) and all(isinstance(t, str) for t in v)
+                                             for v in bank.values()):
+        raise ValueError(f"{path} must map a language to a list of captions")
+    return bank
 
 
 def learnt_tokens(rows: list[Encoded]) -> int:
@@ -164,7 +233,8 @@ def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -
         size = cfg.vision.image_size
         prefix = cfg.captioner.embedding_tokens + encoder.vision.forward_features(torch.zeros(1, 3, size, size)).shape[1]
     lm, tokenizer = build_lm(cfg.captioner, Path(asset_dir), pretrained, prefix_tokens=prefix)
-    return Captioner(cfg, encoder, lm, tokenizer)
+    bank = read_hint_bank(asset_dir) if cfg.captioner.hints else {}
+    return Captioner(cfg, encoder, lm, tokenizer, bank)
 
 
 def check_fits(model: Captioner, weights: Path, folder: str | Path) -> None:

@@ -87,3 +87,16 @@ def fit_dialogue(tokenizer, turns: list[dict], max_tokens: int) -> tuple[list[di
         rest = turns[2:]
         rest[0] = {"role": "user", "content": IMAGE_TOKEN + "\n" + rest[0]["content"].replace(IMAGE_TOKEN, "").strip()}
         turns, dropped = rest, dropped + 2
+
+
+def encode_with_hints(tokenizer, turns: list[dict], hints: list[str], max_tokens: int, *,
+                      prompt: bool = False) -> Encoded:
+    """`encode` of `turns` with as many of `hints` (most similar first) as fit in `max_tokens` beside
+    the whole conversation: hints never push an answer out of the context."""
+    from visembed.data.conversations import with_hints
+
+    for n in range(len(hints), 0, -1):
+        row = encode(tokenizer, with_hints(turns, hints[:n]), 10**9, prompt=prompt)
+        if len(row.ids) <= max_tokens:
+            return row
+    return encode(tokenizer, turns, max_tokens, prompt=prompt)

@@ -77,11 +77,20 @@ class CaptionerModel(Model):
     """A captioner (`visembed train-captioner`): describes images and answers questions about them;
     it is also the dual encoder it was built on (`encode_image`, `encode_text`)."""
 
-    def _prompts(self, conversations: list[list[dict]]):
-        from visembed.models.chat_format import encode
+    def _answer(self, images: Sequence, conversations: list[list[dict]], max_new_tokens: int):
+        """[(text, confidence)] of the model's next turn in each conversation about its image, the
+        prompt naming the training captions closest to the image where the model was trained so."""
+        from visembed.data.conversations import conversation_language
+        from visembed.models.chat_format import encode_with_hints
 
         limit = self.config.model.captioner.max_tokens
-        return [encode(self.module.tokenizer, turns, limit, prompt=True) for turns in conversations]
+        pixels = self.pixels(images).to(self.device)
+        with self._autocast():
+            features = self.module.features(pixels)
+            hints = self.module.hints_for(features, [conversation_language(t) for t in conversations])
+            prompts = [encode_with_hints(self.module.tokenizer, turns, texts, limit, prompt=True)
+                       for turns, texts in zip(conversations, hints)]
+            return self.module.generate(pixels, prompts, max_new_tokens, features=features)
 
     @torch.no_grad()
     def caption(self, images: Sequence, *, language: str = "en", detail: bool = False, max_new_tokens: int = 32,
@@ -99,9 +108,7 @@ class CaptionerModel(Model):
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            pixels = self.pixels(chunk).to(self.device)
-            with self._autocast():
-                answers = self.module.generate(pixels, self._prompts([turns] * len(chunk)), max_new_tokens)
+            answers = self._answer(chunk, [turns] * len(chunk), max_new_tokens)
             out.extend(_alt_text(text, confidence, language, detail) for text, confidence in answers)
         return out
 
@@ -113,9 +120,7 @@ class CaptionerModel(Model):
         turns = chat_turns(messages)
         limit = self.config.model.captioner.max_tokens
         turns, dropped = fit_dialogue(self.module.tokenizer, turns, limit)
-        pixels = self.pixels([image]).to(self.device)
-        with self._autocast():
-            (text, _), = self.module.generate(pixels, self._prompts([turns]), max_new_tokens)
+        (text, _), = self._answer([image], [turns], max_new_tokens)
         note = f"the dialogue was too long: its oldest {dropped} turn(s) were left out" if dropped else None
         return text, note
 

@@ -8,7 +8,9 @@
 Each sample brings its candidate conversations (`visembed.data.conversations.conversations_of`);
 each step draws one per sample with the step's seeded RNG, so a resumed run draws the same ones.
 The loss is the assistant's tokens only; a conversation left with nothing to learn after
-truncation is an error naming the sample, never a silent zero.
+truncation is an error naming the sample, never a silent zero. With `model.captioner.hints`, each
+prompt names the training captions closest to its image, the image's own left out (a training image
+is then asked about as a new concept would be).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from visembed.train.tasks import Autocast, MicroBatch
 EVAL_LIMIT = 100  # images per periodic evaluation (generation is slow on a CPU)
 CHUNKS = 4  # forward/backward passes per micro-batch, rows grouped by length
 TOKENIZER_SAMPLES = 50_000  # samples whose conversations teach the "gpt2" LM's tokenizer
+HINT_BANK_LIMIT = 50_000  # distinct captions per language the hints are drawn from
 
 
 class CaptioningTask:
@@ -36,24 +39,38 @@ class CaptioningTask:
         self.instruct = cfg.train.task == "caption_instruct"
 
     def prepare_assets(self, dataset, out_dir: Path) -> None:
-        """The dual encoder's assets (from its folder) and the LM's tokenizer."""
+        """The dual encoder's assets (from its folder), the LM's tokenizer and the hint bank."""
         from visembed.checkpoint import read_config
-        from visembed.data.conversations import conversations_of
+        from visembed.data.conversations import conversations_of, with_hints
         from visembed.models import build_model
         from visembed.models.lm import prepare_lm_assets
 
         source = Path(self.cfg.model.captioner.vision)
         build_model(read_config(source).model, tokenizer_dir=source, pretrained=False).save_assets(out_dir)
+        if self.cfg.model.captioner.hints:
+            self._save_hint_bank(dataset, out_dir)
 
         def texts():
             for i, sample in enumerate(dataset):
                 if i >= TOKENIZER_SAMPLES:
                     return
                 for turns in conversations_of(sample):
-                    yield from (turn["content"] for turn in turns)
+                    yield from (turn["content"] for turn in with_hints(turns, ["a", "b"]))
             yield "USER: ASSISTANT:"
 
         prepare_lm_assets(self.cfg.model.captioner, texts(), out_dir)
+
+    def _save_hint_bank(self, dataset, out_dir: Path) -> None:
+        from visembed.data.conversations import hint_texts_of
+        from visembed.models.captioner import save_hint_bank
+
+        bank: dict[str, dict[str, None]] = {}  # language -> distinct captions, in data order
+        for sample in dataset:
+            for language, text in hint_texts_of(sample).items():
+                texts = bank.setdefault(language, {})
+                if len(texts) < HINT_BANK_LIMIT:
+                    texts[text] = None
+        save_hint_bank({language: list(texts) for language, texts in bank.items()}, out_dir)
 
     def configure(self, model: nn.Module) -> None:
         """The projectors always learn; the LM in stage 2, or from the start when it is new (and
@@ -63,12 +80,12 @@ class CaptioningTask:
             model.lm.cls.requires_grad_(True)
 
     def target(self, sample) -> dict:
-        from visembed.data.conversations import conversations_of
+        from visembed.data.conversations import conversations_of, hint_texts_of
 
         candidates = conversations_of(sample)
         if not self.instruct:
             candidates = [c for c in candidates if len(c) == 2] or candidates
-        return {"id": sample.id, "conversations": candidates}
+        return {"id": sample.id, "conversations": candidates, "own": set(hint_texts_of(sample).values())}
 
     def prepare(self, model: nn.Module, dataset, *, fresh: bool, progress: bool) -> None:
         if model.feature_cache is not None and not getattr(dataset, "streaming", False):
@@ -86,20 +103,26 @@ class CaptioningTask:
 
     def backward(self, model: nn.Module, micro_batches: list[MicroBatch], autocast: Autocast) -> dict[str, float]:
         from visembed.models.captioner import learnt_tokens
-        from visembed.models.chat_format import ConversationError, encode
+        from visembed.data.conversations import conversation_language
+        from visembed.models.chat_format import ConversationError, encode_with_hints
 
         plain = getattr(model, "module", model)
         limit = self.cfg.model.captioner.max_tokens
         total, batches = 0.0, []
         for pixels, targets in micro_batches:
-            rows = []
+            chosen = []
             for target in targets:
                 choices = target["conversations"]
                 if not choices:
                     raise DataError(f"sample {target['id']!r} has no caption or conversation to learn from")
-                turns = choices[int(torch.randint(len(choices), ()))]
+                chosen.append(choices[int(torch.randint(len(choices), ()))])
+            features = plain.features(pixels)
+            hints = plain.hints_for(features, [conversation_language(t) for t in chosen],
+                                    exclude=[target["own"] for target in targets])
+            rows = []
+            for target, turns, texts in zip(targets, chosen, hints):
                 try:
-                    row = encode(plain.tokenizer, turns, limit)
+                    row = encode_with_hints(plain.tokenizer, turns, texts, limit)
                 except ConversationError as err:
                     raise DataError(f"sample {target['id']!r}: {err}") from None
                 if all(label < 0 for label in row.labels):
@@ -107,15 +130,15 @@ class CaptioningTask:
                                     f"model.captioner.max_tokens ({limit}): nothing to learn; shorten its first "
                                     "turn or raise the limit")
                 rows.append(row)
-            batches.append((pixels, rows))
+            batches.append((pixels, features, rows))
         # the mean over every learnt token of the step; rows of similar length run together (padding
         # to the longest of the whole batch would double the work), which leaves the gradient as is
-        tokens = sum(learnt_tokens(rows) for _, rows in batches)
-        chunks = [(pixels, rows, part) for pixels, rows in batches for part in _by_length(rows)]
-        for j, (pixels, rows, part) in enumerate(chunks):
+        tokens = sum(learnt_tokens(rows) for _, _, rows in batches)
+        chunks = [(pixels, features, rows, part) for pixels, features, rows in batches for part in _by_length(rows)]
+        for j, (pixels, features, rows, part) in enumerate(chunks):
             sync = j == len(chunks) - 1 or not hasattr(model, "no_sync")
             with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
-                loss = model(pixels[part], [rows[i] for i in part]) / tokens
+                loss = model(pixels[part], [rows[i] for i in part], features=features[part]) / tokens
             loss.backward()
             total += loss.item()
         return {"loss": total}
