@@ -66,7 +66,10 @@ def test_a_captioner_exports_to_llava_with_the_same_logits_and_answers(family, p
     assert config["vision_feature_layer"] == -1 and config["text_config"]["model_type"] == family
     assert "LlavaForConditionalGeneration" in (out / "README.md").read_text()
     with safe_open(str(out / "model.safetensors"), "pt") as f:  # the names transformers 4.x reads (5.x too)
-        assert "multi_modal_projector.linear_1.weight" in f.keys() and "language_model.lm_head.weight" in f.keys()
+        names = set(f.keys())
+    assert {"multi_modal_projector.linear_1.weight", "language_model.lm_head.weight",
+            "vision_tower.vision_model.embeddings.patch_embedding.weight"} <= names
+    assert not any(n.startswith(("vision_tower.embeddings.", "model.")) for n in names)
 
     model = LlavaForConditionalGeneration.from_pretrained(out).eval()
     auto = AutoModelForImageTextToText.from_pretrained(out).eval()

@@ -192,15 +192,19 @@ def _vision_names_of_transformers_4(path: Path) -> None:
 
 
 def _readable_by_transformers_4(out: Path, processor) -> None:
-    """transformers 5 names its generic fast tokenizer `TokenizersBackend` and nests the image
-    processor in processor_config.json; 4.x knows `PreTrainedTokenizerFast` and reads a flat
-    preprocessor_config.json. Both releases read the folder so patched (tested: 4.57.6, 5.24.0)."""
+    """transformers 5 names its generic fast tokenizer `TokenizersBackend`, lists added special tokens
+    (a captioner's `<image>`) as `extra_special_tokens` and nests the image processor in
+    processor_config.json; 4.x knows `PreTrainedTokenizerFast`, `additional_special_tokens` and reads a
+    flat preprocessor_config.json. Both releases read the folder so patched (tested: 4.57.6, 5.24.0)."""
     from visembed.atomic import atomic_write_json
 
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("tokenizer_class") == "TokenizersBackend":
-        atomic_write_json(path, {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):  # 5.x's list; 4.x reads a dict there (named tokens)
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    atomic_write_json(path, config)
     image = {k: v for k, v in processor.image_processor.to_dict().items() if not k.startswith("_")}
     image["image_processor_type"] = "CLIPImageProcessor"
     atomic_write_json(out / "preprocessor_config.json", image)

@@ -13,7 +13,8 @@ The mapping is exact (same logits): our ViT is CLIP's vision model (the CLIP exp
 - The head is written untied (`tie_word_embeddings=False`, `lm_head` a copy): a GPT-2 LM inside
   LLaVA cannot be tied in transformers 5.x, and an untied copy is exact for every family.
 - Weight names are transformers 4.x's (`language_model.model.*`, `vision_tower.vision_model.*`):
-  5.x reads them too, while 4.x would silently re-initialise a tower saved under 5.x's names.
+  5.x reads them too, while 4.x silently re-initialises the vision tower of a folder 5.x saved
+  (`vision_tower.embeddings.*`). Checked: 4.57.6 and 5.24.0 give the same logits.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from visembed.config import RunConfig
 from visembed.models.lm import IMAGE_TOKEN, LM_DIR, special_ids
 
 HINT = "use the captioner with visembed (caption, chat, serve)"
-# transformers 5.x names -> 4.x names (5.x reads both; its own `_checkpoint_conversion_mapping` in 4.x, reversed)
+# transformers 5.x names (in memory, or as its save_pretrained writes them) -> 4.x names
 NAMES_OF_TRANSFORMERS_4 = (("model.vision_tower.", "vision_tower.vision_model."),
+                           ("vision_tower.vision_model.", "vision_tower.vision_model."),
+                           ("vision_tower.", "vision_tower.vision_model."),
                            ("model.multi_modal_projector.", "multi_modal_projector."),
                            ("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."))
 
