@@ -114,6 +114,7 @@ def chat_template(bos: str) -> str:
     """Jinja giving visembed's prompt text (models/chat_format.py):
     `[bos]USER: <image>\\n{question}\\nASSISTANT: {answer}<eos>\\nUSER: ...\\nASSISTANT:`. Contents may be
     strings holding `<image>` or lists of {"type": "image"} / {"type": "text", "text": ...} parts."""
+    bos = bos.replace("\\", "\\\\").replace("'", "\\'")  # inside a Jinja string literal
     return (
         "{{- '" + bos + "' -}}"
         "{%- for message in messages -%}"
@@ -219,7 +220,8 @@ def llava_card_notes(cfg: RunConfig) -> list[str]:
         "the language model. The chat template writes visembed's prompt (`USER: <image>\\n... \\nASSISTANT:`); it "
         "already holds the begin token, hence `add_special_tokens=False`. visembed tokenises the text before and "
         "after `<image>` and the closing `\\nASSISTANT:` one piece at a time: a tokenizer that merges across those "
-        "boundaries can give other ids for the same text (byte-level BPEs split there anyway).",
+        "boundaries can give other ids for the same text (GPT-2's pre-tokenizer splits there; Qwen2's keeps "
+        "punctuation and a following newline together).",
         "",
         "Weight names are transformers 4.x's (`language_model.model.*`); 5.x reads them as well. The LM head is an "
         "untied copy of the token embedding when the LM ties them."]
