@@ -117,7 +117,9 @@ class CaptionerConfig:
     depth: int = 4
     heads: int = 4
     projector_hidden: int = 1024  # Linear -> GELU -> Linear, as LLaVA-1.5
-    embedding_tokens: int = 4  # prefix tokens made from the contrastive embedding (ClipCap uses 10)
+    # prefix tokens made from the contrastive embedding (ClipCap uses 10); 0: the cells only, as LLaVA
+    # (a captioner exports to transformers' LlavaForConditionalGeneration only then)
+    embedding_tokens: int = 4
     max_tokens: int = 96  # text tokens of one conversation (the visual prefix comes on top)
     # training captions closest to the image shown in the prompt (SmallCap's retrieval augmentation;
     # the bank is the training data's captions, kept in the model folder); 0: none
@@ -321,7 +323,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         if c.lm == "gpt2":
             _check_transformer(types.SimpleNamespace(**dataclasses.asdict(c), context_length=c.max_tokens, mlp_ratio=4.0),
                                "model.captioner")
-        _at_least(c, "model.captioner", 1, "projector_hidden", "embedding_tokens")
+        _at_least(c, "model.captioner", 1, "projector_hidden")
+        _at_least(c, "model.captioner", 0, "embedding_tokens")
         _at_least(c, "model.captioner", 8, "max_tokens")
         _at_least(c, "model.captioner", 0, "hints")
     captioning = cfg.train.task.startswith("caption_")

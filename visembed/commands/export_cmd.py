@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
 def export(
     folder: Path = typer.Argument(..., help="Run or model folder to export."),
     fmt: ExportFormat = typer.Option(..., "--format", help="hf: a transformers CLIPModel (or VisionTextDualEncoderModel) "
-                                     "folder; onnx: image and text encoder graphs for onnxruntime."),
+                                     "folder, or for a captioner a LlavaForConditionalGeneration folder; onnx: image "
+                                     "and text encoder graphs for onnxruntime."),
     out: Path = typer.Option(..., "--out", help="Folder to write (new or empty)."),
 ) -> None:
     """Export a model for transformers or onnxruntime, with a model card (README.md)."""

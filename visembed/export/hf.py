@@ -2,6 +2,7 @@
 
 - ViT + BPE text transformer -> `CLIPModel` + `CLIPProcessor` (CLIPImageProcessor + a fast tokenizer).
 - ViT + pretrained HF text tower (the LiT set-up) -> `VisionTextDualEncoderModel` + its processor.
+- a captioner (ViT, `embedding_tokens=0`) -> `LlavaForConditionalGeneration` + `LlavaProcessor` (llava.py).
 
 Two traps, handled here:
 - transformers' CLIP text tower pools at the *first* `eos_token_id` in the ids, except when
@@ -38,27 +39,33 @@ class ExportError(ValueError):
     """A model that has no equivalent in the requested format."""
 
 
+def vision_differences(cfg: RunConfig) -> list[str]:
+    """The ViT settings (`model.vision.*`) that differ from CLIP's vision model (a SigLIP-style tower)."""
+    v = cfg.model.vision
+    return [f"model.{name}" for name, value, clip in (
+        ("vision.pool", v.pool, "class"), ("vision.pre_norm", v.pre_norm, True), ("vision.patch_bias", v.patch_bias, False),
+        ("vision.layer_norm_eps", v.layer_norm_eps, 1e-5)) if value != clip] + \
+        (["model.vision.activation"] if getattr(v, "activation", "gelu") == "gelu_tanh" else [])
+
+
 def check_exportable(cfg: RunConfig) -> str:
-    """'clip' or 'dual_encoder' (the transformers class the model maps onto), or an ExportError."""
+    """'clip', 'dual_encoder' or 'llava' (the transformers class the model maps onto), or an ExportError."""
     v, t = cfg.model.vision, cfg.model.text
     if cfg.model.architecture == "captioner":
-        raise ExportError(
-            "a visembed captioner has no transformers equivalent yet: LlavaForConditionalGeneration reads one projector "
-            "over the vision tower's patch tokens, while visembed's captioner also gives the LM the contrastive "
-            "embedding as a prefix token (a second projector). Use the captioner with visembed (caption, chat, serve); "
-            "its dual encoder exports from the folder it was trained on (model.captioner.vision in its config.json)")
+        from visembed.export.llava import check_captioner
+
+        check_captioner(cfg)
+        return "llava"
     if v.kind != "vit":
         raise ExportError(f"model.vision.kind is {v.kind!r}: transformers has no image tower equivalent to visembed's "
                           f"{v.kind} (only the ViT maps onto CLIP's vision model); {ONNX_HINT}")
     if v.head != "linear":
         raise ExportError(f"model.vision.head is {v.head!r}: transformers' CLIP projects with one bias-free linear layer; "
                           f"{ONNX_HINT}")
-    siglip = [f"model.{name}" for name, value, clip in (
-        ("vision.pool", v.pool, "class"), ("vision.pre_norm", v.pre_norm, True), ("vision.patch_bias", v.patch_bias, False),
-        ("vision.layer_norm_eps", v.layer_norm_eps, 1e-5), ("text.pool", t.pool, "eos"), ("text.causal", t.causal, True),
+    siglip = vision_differences(cfg) + [f"model.{name}" for name, value, clip in (
+        ("text.pool", t.pool, "eos"), ("text.causal", t.causal, True),
         ("text.projection_bias", t.projection_bias, False), ("text.layer_norm_eps", t.layer_norm_eps, 1e-5))
-        if value != clip] + [f"model.{w}.activation" for w in ("vision", "text")
-                             if getattr(getattr(cfg.model, w), "activation", "gelu") == "gelu_tanh"]
+        if value != clip] + (["model.text.activation"] if getattr(t, "activation", "gelu") == "gelu_tanh" else [])
     if siglip:
         raise ExportError(f"{', '.join(siglip)} differ from CLIP's (a SigLIP-style model): --format hf writes CLIPModel "
                           f"folders only; {ONNX_HINT}")
@@ -185,15 +192,19 @@ def _vision_names_of_transformers_4(path: Path) -> None:
 
 
 def _readable_by_transformers_4(out: Path, processor) -> None:
-    """transformers 5 names its generic fast tokenizer `TokenizersBackend` and nests the image
-    processor in processor_config.json; 4.x knows `PreTrainedTokenizerFast` and reads a flat
-    preprocessor_config.json. Both releases read the folder so patched (tested: 4.57.6, 5.24.0)."""
+    """transformers 5 names its generic fast tokenizer `TokenizersBackend`, lists added special tokens
+    (a captioner's `<image>`) as `extra_special_tokens` and nests the image processor in
+    processor_config.json; 4.x knows `PreTrainedTokenizerFast`, `additional_special_tokens` and reads a
+    flat preprocessor_config.json. Both releases read the folder so patched (tested: 4.57.6, 5.24.0)."""
     from visembed.atomic import atomic_write_json
 
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("tokenizer_class") == "TokenizersBackend":
-        atomic_write_json(path, {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):  # 5.x's list; 4.x reads a dict there (named tokens)
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    atomic_write_json(path, config)
     image = {k: v for k, v in processor.image_processor.to_dict().items() if not k.startswith("_")}
     image["image_processor_type"] = "CLIPImageProcessor"
     atomic_write_json(out / "preprocessor_config.json", image)
@@ -223,6 +234,10 @@ def export_card(cfg: RunConfig, model_dir: Path, kind: str) -> str:
                "text_embeds = model.get_text_features(input_ids=inputs[\"input_ids\"], attention_mask=inputs[\"attention_mask\"])",
                "```", "",
                "`<eos>` has the largest token id, so every transformers release pools the same position visembed does."]
+    elif kind == "llava":
+        from visembed.export.llava import llava_card_notes
+
+        use = llava_card_notes(cfg)
     else:
         use = ["```python", "import torch.nn.functional as F",
                "from transformers import VisionTextDualEncoderModel, AutoProcessor",
@@ -254,6 +269,15 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     kind = check_exportable(cfg)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not empty; choose a new --out")
+    if kind == "llava":
+        from visembed.export.llava import export_llava
+
+        with new_dir(out) as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export_llava(model_dir, cfg, tmp)
+            atomic_write_text(tmp / "README.md", export_card(cfg, model_dir, kind))
+        return out
     model, cfg = load_model_folder(model_dir, "cpu")
     with new_dir(out) as tmp:
         with warnings.catch_warnings():

@@ -46,7 +46,8 @@ class Captioner(nn.Module):
         hidden, lm_width = cfg.captioner.projector_hidden, lm.get_input_embeddings().embedding_dim
         self.cell_projector = _mlp(encoder.vision.width, hidden, lm_width)
         self.embedding_tokens = cfg.captioner.embedding_tokens
-        self.embedding_projector = _mlp(cfg.embed_dim, hidden, lm_width * self.embedding_tokens)
+        self.embedding_projector = (_mlp(cfg.embed_dim, hidden, lm_width * self.embedding_tokens)
+                                    if self.embedding_tokens else None)  # 0: the cells alone, as LLaVA
         self.bos, self.eos, self.pad = special_ids(tokenizer)
         # the frozen encoder's features of each distinct image, where its tower caches (a locked tower)
         limit = getattr(encoder.vision, "feature_cache", None)
@@ -129,6 +130,8 @@ class Captioner(nn.Module):
         flat = self.features(pixels) if features is None else features
         d = self.cfg.embed_dim
         cells = flat[:, d:].view(len(flat), -1, self.encoder.vision.width)  # (B, N, W)
+        if self.embedding_projector is None:
+            return self.cell_projector(cells)
         embedding = self.embedding_projector(flat[:, :d]).view(len(flat), self.embedding_tokens, -1)  # (B, K, H)
         return torch.cat([embedding, self.cell_projector(cells)], dim=1)
 
