@@ -64,7 +64,10 @@ def test_a_captioner_exports_to_llava_with_the_same_logits_and_answers(family, p
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llava" and config["vision_feature_select_strategy"] == "full"
     assert config["vision_feature_layer"] == -1 and config["text_config"]["model_type"] == family
-    assert "LlavaForConditionalGeneration" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "LlavaForConditionalGeneration" in card
+    # the hint bank travels with it, and the card says how its prompts used it
+    assert json.loads((out / "hints.json").read_text()) == module.hint_bank and "Similar: a; b; c." in card
     with safe_open(str(out / "model.safetensors"), "pt") as f:  # the names transformers 4.x reads (5.x too)
         names = set(f.keys())
     assert {"multi_modal_projector.linear_1.weight", "language_model.lm_head.weight",

@@ -185,6 +185,10 @@ def export_llava(model_dir: Path, cfg: RunConfig, out: Path) -> None:
                                chat_template=chat_template(tokenizer.convert_ids_to_tokens(bos) if bos is not None else ""))
     processor.save_pretrained(out)
     _readable_by_transformers_4(out, processor)
+    if model.hints:  # the captions its prompts were trained to see (transformers has no retrieval step)
+        from visembed.models.captioner import save_hint_bank
+
+        save_hint_bank(model.hint_bank, out)
 
 
 def _names_of_transformers_4(path: Path) -> None:
@@ -205,7 +209,7 @@ def _names_of_transformers_4(path: Path) -> None:
 def llava_card_notes(cfg: RunConfig) -> list[str]:
     v, c = cfg.model.vision, cfg.model.captioner
     cells = (v.image_size // v.patch_size) ** 2 + 1
-    return [
+    notes = [
         "```python", "from transformers import AutoModelForImageTextToText, AutoProcessor",
         "model, processor = AutoModelForImageTextToText.from_pretrained(folder), AutoProcessor.from_pretrained(folder)",
         "messages = [{\"role\": \"user\", \"content\": [{\"type\": \"image\"}, {\"type\": \"text\", \"text\": \"Describe the image.\"}]}]",
@@ -225,3 +229,10 @@ def llava_card_notes(cfg: RunConfig) -> list[str]:
         "",
         "Weight names are transformers 4.x's (`language_model.model.*`); 5.x reads them as well. The LM head is an "
         "untied copy of the token embedding when the LM ties them."]
+    if c.hints:
+        notes += ["", f"Trained with hints: visembed's prompts name the {c.hints} training captions closest to the "
+                  "image in its dual-encoder space, on the line after `<image>` (`Similar: a; b; c.`, in Chinese "
+                  "`相似：a；b；c。`). transformers has no retrieval step: write that line yourself from `hints.json` "
+                  "(the bank, copied here), ranked with the dual encoder (`visembed embed`, or its ONNX export), or "
+                  "expect plainer captions without it."]
+    return notes
