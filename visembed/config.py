@@ -119,6 +119,10 @@ class CaptionerConfig:
     projector_hidden: int = 1024  # Linear -> GELU -> Linear, as LLaVA-1.5
     embedding_tokens: int = 4  # prefix tokens made from the contrastive embedding (ClipCap uses 10)
     max_tokens: int = 96  # text tokens of one conversation (the visual prefix comes on top)
+    # the instruct stage: 0 trains the whole LM; R > 0 freezes it and trains LoRA adapters of rank R on
+    # its linear layers (needs peft), merged into its weights in the final folder (models/lora.py)
+    lora_rank: int = 0
+    lora_alpha: int = 0  # the adapters' scale is lora_alpha / lora_rank; 0: twice the rank
 
 
 @dataclass
@@ -320,6 +324,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                                "model.captioner")
         _at_least(c, "model.captioner", 1, "projector_hidden", "embedding_tokens")
         _at_least(c, "model.captioner", 8, "max_tokens")
+        _at_least(c, "model.captioner", 0, "lora_rank", "lora_alpha")
     captioning = cfg.train.task.startswith("caption_")
     _require(captioning == (m.architecture == "captioner"), "train.task",
              "'caption_align' or 'caption_instruct' for a captioner, 'contrastive' for a dual encoder",
