@@ -67,9 +67,10 @@ def test_the_final_folder_has_a_plain_captioners_names_and_captions_without_peft
 def test_merged_weights_give_the_adapted_lms_logits(lora_captioner_dir):
     from visembed.models.lora import add_adapters, merge_adapters
 
-    lm = visembed.load(lora_captioner_dir / "align").module.lm
+    align = visembed.load(lora_captioner_dir / "align")
+    lm = align.module.lm
     names = set(lm.state_dict())
-    add_adapters(lm, RANK, 2 * RANK)
+    add_adapters(lm, align.config.model.captioner)
     torch.manual_seed(0)
     for name, p in lm.named_parameters():
         if "lora_B" in name:  # (B starts at zero: make the adapters do something)
@@ -82,6 +83,17 @@ def test_merged_weights_give_the_adapted_lms_logits(lora_captioner_dir):
     assert set(lm.state_dict()) == names
     assert (adapted - merged).abs().max() <= 1e-5
     assert not torch.allclose(adapted, visembed.load(lora_captioner_dir / "align").module.lm(inputs_embeds=embeds).logits)
+
+
+def test_a_run_folder_loads_mid_run_from_a_checkpoint_that_holds_adapters(lora_captioner_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_captioner_dir, run, ignore=shutil.ignore_patterns("align"))
+    (run / "model.safetensors").unlink()  # as before the last step's folder was written
+    assert any("lora_A" in n for n in load_file(str(latest_checkpoint(run) / "model.safetensors")))
+    images = [open_dataset(SHAPES, "test")[i].image for i in range(2)]
+    assert visembed.load(run).caption(images) == visembed.load(lora_captioner_dir).caption(images)
 
 
 def test_asking_for_lora_without_peft_says_how_to_install_it(tiny_model_dir, tmp_path, monkeypatch):

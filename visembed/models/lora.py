@@ -6,6 +6,7 @@
                                     its own weights are frozen, A and B learn
     merge_adapters(lm)              W <- W + (alpha / rank) B A, and the plain layer back in place:
                                     the same modules and parameter names as before `add_adapters`
+    holds_adapters(weights)         whether a safetensors file is a checkpoint of a LoRA stage
 
 Training checkpoints hold the adapters (`...c_attn.base_layer.weight`, `...lora_A.default.weight`),
 so a resumed run continues them; a finished model folder holds merged weights only, and loads,
@@ -14,9 +15,11 @@ captions, serves and exports without peft.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
-from visembed.config import ConfigError
+from visembed.config import CaptionerConfig, ConfigError
 
 INSTALL = "pip install peft  (in a checkout: pip install -e '.[lora]')"
 
@@ -34,9 +37,11 @@ def require_peft() -> None:
                           "or train the whole LM with lora_rank 0") from None
 
 
-def add_adapters(lm: nn.Module, rank: int, alpha: int) -> int:
-    """Adapters on `lm` in place (its own weights frozen); returns how many layers got one."""
+def add_adapters(lm: nn.Module, cfg: CaptionerConfig) -> int:
+    """Adapters of `cfg.lora_rank` on `lm` in place (its own weights frozen); returns how many
+    layers got one."""
     require_peft()
+    rank, alpha = cfg.lora_rank, cfg.lora_alpha or 2 * cfg.lora_rank
     from peft import LoraConfig, inject_adapter_in_model
     from transformers.pytorch_utils import Conv1D
 
@@ -64,3 +69,14 @@ def merge_adapters(lm: nn.Module) -> None:
         setattr(lm.get_submodule(parent), child, layer.get_base_layer())
     if hasattr(lm, "peft_config"):  # set by peft on injection
         del lm.peft_config
+
+
+def holds_adapters(weights: Path) -> bool:
+    """Whether `weights` holds adapters: a checkpoint of a LoRA stage (a run under way)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            return any(".lora_A." in name for name in f.keys())
+    except Exception:  # a damaged file: load_weights names it
+        return False

@@ -67,7 +67,7 @@ class CaptioningTask:
         if self.lora:
             from visembed.models.lora import add_adapters
 
-            add_adapters(model.lm, c.lora_rank, c.lora_alpha or 2 * c.lora_rank)
+            add_adapters(model.lm, c)
             return
         model.lm.requires_grad_(self.instruct or c.lm == "gpt2")
         if c.lm == "minilm":
