@@ -16,7 +16,7 @@ from visembed.config import ConfigError
 from visembed.data import open_dataset
 
 from conftest import TINY_CAPTIONER
-from test_captioner import SHAPES, _train
+from test_captioner import SHAPES, _tiny_hf_lm, _train
 
 RANK = 2
 
@@ -83,6 +83,29 @@ def test_merged_weights_give_the_adapted_lms_logits(lora_captioner_dir):
     assert set(lm.state_dict()) == names
     assert (adapted - merged).abs().max() <= 1e-5
     assert not torch.allclose(adapted, visembed.load(lora_captioner_dir / "align").module.lm(inputs_embeds=embeds).logits)
+
+
+def test_a_llama_family_lm_gets_adapters_on_its_attention_and_mlp_and_merges_exactly(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from visembed.config import CaptionerConfig
+    from visembed.models.lora import adapted_layers, add_adapters, merge_adapters
+
+    lm = AutoModelForCausalLM.from_pretrained(_tiny_hf_lm(tmp_path / "qwen2", "qwen2")).eval()
+    names = set(lm.state_dict())
+    add_adapters(lm, CaptionerConfig(lora_rank=RANK))
+    adapted = {name.rsplit(".", 1)[-1] for name, _ in adapted_layers(lm)}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {n for n, p in lm.named_parameters() if p.requires_grad} == {n for n in lm.state_dict() if "lora_" in n}
+    for name, p in lm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    ids = torch.randint(0, lm.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        adapted_logits = lm(ids).logits
+        merge_adapters(lm)
+        assert (adapted_logits - lm(ids).logits).abs().max() <= 1e-5
+    assert set(lm.state_dict()) == names
 
 
 def test_a_run_folder_loads_mid_run_from_a_checkpoint_that_holds_adapters(lora_captioner_dir, tmp_path):
