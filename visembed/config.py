@@ -124,6 +124,10 @@ class CaptionerConfig:
     # training captions closest to the image shown in the prompt (SmallCap's retrieval augmentation;
     # the bank is the training data's captions, kept in the model folder); 0: none
     hints: int = 3
+    # the instruct stage: 0 trains the whole LM; R > 0 freezes it and trains LoRA adapters of rank R on
+    # its linear layers (needs peft), merged into its weights in the final folder (models/lora.py)
+    lora_rank: int = 0
+    lora_alpha: int = 0  # the adapters' scale is lora_alpha / lora_rank; 0: twice the rank
 
 
 @dataclass
@@ -326,7 +330,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         _at_least(c, "model.captioner", 1, "projector_hidden")
         _at_least(c, "model.captioner", 0, "embedding_tokens")
         _at_least(c, "model.captioner", 8, "max_tokens")
-        _at_least(c, "model.captioner", 0, "hints")
+        _at_least(c, "model.captioner", 0, "hints", "lora_rank", "lora_alpha")
     captioning = cfg.train.task.startswith("caption_")
     _require(captioning == (m.architecture == "captioner"), "train.task",
              "'caption_align' or 'caption_instruct' for a captioner, 'contrastive' for a dual encoder",

@@ -27,6 +27,7 @@ def train_captioner_cmd(
     stage: str = typer.Option("both", "--stage", help="align (projector), instruct (projector + LM) or both."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps, both stages together."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size."),
+    lora: Optional[int] = typer.Option(None, "--lora", min=0, metavar="RANK", help="Instruct stage: train LoRA adapters of this rank on the frozen LM instead of the whole LM (needs peft; merged into the LM at the end; 0: the whole LM). Same as --set model.captioner.lora_rank=RANK."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value (dotted keys), repeatable."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
@@ -35,7 +36,8 @@ def train_captioner_cmd(
     from visembed.train.captioner_run import captioner_config, train_captioner
 
     with friendly_errors():
-        cfg = captioner_config(vision, data, lm=lm, steps=steps, batch_size=batch_size, overrides=list(overrides))
+        cfg = captioner_config(vision, data, lm=lm, steps=steps, batch_size=batch_size, lora=lora,
+                               overrides=list(overrides))
         metrics = train_captioner(cfg, out, stage=stage, resume=resume, progress=not no_progress)
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
 

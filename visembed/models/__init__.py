@@ -82,11 +82,20 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
 
     cfg = read_config(folder)
     model = build_model(cfg.model, tokenizer_dir=folder, pretrained=False)
+    weights, adapters = weights_path(folder), False
     if cfg.model.architecture == "captioner":
         from visembed.models.captioner import check_fits
+        from visembed.models.lora import add_adapters, holds_adapters
 
-        check_fits(model, weights_path(folder), folder)
-    load_weights(model, weights_path(folder))
+        check_fits(model, weights, folder)
+        adapters = holds_adapters(weights)  # a LoRA stage under way: its checkpoint (needs peft)
+        if adapters:
+            add_adapters(model.lm, cfg.model.captioner)
+    load_weights(model, weights)
+    if adapters:
+        from visembed.models.lora import merge_adapters
+
+        merge_adapters(model.lm)
     encoder = getattr(model, "encoder", model)  # a captioner's dual encoder
     if hasattr(encoder.vision, "with_feature_cache"):  # a training device: inference never sees an image twice
         encoder.vision.with_feature_cache(0)

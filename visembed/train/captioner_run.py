@@ -29,7 +29,7 @@ CAPTIONER_DEFAULTS = [
 
 
 def captioner_config(vision: str | Path, data: str, *, lm: str | None = None, steps: int | None = None,
-                     batch_size: int | None = None, overrides: list[str] = ()) -> RunConfig:
+                     batch_size: int | None = None, lora: int | None = None, overrides: list[str] = ()) -> RunConfig:
     """The config of a captioner on the dual encoder in `vision`, trained on `data`."""
     base = read_config(vision)
     if base.model.architecture != "dual_encoder":
@@ -42,6 +42,7 @@ def captioner_config(vision: str | Path, data: str, *, lm: str | None = None, st
     flags += [f"model.captioner.lm={lm}"] if lm else []
     flags += [f"train.steps={steps}"] if steps is not None else []
     flags += [f"train.batch_size={batch_size}"] if batch_size is not None else []
+    flags += [f"model.captioner.lora_rank={lora}"] if lora is not None else []
     if base.model.vision.feature_cache == 0 and base.model.vision.kind == "efficientnet_lite":
         flags.append("model.vision.feature_cache=50000")  # the captioner caches its frozen encoder's features
     return apply_overrides(cfg, CAPTIONER_DEFAULTS + flags + list(overrides))
@@ -52,6 +53,10 @@ def train_captioner(cfg: RunConfig, out: str | Path, *, stage: str = "both", res
     """Run `stage` of `cfg` into `out`; returns the last stage's final metrics."""
     if stage not in STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, not {stage!r}")
+    if cfg.model.captioner.lora_rank > 0 and stage != "align":
+        from visembed.models.lora import require_peft
+
+        require_peft()  # before the align stage spends its time
     _, world, _, _ = init_distributed()  # one process group for both stages (re-creating it can hang)
     try:
         return _stages(cfg, Path(out), stage, resume, progress)

@@ -179,6 +179,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
     # ---- the final model folder, evaluation, report ----------------------------------------
     skips = _merged_skips(skipped, dataset, world)
     final = {"step": total_steps, **last, "world_size": world, "skipped": skips, "skipped_total": sum(skips.values())}
+    task.finalize(model)  # the form the model is saved in (checkpoints keep the training form)
     if main:
         checkpoint.save_model_folder(model, cfg, out)
     final.update(_evaluate(task, model, total_steps, None, main))

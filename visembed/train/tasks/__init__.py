@@ -16,6 +16,9 @@ is particular to one objective:
                                        forward and backward of one optimisation step; gradients
                                        accumulate in `.grad`, the loop clips and steps. The
                                        returned numbers are logged under their names.
+    finalize(model)                    after the last step, before the final model folder is
+                                       written and evaluated: the model in the form it is saved
+                                       (a captioner's LoRA adapters merged into its LM)
     evaluate(model) -> {name: float}   metrics on validation data (main process only)
     find_unused_parameters             whether DDP must expect parameters without gradients
 
@@ -48,6 +51,8 @@ class Task(Protocol):
     def prepare(self, model: nn.Module, dataset, *, fresh: bool, progress: bool) -> None: ...
 
     def backward(self, model: nn.Module, micro_batches: list[MicroBatch], autocast: Autocast) -> dict[str, float]: ...
+
+    def finalize(self, model: nn.Module) -> None: ...
 
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
 

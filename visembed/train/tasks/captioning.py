@@ -3,7 +3,9 @@
 
     caption_align     stage 1: the projector learns (and the LM too when it starts from scratch:
                       there is nothing to align to yet); single-exchange conversations only
-    caption_instruct  stage 2: projector and LM learn; every conversation, multi-turn included
+    caption_instruct  stage 2: projector and LM learn (or, with model.captioner.lora_rank, LoRA
+                      adapters on the frozen LM, merged into it at the end); every conversation,
+                      multi-turn included
 
 Each sample brings its candidate conversations (`visembed.data.conversations.conversations_of`);
 each step draws one per sample with the step's seeded RNG, so a resumed run draws the same ones.
@@ -37,6 +39,7 @@ class CaptioningTask:
     def __init__(self, cfg: RunConfig, rank: int = 0, world: int = 1):
         self.cfg, self.main = cfg, rank == 0
         self.instruct = cfg.train.task == "caption_instruct"
+        self.lora = self.instruct and cfg.model.captioner.lora_rank > 0
 
     def prepare_assets(self, dataset, out_dir: Path) -> None:
         """The dual encoder's assets (from its folder), the LM's tokenizer and the hint bank."""
@@ -74,10 +77,25 @@ class CaptioningTask:
 
     def configure(self, model: nn.Module) -> None:
         """The projectors always learn; the LM in stage 2, or from the start when it is new (and
-        MiniLM's LM head, which the sentence encoder never had)."""
-        model.lm.requires_grad_(self.instruct or self.cfg.model.captioner.lm == "gpt2")
-        if self.cfg.model.captioner.lm == "minilm":
+        MiniLM's LM head, which the sentence encoder never had). With model.captioner.lora_rank,
+        stage 2 freezes the LM and trains LoRA adapters on it instead (before a resumed
+        checkpoint loads: it holds them)."""
+        c = self.cfg.model.captioner
+        if self.lora:
+            from visembed.models.lora import add_adapters
+
+            add_adapters(model.lm, c)
+            return
+        model.lm.requires_grad_(self.instruct or c.lm == "gpt2")
+        if c.lm == "minilm":
             model.lm.cls.requires_grad_(True)
+
+    def finalize(self, model: nn.Module) -> None:
+        """LoRA adapters merged into the LM's weights: the final folder is a plain captioner."""
+        if self.lora:
+            from visembed.models.lora import merge_adapters
+
+            merge_adapters(model.lm)
 
     def target(self, sample) -> dict:
         from visembed.data.conversations import conversations_of, hint_texts_of

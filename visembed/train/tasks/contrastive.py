@@ -43,6 +43,9 @@ class ContrastiveTask:
     def configure(self, model: nn.Module) -> None:
         pass  # the towers decide (locked groups, a frozen text tower)
 
+    def finalize(self, model: nn.Module) -> None:
+        pass  # the model is saved as it trained
+
     def target(self, sample) -> str:
         return sample.caption
 
