@@ -4,7 +4,8 @@ A captioner (`visembed train-captioner`) on the demo's dual encoder is scored on
 saw (the test split of `builtin:emoji`: concepts chosen by hash, skin-tone variants with their base),
 in English and Chinese, beside the nearest-neighbour baseline of the same run (the training alt
 text whose embedding is closest to the image: retrieval can only repeat a training caption):
-  * CIDEr / BLEU-4 of the generated alt text ("The dog face emoji, from Animals & Nature.")
+  * CIDEr / BLEU-4 of the generated alt text ("The dog face emoji, from Animals & Nature."), greedy
+    and as shipped (CAPTION_CANDIDATES captions by beam search, the dual encoder choosing; `--candidates`)
     against the data's (`visembed.eval.captioning.evaluate_captioner`);
   * name: the share of alt texts that contain the emoji's CLDR name (case-insensitive; Chinese:
     the Chinese name) — the part of the sentence that has to be right;
@@ -13,11 +14,11 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     equal to the data's group / subgroup (case, spacing and a final full stop aside); the
     baseline answers with the group / subgroup of its nearest training concept (majority_*: the share of
     the commonest group / subgroup among the images, for scale);
-  * CPU cost: latency of one caption (at most 16 new tokens, greedy, KV cache via `generate`;
+  * CPU cost: latency of one caption (at most 16 new tokens, per candidates setting, KV cache;
     image decoding and the image tower included: the feature cache is off), p50 over 50 images,
     and batched throughput (images/s at batch 32, same settings).
 
-    python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2 and minilm
+    python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-hints, minilm
     python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 --steps 300 --split val
     python benchmarks/caption_quality.py --model runs/cap-gpt2 runs/cap-minilm --json caption.json
 
@@ -33,10 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from visembed.config import CaptionerConfig
+
+CAPTION_CANDIDATES = CaptionerConfig().candidates  # the shipped default
+
 DATA = "builtin:emoji?style=all&size=96"
 CONFIGS = {  # name -> (--lm, --set overrides)
-    "gpt2": ("gpt2", []),  # a small GPT-2 from scratch (the config's width/depth), lr 1e-3; hints in the prompt
-    "gpt2-no-hints": ("gpt2", ["model.captioner.hints=0"]),  # the same, without retrieved captions in the prompt
+    "gpt2": ("gpt2", []),  # a small GPT-2 from scratch (the config's width/depth), lr 1e-3
+    "gpt2-hints": ("gpt2", ["model.captioner.hints=3"]),  # the same, 3 retrieved training captions in the prompt
     "minilm": ("minilm", ["train.lr=0.0001"]),  # all-MiniLM-L6-v2 as a decoder: pretrained, a smaller lr
 }
 LATENCY_IMAGES = 50
@@ -48,14 +53,14 @@ class _Recorder:
     """A CaptionerModel seen through evaluate_captioner: keeps every caption it generated (per
     language, in data order) and the vectors of the nearest-neighbour baseline."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, candidates: int):
+        self.model, self.candidates = model, candidates
         self.captions: dict[str, list[str]] = {}
         self.image_vectors: list = []
         self.text_calls: list[tuple[list[str], object]] = []
 
     def caption(self, images, *, language: str = "en", **kwargs) -> list[str]:
-        out = self.model.caption(images, language=language, **kwargs)
+        out = self.model.caption(images, language=language, candidates=self.candidates, **kwargs)
         self.captions.setdefault(language, []).extend(out)
         return out
 
@@ -70,11 +75,6 @@ class _Recorder:
         return vectors
 
 
-def _same(a: str, b: str) -> bool:
-    norm = lambda s: " ".join(s.lower().split()).rstrip(".。")  # noqa: E731
-    return norm(a) == norm(b)
-
-
 def ask(model, images: list, question: str, *, batch_size: int = THROUGHPUT_BATCH, max_new_tokens: int = MAX_NEW_TOKENS):
     """`model.chat(image, [{"role": "user", "content": question}])` for many images, batched."""
     from visembed.models.inference import chat_turns
@@ -87,15 +87,15 @@ def ask(model, images: list, question: str, *, batch_size: int = THROUGHPUT_BATC
     return out
 
 
-def quality(model, spec: str, split: str, limit: int | None) -> dict:
+def quality(model, spec: str, split: str, limit: int | None, candidates: int) -> dict:
     """Caption and chat figures of a loaded captioner on `split`, with the retrieval baseline."""
     import numpy as np
 
     from visembed.data import open_dataset
     from visembed.data.conversations import GROUPS_ZH, QUESTIONS, alt_text_of, caption_language
-    from visembed.eval.captioning import evaluate_captioner
+    from visembed.eval.captioning import evaluate_captioner, same_text
 
-    rec = _Recorder(model)
+    rec = _Recorder(model, candidates)
     metrics = evaluate_captioner(rec, spec, split, limit=limit, baseline=True, progress=False)
     samples = list(open_dataset(spec, split, language="en"))[: metrics["images"]]
     if any(len(c) != len(samples) for c in rec.captions.values()):
@@ -133,8 +133,8 @@ def quality(model, spec: str, split: str, limit: int | None) -> dict:
     nn_answers = {"group": [s.meta["group"] for s in nearest], "subgroup": [s.meta["subgroup"] for s in nearest],
                   "zh_group": [GROUPS_ZH[s.meta["group"]] for s in nearest]}
     for key in answers:
-        row[f"chat_{key}"] = float(np.mean([_same(a, t) for a, t in zip(answers[key], truth[key])]))
-        row[f"nn_chat_{key}"] = float(np.mean([_same(a, t) for a, t in zip(nn_answers[key], truth[key])]))
+        row[f"chat_{key}"] = float(np.mean([same_text(a, t) for a, t in zip(answers[key], truth[key])]))
+        row[f"nn_chat_{key}"] = float(np.mean([same_text(a, t) for a, t in zip(nn_answers[key], truth[key])]))
     for key in ("group", "subgroup"):  # always answering the commonest one
         row[f"majority_chat_{key}"] = max(truth[key].count(v) for v in set(truth[key])) / len(samples)
     # the batched questions are what model.chat answers, one image at a time
@@ -146,7 +146,8 @@ def quality(model, spec: str, split: str, limit: int | None) -> dict:
     return row
 
 
-def cost(model, spec: str, split: str, images: int = LATENCY_IMAGES, batched: int = 4 * THROUGHPUT_BATCH) -> dict:
+def cost(model, spec: str, split: str, candidates: int, images: int = LATENCY_IMAGES,
+         batched: int = 4 * THROUGHPUT_BATCH) -> dict:
     """CPU latency of one caption (p50 over LATENCY_IMAGES) and images/s at batch THROUGHPUT_BATCH,
     with the image tower run for every image (the feature cache off)."""
     import torch
@@ -157,15 +158,15 @@ def cost(model, spec: str, split: str, images: int = LATENCY_IMAGES, batched: in
     paths = [s.path for s in samples[:: max(1, len(samples) // images)]][:images]
     cache, model.module.feature_cache = model.module.feature_cache, None
     try:
-        model.caption(paths[:2], max_new_tokens=MAX_NEW_TOKENS)  # warm-up
+        model.caption(paths[:2], max_new_tokens=MAX_NEW_TOKENS, candidates=candidates)  # warm-up
         times = []
         for path in paths:
             start = time.perf_counter()
-            model.caption([path], max_new_tokens=MAX_NEW_TOKENS)
+            model.caption([path], max_new_tokens=MAX_NEW_TOKENS, candidates=candidates)
             times.append(time.perf_counter() - start)
         batch = [s.path for s in samples[:batched]]
         start = time.perf_counter()
-        model.caption(batch, max_new_tokens=MAX_NEW_TOKENS, batch_size=THROUGHPUT_BATCH)
+        model.caption(batch, max_new_tokens=MAX_NEW_TOKENS, batch_size=THROUGHPUT_BATCH, candidates=candidates)
         seconds = time.perf_counter() - start
     finally:
         model.module.feature_cache = cache
@@ -177,17 +178,23 @@ def lm_params(model) -> float:
     return sum(p.numel() for p in model.module.lm.parameters()) / 1e6
 
 
-def measure(folder: Path, spec: str, split: str, limit: int | None, timing: dict | None) -> dict:
+def measure(folder: Path, spec: str, split: str, limit: int | None, timing: dict | None,
+            candidates: list[int]) -> list[dict]:
+    """One row per number of caption candidates (1: greedy; N: beam search of N, the dual encoder choosing)."""
     import visembed
 
     model = visembed.load(folder)
     cfg = model.config
-    row = {"config": folder.name, "lm": cfg.model.captioner.lm, "lm_M": round(lm_params(model), 1),
-           "steps": _total_steps(folder, cfg), "lr": cfg.train.lr, "batch": cfg.train.batch_size, "split": split}
-    row.update(quality(model, spec, split, limit))
-    if timing is not None:
-        row.update(cost(model, spec, split, **timing))
-    return row
+    rows = []
+    for n in candidates:
+        row = {"config": folder.name, "lm": cfg.model.captioner.lm, "lm_M": round(lm_params(model), 1),
+               "hints": cfg.model.captioner.hints, "candidates": n, "steps": _total_steps(folder, cfg),
+               "lr": cfg.train.lr, "batch": cfg.train.batch_size, "split": split}
+        row.update(quality(model, spec, split, limit, n))
+        if timing is not None:
+            row.update(cost(model, spec, split, n, **timing))
+        rows.append(row)
+    return rows
 
 
 def _total_steps(folder: Path, cfg) -> int:
@@ -213,7 +220,7 @@ def train_one(name: str, vision: Path, spec: str, steps: int | None, batch_size:
     return out, {"train_s": round(seconds), "steps_per_s": round(cfg.train.steps / seconds, 2)}
 
 
-COLUMNS = ["config", "lm", "lm_M", "steps", "lr", "batch", "train_s", "steps_per_s", "split", "images",
+COLUMNS = ["config", "lm", "lm_M", "hints", "candidates", "steps", "lr", "batch", "train_s", "steps_per_s", "split", "images",
            "CIDEr", "nn_CIDEr", "BLEU-4", "nn_BLEU-4", "name", "nn_name", "exact",
            "zh_CIDEr", "zh_nn_CIDEr", "zh_BLEU-4", "zh_nn_BLEU-4", "zh_name", "zh_nn_name",
            "chat_group", "nn_chat_group", "majority_chat_group", "chat_subgroup", "nn_chat_subgroup",
@@ -243,6 +250,9 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["val", "test"],
                         help="val to choose settings; test (held-out concepts) to report, once")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images (quick looks)")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[1, CAPTION_CANDIDATES],
+                        help="captions proposed per image, one row each (1: greedy; default: 1 and the shipped "
+                             f"{CAPTION_CANDIDATES})")
     parser.add_argument("--no-timing", action="store_true", help="skip the latency and throughput figures")
     parser.add_argument("--latency-images", type=int, default=LATENCY_IMAGES, help="images timed one at a time")
     parser.add_argument("--throughput-images", type=int, default=4 * THROUGHPUT_BATCH,
@@ -253,15 +263,16 @@ def main() -> None:
     timing = None if args.no_timing else {"images": args.latency_images, "batched": args.throughput_images}
     if args.model:
         for folder in args.model:
-            rows.append({**measure(folder, args.data, args.split, args.limit, timing), "train_s": "-"})
+            rows += [{**row, "train_s": "-"} for row in measure(folder, args.data, args.split, args.limit, timing,
+                                                                 args.candidates)]
     else:
         if args.vision is None:
             parser.error("--vision (a dual encoder's folder) or --model is needed")
         root = args.out or Path(tempfile.mkdtemp(prefix="caption_quality_"))
         for name in args.configs:
             folder, trained = train_one(name, args.vision, args.data, args.steps, args.batch_size, args.overrides, root)
-            rows.append({**measure(folder, args.data, args.split, args.limit, timing), **trained,
-                         "config": name})
+            rows += [{**row, **trained, "config": name}
+                     for row in measure(folder, args.data, args.split, args.limit, timing, args.candidates)]
     print_table(rows)
     print("\nname: alt text containing the emoji's CLDR name; nn_*: the nearest training alt text (retrieval) in the "
           "same run; chat_*: exact answers to the group / subgroup questions; latency: one caption, <= "

@@ -52,7 +52,8 @@ def test_a_captioner_exports_to_llava_with_the_same_logits_and_answers(family, p
     from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
 
     lm = "gpt2" if family == "gpt2" else str(_tiny_hf_lm(tmp_path / family, family))
-    cap = _captioner(tiny_model_dir, tmp_path / "cap", lm, f"model.captioner.projector_hidden={projector_hidden}")
+    cap = _captioner(tiny_model_dir, tmp_path / "cap", lm, f"model.captioner.projector_hidden={projector_hidden}",
+                     "model.captioner.hints=2")
     ours = visembed.load(cap, device="cpu")
     module = ours.module
     assert module.embedding_projector is None

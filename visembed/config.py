@@ -122,8 +122,11 @@ class CaptionerConfig:
     embedding_tokens: int = 4
     max_tokens: int = 96  # text tokens of one conversation (the visual prefix comes on top)
     # training captions closest to the image shown in the prompt (SmallCap's retrieval augmentation;
-    # the bank is the training data's captions, kept in the model folder); 0: none
-    hints: int = 3
+    # the bank is the training data's captions, kept in the model folder); 0: none (measured in README)
+    hints: int = 0
+    # captions proposed per image when captioning (beam search), the one the dual encoder puts
+    # closest to the image kept; 1: greedy (measured in README)
+    candidates: int = 8
     # the instruct stage: 0 trains the whole LM; R > 0 freezes it and trains LoRA adapters of rank R on
     # its linear layers (needs peft), merged into its weights in the final folder (models/lora.py)
     lora_rank: int = 0
@@ -331,6 +334,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         _at_least(c, "model.captioner", 0, "embedding_tokens")
         _at_least(c, "model.captioner", 8, "max_tokens")
         _at_least(c, "model.captioner", 0, "hints", "lora_rank", "lora_alpha")
+        _at_least(c, "model.captioner", 1, "candidates")
     captioning = cfg.train.task.startswith("caption_")
     _require(captioning == (m.architecture == "captioner"), "train.task",
              "'caption_align' or 'caption_instruct' for a captioner, 'contrastive' for a dual encoder",

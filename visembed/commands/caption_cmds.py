@@ -67,6 +67,10 @@ def caption_cmd(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, max=512, help="Longest caption, in tokens."),
     language: str = typer.Option("en", "--language", help="en or zh."),
     detail: bool = typer.Option(False, "--detail", help="A longer description instead of one-sentence alt text."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", min=1, max=64,
+                                             help="Captions proposed per image (beam search); the one the dual "
+                                                  "encoder puts closest to the image is printed. 1: greedy, fastest. "
+                                                  "Default: the model's model.captioner.candidates (8)."),
 ) -> None:
     """Alt text for images: one short sentence each (hedged when the model is unsure)."""
     with friendly_errors():
@@ -74,7 +78,8 @@ def caption_cmd(
             raise ValueError(f"--language must be en or zh, not {language!r}")
         pictures = [_read(path) for path in images]  # an unreadable file stops here, named
         model = _load_captioner(folder)
-        captions = model.caption(pictures, language=language, detail=detail, max_new_tokens=max_new_tokens)
+        captions = model.caption(pictures, language=language, detail=detail, max_new_tokens=max_new_tokens,
+                                 candidates=candidates)
     if as_json:
         typer.echo(json.dumps([{"image": str(p), "caption": c} for p, c in zip(images, captions)], ensure_ascii=False,
                               indent=2))

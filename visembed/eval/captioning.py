@@ -11,6 +11,8 @@ prefixed with its code (`zh_caption_CIDEr`).
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 
 from visembed.data import DataError, SkipCounter, decoded_batches, open_dataset
@@ -20,8 +22,10 @@ LANGUAGES = ("en", "zh")
 BASELINE_TEXTS = 20_000  # distinct training alt texts the baseline chooses from (at most)
 
 
-def _same(a: str, b: str) -> bool:
-    return " ".join(a.lower().split()).rstrip(".。") == " ".join(b.lower().split()).rstrip(".。")
+def same_text(a: str, b: str) -> bool:
+    """Equal but for case, spacing, a closing full stop and the width of punctuation (，or ,)."""
+    norm = lambda s: " ".join(unicodedata.normalize("NFKC", s).lower().split()).rstrip(".")  # noqa: E731
+    return norm(a) == norm(b)
 
 
 def evaluate_captioner(model, spec: str, split: str = "test", *, limit: int | None = None, baseline: bool = True,
@@ -65,12 +69,12 @@ def evaluate_captioner(model, spec: str, split: str = "test", *, limit: int | No
         references = [[r] for r in refs[lang]]
         for name, value in caption_scores(preds[lang], references, lang).items():
             metrics[f"{prefix}caption_{name}"] = value
-        metrics[f"{prefix}caption_exact"] = float(np.mean([_same(p, r) for p, r in zip(preds[lang], refs[lang])]))
+        metrics[f"{prefix}caption_exact"] = float(np.mean([same_text(p, r) for p, r in zip(preds[lang], refs[lang])]))
         if baseline:
             guesses = _nearest_training_texts(model, spec, lang, np.concatenate(vectors))
             for name, value in caption_scores(guesses, references, lang).items():
                 metrics[f"{prefix}nn_caption_{name}"] = value
-            metrics[f"{prefix}nn_caption_exact"] = float(np.mean([_same(g, r) for g, r in zip(guesses, refs[lang])]))
+            metrics[f"{prefix}nn_caption_exact"] = float(np.mean([same_text(g, r) for g, r in zip(guesses, refs[lang])]))
         metrics[f"{prefix}caption_examples"] = [{"reference": r, "generated": p}
                                                 for r, p in list(zip(refs[lang], preds[lang]))[:5]]
     metrics["skipped"] = skipped.as_dict()

@@ -169,22 +169,47 @@ class Captioner(nn.Module):
     def generate(self, pixels: torch.Tensor, prompts: list[Encoded], max_new_tokens: int,
                  features: torch.Tensor | None = None) -> list[tuple[str, float]]:
         """Greedy answers (KV cache, stopping at eos): [(text, mean probability of its tokens)]."""
+        return [best for best, in self.generate_candidates(pixels, prompts, max_new_tokens, 1, features)]
+
+    @torch.no_grad()
+    def generate_candidates(self, pixels: torch.Tensor, prompts: list[Encoded], max_new_tokens: int, n: int,
+                            features: torch.Tensor | None = None) -> list[list[tuple[str, float]]]:
+        """The `n` best answers to each prompt by beam search of width `n` (greedy for 1), the LM's
+        favourite first: [[(text, mean probability of its tokens)] * n]."""
         embeds, mask, _ = self._spliced(self.visual_prefix(pixels, features), prompts, left_pad=True)
         positions = getattr(self.lm.config, "max_position_embeddings", None)
         if positions:  # a learnt position table ends somewhere
             max_new_tokens = max(1, min(max_new_tokens, positions - embeds.shape[1]))
         out = self.lm.generate(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask, do_sample=False,
-                               max_new_tokens=max_new_tokens, eos_token_id=self.eos, pad_token_id=self.pad,
-                               output_scores=True, return_dict_in_generate=True)
-        new = out.sequences[:, -len(out.scores):] if out.scores else out.sequences[:, :0]  # (B, T) generated ids
-        logp = torch.stack(out.scores, dim=1).float().log_softmax(-1) if out.scores else None  # (B, T, V)
+                               num_beams=n, num_return_sequences=n, max_new_tokens=max_new_tokens,
+                               eos_token_id=self.eos, pad_token_id=self.pad, output_scores=True,
+                               return_dict_in_generate=True)
+        steps = len(out.scores)
+        new = out.sequences[:, -steps:] if steps else out.sequences[:, :0]  # (B * n, T) generated ids
+        if steps:  # each generated token's log-probability, whichever beam it came from
+            logp = self.lm.compute_transition_scores(new, out.scores, getattr(out, "beam_indices", None),
+                                                     normalize_logits=True).float()
         results = []
-        for b in range(len(prompts)):
-            ids = new[b].tolist()
-            n = ids.index(self.eos) if self.eos in ids else len(ids)
-            confidence = float(logp[b, torch.arange(n), new[b, :n]].exp().mean()) if n else 0.0
-            results.append((self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), confidence))
-        return results
+        for row in range(len(new)):
+            ids = new[row].tolist()
+            length = ids.index(self.eos) if self.eos in ids else len(ids)
+            confidence = float(logp[row, :length].exp().mean()) if length else 0.0
+            results.append((self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip(), confidence))
+        return [results[b * n : (b + 1) * n] for b in range(len(prompts))]
+
+    @torch.no_grad()
+    def closest_texts(self, features: torch.Tensor, texts: list[list[str]]) -> list[int]:
+        """For each image, the index of the text among its `texts` that the dual encoder puts closest
+        to it (how a caption is chosen among candidates: the contrastive space judges the fit)."""
+        embedding = features[:, : self.cfg.embed_dim]
+        flat = [t for group in texts for t in group]
+        vectors = F.normalize(self.encoder.encode_text(flat).float(), dim=-1).to(embedding) if flat else None
+        best, start = [], 0
+        for b, group in enumerate(texts):
+            scores = vectors[start : start + len(group)] @ embedding[b] if group else torch.zeros(0)
+            best.append(int(scores.argmax()) if len(group) else -1)
+            start += len(group)
+        return best
 
     def save_assets(self, out_dir: str | Path) -> None:
         out_dir = Path(out_dir)

@@ -77,9 +77,11 @@ class CaptionerModel(Model):
     """A captioner (`visembed train-captioner`): describes images and answers questions about them;
     it is also the dual encoder it was built on (`encode_image`, `encode_text`)."""
 
-    def _answer(self, images: Sequence, conversations: list[list[dict]], max_new_tokens: int):
-        """[(text, confidence)] of the model's next turn in each conversation about its image, the
-        prompt naming the training captions closest to the image where the model was trained so."""
+    def _answer(self, images: Sequence, conversations: list[list[dict]], max_new_tokens: int, candidates: int = 1):
+        """[(text, confidence)] of the model's next turn in each conversation about its image (the
+        prompt naming the training captions closest to the image where the model was trained so).
+        `candidates` > 1: that many answers by beam search, and the one the dual encoder puts
+        closest to the image is kept (the LM proposes, the contrastive space judges the fit)."""
         from visembed.data.conversations import conversation_language
         from visembed.models.chat_format import encode_with_hints
 
@@ -90,14 +92,24 @@ class CaptionerModel(Model):
             hints = self.module.hints_for(features, [conversation_language(t) for t in conversations])
             prompts = [encode_with_hints(self.module.tokenizer, turns, texts, limit, prompt=True)
                        for turns, texts in zip(conversations, hints)]
-            return self.module.generate(pixels, prompts, max_new_tokens, features=features)
+            if candidates <= 1:
+                return self.module.generate(pixels, prompts, max_new_tokens, features=features)
+            found = self.module.generate_candidates(pixels, prompts, max_new_tokens, candidates, features=features)
+            best = self.module.closest_texts(features, [[text for text, _ in group] for group in found])
+            return [group[i] for group, i in zip(found, best)]
 
     @torch.no_grad()
     def caption(self, images: Sequence, *, language: str = "en", detail: bool = False, max_new_tokens: int = 32,
-                batch_size: int = 32) -> list[str]:
+                batch_size: int = 32, candidates: int | None = None) -> list[str]:
         """Alt text for each image: one short sentence (at most 125 characters) in `language`
         ("en" or "zh"), hedged ("May show ...") when the model is unsure; `detail`: a longer
-        description, not shortened."""
+        description, not shortened. `candidates`: captions proposed per image (beam search), of
+        which the one closest to the image in the dual-encoder space is kept; 1: greedy; default:
+        the model's `model.captioner.candidates`."""
+        if candidates is None:
+            candidates = self.config.model.captioner.candidates
+        if candidates < 1:
+            raise ValueError(f"candidates must be 1 or more, got {candidates}")
         from visembed.data.conversations import IMAGE_TOKEN, caption_prompt
 
         if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
@@ -108,7 +120,7 @@ class CaptionerModel(Model):
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            answers = self._answer(chunk, [turns] * len(chunk), max_new_tokens)
+            answers = self._answer(chunk, [turns] * len(chunk), max_new_tokens, candidates)
             out.extend(_alt_text(text, confidence, language, detail) for text, confidence in answers)
         return out
 

@@ -52,7 +52,7 @@ def train_lm_tokenizer(texts: Iterable[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFKC()
+    tok.normalizer = normalizers.NFC()  # not NFKC: Chinese full-width punctuation (，。) stays as written
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<bos>", "<eos>", IMAGE_TOKEN],
