@@ -18,7 +18,7 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     image decoding and the image tower included: the feature cache is off), p50 over 50 images,
     and batched throughput (images/s at batch 32, same settings).
 
-    python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-hints, minilm
+    python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-no-hints, minilm
     python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 --steps 300 --split val
     python benchmarks/caption_quality.py --model runs/cap-gpt2 runs/cap-minilm --json caption.json
 
@@ -40,8 +40,8 @@ CAPTION_CANDIDATES = CaptionerConfig().candidates  # the shipped default
 
 DATA = "builtin:emoji?style=all&size=96"
 CONFIGS = {  # name -> (--lm, --set overrides)
-    "gpt2": ("gpt2", []),  # a small GPT-2 from scratch (the config's width/depth), lr 1e-3
-    "gpt2-hints": ("gpt2", ["model.captioner.hints=3"]),  # the same, 3 retrieved training captions in the prompt
+    "gpt2": ("gpt2", []),  # a small GPT-2 from scratch (the config's width/depth), lr 1e-3, 3 hints in the prompt
+    "gpt2-no-hints": ("gpt2", ["model.captioner.hints=0"]),  # the same without retrieved captions in the prompt
     "minilm": ("minilm", ["train.lr=0.0001"]),  # all-MiniLM-L6-v2 as a decoder: pretrained, a smaller lr
 }
 LATENCY_IMAGES = 50

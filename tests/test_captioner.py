@@ -290,24 +290,13 @@ def test_preparing_the_lm_assets_again_replaces_what_a_killed_run_left(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [LM_DIR]  # no temporary folder left behind
 
 
-@pytest.fixture(scope="module")
-def hinted_captioner_dir(tiny_model_dir, tmp_path_factory):
-    """A tiny captioner trained with 3 hints in its prompts."""
-    from visembed.train.captioner_run import captioner_config, train_captioner
-
-    out = tmp_path_factory.mktemp("hinted_captioner")
-    cfg = captioner_config(tiny_model_dir, SHAPES, steps=8, overrides=TINY_CAPTIONER + ["model.captioner.hints=3"])
-    train_captioner(cfg, out, stage="both", progress=False)
-    return out
-
-
-def test_the_prompt_names_the_training_captions_closest_to_the_image(hinted_captioner_dir):
+def test_the_prompt_names_the_training_captions_closest_to_the_image(tiny_captioner_dir):
     from visembed.data.conversations import caption_prompt, with_hints
     from visembed.models.chat_format import encode_with_hints
 
-    model = visembed.load(hinted_captioner_dir)
+    model = visembed.load(tiny_captioner_dir)
     module = model.module
-    bank = json.loads((hinted_captioner_dir / "hints.json").read_text())
+    bank = json.loads((tiny_captioner_dir / "hints.json").read_text())
     training = list(dict.fromkeys(s.caption for s in open_dataset("builtin:shapes?n=256", "train")))
     assert bank == {"en": training} and module.hints == 3
 
@@ -346,21 +335,23 @@ def test_hints_never_push_an_answer_out_of_the_context(tiny_captioner_dir):
     assert len(encode_with_hints(tokenizer, turns, hints, 10**6).ids) > whole + 10
 
 
-def test_a_captioner_trained_without_hints_has_no_bank(tiny_captioner_dir, tiny_model_dir):
-    from visembed.train.captioner_run import captioner_config
+def test_a_captioner_trained_without_hints_has_no_bank(tiny_model_dir, tmp_path):
+    from visembed.train.captioner_run import captioner_config, train_captioner
     from visembed.train.tasks.captioning import CaptioningTask
 
-    assert visembed.load(tiny_captioner_dir).config.model.captioner.hints == 0  # the default
-    assert not (tiny_captioner_dir / "hints.json").exists()
-    module = visembed.load(tiny_captioner_dir).module
+    cfg = captioner_config(tiny_model_dir, "builtin:shapes?n=64", steps=2,
+                           overrides=TINY_CAPTIONER + ["model.captioner.hints=0"])
+    train_captioner(cfg, tmp_path / "cap", stage="align", progress=False)
+    assert not (tmp_path / "cap" / "hints.json").exists()
+    module = visembed.load(tmp_path / "cap").module
     assert module.hints == 0 and module.hints_for(module.features(torch.zeros(1, 3, 32, 32)), ["en"]) == [[]]
-    sample = open_dataset(SHAPES, "train")[0]
-    cfg = captioner_config(tiny_model_dir, SHAPES, overrides=TINY_CAPTIONER + ["model.captioner.hints=3"])
+    sample = open_dataset("builtin:shapes?n=64", "train")[0]
     assert CaptioningTask(cfg).target(sample)["own"] == {sample.caption}  # left out of its own hints
 
 
 def test_a_caption_is_the_candidate_the_dual_encoder_puts_closest_to_the_image(tiny_captioner_dir):
     from visembed.data.conversations import caption_prompt
+    from visembed.models.chat_format import encode_with_hints
     from visembed.models.inference import _alt_text
 
     model = visembed.load(tiny_captioner_dir)
@@ -369,7 +360,8 @@ def test_a_caption_is_the_candidate_the_dual_encoder_puts_closest_to_the_image(t
     pixels = model.pixels(images)
     features = module.features(pixels)
     limit = model.config.model.captioner.max_tokens
-    prompts = [encode(module.tokenizer, _turns(caption_prompt("en")), limit, prompt=True)] * 3
+    prompts = [encode_with_hints(module.tokenizer, _turns(caption_prompt("en")), hints, limit, prompt=True)
+               for hints in module.hints_for(features, ["en"] * 3)]
     found = module.generate_candidates(pixels, prompts, 12, 4, features=features)
     assert [len(group) for group in found] == [4, 4, 4]
     assert all(0 < confidence <= 1 for group in found for _, confidence in group)

@@ -123,7 +123,7 @@ class CaptionerConfig:
     max_tokens: int = 96  # text tokens of one conversation (the visual prefix comes on top)
     # training captions closest to the image shown in the prompt (SmallCap's retrieval augmentation;
     # the bank is the training data's captions, kept in the model folder); 0: none (measured in README)
-    hints: int = 0
+    hints: int = 3
     # captions proposed per image when captioning (beam search), the one the dual encoder puts
     # closest to the image kept; 1: greedy (measured in README)
     candidates: int = 8
