@@ -362,7 +362,7 @@ def test_a_caption_is_the_candidate_the_dual_encoder_puts_closest_to_the_image(t
     limit = model.config.model.captioner.max_tokens
     prompts = [encode_with_hints(module.tokenizer, _turns(caption_prompt("en")), hints, limit, prompt=True)
                for hints in module.hints_for(features, ["en"] * 3)]
-    found = module.generate_candidates(pixels, prompts, 12, 4, features=features)
+    found = module.generate_candidates(pixels, prompts, 12, 4, features=features, no_repeat=3)
     assert [len(group) for group in found] == [4, 4, 4]
     assert all(0 < confidence <= 1 for group in found for _, confidence in group)
     texts = [[text for text, _ in group] for group in found]
@@ -371,8 +371,12 @@ def test_a_caption_is_the_candidate_the_dual_encoder_puts_closest_to_the_image(t
     assert best == [int((model.encode_text(group) @ image_vectors[b]).argmax()) for b, group in enumerate(texts)]
 
     assert model.caption(images, candidates=4, max_new_tokens=12) == [_alt_text(*found[b][best[b]], "en", False) for b in range(3)]
-    greedy = module.generate(pixels, prompts, 32)
+    greedy = [group[0] for group in module.generate_candidates(pixels, prompts, 32, 1, no_repeat=3)]
     assert model.caption(images, candidates=1) == [_alt_text(text, conf, "en", False) for text, conf in greedy]
+    for text, _ in greedy + [c for group in found for c in group]:  # no 3 tokens twice (a tiny LM loops)
+        ids = module.tokenizer(text, add_special_tokens=False)["input_ids"]
+        runs = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
+        assert len(runs) == len(set(runs)), text
     with pytest.raises(ValueError, match="candidates"):
         model.caption(images, candidates=0)
 

@@ -173,15 +173,18 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def generate_candidates(self, pixels: torch.Tensor, prompts: list[Encoded], max_new_tokens: int, n: int,
-                            features: torch.Tensor | None = None) -> list[list[tuple[str, float]]]:
+                            features: torch.Tensor | None = None,
+                            no_repeat: int | None = None) -> list[list[tuple[str, float]]]:
         """The `n` best answers to each prompt by beam search of width `n` (greedy for 1), the LM's
-        favourite first: [[(text, mean probability of its tokens)] * n]."""
+        favourite first: [[(text, mean probability of its tokens)] * n]. `no_repeat`: no run of that
+        many tokens twice in an answer (a small LM's beams otherwise loop: "The The The ...")."""
         embeds, mask, _ = self._spliced(self.visual_prefix(pixels, features), prompts, left_pad=True)
         positions = getattr(self.lm.config, "max_position_embeddings", None)
         if positions:  # a learnt position table ends somewhere
             max_new_tokens = max(1, min(max_new_tokens, positions - embeds.shape[1]))
         out = self.lm.generate(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask, do_sample=False,
                                num_beams=n, num_return_sequences=n, max_new_tokens=max_new_tokens,
+                               no_repeat_ngram_size=no_repeat or 0,
                                eos_token_id=self.eos, pad_token_id=self.pad, output_scores=True,
                                return_dict_in_generate=True)
         steps = len(out.scores)

@@ -68,6 +68,7 @@ class Model:
         return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
 
 
+CAPTION_NO_REPEAT = 3  # no 3 tokens twice in a caption: beams of a small LM loop ("The The The ...")
 HEDGE_BELOW = 0.5  # mean token probability under which a caption is hedged ("May show ...")
 ALT_TEXT_LIMIT = 125  # characters: screen readers' guidance for alt text
 _IMAGE_OF = re.compile(r"^(an? |the )?(image|picture|photo|photograph) of (an? )?", re.I)
@@ -77,11 +78,13 @@ class CaptionerModel(Model):
     """A captioner (`visembed train-captioner`): describes images and answers questions about them;
     it is also the dual encoder it was built on (`encode_image`, `encode_text`)."""
 
-    def _answer(self, images: Sequence, conversations: list[list[dict]], max_new_tokens: int, candidates: int = 1):
+    def _answer(self, images: Sequence, conversations: list[list[dict]], max_new_tokens: int, candidates: int = 1,
+                no_repeat: int | None = None):
         """[(text, confidence)] of the model's next turn in each conversation about its image (the
         prompt naming the training captions closest to the image where the model was trained so).
         `candidates` > 1: that many answers by beam search, and the one the dual encoder puts
-        closest to the image is kept (the LM proposes, the contrastive space judges the fit)."""
+        closest to the image is kept (the LM proposes, the contrastive space judges the fit);
+        `no_repeat`: see `Captioner.generate_candidates`."""
         from visembed.data.conversations import conversation_language
         from visembed.models.chat_format import encode_with_hints
 
@@ -92,9 +95,10 @@ class CaptionerModel(Model):
             hints = self.module.hints_for(features, [conversation_language(t) for t in conversations])
             prompts = [encode_with_hints(self.module.tokenizer, turns, texts, limit, prompt=True)
                        for turns, texts in zip(conversations, hints)]
-            if candidates <= 1:
-                return self.module.generate(pixels, prompts, max_new_tokens, features=features)
-            found = self.module.generate_candidates(pixels, prompts, max_new_tokens, candidates, features=features)
+            found = self.module.generate_candidates(pixels, prompts, max_new_tokens, candidates, features=features,
+                                                    no_repeat=no_repeat)
+            if candidates == 1:
+                return [group[0] for group in found]
             best = self.module.closest_texts(features, [[text for text, _ in group] for group in found])
             return [group[i] for group, i in zip(found, best)]
 
@@ -120,7 +124,7 @@ class CaptionerModel(Model):
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            answers = self._answer(chunk, [turns] * len(chunk), max_new_tokens, candidates)
+            answers = self._answer(chunk, [turns] * len(chunk), max_new_tokens, candidates, CAPTION_NO_REPEAT)
             out.extend(_alt_text(text, confidence, language, detail) for text, confidence in answers)
         return out
 
