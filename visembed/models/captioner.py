@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -182,11 +183,13 @@ class Captioner(nn.Module):
         positions = getattr(self.lm.config, "max_position_embeddings", None)
         if positions:  # a learnt position table ends somewhere
             max_new_tokens = max(1, min(max_new_tokens, positions - embeds.shape[1]))
-        out = self.lm.generate(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask, do_sample=False,
-                               num_beams=n, num_return_sequences=n, max_new_tokens=max_new_tokens,
-                               no_repeat_ngram_size=no_repeat or 0,
-                               eos_token_id=self.eos, pad_token_id=self.pad, output_scores=True,
-                               return_dict_in_generate=True)
+        with warnings.catch_warnings():  # the n-gram rule applies to the answer only, as wanted here
+            warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds")
+            out = self.lm.generate(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask, do_sample=False,
+                                   num_beams=n, num_return_sequences=n, max_new_tokens=max_new_tokens,
+                                   no_repeat_ngram_size=no_repeat or 0,
+                                   eos_token_id=self.eos, pad_token_id=self.pad, output_scores=True,
+                                   return_dict_in_generate=True)
         steps = len(out.scores)
         new = out.sequences[:, -steps:] if steps else out.sequences[:, :0]  # (B * n, T) generated ids
         if steps:  # each generated token's log-probability, whichever beam it came from
