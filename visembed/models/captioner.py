@@ -119,11 +119,14 @@ class Captioner(nn.Module):
 
     def _bank_vectors(self, language: str) -> torch.Tensor:
         if language not in self._hint_vectors:  # the encoder is frozen: the same vectors every time
-            texts, chunks = self.hint_bank[language], []
-            for start in range(0, len(texts), 512):
-                chunks.append(F.normalize(self.encoder.encode_text(texts[start : start + 512]).float(), dim=-1))
-            self._hint_vectors[language] = torch.cat(chunks)
+            self._hint_vectors[language] = self._text_vectors(self.hint_bank[language])
         return self._hint_vectors[language]
+
+    @torch.no_grad()
+    def _text_vectors(self, texts: list[str], batch_size: int = 512) -> torch.Tensor:
+        """texts -> (T, D) L2-normalised dual-encoder text embeddings, float32."""
+        return torch.cat([F.normalize(self.encoder.encode_text(texts[i : i + batch_size]).float(), dim=-1)
+                          for i in range(0, len(texts), batch_size)])
 
     def visual_prefix(self, pixels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """pixels (B, 3, S, S) in [0, 1] (or their `features`) -> prefix tokens (B, K + N, LM width):
@@ -208,12 +211,10 @@ class Captioner(nn.Module):
         """For each image, the index of the text among its `texts` that the dual encoder puts closest
         to it (how a caption is chosen among candidates: the contrastive space judges the fit)."""
         embedding = features[:, : self.cfg.embed_dim]
-        flat = [t for group in texts for t in group]
-        vectors = F.normalize(self.encoder.encode_text(flat).float(), dim=-1).to(embedding) if flat else None
+        vectors = self._text_vectors([t for group in texts for t in group]).to(embedding)
         best, start = [], 0
-        for b, group in enumerate(texts):
-            scores = vectors[start : start + len(group)] @ embedding[b] if group else torch.zeros(0)
-            best.append(int(scores.argmax()) if len(group) else -1)
+        for b, group in enumerate(texts):  # each group non-empty: one text per candidate
+            best.append(int((vectors[start : start + len(group)] @ embedding[b]).argmax()))
             start += len(group)
         return best
 
