@@ -36,6 +36,11 @@ from pathlib import Path
 
 from visembed.config import CaptionerConfig
 
+try:  # imported from the repository root (python -m benchmarks.caption_quality)
+    from benchmarks.markdown_table import print_table
+except ImportError:  # run as a script: this folder is on sys.path
+    from markdown_table import print_table
+
 CAPTION_CANDIDATES = CaptionerConfig().candidates  # the shipped default
 
 DATA = "builtin:emoji?style=all&size=96"
@@ -228,13 +233,6 @@ COLUMNS = ["config", "lm", "lm_M", "hints", "candidates", "steps", "lr", "batch"
            "latency_p50_ms", "throughput_img_s"]
 
 
-def print_table(rows: list[dict], columns: list[str] = COLUMNS) -> None:
-    print("\n" + " | ".join(columns))
-    print(" | ".join("---" for _ in columns))
-    for row in rows:
-        print(" | ".join(f"{row.get(c):.3f}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vision", type=Path, default=None, help="the dual encoder to train captioners on")
@@ -273,7 +271,7 @@ def main() -> None:
             folder, trained = train_one(name, args.vision, args.data, args.steps, args.batch_size, args.overrides, root)
             rows += [{**row, **trained, "config": name}
                      for row in measure(folder, args.data, args.split, args.limit, timing, args.candidates)]
-    print_table(rows)
+    print_table(rows, COLUMNS)
     print("\nname: alt text containing the emoji's CLDR name; nn_*: the nearest training alt text (retrieval) in the "
           "same run; chat_*: exact answers to the group / subgroup questions; latency: one caption, <= "
           f"{MAX_NEW_TOKENS} new tokens, image tower included, p50 over {args.latency_images} images; throughput at "

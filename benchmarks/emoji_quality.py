@@ -39,8 +39,10 @@ from pathlib import Path
 
 try:  # imported from the repository root (python -m benchmarks.emoji_quality, tests)
     from benchmarks import emoji_search
+    from benchmarks.markdown_table import print_table
 except ImportError:  # run as a script: this folder is on sys.path
     import emoji_search
+    from markdown_table import print_table
 
 CONFIGS = {  # name -> (preset, overrides)
     # a reference set-up: a ConvNet from scratch, OpenMoji only, no style augmentation
@@ -148,13 +150,6 @@ COLUMNS = ["config", "seed", "steps", "train_s", "heldout_n", "heldout_R@1", "he
            "everyday_zh_all"]
 
 
-def print_table(rows: list[dict], columns: list[str] = COLUMNS) -> None:
-    print("\n" + " | ".join(columns))
-    print(" | ".join("---" for _ in columns))
-    for row in rows:
-        print(" | ".join(f"{row.get(c):.3f}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -175,7 +170,7 @@ def main() -> None:
         rows = [run(name, *CONFIGS[name], args.steps, seed, root) for name in args.configs for seed in args.seeds]
         if len(args.seeds) > 1:
             rows += [_mean_row(name, [r for r in rows if r["config"] == name]) for name in args.configs]
-    print_table(rows)
+    print_table(rows, COLUMNS)
     n = next((r for r in rows if "own_train_n" in r), {})
     print(f"\nown_*: each of the {n.get('own_train_n', '?')} training / {n.get('own_heldout_n', '?')} held-out (val+test) "
           "emoji searched by its English name among all of them; everyday_*: share of 20 dev / 20 held-out / 40 "
