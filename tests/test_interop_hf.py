@@ -164,9 +164,11 @@ def test_other_model_types_fail_with_a_clear_error(tmp_path):
     assert result.exit_code == 2 and "SigLIP 2" in result.output
 
 
-def test_finetuning_from_hf_init_runs_and_resumes_exactly(tiny_clip, tmp_path):
-    """`train --init hf:PATH`, then the same run stopped after its first checkpoint and resumed."""
-    args = ["train", "--init", f"hf:{tiny_clip}", "--data", "builtin:shapes?n=96", "--preset", "tiny", "--steps", "4",
+def finetune_and_resume(init: str, data: str, tmp_path) -> tuple[dict, dict, dict]:
+    """`train --init INIT` for 4 steps into tmp_path/whole, and the same run into tmp_path/cut stopped
+    after its step-2 checkpoint and resumed: (the imported starting weights, whole's, cut's).
+    The imported folder is looked up in tmp_path/cache (VISEMBED_CACHE)."""
+    args = ["train", "--init", init, "--data", data, "--preset", "tiny", "--steps", "4",
             "--batch-size", "16", "--checkpoint-every", "2", "--seed", "3", "--no-progress", "--set", "train.warmup_steps=1"]
     runner = CliRunner()
     whole = runner.invoke(app, [*args, "--out", str(tmp_path / "whole")])
@@ -180,8 +182,13 @@ def test_finetuning_from_hf_init_runs_and_resumes_exactly(tiny_clip, tmp_path):
     assert resumed.exit_code == 0 and "resuming from" in resumed.output, resumed.output
 
     start = load_file(str(next((tmp_path / "cache" / "imported").glob("hf-*")) / "model.safetensors"))
-    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    return start, load_file(str(tmp_path / "whole" / "model.safetensors")), \
+        load_file(str(tmp_path / "cut" / "model.safetensors"))
+
+
+def test_finetuning_from_hf_init_runs_and_resumes_exactly(tiny_clip, tmp_path):
+    """`train --init hf:PATH`, then the same run stopped after its first checkpoint and resumed."""
+    start, a, b = finetune_and_resume(f"hf:{tiny_clip}", "builtin:shapes?n=96", tmp_path)
     assert a.keys() == b.keys() == start.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     assert not torch.equal(a["text_projection.weight"], start["text_projection.weight"])  # it did train

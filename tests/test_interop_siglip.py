@@ -171,21 +171,9 @@ def test_siglip_export_to_clip_is_refused(tiny_siglip, tmp_path):
 
 def test_finetuning_from_siglip_init_runs_and_resumes_exactly(tiny_siglip, tmp_path):
     """`train --init hf:SIGLIP` (sigmoid loss), then the same run stopped after its first checkpoint and resumed."""
-    args = ["train", "--init", f"hf:{tiny_siglip}", "--data", "builtin:shapes?n=64", "--preset", "tiny", "--steps", "4",
-            "--batch-size", "16", "--checkpoint-every", "2", "--seed", "3", "--no-progress", "--set", "train.warmup_steps=1"]
-    runner = CliRunner()
-    whole = runner.invoke(app, [*args, "--out", str(tmp_path / "whole")])
-    assert whole.exit_code == 0, whole.output
-    cut = runner.invoke(app, [*args, "--out", str(tmp_path / "cut")])
-    assert cut.exit_code == 0, cut.output
-    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_00000004")
-    (tmp_path / "cut" / "model.safetensors").unlink()
-    resumed = runner.invoke(app, [*args, "--out", str(tmp_path / "cut"), "--resume"])
-    assert resumed.exit_code == 0 and "resuming from" in resumed.output, resumed.output
+    from test_interop_hf import finetune_and_resume
 
-    start = load_file(str(next((tmp_path / "cache" / "imported").glob("hf-*")) / "model.safetensors"))
-    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    start, a, b = finetune_and_resume(f"hf:{tiny_siglip}", "builtin:shapes?n=64", tmp_path)
     assert a.keys() == b.keys() == start.keys() and "vision.head.probe" in a and "logit_bias" in a
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     assert not torch.equal(a["text_projection.weight"], start["text_projection.weight"])  # it did train
