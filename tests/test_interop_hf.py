@@ -131,22 +131,24 @@ def test_hf_import_is_converted_once_and_again_when_the_source_changes(tiny_clip
     assert resolve_model(tmp_path) == tmp_path  # a plain folder comes back unchanged
 
 
+def edited_copy(folder, out, edit):
+    """A copy of the transformers folder `folder` at `out`, its model.safetensors changed by `edit(state)`."""
+    shutil.copytree(folder, out)
+    state = load_file(str(out / "model.safetensors"))
+    edit(state)
+    save_file(state, str(out / "model.safetensors"))
+    return out
+
+
 def test_hf_import_is_strict_about_weights(tiny_clip, tmp_path):
     from visembed.models.sources import resolve_model
 
-    missing = tmp_path / "missing"
-    shutil.copytree(tiny_clip, missing)
-    state = load_file(str(missing / "model.safetensors"))
-    del state["text_projection.weight"]
-    save_file(state, str(missing / "model.safetensors"))
+    missing = edited_copy(tiny_clip, tmp_path / "missing", lambda state: state.pop("text_projection.weight"))
     with pytest.raises(ModelFolderError, match=r"missing: \['text_projection.weight'\]"):
         resolve_model(f"hf:{missing}")
 
-    extra = tmp_path / "extra"
-    shutil.copytree(tiny_clip, extra)
-    state = load_file(str(extra / "model.safetensors"))
-    state["vision_model.head.probe"] = torch.zeros(1, 1, 32)
-    save_file(state, str(extra / "model.safetensors"))
+    extra = edited_copy(tiny_clip, tmp_path / "extra",
+                        lambda state: state.update({"vision_model.head.probe": torch.zeros(1, 1, 32)}))
     with pytest.raises(ModelFolderError, match=r"unexpected: \['vision_model.head.probe'\]"):
         resolve_model(f"hf:{extra}")
     assert not list((tmp_path / "cache" / "imported").glob(".tmp*"))  # failed conversions leave nothing behind

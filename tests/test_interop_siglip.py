@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import visembed
@@ -142,21 +142,16 @@ def test_siglip_without_the_padding_mask_is_transformers_on_ids_alone(tiny_sigli
 
 
 def test_siglip_import_is_strict_about_weights(tiny_siglip, tmp_path):
+    from test_interop_hf import edited_copy
+
     from visembed.models.sources import resolve_model
 
-    missing = tmp_path / "missing"
-    shutil.copytree(tiny_siglip, missing)
-    state = load_file(str(missing / "model.safetensors"))
-    del state["vision_model.head.probe"]
-    save_file(state, str(missing / "model.safetensors"))
+    missing = edited_copy(tiny_siglip, tmp_path / "missing", lambda state: state.pop("vision_model.head.probe"))
     with pytest.raises(ModelFolderError, match=r"SiglipModel .*missing: \['vision_model.head.probe'\]"):
         resolve_model(f"hf:{missing}")
 
-    extra = tmp_path / "extra"
-    shutil.copytree(tiny_siglip, extra)
-    state = load_file(str(extra / "model.safetensors"))
-    state["vision_model.embeddings.class_embedding"] = torch.zeros(32)
-    save_file(state, str(extra / "model.safetensors"))
+    extra = edited_copy(tiny_siglip, tmp_path / "extra",
+                        lambda state: state.update({"vision_model.embeddings.class_embedding": torch.zeros(32)}))
     with pytest.raises(ModelFolderError, match=r"unexpected: \['vision_model.embeddings.class_embedding'\]"):
         resolve_model(f"hf:{extra}")
 
