@@ -74,6 +74,8 @@ def test_a_cjk_student_needs_an_hf_tower_and_its_own_valid_sizes():
         apply_overrides(load_preset("tiny"), ["model.text.cjk_student.enabled=true"])
     with pytest.raises(ConfigError, match="model.text.cjk_student.width"):
         apply_overrides(load_preset("demo"), ["model.text.cjk_student.width=100"])  # not a multiple of 3 heads
+    with pytest.raises(ConfigError, match="model.text.cjk_student.dictionary_pairs"):
+        apply_overrides(load_preset("demo"), ["model.text.cjk_student.dictionary_pairs=-1"])
 
 
 def test_a_preset_that_is_not_an_object_names_its_file(tmp_path):

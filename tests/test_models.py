@@ -141,6 +141,25 @@ def test_text_towers_tokenize_then_forward_as_encode_text_does(preset, tokenizer
         torch.testing.assert_close(composed, model.encode_text(texts))
 
 
+@pytest.mark.parametrize("pool, causal", [("eos", True), ("last", False)])
+def test_text_encode_cuts_padding_only_where_nothing_reads_it(pool, causal, tokenizer_dir):
+    """CLIP-style towers (causal, pooled at <eos>) run on the batch's longest text, not the whole
+    context (names are a third of it); SigLIP-style ones (pooled at the last position) need it all."""
+    cfg = apply_overrides(_small("tiny"), [f"model.text.pool={pool}", f"model.text.causal={str(causal).lower()}"])
+    tower = build_model(cfg.model, tokenizer_dir).eval().text
+    texts = ["dog face", "a small red circle"]
+    seen = []
+    tower.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    ids, mask = tower.tokenize(texts)
+    with torch.no_grad():
+        full = tower(ids, mask)
+        cut = tower.encode(texts)
+    longest = int(mask.sum(dim=1).max())
+    assert longest < ids.shape[1]
+    assert seen[-1] == (longest if pool == "eos" else ids.shape[1])
+    torch.testing.assert_close(cut, full)
+
+
 def test_frozen_tower_cache_is_bounded_least_recently_used_first(tokenizer_dir):
     model = build_model(_small("demo-scratch").model, tokenizer_dir).eval()
     model.text.cache_limit = 3

@@ -29,3 +29,24 @@ def test_distillation_maps_chinese_names_onto_their_english_features(tmp_path):
     assert loss < 0.3
     assert _match_rate(text, pairs) > max(0.8, before + 0.5)
     assert torch.equal(text._encode_teacher([en for _, en in pairs]), teacher_before)  # the teacher stays frozen
+
+
+def test_dictionary_pairs_teach_words_the_names_lack(tmp_path):
+    """Half of each batch from the dictionary: its words land on their English features, which
+    distillation on the names alone does not do."""
+    from visembed.data.dictionary import cedict_pairs
+
+    names = translation_pairs(open_dataset("builtin:emoji?limit=300", "train"))[:48]
+    known = {zh for zh, _ in names}
+    words = [(zh, en) for zh, en in cedict_pairs(2000, seed=0) if zh not in known][:48]
+    train_bpe_tokenizer([t for pair in names + words for t in pair], 600, tmp_path / "tokenizer.json")
+    cfg = apply_overrides(load_preset("demo-scratch"), ["model.text.vocab_size=600", "model.text.width=64", "model.text.depth=1",
+                                                "model.text.heads=2", "model.vision.channels=[8,16]"])
+    rates = {}
+    for with_words in (False, True):
+        torch.manual_seed(0)
+        text = build_model(cfg.model, tmp_path).train().text
+        distill_student(text, names, steps=200, batch_size=48, lr=3e-3, seed=0, dictionary=words if with_words else [])
+        rates[with_words] = (_match_rate(text, names), _match_rate(text, words))
+    assert rates[True][1] > max(0.6, rates[False][1] + 0.4)  # the dictionary's words are learnt
+    assert rates[True][0] > 0.6  # and the names still are, with half the batch each

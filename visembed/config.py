@@ -75,6 +75,7 @@ class StudentConfig:
     mlp_ratio: float = 4.0
     activation: Literal["gelu", "quick_gelu"] = "gelu"
     distill_steps: int = 0  # before training: pull student(zh name) onto teacher(en name)
+    dictionary_pairs: int = 0  # CC-CEDICT word pairs distilled beside the data's names (half of each batch)
 
 
 @dataclass
@@ -322,7 +323,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if t.cjk_student.enabled:
         _require(t.kind == "hf", "model.text.cjk_student.enabled", "false unless model.text.kind is 'hf'", True)
         _check_transformer(t.cjk_student, "model.text.cjk_student")
-        _at_least(t.cjk_student, "model.text.cjk_student", 0, "distill_steps")
+        _at_least(t.cjk_student, "model.text.cjk_student", 0, "distill_steps", "dictionary_pairs")
     _at_least(m, "model", 1, "embed_dim")
     c = m.captioner
     if m.architecture == "captioner":

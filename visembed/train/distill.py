@@ -3,6 +3,10 @@
 student's feature of the Chinese name is pulled onto the frozen teacher's feature of the English
 name. Chinese queries then land where their English translations do, and inherit what the image
 tower learns against English captions, without spending image-training time on a second language.
+
+`dictionary` pairs (CC-CEDICT words, `visembed.data.dictionary`) teach the words and characters
+the captions lack: then half of every batch comes from them and half from the data's own pairs, so
+the names the student is asked about most keep their weight however large the dictionary.
 """
 
 from __future__ import annotations
@@ -24,24 +28,37 @@ def translation_pairs(dataset, source: str = "zh", target: str = "en") -> list[t
 
 
 def distill_student(text_tower, pairs: list[tuple[str, str]], *, steps: int, batch_size: int = 128,
-                    lr: float = 1e-3, seed: int = 0, progress: bool = False) -> float:
+                    lr: float = 1e-3, seed: int = 0, progress: bool = False,
+                    dictionary: list[tuple[str, str]] = ()) -> float:
     """Train `text_tower.student` (+ its projection) so student(source) ~ teacher(target); returns the
-    last loss (1 - cosine). Deterministic for a seed; the teacher stays frozen."""
+    last loss (1 - cosine). Deterministic for a seed; the teacher stays frozen. With `dictionary`
+    pairs, each batch is half `pairs`, half `dictionary`."""
     if not pairs:
         raise ValueError("no translation pairs to distil the CJK student from")
     params = list(text_tower.student.parameters()) + list(text_tower.student_proj.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
-    sources = [s for s, _ in pairs]
-    with torch.no_grad():
-        targets = text_tower._encode_teacher([t for _, t in pairs]).float()  # (P, width), L2-normalised
-    loss = torch.tensor(0.0)
+    everything = list(pairs) + list(dictionary)
+    sources = [s for s, _ in everything]
     from tqdm import tqdm
+
+    with torch.no_grad():  # (P, width), L2-normalised; distinct targets encoded once
+        distinct = list(dict.fromkeys(t for _, t in everything))
+        row = {t: i for i, t in enumerate(distinct)}
+        encoded = torch.cat([text_tower._encode_teacher(distinct[i : i + 1024]).float()
+                             for i in tqdm(range(0, len(distinct), 1024), desc="teacher features",
+                                           disable=not progress or len(distinct) <= 4096)])
+        targets = encoded[[row[t] for _, t in everything]]
+    loss = torch.tensor(0.0)
+    own = min(batch_size, len(pairs)) if not dictionary else max(1, batch_size // 2)
 
     for step in tqdm(range(steps), desc="distil CJK student", disable=not progress):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, lr, max(1, steps // 10), steps)
-        index = torch.randint(len(pairs), (min(batch_size, len(pairs)),), generator=generator)  # (B,)
+        index = torch.randint(len(pairs), (own,), generator=generator)  # (B,)
+        if dictionary:  # the other half from the dictionary, which follows `pairs` in `everything`
+            extra = torch.randint(len(dictionary), (batch_size - own,), generator=generator) + len(pairs)
+            index = torch.cat([index, extra])
         student = text_tower.student_proj(text_tower.student.encode([sources[i] for i in index.tolist()]))  # (B, width)
         loss = 1 - F.cosine_similarity(student.float(), targets[index].to(student.device), dim=-1).mean()
         optimizer.zero_grad(set_to_none=True)

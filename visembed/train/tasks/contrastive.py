@@ -5,6 +5,7 @@ distilled from a frozen English text tower before training.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -38,7 +39,10 @@ class ContrastiveTask:
             from visembed.models.bpe_tokenizer import train_bpe_tokenizer
 
             every_language = self.cfg.data.language == "both" or m.text.cjk_student.enabled
-            train_bpe_tokenizer(_caption_texts(dataset, every_language), bpe_vocab_size(m), out_dir)
+            texts = _caption_texts(dataset, every_language)
+            if m.text.cjk_student.enabled and m.text.cjk_student.dictionary_pairs:  # its words too
+                texts = itertools.chain(texts, (word for pair in self._dictionary() for word in pair))
+            train_bpe_tokenizer(texts, bpe_vocab_size(m), out_dir)
 
     def configure(self, model: nn.Module) -> None:
         pass  # the towers decide (locked groups, a frozen text tower)
@@ -62,9 +66,18 @@ class ContrastiveTask:
 
             with torch.random.fork_rng(devices=[]):  # every rank distils identically; the main RNG stays as seeded
                 loss = distill_student(model.text, translation_pairs(dataset), steps=student.distill_steps,
-                                       seed=tc.seed, progress=progress)
+                                       seed=tc.seed, progress=progress, dictionary=self._dictionary())
             if self.main:
                 print(f"CJK student distilled from the frozen text tower (1 - cos = {loss:.3f})")
+
+    def _dictionary(self) -> list[tuple[str, str]]:
+        """The CC-CEDICT pairs the CJK student learns beside the data's names (none unless asked)."""
+        limit = self.cfg.model.text.cjk_student.dictionary_pairs
+        if not limit:
+            return []
+        from visembed.data.dictionary import cedict_pairs
+
+        return cedict_pairs(limit, seed=self.cfg.train.seed)
 
     def backward(self, model: nn.Module, micro_batches: list[MicroBatch], autocast: Autocast) -> dict[str, float]:
         return contrastive_backward(model, self.loss_fn, micro_batches, autocast, self.bank)
