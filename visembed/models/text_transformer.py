@@ -79,7 +79,8 @@ class TextTransformer(nn.Module):
         ids, mask = self.tokenize(texts)
         if self.pool_kind == "eos" and self.causal:
             # nothing reads the padding after the batch's longest text (causal attention, pooled at
-            # <eos>): cut it, the same features for a fraction of the work (names are ~8 of 24 tokens)
+            # <eos>): cut it, the same features for a fraction of the work (a Chinese name is ~4
+            # of the student's 24 tokens)
             longest = int(mask.sum(dim=1).max())
             ids, mask = ids[:, :longest], mask[:, :longest]
         return self(ids, mask)
