@@ -16,7 +16,7 @@ from PIL import Image
 
 import visembed
 from visembed.data import open_dataset
-from visembed.index import IndexStoreError, Searcher, VectorIndex, add_to_index, build_index
+from visembed.index import IndexStoreError, Searcher, add_to_index, build_index, open_store
 from visembed.index.embed import embed_dataset, read_shards
 
 SHAPES = "builtin:shapes?n=300"  # train split: 240 scenes
@@ -76,13 +76,13 @@ def test_build_from_a_folder_skips_broken_images_and_serves_originals(tiny_model
     (data / "broken.txt").write_text("not really a picture")
 
     out = build_index(tiny_model_dir, str(data), tmp_path / "index", progress=False)
-    index = VectorIndex.open(out)
+    index = open_store(out)
     assert len(index) == 4
     manifest = json.loads((out / "index.json").read_text())
     assert sum(manifest["skipped"].values()) == 1 and manifest["model_dir"] == str(Path(tiny_model_dir).resolve())
 
     searcher = Searcher.open(out)
-    red = next(item for item in index.items if item["caption"] == "a red square")
+    red = next(item for item in index.meta(index.ids()) if item["caption"] == "a red square")
     assert searcher.image_file(red["id"]).read_bytes() == (data / "red.png").read_bytes()
     thumb, media_type = searcher.thumbnail(red["id"])
     assert media_type == "image/jpeg" and max(Image.open(io.BytesIO(thumb)).size) == 128
@@ -103,8 +103,8 @@ def test_build_reports_unusable_inputs_clearly(tiny_model_dir, tmp_path):
 
 def test_shared_shapes_index_opens_and_searches(tiny_model_dir, tmp_path_factory):
     searcher = Searcher.open(shapes_index(tiny_model_dir, tmp_path_factory))
-    assert len(searcher.index) == 240
-    item = searcher.index.items[7]
+    assert len(searcher.store) == 240
+    item = searcher.item(searcher.store.ids()[7])
     hits = searcher.similar(item["id"], k=5)
     assert len(hits) == 5 and item["id"] not in [h.id for h in hits]
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -132,7 +132,7 @@ def test_identical_weights_reuse_shards_and_other_weights_are_refused(tiny_model
 
 def test_without_a_split_every_image_is_indexed(tiny_model_dir, tmp_path):
     out = build_index(tiny_model_dir, "builtin:shapes?n=30", tmp_path / "index", progress=False)
-    assert len(VectorIndex.open(out)) == 30  # the train split alone would be 24
+    assert len(open_store(out)) == 30  # the train split alone would be 24
 
 
 def test_add_new_items_without_a_rebuild(tiny_model_dir, tmp_path):
@@ -141,12 +141,12 @@ def test_add_new_items_without_a_rebuild(tiny_model_dir, tmp_path):
     from visembed.serve.app import create_app
 
     out = build_index(tiny_model_dir, "builtin:shapes?n=30", tmp_path / "index", split="train", progress=False)
-    before = VectorIndex.open(out)
+    before = open_store(out)
     report = add_to_index(out, "builtin:shapes?n=30", progress=False, shard_size=4)  # every split: 6 new scenes
     assert (report.added, report.already_indexed, report.total) == (6, 24, 30)
-    index = VectorIndex.open(out)
-    new_ids = [item["id"] for item in index.items[24:]]
-    assert index.items[:24] == before.items and not set(new_ids) & set(before.row_of)
+    index = open_store(out)
+    new_ids = index.ids()[24:]
+    assert index.meta(index.ids()[:24]) == before.meta(before.ids()) and not set(new_ids) & set(before.ids())
     assert (out / "embeddings" / "added_00001.npy").exists()  # 6 new items in shards of 4
 
     searcher = Searcher.open(out)
@@ -164,4 +164,4 @@ def test_add_new_items_without_a_rebuild(tiny_model_dir, tmp_path):
     again = add_to_index(out, "builtin:shapes?n=30", progress=False)
     assert (again.added, again.already_indexed) == (0, 30)
     rebuilt = build_index(tiny_model_dir, "builtin:shapes?n=30", out, split="train", progress=False)
-    assert {item["id"] for item in VectorIndex.open(rebuilt).items} == set(index.row_of)  # a rerun keeps added items
+    assert set(open_store(rebuilt).ids()) == set(index.ids())  # a rerun keeps added items

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import visembed
-from visembed.index import VectorIndex, add_to_index, build_index
+from visembed.index import add_to_index, build_index, open_store
 from visembed.index.embed import embed_samples
 
 COLOURS = [(220, 30, 30), (30, 180, 60), (40, 60, 220), (240, 210, 20), (200, 0, 200), (0, 200, 200),
@@ -31,8 +31,8 @@ def write_manifest(folder, n, captions=None, prefix="img"):
 
 
 def captions_of(index_dir):
-    index = VectorIndex.open(index_dir)
-    return {index.items[row]["id"]: index.items[row]["caption"] for row in index.live_rows()}
+    store = open_store(index_dir)
+    return {item["id"]: item["caption"] for item in store.meta(store.ids())}
 
 
 def test_a_shrunk_manifest_and_a_changed_caption_are_not_served_stale(tiny_model_dir, tmp_path):
@@ -57,19 +57,19 @@ def test_an_image_rewritten_in_place_is_embedded_again(tiny_model_dir, tmp_path)
     build_index(tiny_model_dir, spec, out, progress=False, shard_size=4)
     Image.new("RGB", (48, 48), (0, 0, 0)).save(data / "img-0.png")  # new size and mtime
     build_index(tiny_model_dir, spec, out, progress=False, shard_size=4)
-    index = VectorIndex.open(out)
+    index = open_store(out)
     assert json.loads((out / "index.json").read_text())["reused_shards"] == 0
     fresh = visembed.load(tiny_model_dir).encode_image([str(data / "img-0.png")])[0]
-    assert float(index.vectors[index.row_of["img-0"]] @ fresh) == pytest.approx(1.0, abs=1e-4)
+    assert float(index.vectors(["img-0"])[0] @ fresh) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_deletions_survive_a_rebuild_and_can_be_undone(tiny_model_dir, tmp_path):
     data, out = tmp_path / "data", tmp_path / "index"
     spec = write_manifest(data, 6)
     build_index(tiny_model_dir, spec, out, progress=False, shard_size=4)
-    index = VectorIndex.open(out)
+    index = open_store(out)
     index.delete(["img-2", "img-5"])  # what `visembed index delete` does
-    index.save(out)
+    index.commit()
 
     build_index(tiny_model_dir, spec, out, progress=False, shard_size=4)
     assert sorted(captions_of(out)) == ["img-0", "img-1", "img-3", "img-4"]

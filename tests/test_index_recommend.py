@@ -1,10 +1,10 @@
-"""Rocchio, MMR and explanations on small hand-checkable vectors, then through a real index."""
+"""Rocchio, MMR and explanations on small hand-checkable vectors, then through a real store (by ids)."""
 
 import numpy as np
 import pytest
 
 from visembed.index.recommend import mmr, nearest_liked, normalise, preference_vector, recommend
-from visembed.index.store import UnknownItem, VectorIndex
+from visembed.index.backends import UnknownItem, create_store
 
 E = np.eye(3, dtype=np.float32)
 
@@ -50,18 +50,20 @@ def clustered_index():
     x = np.concatenate([c + 0.05 * rng.standard_normal((20, 8)) for c in centres]).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     items = [{"id": f"c{i // 20}-{i % 20}", "caption": ""} for i in range(60)]
-    return VectorIndex.build(x, items)
+    store = create_store(None, 8)
+    store.add([item["id"] for item in items], x, items)
+    return store
 
 
 def test_recommend_excludes_seen_items_and_explains_each_result():
     index = clustered_index()
     liked, disliked = ["c0-0", "c0-1", "c1-0"], ["c2-0"]
     recs = recommend(index, liked, disliked, k=10, lam=0.7)
-    ids = [index.items[r.row]["id"] for r in recs]
+    ids = [r.id for r in recs]
     assert len(ids) == 10 and not set(ids) & set(liked + disliked)
     assert not any(i.startswith("c2") for i in ids)  # the disliked cluster stays out
     for rec, item_id in zip(recs, ids):
-        because = index.items[rec.because_row]["id"]
+        because = rec.because
         assert because in liked and because[:2] == item_id[:2]  # explained by a liked item of its own cluster
     assert [r.score for r in recommend(index, liked, k=5, lam=1.0)] == sorted(
         [r.score for r in recommend(index, liked, k=5, lam=1.0)], reverse=True)
@@ -72,7 +74,7 @@ def test_recommend_diversity_reaches_the_second_liked_cluster():
     liked = ["c0-0", "c0-1", "c0-2", "c1-0"]  # mostly cluster 0: the preference leans that way
     plain = recommend(index, liked, k=5, lam=1.0)
     diverse = recommend(index, liked, k=5, lam=0.55)
-    clusters = lambda recs: {index.items[r.row]["id"][:2] for r in recs}  # noqa: E731
+    clusters = lambda recs: {r.id[:2] for r in recs}  # noqa: E731
     assert clusters(plain) == {"c0"}
     assert clusters(diverse) == {"c0", "c1"}
 

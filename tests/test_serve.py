@@ -189,13 +189,13 @@ def test_faiss_searches_run_single_threaded_in_the_request_thread(client):
 
     import faiss
 
-    index = client.app.state.searcher.index
-    assert index.search_threads == 1
+    store = client.app.state.searcher.store
+    assert store.search_threads == 1
     seen = []
 
     def search_in_a_fresh_thread():  # as a thread-pool worker: libgomp's setting is per thread
         faiss.omp_set_num_threads(2)  # whatever the thread started with (OMP_NUM_THREADS, cores)
-        index.search(index.vectors[:1], 3)
+        store.search(store.vectors(store.ids()[:1]), 3)
         seen.append(faiss.omp_get_max_threads())
 
     worker = threading.Thread(target=search_in_a_fresh_thread)

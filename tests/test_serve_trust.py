@@ -166,7 +166,7 @@ def test_a_running_server_follows_deletions_adds_and_rebuilds(tiny_model_dir, tm
         report = add_to_index(out, "builtin:shapes?n=30", progress=False)  # committed elsewhere
         assert (report.added, report.still_deleted) == (6, 1)  # the deleted one stays deleted
         assert client.get("/healthz").json()["items"] == 29
-        assert client.app.state.searcher.index.search_threads == 1  # the settings carry over a reload
+        assert client.app.state.searcher.store.search_threads == 1  # the settings carry over a reload
 
         (out / "index.json").write_text("{ not json")  # a broken commit: keep serving the last good one
         assert client.get("/healthz").json()["items"] == 29

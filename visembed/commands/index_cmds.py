@@ -37,8 +37,8 @@ def build(
     forget_deletions: bool = typer.Option(False, "--forget-deletions", help="Bring back items removed with `index delete`."),
 ) -> None:
     """Embed every image of a dataset (sharded, resumable) and build a FAISS index over it."""
+    from visembed.index.backends.faiss_kinds import IndexSettings
     from visembed.index.build import build_index
-    from visembed.index.store import IndexSettings
     from visembed.models.sources import resolve_model
 
     with friendly_errors():
@@ -79,13 +79,13 @@ def delete(
     ids: list[str] = typer.Argument(..., help="Item ids to remove."),
 ) -> None:
     """Remove items from an index (no rebuild: they are filtered out of every search)."""
-    from visembed.index.store import VectorIndex
+    from visembed.index.backends import open_store
 
     with friendly_errors():
-        index = VectorIndex.open(index_dir)
-        removed = index.delete(ids)
-        index.save(index_dir)
-    typer.echo(f"removed {removed}; {len(index)} items left")
+        store = open_store(index_dir)
+        removed = store.delete(ids)
+        store.commit()
+    typer.echo(f"removed {removed}; {len(store)} items left")
 
 
 def search(
@@ -130,14 +130,14 @@ def recommend(
 
     Seen items are left out; results are diversified (MMR) and each names its nearest liked item.
     """
+    from visembed.index.backends import open_store
     from visembed.index.searcher import Searcher
-    from visembed.index.store import VectorIndex
 
     with friendly_errors():
         liked, disliked = _id_lists(ctx.args)
         if not liked:
             raise ValueError("give at least one --liked ID")
-        searcher = Searcher(VectorIndex.open(index_dir), None, index_dir)  # vectors only: no model needed
+        searcher = Searcher(open_store(index_dir), None, index_dir)  # vectors only: no model needed
         hits = searcher.recommend(liked, disliked, k, lam=mmr_lambda)
     _print_hits(hits, as_json)
 

@@ -1,11 +1,11 @@
-"""Search and recommendation over embeddings: shards -> FAISS index -> queries.
+"""Search and recommendation over embeddings: shards -> a vector store (`backends/`) -> queries.
 
     from visembed.index import build_index, Searcher
     build_index("runs/demo", "builtin:emoji", "runs/demo-index")
     add_to_index("runs/demo-index", "more_photos/")  # later: new items, no rebuild
     Searcher.open("runs/demo-index").search_text("a red apple", k=5)
 
-Names load on first use, so `visembed.index.store` works without torch being imported.
+Names load on first use, so `visembed.index.backends` works without torch being imported.
 """
 
 import importlib
@@ -13,8 +13,10 @@ import importlib
 _WHERE = {
     "build_index": "build", "add_to_index": "build", "AddReport": "build",
     "Searcher": "searcher", "Hit": "searcher",
-    "VectorIndex": "store", "IndexSettings": "store", "IndexStoreError": "store", "IndexNotFound": "store",
-    "CorruptIndex": "store", "UnknownItem": "store", "NonFiniteVectors": "store",
+    "VectorStore": "backends", "Matches": "backends", "open_store": "backends", "create_store": "backends",
+    "IndexStoreError": "backends", "IndexNotFound": "backends", "CorruptIndex": "backends", "UnknownItem": "backends",
+    "NonFiniteVectors": "backends",
+    "FaissStore": "backends.faiss_store", "IndexSettings": "backends.faiss_kinds",
     "preference_vector": "recommend", "mmr": "recommend", "nearest_liked": "recommend", "recommend": "recommend",
 }
 
@@ -22,6 +24,8 @@ __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):
+    if name == "VectorIndex":  # the FAISS store's name before backends/ (index folders are the same)
+        name = "FaissStore"
     if name not in _WHERE:
         raise AttributeError(f"module 'visembed.index' has no attribute {name!r}")
     return getattr(importlib.import_module(f"visembed.index.{_WHERE[name]}"), name)

@@ -18,7 +18,8 @@ from visembed.data import SkipCounter
 from visembed.index.embed import (
     ADDED_PREFIX, SHARD_SIZE, embed_dataset, embed_samples, read_shards, remove_unreferenced_shards, shard_stem,
 )
-from visembed.index.store import IndexSettings, IndexStoreError, VectorIndex
+from visembed.index.backends import IndexStoreError, VectorStore, create_store, open_store
+from visembed.index.backends.faiss_kinds import IndexSettings
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -66,7 +67,7 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     if previous is not None:
         vectors, items = _with_added_items(previous, vectors, items)
         if keep_deletions:
-            deleted_ids = _deleted_ids(previous)
+            deleted_ids = previous.deleted_ids()
     if not items:
         raise IndexStoreError(f"no usable images in {data_spec!r} ({skipped.summary()})")
     info = {"model_dir": str(model_dir), "weights_sha256": fingerprint, "data_spec": data_spec, "split": split,
@@ -74,21 +75,22 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
             "data_roots": data_roots(items)}
     if previous is not None and previous.info.get("added"):
         info["added"] = previous.info["added"]
-    index = VectorIndex.build(vectors, items, settings, info)
-    still_there = [i for i in deleted_ids if i in index]
+    store = create_store(out_dir, vectors.shape[1], settings=settings, info=info)
+    store.add([item["id"] for item in items], vectors, items)
+    still_there = [i for i in deleted_ids if i in store]
     if still_there:
-        index.delete(still_there)
-    index.save(out_dir)  # commits; only then may the files it no longer needs go
-    remove_unreferenced_shards(out_dir, set(report.names) | _added_shards(index.items))
+        store.delete(still_there)
+    store.commit()  # only then may the files it no longer needs go
+    remove_unreferenced_shards(out_dir, set(report.names) | _added_shards(items))
     return out_dir
 
 
-def _committed_index(out_dir: Path, fingerprint: str) -> VectorIndex | None:
+def _committed_index(out_dir: Path, fingerprint: str) -> VectorStore | None:
     """The index an earlier build or add committed in `out_dir`, if any; made with other weights
     it cannot be refreshed (its added items would not be comparable)."""
     if not (out_dir / "index.json").exists():
         return None
-    previous = VectorIndex.open(out_dir)  # a corrupt one raises CorruptIndex: never silently dropped
+    previous = open_store(out_dir)  # a corrupt one raises CorruptIndex: never silently dropped
     recorded = previous.info.get("weights_sha256")
     if recorded and recorded != fingerprint:
         raise IndexStoreError(f"the index in {out_dir} was built with another model (its weights differ); "
@@ -105,21 +107,16 @@ def _added_shards(items: list[dict]) -> set[str]:
     return {shard_stem(Path(item["thumb"][0]).name) for item in items if _is_added(item)}
 
 
-def _with_added_items(previous: VectorIndex, vectors, items: list[dict]):
+def _with_added_items(previous: VectorStore, vectors, items: list[dict]):
     """The rebuilt rows plus the committed index's live added items whose ids the data does not
     hold (their vectors come from the committed index, never from `added_*` shard files)."""
     import numpy as np
 
     ids = {item["id"] for item in items}
-    rows = [row for row in previous.live_rows() if _is_added(previous.items[row]) and previous.items[row]["id"] not in ids]
-    if not rows:
+    kept = [item for item in previous.meta(previous.ids()) if _is_added(item) and item["id"] not in ids]
+    if not kept:
         return vectors, items
-    return np.concatenate([vectors, previous.vectors[rows]]), items + [dict(previous.items[row]) for row in rows]
-
-
-def _deleted_ids(previous: VectorIndex) -> set[str]:
-    """Ids deleted in the committed index and not added back since."""
-    return {previous.items[row]["id"] for row in previous.deleted} - {previous.items[r]["id"] for r in previous.live_rows()}
+    return np.concatenate([vectors, previous.vectors([item["id"] for item in kept])]), items + kept
 
 
 def data_roots(items: list[dict], previous: list[str] = ()) -> list[str]:
@@ -152,7 +149,7 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
     from visembed.data import open_dataset
 
     index_dir = Path(index_dir)
-    index = VectorIndex.open(index_dir)
+    index = open_store(index_dir)
     model_dir = Path(model_dir or index.info.get("model_dir") or "")
     if not str(model_dir) or not model_dir.is_dir():
         raise IndexStoreError(f"the model folder {str(model_dir)!r} that made this index is not there; "
@@ -169,9 +166,9 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
     dataset = open_dataset(data_spec, split, language=language)
     report = AddReport()
     # shards of an earlier `add` that was killed before it committed: never part of the index
-    remove_unreferenced_shards(index_dir, _added_shards(index.items), prefixes=(ADDED_PREFIX,))
+    remove_unreferenced_shards(index_dir, _added_shards(index.meta(index.ids())), prefixes=(ADDED_PREFIX,))
 
-    deleted = _deleted_ids(index)
+    deleted = index.deleted_ids()
 
     def new_samples():  # a stream: a large source is never held in memory
         seen = set()
@@ -193,12 +190,12 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
     if getattr(dataset, "skipped", None) is not None:
         report.skipped.update(dataset.skipped)  # rows the source itself left out
     if items:
-        index.add(vectors, items)
+        index.add([item["id"] for item in items], vectors, items)
         index.info["data_roots"] = data_roots(items, index.info.get("data_roots") or [])
     report.added = len(items)
     index.info["skipped"] = _merged(index.info.get("skipped") or {}, report.skipped.as_dict())
     index.info.setdefault("added", []).append({"data_spec": data_spec, "split": split, "items": report.added})
-    index.save(index_dir)  # new data files first, then index.json switches to them atomically
+    index.commit()  # new data files first, then index.json switches to them atomically
     report.total = len(index)
     return report
 

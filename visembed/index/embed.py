@@ -33,7 +33,7 @@ import numpy as np
 
 from visembed.atomic import atomic_write_bytes, atomic_write_json, atomic_write_npy
 from visembed.data import SkipCounter, decoded
-from visembed.index.store import IndexStoreError
+from visembed.index.backends.base import IndexStoreError
 
 SHARD_SIZE = 1000
 ADDED_PREFIX = "added"  # shards of items added after the build: never renumbered by a rebuild

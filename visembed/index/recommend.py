@@ -2,7 +2,7 @@
 and an explanation ("because you liked X") for each result.
 
 The three building blocks are pure numpy on L2-normalised vectors, so they can be checked by hand;
-`recommend` wires them to a `VectorIndex`.
+`recommend` wires them to a vector store (`backends.VectorStore`), by ids only.
 """
 
 from __future__ import annotations
@@ -64,31 +64,29 @@ def nearest_liked(results: np.ndarray, liked: np.ndarray) -> tuple[np.ndarray, n
 
 @dataclass
 class Recommendation:
-    row: int
+    id: str
     score: float  # similarity to the preference vector
-    because_row: int  # the liked item this result is closest to
+    because: str  # the liked item this result is closest to
     because_score: float
 
 
-def recommend(index, liked_ids: Sequence[str], disliked_ids: Sequence[str] = (), k: int = 10, *,
+def recommend(store, liked_ids: Sequence[str], disliked_ids: Sequence[str] = (), k: int = 10, *,
               lam: float = 0.7, pool: int = 0, disliked_weight: float = 0.5) -> list[Recommendation]:
     """Items for someone who liked `liked_ids` and disliked `disliked_ids`; seen items are excluded.
+    An unknown or deleted id raises `UnknownItem`.
 
-    `pool` candidates (default max(5k, 50)) come from the index by the preference vector; MMR
+    `pool` candidates (default max(5k, 50)) come from the store by the preference vector; MMR
     with `lam` chooses k of them.
     """
-    liked_rows = index.rows(liked_ids)
-    disliked_rows = index.rows(disliked_ids)
-    liked = index.vectors[liked_rows]  # (L, D)
-    disliked = index.vectors[disliked_rows] if disliked_rows else None
+    liked_ids, disliked_ids = list(liked_ids), list(disliked_ids)
+    liked = store.vectors(liked_ids)  # (L, D)
+    disliked = store.vectors(disliked_ids) if disliked_ids else None
     pref = preference_vector(liked, disliked, disliked_weight=disliked_weight)
-    scores, rows = index.search(pref[None], pool or max(5 * k, 50), exclude_rows=liked_rows + disliked_rows)
-    keep = rows[0] >= 0
-    rows, scores = rows[0][keep], scores[0][keep]
-    if len(rows) == 0:
+    (found,) = store.search(pref[None], pool or max(5 * k, 50), exclude_ids=liked_ids + disliked_ids)
+    if not found.ids:
         return []
-    candidates = index.vectors[rows]  # (C, D)
+    candidates = store.vectors(found.ids)  # (C, D)
     picked = mmr(pref, candidates, k, lam, relevance=candidates @ pref)
     because, because_score = nearest_liked(candidates[picked], liked)
-    return [Recommendation(int(rows[p]), float(scores[p]), liked_rows[int(b)], float(s))
+    return [Recommendation(found.ids[p], float(found.scores[p]), liked_ids[int(b)], float(s))
             for p, b, s in zip(picked, because, because_score)]

@@ -1,16 +1,15 @@
-"""A model and an index together: what the CLI and the HTTP service both ask questions of.
+"""A model and a vector store together: what the CLI and the HTTP service both ask questions of.
+Everything here speaks ids; the store (`backends.VectorStore`) keeps how it finds them.
 
-A long-lived searcher (the HTTP service) follows the index folder: `refresh()` compares index.json's
-file identity (inode, size, mtime) with the one it loaded, one `stat`, and when another process
-committed a new generation (`index delete`, `index add`, a rebuild) it opens that one and swaps it
-in. Every query works on the one index it started with, so a swap never mixes two generations'
-row numbers in one answer.
+A long-lived searcher (the HTTP service) follows the index: `refresh()` asks the store for a
+commit made since by another process (`index delete`, `index add`, a rebuild; for the FAISS folder
+one `stat` of index.json) and swaps it in. Every query works on the one store it started with, so a
+swap never mixes two commits in one answer.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from visembed.index.backends import IndexStoreError, UnknownItem, VectorStore, open_store
 from visembed.index.query import combine, image_query, text_query
 from visembed.index.recommend import recommend
-from visembed.index.store import IndexStoreError, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -39,59 +38,52 @@ class Hit:
 
 
 class Searcher:
-    def __init__(self, index: VectorIndex, model, index_dir: str | Path):
-        self.index, self.model = index, model
-        self.index_dir = Path(index_dir).resolve()
+    def __init__(self, store: VectorStore, model, index_dir: str | Path):
+        self.store, self.model = store, model
+        self.index_dir = Path(index_dir).resolve()  # thumbnails live under it
         self._model_lock = threading.Lock()  # one forward pass at a time: torch already uses every core
         self._reload_lock = threading.Lock()
-        self._stamp = self._manifest_stamp()
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> Searcher:
-        index = VectorIndex.open(index_dir)
-        model_dir = Path(model_dir or index.info.get("model_dir") or "")
+        store = open_store(index_dir)
+        model_dir = Path(model_dir or store.info.get("model_dir") or "")
         if not str(model_dir) or not model_dir.is_dir():
             raise IndexStoreError(f"the model folder {str(model_dir)!r} that made this index is not there; "
                                   "pass the model folder explicitly (--model)")
         import visembed
 
         model = visembed.load(model_dir)
-        if model.embed_dim != index.dim:
-            raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {index.dim}-d ones")
-        return cls(index, model, index_dir)
+        if model.embed_dim != store.dim:
+            raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {store.dim}-d ones")
+        return cls(store, model, index_dir)
 
-    # ---- following the folder ----------------------------------------------------------------
+    def set_search_threads(self, threads: int | None) -> None:
+        """Threads one search may use (the store carries the setting over to newer commits)."""
+        self.store.set_search_threads(threads)
 
-    def _manifest_stamp(self) -> tuple | None:
-        try:
-            st = os.stat(self.index_dir / "index.json")
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns  # index.json is replaced atomically: a new inode
+    # ---- following the index -----------------------------------------------------------------
 
     def refresh(self) -> bool:
-        """Swap in the generation committed since the last look, if any; True when it did. A new
-        generation that cannot be used (corrupt, other weights) is logged and the current index
-        kept; it is not retried until index.json changes again."""
-        stamp = self._manifest_stamp()
-        if stamp == self._stamp or stamp is None:
-            return False
+        """Swap in the commit made since the last look, if any; True when it did. A new commit
+        that cannot be used (corrupt, other weights) is logged and the current store kept; the
+        store offers each commit once, so it is not retried until another commit comes."""
         if not self._reload_lock.acquire(blocking=False):
             return False  # another request is loading it: answer from the current one meanwhile
         try:
-            current = self.index
+            current = self.store
             try:
-                fresh = current.reopened(self.index_dir)
+                fresh = current.newer()
+                if fresh is None:
+                    return False
                 if fresh.dim != current.dim or (fresh.info.get("weights_sha256") or None) != (
                         current.info.get("weights_sha256") or None):
                     raise IndexStoreError("the new index was built with another model; restart the server with it")
             except IndexStoreError as exc:
                 log.error("index in %s changed but cannot be loaded, still serving the previous one: %s",
                           self.index_dir, exc)
-                self._stamp = stamp
                 return False
-            fresh.search_threads = current.search_threads
-            self.index, self._stamp = fresh, stamp
+            self.store = fresh
             return True
         finally:
             self._reload_lock.release()
@@ -111,9 +103,13 @@ class Searcher:
         return vec
 
     def search_vector(self, vector: np.ndarray, k: int = 10, exclude_ids: Sequence[str] = ()) -> list[Hit]:
-        index = self.index
-        scores, rows = index.search(vector[None], k, exclude_rows=index.rows(exclude_ids))
-        return [_hit(index, int(r), float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0]
+        """Nearest items to `vector` (D,); an unknown or deleted id in `exclude_ids` raises `UnknownItem`."""
+        store = self.store
+        for item_id in exclude_ids:
+            if item_id not in store:
+                raise UnknownItem(f"no item with id {item_id!r} in the index")
+        (found,) = store.search(vector[None], k, exclude_ids=exclude_ids)
+        return _hits(store, found.ids, found.scores)
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
         return self.search_vector(self.text_vector(text), k)
@@ -123,25 +119,25 @@ class Searcher:
 
     def similar(self, item_id: str, k: int = 10) -> list[Hit]:
         """"More like this": the item's own vector as the query, the item itself left out."""
-        index = self.index
-        row = index.rows([item_id])[0]
-        scores, rows = index.search(index.vectors[row][None], k, exclude_rows=[row])
-        return [_hit(index, int(r), float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0]
+        store = self.store
+        (found,) = store.search(store.vectors([item_id]), k, exclude_ids=[item_id])
+        return _hits(store, found.ids, found.scores)
 
     def recommend(self, liked: Sequence[str], disliked: Sequence[str] = (), k: int = 10, lam: float = 0.7) -> list[Hit]:
-        index = self.index
-        recs = recommend(index, liked, disliked, k, lam=lam)
-        return [_hit(index, r.row, r.score, because_row=r.because_row, because_score=r.because_score) for r in recs]
+        store = self.store
+        recs = recommend(store, liked, disliked, k, lam=lam)
+        return _hits(store, [r.id for r in recs], [r.score for r in recs],
+                     because=[r.because for r in recs], because_scores=[r.because_score for r in recs])
 
     # ---- item images -------------------------------------------------------------------------
 
     def item(self, item_id: str) -> dict:
         """The live item's metadata; `UnknownItem` for an unknown or deleted id."""
-        return self.index.item(item_id)
+        return self.store.meta([item_id])[0]
 
     def image_file(self, item_id: str) -> Path | None:
         """The item's original image file, if the data had one and it is still there."""
-        path = self.index.item(item_id).get("path")
+        path = self.item(item_id).get("path")
         try:
             return Path(path) if path and Path(path).is_file() else None
         except OSError:  # a path the file system refuses (too long, no permission): no original
@@ -150,7 +146,7 @@ class Searcher:
     def thumbnail(self, item_id: str) -> tuple[bytes, str] | None:
         """(bytes, media type) of the thumbnail stored at build time, or None when it is gone
         (the `embeddings/` folder deleted to save space, a truncated file)."""
-        ref = self.index.item(item_id).get("thumb")
+        ref = self.item(item_id).get("thumb")
         if not ref:
             return None
         rel, offset, length = ref
@@ -168,8 +164,9 @@ class Searcher:
         return data, "image/png" if data[:4] == b"\x89PNG" else "image/jpeg"
 
 
-def _hit(index: VectorIndex, row: int, score: float, because_row: int | None = None,
-         because_score: float | None = None) -> Hit:
-    item = index.items[row]
-    because = index.items[because_row]["id"] if because_row is not None else None
-    return Hit(item["id"], score, item.get("caption", ""), item.get("path"), because, because_score)
+def _hits(store: VectorStore, ids: Sequence[str], scores: Sequence[float], because: Sequence[str] | None = None,
+          because_scores: Sequence[float] | None = None) -> list[Hit]:
+    because = because or [None] * len(ids)
+    because_scores = because_scores or [None] * len(ids)
+    return [Hit(item["id"], float(score), item.get("caption", ""), item.get("path"), why, why_score)
+            for item, score, why, why_score in zip(store.meta(ids), scores, because, because_scores)]

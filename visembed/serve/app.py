@@ -61,10 +61,9 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
             app.state.searcher = await run_in_threadpool(Searcher.open, index_dir, model_dir)
         if app.state.captioner is None:
             app.state.captioner = await run_in_threadpool(find_captioner, app.state.searcher, captioner_dir)
-        # Parallelism comes from concurrent requests; an OpenMP team per request thread would
-        # oversubscribe the cores (spin-waiting threads) and collapse throughput under load.
-        # libgomp keeps the thread count per thread, so every search sets it in its own thread.
-        app.state.searcher.index.search_threads = 1
+        # Parallelism comes from concurrent requests: one thread per search (a team of threads per
+        # request thread would oversubscribe the cores and collapse throughput under load).
+        app.state.searcher.set_search_threads(1)
         yield
         app.state.searcher = app.state.captioner = None
 
@@ -132,7 +131,7 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
         server = make_server(app, timeout_keep_alive=timeout_keep_alive, header_timeout=header_timeout)
         shown = f"[{host}]" if ":" in host else host
         bound_port = sock.getsockname()[1]
-        print(f"serving {len(searcher.index)} items from {index_dir} at http://{shown}:{bound_port}/  (API docs: /docs)",
+        print(f"serving {len(searcher.store)} items from {index_dir} at http://{shown}:{bound_port}/  (API docs: /docs)",
               flush=True)
         if captioner is not None:
             print(f"captions and image chat: POST /caption, POST /chat (captioner {captioner_dir or 'of the index'})",

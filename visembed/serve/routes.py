@@ -1,5 +1,5 @@
-"""The HTTP endpoints. Plain `def` endpoints run in Starlette's thread pool, so model forward
-passes, image decoding and FAISS searches never block the event loop."""
+"""The HTTP endpoints, over a `Searcher` (ids only). Plain `def` endpoints run in Starlette's thread
+pool, so model forward passes, image decoding and vector searches never block the event loop."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from fastapi.responses import Response, StreamingResponse
 from PIL import Image
 
+from visembed.index.backends import UnknownItem
 from visembed.index.searcher import Hit, Searcher
-from visembed.index.store import UnknownItem
 from visembed.serve.decode import UploadRejected, decode_upload
 from visembed.serve.item_files import RefusedFile, data_roots, file_chunks, open_item_image
 from visembed.serve.schemas import (
@@ -67,7 +67,7 @@ def uploaded_image(request: Request, file: UploadFile, model_side: int) -> Image
 
 @router.get("/healthz", response_model=Health, tags=["service"])
 def healthz(searcher: SearcherDep) -> Health:
-    return Health(items=len(searcher.index))
+    return Health(items=len(searcher.store))
 
 
 @router.get("/search", response_model=SearchResponse, tags=["search"], responses=problems(422))
@@ -141,7 +141,7 @@ def image(searcher: SearcherDep, item_id: str) -> Response:
     item = _item(searcher, item_id)
     path = item.get("path")
     try:
-        opened = open_item_image(path, data_roots(searcher.index.info, path)) if path else None
+        opened = open_item_image(path, data_roots(searcher.store.info, path)) if path else None
     except RefusedFile:
         raise HTTPException(404, f"the image file of item {item_id!r} is not served: it is not a regular image "
                                  "file under the folders the index was built from") from None
