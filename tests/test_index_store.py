@@ -250,3 +250,14 @@ def test_an_in_memory_store_refuses_to_commit():
 
     with pytest.raises(IndexStoreError, match="in memory"):
         build(unit_vectors(3), items_for(3)).commit()
+
+
+def test_a_broken_commit_is_reported_once(tmp_path):
+    from visembed.index.backends import IndexStoreError
+
+    build(unit_vectors(5), items_for(5), directory=tmp_path).commit()
+    reader = open_store(tmp_path)
+    (tmp_path / "index.json").write_text("{ not json")
+    with pytest.raises(IndexStoreError, match="not valid JSON"):
+        reader.newer()
+    assert reader.newer() is None and len(reader) == 5  # not read again until the next commit
