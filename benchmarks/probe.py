@@ -104,11 +104,10 @@ def write_manifest(folder: Path, n: int, changed: dict[int, str] | None = None, 
 
 
 def live_items(index_dir: Path) -> dict[str, str]:
-    from visembed.index.store import VectorIndex
+    from visembed.index.backends import open_store
 
-    index = VectorIndex.open(index_dir)
-    dead = set(index.deleted)
-    return {item["id"]: item["caption"] for row, item in enumerate(index.items) if row not in dead}
+    store = open_store(index_dir)
+    return {item["id"]: item["caption"] for item in store.meta(store.ids())}
 
 
 def png(image: Image.Image) -> bytes:

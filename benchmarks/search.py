@@ -25,7 +25,8 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from visembed.index.store import IndexSettings, VectorIndex  # noqa: E402
+from visembed.index.backends.faiss_kinds import IndexSettings  # noqa: E402
+from visembed.index.backends.faiss_store import FaissStore  # noqa: E402
 
 SWEEP = {"flat": [None], "hnsw": [64, 128, 256, 512], "ivfpq": [16, 32, 64, 128]}  # efSearch / nprobe
 
@@ -58,13 +59,20 @@ def settings_for(kind: str, n: int) -> IndexSettings:
                          ivf_nlist=int(4 * np.sqrt(n)))
 
 
-def measure(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, k: int = 10) -> tuple[float, float, float]:
+def build(vectors: np.ndarray, settings: IndexSettings, directory=None) -> FaissStore:
+    store = FaissStore.create(directory, vectors.shape[1], settings)
+    ids = [str(i) for i in range(len(vectors))]
+    store.add(ids, vectors, [{"caption": ""} for _ in ids])
+    return store
+
+
+def measure(index: FaissStore, queries: np.ndarray, truth: np.ndarray, k: int = 10) -> tuple[float, float, float]:
     latencies, hits = [], 0
     for q, t in zip(queries, truth):
         start = time.perf_counter()
-        _, rows = index.search(q[None], k)
+        (found,) = index.search(q[None], k)
         latencies.append(time.perf_counter() - start)
-        hits += len(set(rows[0].tolist()) & set(t.tolist()))
+        hits += len(set(found.ids) & {str(i) for i in t.tolist()})
     ms = np.array(latencies) * 1e3
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), hits / (k * len(queries))
 
@@ -79,11 +87,10 @@ def in_process(sizes, kinds, data_kinds, dim, n_queries, table) -> None:
             exact.add(vectors)
             _, truth = exact.search(queries, 10)  # (Q, 10) ground truth
             del exact
-            items = [{"id": str(i)} for i in range(n)]
             for kind in kinds:
                 print(f"# {data} {n:,}: building {kind} ...", file=sys.stderr, flush=True)
                 start = time.perf_counter()
-                index = VectorIndex.build(vectors, items, settings_for(kind, n))
+                index = build(vectors, settings_for(kind, n))
                 build_s = time.perf_counter() - start
                 for knob in SWEEP[kind]:
                     if kind == "hnsw":
@@ -101,11 +108,11 @@ def in_process(sizes, kinds, data_kinds, dim, n_queries, table) -> None:
 
 SERVER = """
 import sys, uvicorn
+from visembed.index.backends import open_store
 from visembed.index.searcher import Searcher
-from visembed.index.store import VectorIndex
 from visembed.serve.app import create_app
 index_dir, port = sys.argv[1], int(sys.argv[2])
-searcher = Searcher(VectorIndex.open(index_dir), None, index_dir)  # vector queries only: no model
+searcher = Searcher(open_store(index_dir), None, index_dir)  # vector queries only: no model
 uvicorn.run(create_app(index_dir, searcher=searcher), host="127.0.0.1", port=port, log_level="warning")
 """
 
@@ -143,7 +150,7 @@ def http_benchmark(n: int, dim: int, concurrency: list[int], seconds: float, tab
     with tempfile.TemporaryDirectory() as tmp:
         print(f"# http: saving a {n:,}-item lowrank hnsw index ...", file=sys.stderr, flush=True)
         vectors = make_vectors(n, dim, "lowrank", seed=0)
-        VectorIndex.build(vectors, [{"id": str(i), "caption": ""} for i in range(n)], settings_for("hnsw", n)).save(tmp)
+        build(vectors, settings_for("hnsw", n), tmp).commit()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
