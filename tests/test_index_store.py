@@ -227,6 +227,19 @@ def test_newer_follows_the_committed_generation_sharing_unchanged_data(tmp_path)
     assert len(newer) == 21 and "new-1" in newer and newer._vectors is not fresh._vectors
 
 
+def test_adding_to_a_store_that_shares_its_faiss_index_leaves_the_other_one_alone(tmp_path):
+    x = unit_vectors(20)
+    build(x, items_for(20), directory=tmp_path).commit()
+    reader = open_store(tmp_path)
+    writer = open_store(tmp_path)
+    writer.delete(["item-3"])
+    writer.commit()
+    fresh = reader.newer()  # shares the reader's FAISS index
+    fresh.add(["twin"], x[:1], [{"caption": "twin"}])
+    assert fresh.search(x[:1], 2)[0].ids in (["item-0", "twin"], ["twin", "item-0"])
+    assert reader.faiss_index.ntotal == 20 and len(reader.search(x[:1], 25)[0].ids) == 20  # never the twin's row
+
+
 def test_search_threads_are_set_in_the_searching_thread():
     import threading
 

@@ -90,7 +90,8 @@ class VectorStore(Protocol):
         """(len(ids), dim) float32, in the order asked."""
 
     def meta(self, ids: Sequence[str]) -> list[dict]:
-        """Each id's metadata dict as added, with `"id"` set to the id (copies: changing them changes nothing)."""
+        """Each id's metadata dict as added, with `"id"` set to the id (new dicts: setting a key in
+        one changes nothing stored)."""
 
     def commit(self) -> None:
         """Make every change so far durable and visible to other readers, atomically."""

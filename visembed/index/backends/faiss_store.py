@@ -56,6 +56,7 @@ class FaissStore:
         self._saved_files: dict | None = None  # the data files in `directory` that still match memory
         self._stamp: tuple | None = None  # index.json's identity when this generation was read or written
         self._search_threads: int | None = None
+        self._shares_index = False  # True when a store from `newer()` holds the same FAISS index
 
     # ---- opening ------------------------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class FaissStore:
         fresh.faiss_index, fresh._vectors, fresh._items, fresh.kind = self.faiss_index, self._vectors, self._items, self.kind
         fresh._row_of, fresh._deleted = self._row_of, set(deleted)
         fresh._saved_files, fresh._stamp = self._saved_files, stamp
+        fresh._shares_index = self._shares_index = True
         return fresh
 
     # ---- what it holds ------------------------------------------------------------------------
@@ -190,6 +192,8 @@ class FaissStore:
         if self.faiss_index is None:
             self.kind = self.settings.resolve_kind(len(vectors))
             self.faiss_index = new_faiss_index(self.kind, self._dim, vectors, self.settings)
+        elif self._shares_index:  # copy on write: the other store keeps answering from its own rows
+            self.faiss_index, self._shares_index = faiss.clone_index(self.faiss_index), False
         start = len(self._items)
         self.faiss_index.add(vectors)  # row numbers continue: new rows are start .. start + n - 1
         self._vectors = vectors if start == 0 else np.concatenate([self._vectors, vectors])
