@@ -12,8 +12,8 @@
     openclip.py    an OpenCLIP checkpoint -> a visembed model folder
     onnx.py        a visembed folder -> onnxruntime graphs
 
-The modules import each other in one direction only (names and folder helpers at the bottom, the
-converters above them, the cache on top); what they share is public. Nothing below this package
+The modules import each other in one direction only (the shared hf_names / hf_folder at the bottom,
+the converters above them, the cache above the importers); what they share is public. Nothing below this package
 imports it: the command layer and `visembed.api` resolve `hf:` / `openclip:` specs before handing
 a plain folder down. Importing this package loads nothing heavy.
 """

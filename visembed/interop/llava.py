@@ -1,9 +1,10 @@
 """A visembed captioner -> a transformers `LlavaForConditionalGeneration` folder (with `LlavaProcessor`).
 
-The mapping is exact (same logits): our ViT is CLIP's vision model (the CLIP export's renaming, hf_names.py),
-`forward_features` is its last encoder layer's output with the class token (LLaVA's
+The mapping is exact (same logits): our ViT is CLIP's vision model (the CLIP export's renaming,
+`hf_names.py`), `forward_features` is its last encoder layer's output with the class token (LLaVA's
 `vision_feature_layer=-1`, `vision_feature_select_strategy="full"`), the cell projector is LLaVA's
-`multi_modal_projector` and the LM is its `language_model` + `lm_head`.
+`multi_modal_projector` and the LM is its `language_model` + `lm_head`. What it shares with the CLIP
+export (strict saving, the vision config, the image processor) comes from `hf_folder.py`.
 
 - LLaVA's projector is Linear(vision width, LM width) - GELU - Linear(LM width, LM width). A narrower
   hidden layer (`model.captioner.projector_hidden` < LM width) is padded with zero rows (linear_1) and
