@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from visembed.checkpoint import save_model_folder
 from visembed.config import apply_overrides, load_preset
-from visembed.export.onnx import IMAGE_GRAPH, export_onnx
+from visembed.interop.onnx import IMAGE_GRAPH, export_onnx
 from visembed.models import build_model, load_model_folder
 from visembed.models.bpe_tokenizer import train_bpe_tokenizer
 

@@ -36,7 +36,7 @@ def make(work: Path) -> None:
     import visembed
     from visembed.checkpoint import save_model_folder
     from visembed.config import apply_overrides, load_preset
-    from visembed.export.hf import export_hf
+    from visembed.interop.hf_export import export_hf
     from visembed.models import build_model
     from visembed.train.loop import train
 

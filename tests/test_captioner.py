@@ -246,7 +246,7 @@ def test_sigkill_in_either_stage_then_resume_matches_an_uninterrupted_run(tiny_m
 
 
 def test_exporting_a_captioner_to_transformers_says_why_not(tiny_captioner_dir, tmp_path):
-    from visembed.export.hf import ExportError, export_hf
+    from visembed.interop.hf_export import ExportError, export_hf
 
     with pytest.raises(ExportError, match="embedding_tokens is 4.*LlavaForConditionalGeneration.*embedding_tokens=0"):
         export_hf(tiny_captioner_dir, tmp_path / "out")
@@ -256,7 +256,7 @@ def test_a_captioner_exports_its_dual_encoder_to_onnx(tiny_captioner_dir, tmp_pa
     import numpy as np
     import onnxruntime
 
-    from visembed.export.onnx import export_onnx
+    from visembed.interop.onnx import export_onnx
 
     export_onnx(tiny_captioner_dir, tmp_path / "onnx")
     model = visembed.load(tiny_captioner_dir)

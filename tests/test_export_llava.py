@@ -107,7 +107,7 @@ def test_a_captioner_exports_to_llava_with_the_same_logits_and_answers(family, p
 
 
 def test_a_narrower_projector_is_padded_with_zeros_and_a_multi_turn_prompt_follows_visembed():
-    from visembed.export.llava import _projector, chat_template
+    from visembed.interop.llava import _projector, chat_template
 
     state = {"cell_projector.0.weight": torch.randn(3, 5), "cell_projector.0.bias": torch.randn(3),
              "cell_projector.2.weight": torch.randn(4, 3), "cell_projector.2.bias": torch.randn(4)}
@@ -143,7 +143,7 @@ def _config(tiny_model_dir, *overrides: str):
     (["model.captioner.embedding_tokens=0", "model.captioner.lm=minilm"], "BERT encoder run as a decoder"),
 ])
 def test_captioners_without_a_llava_form_are_refused_naming_the_reason(overrides, reason, tiny_model_dir):
-    from visembed.export.hf import ExportError, check_exportable
+    from visembed.interop.hf_export import ExportError, check_exportable
 
     cfg = _config(tiny_model_dir, *overrides)
     with pytest.raises(ExportError, match=reason):
@@ -154,8 +154,8 @@ def test_captioners_without_a_llava_form_are_refused_naming_the_reason(overrides
 def test_a_bert_decoder_lm_folder_is_refused(tiny_model_dir):
     from transformers import BertConfig
 
-    from visembed.export.hf import ExportError
-    from visembed.export.llava import _check_lm
+    from visembed.interop.hf_export import ExportError
+    from visembed.interop.llava import _check_lm
 
     cfg = _config(tiny_model_dir, "model.captioner.embedding_tokens=0")
     with pytest.raises(ExportError, match="bert encoder run as a decoder"):

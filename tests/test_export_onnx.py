@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime")
 import visembed  # noqa: E402
 from visembed.checkpoint import save_model_folder  # noqa: E402
 from visembed.config import apply_overrides, load_preset  # noqa: E402
-from visembed.export.onnx import export_onnx, run_graph  # noqa: E402
+from visembed.interop.onnx import export_onnx, run_graph  # noqa: E402
 from visembed.models import bpe_vocab_size, build_model, needs_bpe_tokenizer  # noqa: E402
 from visembed.models.bpe_tokenizer import train_bpe_tokenizer  # noqa: E402
 

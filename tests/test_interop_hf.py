@@ -119,7 +119,7 @@ def test_hf_import_gives_transformers_embeddings(tiny_clip):
 
 
 def test_hf_import_is_converted_once_and_again_when_the_source_changes(tiny_clip, tmp_path):
-    from visembed.models.sources import resolve_model
+    from visembed.interop.cache import resolve_model
 
     first = resolve_model(f"hf:{tiny_clip}")
     assert first.parent.name == "imported" and (first / "model.safetensors").is_file()
@@ -141,7 +141,7 @@ def edited_copy(folder, out, edit):
 
 
 def test_hf_import_is_strict_about_weights(tiny_clip, tmp_path):
-    from visembed.models.sources import resolve_model
+    from visembed.interop.cache import resolve_model
 
     missing = edited_copy(tiny_clip, tmp_path / "missing", lambda state: state.pop("text_projection.weight"))
     with pytest.raises(ModelFolderError, match=r"missing: \['text_projection.weight'\]"):
@@ -244,7 +244,7 @@ def test_export_lit_to_vision_text_dual_encoder(tmp_path):
 
     folder = _save_lit_folder(tmp_path / "lit")
     out = tmp_path / "hf"
-    from visembed.export.hf import export_hf
+    from visembed.interop.hf_export import export_hf
 
     export_hf(folder, out)
     ours = visembed.load(folder, device="cpu")
@@ -305,7 +305,7 @@ def test_export_refuses_a_folder_in_use(tiny_model_dir, tmp_path):
 
 def test_a_cjk_student_has_no_transformers_equivalent():
     from visembed.config import load_preset
-    from visembed.export.hf import ExportError, check_exportable
+    from visembed.interop.hf_export import ExportError, check_exportable
     from visembed.config import apply_overrides
 
     cfg = apply_overrides(load_preset("demo"), ["model.vision.kind=vit", "model.vision.head=linear",

@@ -128,7 +128,7 @@ def test_siglip_import_gives_transformers_embeddings(tiny_siglip):
 
 def test_siglip_without_the_padding_mask_is_transformers_on_ids_alone(tiny_siglip, tmp_path):
     """`model.text.mask_padding=false`: what `get_text_features(input_ids)` computes (SigLIP's training)."""
-    from visembed.models.sources import resolve_model
+    from visembed.interop.cache import resolve_model
 
     folder = tmp_path / "nomask"
     shutil.copytree(resolve_model(f"hf:{tiny_siglip}"), folder)
@@ -144,7 +144,7 @@ def test_siglip_without_the_padding_mask_is_transformers_on_ids_alone(tiny_sigli
 def test_siglip_import_is_strict_about_weights(tiny_siglip, tmp_path):
     from test_interop_hf import edited_copy
 
-    from visembed.models.sources import resolve_model
+    from visembed.interop.cache import resolve_model
 
     missing = edited_copy(tiny_siglip, tmp_path / "missing", lambda state: state.pop("vision_model.head.probe"))
     with pytest.raises(ModelFolderError, match=r"SiglipModel .*missing: \['vision_model.head.probe'\]"):
@@ -157,7 +157,7 @@ def test_siglip_import_is_strict_about_weights(tiny_siglip, tmp_path):
 
 
 def test_siglip_export_to_clip_is_refused(tiny_siglip, tmp_path):
-    from visembed.models.sources import resolve_model
+    from visembed.interop.cache import resolve_model
 
     result = CliRunner().invoke(app, ["export", str(resolve_model(f"hf:{tiny_siglip}")), "--format", "hf",
                                       "--out", str(tmp_path / "out")])
@@ -182,7 +182,7 @@ def test_imported_siglip_exports_to_onnx(tiny_siglip, tmp_path):
     pytest.importorskip("onnxruntime")
     from test_export_onnx import check_export
 
-    from visembed.models.sources import resolve_model
+    from visembed.interop.cache import resolve_model
 
     out, prep = check_export(tmp_path, resolve_model(f"hf:{tiny_siglip}"))
     assert (out / "text_encoder.onnx").is_file()

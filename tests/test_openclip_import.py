@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import visembed
-from visembed.models.openclip_import import OpenCLIPImportError, convert_openclip, openai_clip_tokenizer
+from visembed.interop.openclip import OpenCLIPImportError, convert_openclip, openai_clip_tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openclip"
 TOL = 1e-4

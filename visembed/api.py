@@ -1,7 +1,9 @@
 """The Python API: `visembed.load(folder)` -> a `Model` that turns images and texts into vectors.
 
-This is the one way a folder becomes a usable model: commands, evaluation, the demo, the index and
-the service all load through `visembed.load`, so they read folders, and fail on bad ones, alike.
+This is the one way a spec becomes a usable model: commands, the demo, the index and the service
+all load through `visembed.load`, so they read folders, and fail on bad ones, alike. It sits above
+interop/ (it resolves `hf:PATH` / `openclip:PATH` through the import cache); evaluation, below it,
+loads plain folders with `Model.from_folder`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from visembed.models.inference import Model
 
 def load(folder: str | Path, device: str | torch.device | None = None) -> Model:
     """Load a run or model folder written by `visembed train` (or `hf:PATH`, a transformers CLIPModel
-    folder, or `openclip:PATH`, converted once; see `visembed.models.sources`), on the best device
+    folder, or `openclip:PATH`, converted once; see `visembed.interop.cache`), on the best device
     unless told."""
-    from visembed.models.sources import resolve_model
+    from visembed.interop.cache import resolve_model
 
     return Model.from_folder(resolve_model(folder), device)
 

@@ -27,7 +27,7 @@ def eval_cmd(
     from visembed.eval.run import evaluate_folder
     from visembed.eval.zeroshot import DEFAULT_TEMPLATES
 
-    from visembed.models.sources import resolve_model
+    from visembed.interop.cache import resolve_model
 
     with friendly_errors():
         metrics = evaluate_folder(resolve_model(folder), data, split, language=language, templates=tuple(templates) or DEFAULT_TEMPLATES,

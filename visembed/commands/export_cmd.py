@@ -29,11 +29,11 @@ def export(
     """Export a model for transformers or onnxruntime, with a model card (README.md)."""
     with friendly_errors():
         if fmt is ExportFormat.hf:
-            from visembed.export.hf import export_hf
+            from visembed.interop.hf_export import export_hf
 
             export_hf(folder, out)
         else:
-            from visembed.export.onnx import export_onnx
+            from visembed.interop.onnx import export_onnx
 
             export_onnx(folder, out)
     typer.echo(f"exported {folder} ({fmt.value}) to {out}")

@@ -39,7 +39,7 @@ def build(
     """Embed every image of a dataset (sharded, resumable) and build a FAISS index over it."""
     from visembed.index.backends.faiss_kinds import IndexSettings
     from visembed.index.build import build_index
-    from visembed.models.sources import resolve_model
+    from visembed.interop.cache import resolve_model
 
     with friendly_errors():
         model = resolve_model(model)

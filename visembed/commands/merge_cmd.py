@@ -20,8 +20,8 @@ def merge(
     out: Path = typer.Option(..., "--out", help="Model folder to write (new or empty)."),
 ) -> None:
     """Interpolate the weights of two models of the same architecture (WiSE-FT) into a new model folder."""
+    from visembed.interop.cache import resolve_model
     from visembed.models.merge import merge_models
-    from visembed.models.sources import resolve_model
 
     with friendly_errors():
         merge_models(resolve_model(a), resolve_model(b), alpha, out)

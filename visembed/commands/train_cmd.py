@@ -39,7 +39,7 @@ def train(
                  "train.checkpoint_every": checkpoint_every, "train.seed": seed}
         cli = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
         cfg = apply_overrides(cfg, cli + list(overrides))
-        from visembed.models.sources import resolve_model
+        from visembed.interop.cache import resolve_model
         from visembed.train.loop import train as run_training
 
         init = resolve_model(init) if init is not None else None

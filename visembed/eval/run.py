@@ -81,9 +81,9 @@ def evaluate(model, spec: str, split: str = "test", *, language: str = "en", tem
 
 def evaluate_folder(folder: str | Path, spec: str, split: str = "test", **kwargs) -> dict:
     """Load a model folder, evaluate, and save `eval_<split>.json` beside the weights (atomically)."""
-    import visembed
+    from visembed.models.inference import Model
 
-    model = visembed.load(folder)
+    model = Model.from_folder(Path(folder))  # a plain folder: `hf:` specs are resolved above eval (commands, api)
     if hasattr(model, "caption"):  # a captioner: its generated alt text, beside the nearest-neighbour baseline
         from visembed.eval.captioning import evaluate_captioner
 

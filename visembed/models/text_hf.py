@@ -26,7 +26,7 @@ from visembed.config import TextConfig
 
 ENCODER_DIR = "text_encoder"  # inside a model folder: the HF encoder's own files
 CACHE_LIMIT = 100_000  # cached texts (384 floats each for MiniLM: ~150 MB at most)
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+CJK_CHARACTERS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
 def resolve_hf_path(name: str) -> str:
@@ -40,7 +40,7 @@ def resolve_hf_path(name: str) -> str:
 
 
 def has_cjk(text: str) -> bool:
-    return bool(_CJK.search(text))
+    return bool(CJK_CHARACTERS.search(text))
 
 
 class HFTextEncoder(nn.Module):

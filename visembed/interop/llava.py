@@ -1,9 +1,10 @@
 """A visembed captioner -> a transformers `LlavaForConditionalGeneration` folder (with `LlavaProcessor`).
 
-The mapping is exact (same logits): our ViT is CLIP's vision model (the CLIP export's renaming),
-`forward_features` is its last encoder layer's output with the class token (LLaVA's
+The mapping is exact (same logits): our ViT is CLIP's vision model (the CLIP export's renaming,
+`hf_names.py`), `forward_features` is its last encoder layer's output with the class token (LLaVA's
 `vision_feature_layer=-1`, `vision_feature_select_strategy="full"`), the cell projector is LLaVA's
-`multi_modal_projector` and the LM is its `language_model` + `lm_head`.
+`multi_modal_projector` and the LM is its `language_model` + `lm_head`. What it shares with the CLIP
+export (strict saving, the vision config, the image processor) comes from `hf_folder.py`.
 
 - LLaVA's projector is Linear(vision width, LM width) - GELU - Linear(LM width, LM width). A narrower
   hidden layer (`model.captioner.projector_hidden` < LM width) is padded with zero rows (linear_1) and
@@ -26,6 +27,9 @@ from pathlib import Path
 import torch
 
 from visembed.config import RunConfig
+from visembed.interop.hf_folder import (ExportError, image_processor, readable_by_transformers_4, save_hf_model,
+                                        vision_config, vision_differences)
+from visembed.interop.hf_names import to_hf_name
 from visembed.models.lm import IMAGE_TOKEN, LM_DIR, special_ids
 
 HINT = "use the captioner with visembed (caption, chat, serve)"
@@ -39,8 +43,6 @@ NAMES_OF_TRANSFORMERS_4 = (("model.vision_tower.", "vision_tower.vision_model.")
 
 def check_captioner(cfg: RunConfig) -> None:
     """What the config alone says: an ExportError naming the first reason the captioner has no LLaVA form."""
-    from visembed.export.hf import ExportError, vision_differences
-
     c, v = cfg.model.captioner, cfg.model.vision
     if c.embedding_tokens:
         raise ExportError(
@@ -62,8 +64,6 @@ def check_captioner(cfg: RunConfig) -> None:
 
 
 def _check_lm(cfg: RunConfig, lm_config) -> None:
-    from visembed.export.hf import ExportError
-
     if getattr(lm_config, "is_decoder", False) or lm_config.model_type in ("bert", "roberta", "xlm-roberta", "electra"):
         raise ExportError(f"the captioner's LM is a {lm_config.model_type} encoder run as a decoder (is_decoder=True): "
                           "LlavaForConditionalGeneration builds its language model with AutoModel, which makes it "
@@ -90,9 +90,6 @@ def _projector(state: dict[str, torch.Tensor], width: int) -> dict[str, torch.Te
 
 def llava_state(model) -> dict[str, torch.Tensor]:
     """The captioner's weights under `LlavaForConditionalGeneration`'s names (transformers 5.x)."""
-    from visembed.export.hf import ExportError
-    from visembed.models.hf_import import to_hf_name
-
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     out = {}
     for name, tensor in state.items():
@@ -148,8 +145,6 @@ def export_llava(model_dir: Path, cfg: RunConfig, out: Path) -> None:
     """Write the LLaVA folder of the captioner in `model_dir` into `out` (an empty folder)."""
     from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from visembed.export.hf import ExportError, _image_processor, _readable_by_transformers_4, _save_model
-    from visembed.export.hf import _vision_config
     from visembed.models import load_model_folder
 
     _check_lm(cfg, AutoConfig.from_pretrained(model_dir / LM_DIR))
@@ -162,13 +157,13 @@ def export_llava(model_dir: Path, cfg: RunConfig, out: Path) -> None:
     cells = (v.image_size // v.patch_size) ** 2 + 1  # patches and the class token
     text_config = copy.deepcopy(model.lm.config)
     text_config.tie_word_embeddings = False
-    vision = {k: val for k, val in _vision_config(cfg, cfg.model.embed_dim).items() if k != "projection_dim"}
+    vision = {k: val for k, val in vision_config(cfg, cfg.model.embed_dim).items() if k != "projection_dim"}
     config = LlavaConfig(vision_config=CLIPVisionConfig(**vision), text_config=text_config,
                          image_token_id=image_token_id, projector_hidden_act="gelu", vision_feature_layer=-1,
                          vision_feature_select_strategy="full", image_seq_length=cells, multimodal_projector_bias=True,
                          tie_word_embeddings=False)
     config.architectures = ["LlavaForConditionalGeneration"]
-    _save_model(LlavaForConditionalGeneration(config).eval(), llava_state(model), out)
+    save_hf_model(LlavaForConditionalGeneration(config).eval(), llava_state(model), out)
     _names_of_transformers_4(out / "model.safetensors")
     bos, eos, pad = special_ids(model.tokenizer)
     generation = json.loads((out / "generation_config.json").read_text()) if (out / "generation_config.json").is_file() \
@@ -179,12 +174,12 @@ def export_llava(model_dir: Path, cfg: RunConfig, out: Path) -> None:
     from visembed.atomic import atomic_write_json
 
     atomic_write_json(out / "generation_config.json", generation)
-    processor = LlavaProcessor(image_processor=_image_processor(cfg), tokenizer=tokenizer, patch_size=v.patch_size,
+    processor = LlavaProcessor(image_processor=image_processor(cfg), tokenizer=tokenizer, patch_size=v.patch_size,
                                vision_feature_select_strategy="full", num_additional_image_tokens=1,
                                image_token=IMAGE_TOKEN,
                                chat_template=chat_template(tokenizer.convert_ids_to_tokens(bos) if bos is not None else ""))
     processor.save_pretrained(out)
-    _readable_by_transformers_4(out, processor)
+    readable_by_transformers_4(out, processor)
     if model.hints:  # the captions its prompts were trained to see (transformers has no retrieval step)
         from visembed.models.captioner import save_hint_bank
 

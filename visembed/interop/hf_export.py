@@ -4,6 +4,9 @@
 - ViT + pretrained HF text tower (the LiT set-up) -> `VisionTextDualEncoderModel` + its processor.
 - a captioner (ViT, `embedding_tokens=0`) -> `LlavaForConditionalGeneration` + `LlavaProcessor` (llava.py).
 
+Weight names come from `hf_names.py`; the pieces shared with the LLaVA export (strict saving, CLIP's
+vision config and image processor, the transformers 4.x patch) from `hf_folder.py`.
+
 Two traps, handled here:
 - transformers' CLIP text tower pools at the *first* `eos_token_id` in the ids, except when
   `eos_token_id == 2`, where it takes the argmax of the ids (a legacy rule; releases before 4.31
@@ -29,31 +32,19 @@ import torch
 from visembed.atomic import atomic_write_text, new_dir
 from visembed.checkpoint import read_config
 from visembed.config import RunConfig
+from visembed.interop.hf_folder import (ExportError, image_processor, readable_by_transformers_4, save_hf_model,
+                                        vision_config, vision_differences)
+from visembed.interop.hf_names import to_hf_name
+from visembed.interop.llava import check_captioner, export_llava, llava_card_notes
 from visembed.models import load_model_folder
-from visembed.models.hf_import import to_hf_name
 
 ONNX_HINT = "use `visembed export DIR --format onnx` instead"
-
-
-class ExportError(ValueError):
-    """A model that has no equivalent in the requested format."""
-
-
-def vision_differences(cfg: RunConfig) -> list[str]:
-    """The ViT settings (`model.vision.*`) that differ from CLIP's vision model (a SigLIP-style tower)."""
-    v = cfg.model.vision
-    return [f"model.{name}" for name, value, clip in (
-        ("vision.pool", v.pool, "class"), ("vision.pre_norm", v.pre_norm, True), ("vision.patch_bias", v.patch_bias, False),
-        ("vision.layer_norm_eps", v.layer_norm_eps, 1e-5)) if value != clip] + \
-        (["model.vision.activation"] if getattr(v, "activation", "gelu") == "gelu_tanh" else [])
 
 
 def check_exportable(cfg: RunConfig) -> str:
     """'clip', 'dual_encoder' or 'llava' (the transformers class the model maps onto), or an ExportError."""
     v, t = cfg.model.vision, cfg.model.text
     if cfg.model.architecture == "captioner":
-        from visembed.export.llava import check_captioner
-
         check_captioner(cfg)
         return "llava"
     if v.kind != "vit":
@@ -73,22 +64,6 @@ def check_exportable(cfg: RunConfig) -> str:
         raise ExportError("the text tower routes CJK text to a distilled student: transformers has no equivalent of that "
                           f"routing; {ONNX_HINT}")
     return "clip" if t.kind == "transformer" else "dual_encoder"
-
-
-def _vision_config(cfg: RunConfig, projection_dim: int) -> dict:
-    v = cfg.model.vision
-    return {"hidden_size": v.width, "intermediate_size": int(v.width * v.mlp_ratio), "num_hidden_layers": v.depth,
-            "num_attention_heads": v.heads, "image_size": v.image_size, "patch_size": v.patch_size, "num_channels": 3,
-            "hidden_act": v.activation, "layer_norm_eps": 1e-5, "projection_dim": projection_dim}
-
-
-def _image_processor(cfg: RunConfig):
-    """transformers' CLIP image processor set to visembed's preprocessing (shorter side bicubic, centre crop)."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    v = cfg.model.vision
-    return CLIPImageProcessorPil(size={"shortest_edge": v.image_size}, crop_size={"height": v.image_size, "width": v.image_size},
-                                 resample=3, image_mean=list(v.mean), image_std=list(v.std), do_convert_rgb=True)
 
 
 def clip_tokenizer(tokenizer, state: dict[str, torch.Tensor]):
@@ -139,17 +114,17 @@ def _export_clip(model, cfg: RunConfig, out: Path) -> None:
                    "num_hidden_layers": t.depth, "num_attention_heads": t.heads, "max_position_embeddings": t.context_length,
                    "hidden_act": t.activation, "layer_norm_eps": 1e-5, "projection_dim": cfg.model.embed_dim,
                    "bos_token_id": wrapped.bos_id, "eos_token_id": wrapped.eos_id, "pad_token_id": wrapped.pad_id}
-    config = CLIPConfig(text_config=text_config, vision_config=_vision_config(cfg, cfg.model.embed_dim),
+    config = CLIPConfig(text_config=text_config, vision_config=vision_config(cfg, cfg.model.embed_dim),
                         projection_dim=cfg.model.embed_dim, logit_scale_init_value=float(state["logit_scale"]))
     hf_state = {}
     for name, tensor in state.items():
         if name == "logit_bias":  # SigLIP loss: CLIPModel scores have no bias (embeddings are unaffected)
             continue
         hf_state[to_hf_name(name)] = tensor
-    _save_model(CLIPModel(config), hf_state, out)
-    processor = CLIPProcessor(image_processor=_image_processor(cfg), tokenizer=_fast_tokenizer(tokenizer, wrapped, t.context_length))
+    save_hf_model(CLIPModel(config), hf_state, out)
+    processor = CLIPProcessor(image_processor=image_processor(cfg), tokenizer=_fast_tokenizer(tokenizer, wrapped, t.context_length))
     processor.save_pretrained(out)
-    _readable_by_transformers_4(out, processor)
+    readable_by_transformers_4(out, processor)
 
 
 def _export_dual_encoder(model, cfg: RunConfig, model_dir: Path, out: Path) -> None:
@@ -159,8 +134,8 @@ def _export_dual_encoder(model, cfg: RunConfig, model_dir: Path, out: Path) -> N
     from visembed.models.text_hf import ENCODER_DIR
 
     text_config = AutoConfig.from_pretrained(model_dir / ENCODER_DIR)
-    vision_config = CLIPVisionConfig(**_vision_config(cfg, cfg.model.embed_dim))
-    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision_config, text_config,
+    vision = CLIPVisionConfig(**vision_config(cfg, cfg.model.embed_dim))
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text_config,
                                                                   projection_dim=cfg.model.embed_dim,
                                                                   logit_scale_init_value=float(model.logit_scale))
     hf_state = {}
@@ -171,11 +146,11 @@ def _export_dual_encoder(model, cfg: RunConfig, model_dir: Path, out: Path) -> N
             hf_state["text_model." + name[len("text.encoder."):]] = tensor
         else:
             hf_state[to_hf_name(name)] = tensor
-    _save_model(VisionTextDualEncoderModel(config), hf_state, out)
+    save_hf_model(VisionTextDualEncoderModel(config), hf_state, out)
     _vision_names_of_transformers_4(out / "model.safetensors")
-    processor = VisionTextDualEncoderProcessor(image_processor=_image_processor(cfg), tokenizer=model.text.tokenizer)
+    processor = VisionTextDualEncoderProcessor(image_processor=image_processor(cfg), tokenizer=model.text.tokenizer)
     processor.save_pretrained(out)
-    _readable_by_transformers_4(out, processor)
+    readable_by_transformers_4(out, processor)
 
 
 def _vision_names_of_transformers_4(path: Path) -> None:
@@ -189,36 +164,6 @@ def _vision_names_of_transformers_4(path: Path) -> None:
     state = load_file(str(path))
     state = {("vision_model." + k if k.startswith("vision_model.") else k): v for k, v in state.items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-
-
-def _readable_by_transformers_4(out: Path, processor) -> None:
-    """transformers 5 names its generic fast tokenizer `TokenizersBackend`, lists added special tokens
-    (a captioner's `<image>`) as `extra_special_tokens` and nests the image processor in
-    processor_config.json; 4.x knows `PreTrainedTokenizerFast`, `additional_special_tokens` and reads a
-    flat preprocessor_config.json. Both releases read the folder so patched (tested: 4.57.6, 5.24.0)."""
-    from visembed.atomic import atomic_write_json
-
-    path = out / "tokenizer_config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if config.get("tokenizer_class") == "TokenizersBackend":
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    if isinstance(config.get("extra_special_tokens"), list):  # 5.x's list; 4.x reads a dict there (named tokens)
-        config["additional_special_tokens"] = config.pop("extra_special_tokens")
-    atomic_write_json(path, config)
-    image = {k: v for k, v in processor.image_processor.to_dict().items() if not k.startswith("_")}
-    image["image_processor_type"] = "CLIPImageProcessor"
-    atomic_write_json(out / "preprocessor_config.json", image)
-
-
-def _save_model(hf_model, state: dict[str, torch.Tensor], out: Path) -> None:
-    """Strict: every transformers weight comes from ours and every one of ours has a place."""
-    expected = hf_model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ExportError(f"internal name mapping incomplete (missing: {missing[:5]}, unexpected: {unexpected[:5]})")
-    hf_model.load_state_dict(state, strict=True)
-    hf_model.save_pretrained(out)
 
 
 def export_card(cfg: RunConfig, model_dir: Path, kind: str) -> str:
@@ -235,8 +180,6 @@ def export_card(cfg: RunConfig, model_dir: Path, kind: str) -> str:
                "```", "",
                "`<eos>` has the largest token id, so every transformers release pools the same position visembed does."]
     elif kind == "llava":
-        from visembed.export.llava import llava_card_notes
-
         use = llava_card_notes(cfg)
     else:
         use = ["```python", "import torch.nn.functional as F",
@@ -270,8 +213,6 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists and is not empty; choose a new --out")
     if kind == "llava":
-        from visembed.export.llava import export_llava
-
         with new_dir(out) as tmp:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -1,7 +1,11 @@
-"""Model specs: a visembed folder, or `hf:PATH` / `openclip:PATH`, a checkpoint of another project.
+"""The import cache: a model spec (a visembed folder, or `hf:PATH` / `openclip:PATH`, a checkpoint
+of another project) -> a visembed model folder.
 
 `resolve_model(spec)` returns a visembed model folder for any of them, so everything downstream
-(`visembed.load`, `train --init`, eval, embed, index build) reads one format through one code path.
+(`visembed.load`, `train --init`, eval, embed, merge, index build) reads one format through one code
+path. Only the layers above interop/ see specs: `visembed.api.load` and the commands resolve them
+here and hand a plain folder down (models/, eval/ and train/ never import interop/).
+
 A foreign checkpoint is converted once, into `$VISEMBED_CACHE/imported/<kind>-<digest>`, where the
 digest covers the content of the files the converter reads: the same checkpoint is found again,
 a changed one is converted again. The conversion writes into a temporary folder that is renamed
@@ -45,11 +49,11 @@ def source_digest(kind: str, path: Path) -> str:
 
 def _convert(kind: str, source: Path, out_dir: Path) -> None:
     if kind == "hf":
-        from visembed.models.hf_import import convert_hf
+        from visembed.interop.hf_import import convert_hf
 
         convert_hf(source, out_dir)
     else:
-        from visembed.models.openclip_import import convert_openclip
+        from visembed.interop.openclip import convert_openclip
 
         convert_openclip(source, out_dir)
 

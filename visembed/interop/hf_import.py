@@ -2,8 +2,8 @@
 
 Our towers are transformers' CLIP under other module names (pre-LN blocks, class token,
 `pre_layrnorm`, `post_layernorm`, EOS pooling, bias-free projections, `logit_scale` as a log), so the
-weights are renamed, never changed: `HF_PREFIXES` is the one table of names, used both ways (the
-export in `visembed.export.hf` reads it too). The tokenizer comes along as the folder's own
+weights are renamed, never changed: `hf_names.py` holds the one table of names, used both ways (the
+exports in `hf_export.py` and `llava.py` read it too). The tokenizer comes along as the folder's own
 `tokenizer.json` (through transformers, so a folder with only `vocab.json` + `merges.txt` works),
 used as it is: its post-processor adds `<|startoftext|>`/`<|endoftext|>` exactly as
 `CLIPTokenizerFast` does. Preprocessing (size, mean, std) comes from the folder's image-processor
@@ -36,54 +36,13 @@ import torch
 from visembed.atomic import atomic_write_text
 from visembed.checkpoint import ModelFolderError, save_model_folder
 from visembed.config import RunConfig, from_dict, to_dict
+from visembed.interop.hf_names import HF_PREFIXES, IGNORED_HF_KEYS, SIGLIP_PREFIXES, from_hf_name, to_hf_name
 from visembed.models.card import model_card
 
-# (transformers CLIPModel prefix, visembed DualEncoder prefix); the first match wins
-HF_PREFIXES = (
-    ("text_model.embeddings.", "text."),
-    ("text_model.", "text."),
-    ("vision_model.embeddings.", "vision."),
-    ("vision_model.", "vision."),
-    ("visual_projection.", "visual_projection."),
-    ("text_projection.", "text_projection."),
-    ("logit_scale", "logit_scale"),
-)
-# buffers that transformers 4.x wrote into checkpoints and later stopped saving: no weights
-# the same for a transformers SiglipModel
-SIGLIP_PREFIXES = (
-    ("text_model.embeddings.", "text."),
-    ("text_model.head.", "text_projection."),
-    ("text_model.", "text."),
-    ("vision_model.embeddings.", "vision."),
-    ("vision_model.", "vision."),
-    ("logit_scale", "logit_scale"),
-    ("logit_bias", "logit_bias"),
-)
-IGNORED_HF_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 # transformers' hidden_act -> ours
 ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 LAYER_NORM_EPS = 1e-5  # torch's default (CLIP's)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def from_hf_name(name: str, prefixes=HF_PREFIXES) -> str | None:
-    """A transformers CLIPModel (or, with SIGLIP_PREFIXES, SiglipModel) weight name -> ours (None: no place for it)."""
-    for theirs, ours in prefixes:
-        if name.startswith(theirs):
-            return ours + name[len(theirs):]
-    return None
-
-
-def to_hf_name(name: str, prefixes=HF_PREFIXES) -> str | None:
-    """Our weight name -> transformers CLIPModel's (or SiglipModel's) (None: no place for it)."""
-    embeddings = ("token_embedding.", "position_embedding.", "class_embedding", "patch_embedding.")
-    for theirs, ours in prefixes:
-        if name.startswith(ours):
-            rest = name[len(ours):]
-            if theirs.endswith("embeddings.") != rest.startswith(embeddings):
-                continue
-            return theirs + rest
-    return None
 
 
 def read_hf_config(folder: Path) -> dict:

@@ -211,7 +211,7 @@ def _require_runtime() -> None:
 
 
 def _preprocessing(cfg, text_entries: dict) -> dict:
-    from visembed.models.text_hf import _CJK
+    from visembed.models.text_hf import CJK_CHARACTERS
 
     v = cfg.model.vision
     prep = {
@@ -230,7 +230,7 @@ def _preprocessing(cfg, text_entries: dict) -> dict:
     }
     if CJK_TEXT_GRAPH in text_entries:
         prep["text_cjk"] = {**text_entries[CJK_TEXT_GRAPH], "route": "texts with a character matching this regular "
-                            "expression go to this graph, all others to text", "regex": _CJK.pattern}
+                            "expression go to this graph, all others to text", "regex": CJK_CHARACTERS.pattern}
     return prep
 
 

@@ -36,7 +36,7 @@ loss) as they are.
 
 Tokenizer: a `tokenizer.json` beside the checkpoint (published OpenCLIP checkpoints ship the one of
 transformers' CLIPTokenizerFast) is taken as it is; otherwise CLIP's tokenizer is rebuilt from
-OpenAI's BPE merges shipped in visembed/models/assets/ (MIT), the way transformers converts
+OpenAI's BPE merges shipped in visembed/interop/assets/ (MIT), the way transformers converts
 CLIPTokenizer into CLIPTokenizerFast.
 """
 
