@@ -39,7 +39,7 @@ def test_wrong_type_fails():
 
 def test_overrides_parse_json_and_check_types():
     cfg = apply_overrides(RunConfig(), ["train.lr=0.01", "data.train=builtin:emoji?style=all", "model.vision.channels=[8,16]",
-                                        "data.augment.flip=true", "train.steps=7"])
+                                        "data.augment.flip=true", "train.steps=7", "model.vision.kind=convnet"])
     assert (cfg.train.lr, cfg.data.train, cfg.model.vision.channels, cfg.data.augment.flip, cfg.train.steps) == (
         0.01, "builtin:emoji?style=all", [8, 16], True, 7)
     with pytest.raises(ConfigError, match="unknown config key 'train.nope'"):
