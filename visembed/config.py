@@ -1,10 +1,14 @@
 """Configs are dataclasses; presets are JSON files that fill them.
 
-Loading is strict: an unknown key, a value of the wrong type, a kind outside its `Literal` or a
-value outside its range fails with the dotted name of the field. Every config, whether from a
+Loading is strict: an unknown key, a value of the wrong type, a kind outside its `Literal` or table
+or a value outside its range fails with the dotted name of the field. Every config, whether from a
 preset, `--set` overrides or a model folder's `config.json`, goes through `from_dict`, which ends
-in `validate`: the one place where values are checked. The resolved config is saved with every
-checkpoint and model folder, so a model can always be rebuilt from its folder alone.
+in `validate`. The resolved config is saved with every checkpoint and model folder, so a model can
+always be rebuilt from its folder alone.
+
+Each tower kind has its own config class (`VISION_KINDS`, `TEXT_KINDS`: kind -> config class and
+tower class), holding the fields every kind shares plus its own, and checking its own values
+(`validate` on the class); `model.vision.kind` / `model.text.kind` choose the class when data is read.
 """
 
 from __future__ import annotations
@@ -469,9 +473,10 @@ def _kind_from_dict(kinds: dict[str, TowerKind], data: dict, prefix: str) -> Any
         read = _check_value(where, typing.get_type_hints(kinds[owner].config)[key], value)
         if read != default:
             if dataclasses.is_dataclass(default):  # name the sub-field that asks for something
-                where += "." + next(f.name for f in dataclasses.fields(default) if getattr(read, f.name) != getattr(default, f.name))
-            raise ConfigError(f"{where}: a setting of {prefix}.kind {owner!r}, not of {kind!r} (set {prefix}.kind={owner}, "
-                              "or leave it out)")
+                name = next(f.name for f in dataclasses.fields(default) if getattr(read, f.name) != getattr(default, f.name))
+                where, read, default = f"{where}.{name}", getattr(read, name), getattr(default, name)
+            raise ConfigError(f"{where}: must be {default!r} unless {prefix}.kind is {owner!r} (a setting of that kind, "
+                              f"not of {kind!r}), got {read!r}")
     return _from_dict(cls, kept, prefix)
 
 
