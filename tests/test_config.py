@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_wrong_type_fails():
 
 def test_overrides_parse_json_and_check_types():
     cfg = apply_overrides(RunConfig(), ["train.lr=0.01", "data.train=builtin:emoji?style=all", "model.vision.channels=[8,16]",
-                                        "data.augment.flip=true", "train.steps=7"])
+                                        "data.augment.flip=true", "train.steps=7", "model.vision.kind=convnet"])
     assert (cfg.train.lr, cfg.data.train, cfg.model.vision.channels, cfg.data.augment.flip, cfg.train.steps) == (
         0.01, "builtin:emoji?style=all", [8, 16], True, 7)
     with pytest.raises(ConfigError, match="unknown config key 'train.nope'"):
@@ -96,3 +97,109 @@ def test_configs_saved_before_the_student_sub_config_still_load():
                                "width": student.width, "depth": student.depth, "heads": student.heads}
     # (such configs predate the dictionary pairs: none)
     assert from_dict(legacy).model.text.cjk_student == dataclasses.replace(student, dictionary_pairs=0)
+
+
+# ---- one config class per tower kind ---------------------------------------------------------------
+
+MAIN_CONFIGS = Path(__file__).parent / "fixtures" / "main_configs"  # written by ca6bcbd (before per-kind classes)
+
+
+def test_each_tower_kind_has_its_own_config_class_with_only_its_fields():
+    from visembed.config import ConvNetConfig, EfficientNetLiteConfig, HFTextConfig, TransformerTextConfig, ViTConfig
+
+    kinds = {name: (type(load_preset(name).model.vision), type(load_preset(name).model.text)) for name in preset_names()}
+    assert kinds["tiny"] == (ViTConfig, TransformerTextConfig)
+    assert kinds["demo"] == (EfficientNetLiteConfig, HFTextConfig)
+    assert kinds["demo-scratch"] == (ConvNetConfig, HFTextConfig)
+    vision = to_dict(load_preset("demo-scratch"))["model"]["vision"]
+    assert set(vision) == {"kind", "image_size", "head", "head_hidden", "mean", "std", "channels", "blocks_per_stage"}
+    assert "cjk_student" not in to_dict(load_preset("tiny"))["model"]["text"]
+
+
+def test_presets_mean_what_they_meant_on_main():
+    """Every preset resolves to the values it had on ca6bcbd, field by field, for its kinds' fields
+    (fixtures/main_configs/presets.json: `to_dict(load_preset(name))` of every preset, written there)."""
+    before = json.loads((MAIN_CONFIGS / "presets.json").read_text())
+    assert set(before) == set(preset_names())
+    for name, old in before.items():
+        new = to_dict(load_preset(name))
+        for section in ("vision", "text"):
+            assert {k: old["model"][section][k] for k in new["model"][section]} == new["model"][section], (name, section)
+        rest = {k: v for k, v in new["model"].items() if k not in ("vision", "text")}
+        assert rest == {k: old["model"][k] for k in rest}, name
+        assert new["data"] == old["data"], name
+        assert {k: old["train"][k] for k in new["train"] if k in old["train"]} == {
+            k: v for k, v in new["train"].items() if k in old["train"]}, name
+
+
+@pytest.mark.parametrize("name", ["demo", "tiny", "cap", "tiny-convnet-hf"])
+def test_config_json_saved_before_per_kind_classes_still_loads(name):
+    """Model folders of ca6bcbd hold every field of every kind; the other kinds' fields are dropped,
+    whatever they hold (main never read them: tiny-convnet-hf keeps tiny's ViT width 64)."""
+    old = json.loads((MAIN_CONFIGS / f"{name}.json").read_text())
+    cfg = from_dict(old)
+    for section in ("vision", "text"):
+        new = to_dict(cfg)["model"][section]
+        assert new["kind"] == old["model"][section]["kind"]
+        assert new == {k: old["model"][section][k] for k in new}
+    assert from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
+
+
+def test_a_field_of_another_kind_is_dropped_at_its_default_and_refused_otherwise():
+    cfg = from_dict({"model": {"vision": {"kind": "convnet", "width": 192, "feature_cache": 0}}})
+    assert to_dict(cfg)["model"]["vision"] == to_dict(from_dict({"model": {"vision": {"kind": "convnet"}}}))["model"]["vision"]
+    with pytest.raises(ConfigError, match=r"model.vision.width: must be 192 unless model.vision.kind is 'vit' \(a setting of that kind, "
+                       r"not of 'convnet'\), got 64"):
+        from_dict({"model": {"vision": {"kind": "convnet", "width": 64}}})
+    with pytest.raises(ConfigError, match=r"model.text.cjk_student.distill_steps: must be 0 unless model.text.kind is 'hf'"):
+        from_dict({"model": {"text": {"kind": "transformer", "cjk_student": {"distill_steps": 5}}}})
+    with pytest.raises(ConfigError, match="unknown config key 'model.vision.widht'"):
+        from_dict({"model": {"vision": {"kind": "convnet", "widht": 64}}})
+    with pytest.raises(ConfigError, match="model.vision.feature_cache: must be 0 unless model.vision.kind is 'efficientnet_lite'"):
+        apply_overrides(load_preset("tiny"), ["model.vision.feature_cache=10"])
+    # asking for a kind's default where the kind lacks the field asks for nothing
+    assert apply_overrides(load_preset("tiny"), ["model.vision.feature_cache=0"]) == load_preset("tiny")
+
+
+def test_switching_kind_keeps_the_shared_fields_and_drops_the_old_kinds_in_any_order():
+    tiny = load_preset("tiny")
+    for overrides in (["model.vision.kind=convnet", "model.vision.channels=[8,16]"],
+                      ["model.vision.channels=[8,16]", "model.vision.kind=convnet"]):
+        cfg = apply_overrides(tiny, overrides + ["model.text.kind=hf"])
+        assert to_dict(cfg)["model"]["vision"] == {"kind": "convnet", "image_size": 32, "head": "linear", "head_hidden": 1024,
+                                                   "mean": tiny.model.vision.mean, "std": tiny.model.vision.std,
+                                                   "channels": [8, 16], "blocks_per_stage": 1}
+        assert cfg.model.text.kind == "hf" and cfg.model.text.hf_path == "minilm"
+    with pytest.raises(ConfigError, match="model.vision.patch_size"):  # a ViT field after the switch away from ViT
+        apply_overrides(tiny, ["model.vision.kind=convnet", "model.vision.patch_size=4"])
+    back = apply_overrides(apply_overrides(tiny, ["model.vision.kind=convnet"]), ["model.vision.kind=vit"])
+    assert back.model.vision.width == 192 and back.model.vision.image_size == 32  # the ViT's own defaults again
+
+
+def test_a_preset_that_changes_its_bases_kind_starts_that_section_afresh(tmp_path):
+    path = tmp_path / "tiny-convnet.json"
+    path.write_text(json.dumps({"base": "tiny", "model": {"vision": {"kind": "convnet", "channels": [8, 16]}}}))
+    cfg = load_preset(str(path))
+    assert cfg.model.vision.channels == [8, 16] and cfg.model.vision.image_size == 32
+    assert cfg.model.text == load_preset("tiny").model.text
+
+
+def test_tasks_come_from_a_table():
+    from visembed.config import TASK_KINDS
+
+    assert TASK_KINDS["contrastive"] == "dual_encoder"
+    with pytest.raises(ConfigError, match="train.task: must be one of 'contrastive'"):
+        apply_overrides(load_preset("tiny"), ["train.task=classify"])
+    with pytest.raises(ConfigError, match="train.task"):
+        apply_overrides(load_preset("tiny"), ["train.task=caption_align"])  # a dual encoder: contrastive
+
+
+def test_rules_of_a_kind_live_on_its_class():
+    with pytest.raises(ConfigError, match=r"model.vision.head: must be 'linear' or 'mlp' unless model.vision.kind is 'vit'"):
+        apply_overrides(load_preset("demo"), ["model.vision.head=none"])
+    with pytest.raises(ConfigError, match="model.embed_dim: must be model.vision.width"):
+        apply_overrides(load_preset("vit-b16"), ["model.vision.head=none"])  # width 768, embed_dim 512
+    with pytest.raises(ConfigError, match="model.vision.feature_cache: must be 0 while data.augment.enabled"):
+        apply_overrides(load_preset("demo"), ["data.augment.enabled=true"])
+    with pytest.raises(ConfigError, match="model.text.mask_padding"):
+        apply_overrides(load_preset("tiny"), ["model.text.mask_padding=true"])

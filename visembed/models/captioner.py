@@ -25,6 +25,7 @@ from torch import nn
 
 from visembed.config import ModelConfig
 from visembed.models.chat_format import IGNORE, Encoded
+from visembed.models.dual_encoder import DualEncoder
 from visembed.models.lm import build_lm, save_lm_assets, special_ids
 
 HINTS_FILE = "hints.json"  # {language: [caption, ...]}: the captions a prompt's hints come from
@@ -35,7 +36,7 @@ def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
 
 
 class Captioner(nn.Module):
-    def __init__(self, cfg: ModelConfig, encoder: nn.Module, lm: nn.Module, tokenizer,
+    def __init__(self, cfg: ModelConfig, encoder: DualEncoder, lm: nn.Module, tokenizer,
                  hint_bank: dict[str, list[str]] | None = None):
         super().__init__()
         self.hint_bank = hint_bank or {}  # {language: captions}; no hints without one
@@ -45,17 +46,17 @@ class Captioner(nn.Module):
         self.lm = lm
         self.tokenizer = tokenizer
         hidden, lm_width = cfg.captioner.projector_hidden, lm.get_input_embeddings().embedding_dim
-        self.cell_projector = _mlp(encoder.vision.width, hidden, lm_width)
+        self.cell_projector = _mlp(encoder.image_token_width, hidden, lm_width)
         self.embedding_tokens = cfg.captioner.embedding_tokens
         self.embedding_projector = (_mlp(cfg.embed_dim, hidden, lm_width * self.embedding_tokens)
                                     if self.embedding_tokens else None)  # 0: the cells alone, as LLaVA
         self.bos, self.eos, self.pad = special_ids(tokenizer)
         # the frozen encoder's features of each distinct image, where its tower caches (a locked tower)
-        limit = getattr(encoder.vision, "feature_cache", None)
-        if limit is not None:
+        tower_cache = encoder.vision.feature_cache
+        if tower_cache is not None:
             from visembed.models.feature_cache import FeatureCache
 
-            self.feature_cache = FeatureCache(limit.limit)
+            self.feature_cache = FeatureCache(tower_cache.limit)
         else:
             self.feature_cache = None
 
@@ -81,8 +82,8 @@ class Captioner(nn.Module):
     @torch.no_grad()
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """-> (B, D + N * W): the L2-normalised embedding and the tower's cells, flat (cacheable)."""
-        tokens = self.encoder.vision.forward_features(self.encoder.normalize_pixels(pixels))  # (B, N, W)
-        embedding = F.normalize(self.encoder.visual_projection(self.encoder.vision.pool(tokens)), dim=-1)  # (B, D)
+        tokens = self.encoder.image_tokens(pixels)  # (B, N, W)
+        embedding = F.normalize(self.encoder.embed_image_tokens(tokens), dim=-1)  # (B, D)
         return torch.cat([embedding, tokens.flatten(1)], dim=1).float()
 
     @torch.no_grad()
@@ -133,7 +134,7 @@ class Captioner(nn.Module):
         K from the embedding."""
         flat = self.features(pixels) if features is None else features
         d = self.cfg.embed_dim
-        cells = flat[:, d:].view(len(flat), -1, self.encoder.vision.width)  # (B, N, W)
+        cells = flat[:, d:].view(len(flat), -1, self.encoder.image_token_width)  # (B, N, W)
         if self.embedding_projector is None:
             return self.cell_projector(cells)
         embedding = self.embedding_projector(flat[:, :d]).view(len(flat), self.embedding_tokens, -1)  # (B, K, H)
@@ -218,6 +219,19 @@ class Captioner(nn.Module):
             start += len(group)
         return best
 
+    def layer_groups(self) -> list[nn.Module]:
+        """One group for layer-wise learning-rate decay: the projectors and the LM (the encoder is frozen)."""
+        return [self]
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()}
+
+    def without_feature_cache(self) -> "Captioner":
+        """No cached image features, the encoder's tower's nor the captioner's own."""
+        self.encoder.without_feature_cache()
+        self.feature_cache = None
+        return self
+
     def save_assets(self, out_dir: str | Path) -> None:
         out_dir = Path(out_dir)
         self.encoder.save_assets(out_dir)
@@ -266,7 +280,7 @@ def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -
         load_weights(encoder, weights_path(cfg.captioner.vision))
     with torch.no_grad():  # the visual prefix's length: the tower's cells and the embedding
         size = cfg.vision.image_size
-        prefix = cfg.captioner.embedding_tokens + encoder.vision.forward_features(torch.zeros(1, 3, size, size)).shape[1]
+        prefix = cfg.captioner.embedding_tokens + encoder.image_tokens(torch.zeros(1, 3, size, size)).shape[1]
     lm, tokenizer = build_lm(cfg.captioner, Path(asset_dir), pretrained, prefix_tokens=prefix)
     bank = read_hint_bank(asset_dir) if cfg.captioner.hints else {}
     return Captioner(cfg, encoder, lm, tokenizer, bank)

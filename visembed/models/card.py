@@ -33,18 +33,13 @@ def pretrained_sources(cfg: RunConfig) -> list[str]:
 
 def model_card(cfg: RunConfig, metrics: dict | None = None) -> str:
     m, v = cfg.model, cfg.model.vision
-    tower = {"efficientnet_lite": f"EfficientNet-{v.variant.title()}", "vit": f"ViT (patch {v.patch_size}, width {v.width}, "
-             f"{v.depth} layers)", "convnet": f"ConvNet (channels {v.channels})"}[v.kind]
-    locked = ""
-    if v.kind == "efficientnet_lite":
-        locked = ", locked" if v.trainable_groups == 0 else f", last {v.trainable_groups} layer groups trained"
     lines = [
         "# visembed model",
         "",
         f"A {m.architecture.replace('_', ' ')}: images and text mapped into one {m.embed_dim}-d space "
         f"({m.loss} loss). Load it with `visembed.load(folder)`.",
         "",
-        f"- image tower: {tower} at {v.image_size} px{locked}, {v.head} head",
+        f"- image tower: {v.describe()}, {v.head} head",
         f"- text tower: {cfg.model.text.kind}" + (" with a CJK student" if cfg.model.text.cjk_student.enabled else ""),
         f"- training data: `{cfg.data.train}` (language {cfg.data.language})",
     ]

@@ -1,7 +1,8 @@
 """The dual encoder: an image tower and a text tower projected into one shared space.
 
-The towers take tensors (see `vision_vit.py` and `text_transformer.py` for the contract); this
-class composes them into the string API the rest of visembed uses (`encode_text(list[str])`).
+The towers take tensors (their surface: `towers.py`); this class composes them into the string API
+the rest of visembed uses (`encode_text(list[str])`), and hands out the image tower's cells
+(`image_tokens`) to models built on top of it (the captioner).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from visembed.config import ModelConfig
+from visembed.models.towers import TextTower, VisionTower
 
 
 class DualEncoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, vision: nn.Module, text: nn.Module):
+    def __init__(self, cfg: ModelConfig, vision: VisionTower, text: TextTower):
         super().__init__()
         self.cfg = cfg
         self.vision = vision
@@ -30,7 +32,7 @@ class DualEncoder(nn.Module):
         else:
             self.visual_projection = nn.Linear(vision.width, cfg.embed_dim, bias=False)
         # SigLIP's text head has a bias (text towers other than the BPE transformer have no such option)
-        self.text_projection = nn.Linear(text.width, cfg.embed_dim, bias=getattr(cfg.text, "projection_bias", False))
+        self.text_projection = nn.Linear(text.width, cfg.embed_dim, bias=cfg.text.projection_bias)
         if cfg.vision.head == "linear":  # (initialised in this order: the same draws as before the mlp head existed)
             nn.init.normal_(self.visual_projection.weight, std=vision.width**-0.5)
         nn.init.normal_(self.text_projection.weight, std=text.width**-0.5)
@@ -50,6 +52,18 @@ class DualEncoder(nn.Module):
     def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """float (B, 3, S, S) in [0, 1] -> what the vision tower reads (its mean and std applied)."""
         return (pixels - self.pixel_mean) / self.pixel_std
+
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, S, S) in [0, 1] -> the image tower's cells before pooling (B, N, image_token_width)."""
+        return self.vision.forward_features(self.normalize_pixels(pixels))
+
+    def embed_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Cells from `image_tokens` -> (B, embed_dim), not normalised: pooled and projected."""
+        return self.visual_projection(self.vision.pool(tokens))
+
+    @property
+    def image_token_width(self) -> int:
+        return self.vision.width
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """texts: list of B strings -> (B, embed_dim), not normalised (tokenize + the tower, composed)."""
@@ -72,6 +86,20 @@ class DualEncoder(nn.Module):
 
     def save_assets(self, out_dir: str | Path) -> None:
         """Files the towers need besides weights (tokenizer, HF encoder config)."""
-        saver = getattr(self.text, "save_assets", None)
-        if saver is not None:
-            saver(Path(out_dir))
+        self.text.save_assets(Path(out_dir))
+        self.vision.save_assets(Path(out_dir))
+
+    def layer_groups(self) -> list[nn.Module]:
+        """What layer-wise learning-rate decay scales (input side first): the image tower's layer groups."""
+        return self.vision.layer_groups()
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names kept out of weight decay besides every vector and scalar: the towers' own and
+        the temperature."""
+        return ({f"vision.{name}" for name in self.vision.no_weight_decay()}
+                | {f"text.{name}" for name in self.text.no_weight_decay()} | {"logit_scale", "logit_bias"})
+
+    def without_feature_cache(self) -> "DualEncoder":
+        """No cached tower features (a loaded model: inference never sees an image twice)."""
+        self.vision.with_feature_cache(0)
+        return self

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from visembed.atomic import new_dir
-from visembed.config import TextConfig
+from visembed.config import HFTextConfig
+from visembed.models.towers import TextTowerBase
 
 ENCODER_DIR = "text_encoder"  # inside a model folder: the HF encoder's own files
 CACHE_LIMIT = 100_000  # cached texts (384 floats each for MiniLM: ~150 MB at most)
@@ -43,8 +44,8 @@ def has_cjk(text: str) -> bool:
     return bool(CJK_CHARACTERS.search(text))
 
 
-class HFTextEncoder(nn.Module):
-    def __init__(self, cfg: TextConfig, asset_dir: str | Path | None):
+class HFTextEncoder(TextTowerBase):
+    def __init__(self, cfg: HFTextConfig, asset_dir: str | Path | None):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -71,7 +72,7 @@ class HFTextEncoder(nn.Module):
         if cfg.cjk_student.enabled:
             from visembed.models.text_transformer import TextTransformer
 
-            self.student = TextTransformer(cfg.cjk_student, asset_dir)
+            self.student = TextTransformer(cfg.cjk_student.tower_config(), asset_dir)
             self.student_proj = nn.Linear(self.student.width, self.width, bias=False)
 
     def train(self, mode: bool = True) -> "HFTextEncoder":

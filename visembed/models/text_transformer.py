@@ -16,16 +16,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from visembed.config import TransformerTextConfig
 from visembed.models.bpe_tokenizer import FILE_NAME as TOKENIZER_FILE
 from visembed.models.bpe_tokenizer import BPETokenizer
 from visembed.models.layers import Encoder
+from visembed.models.towers import TextTowerBase
 
 
-class TextTransformer(nn.Module):
-    """`cfg` holds vocab_size, context_length, width, depth, heads and mlp_ratio (a TextConfig, or
-    the StudentConfig of a CJK student)."""
+class TextTransformer(TextTowerBase):
+    """`cfg`: the text tower's config, or a CJK student's (`StudentConfig.tower_config()`)."""
 
-    def __init__(self, cfg, tokenizer_dir: str | Path | None):
+    def __init__(self, cfg: TransformerTextConfig, tokenizer_dir: str | Path | None):
         super().__init__()
         if tokenizer_dir is None or not (Path(tokenizer_dir) / TOKENIZER_FILE).is_file():
             raise FileNotFoundError(
@@ -38,10 +39,10 @@ class TextTransformer(nn.Module):
                              f"vocabulary holds {cfg.vocab_size}")
         self.context_length = cfg.context_length
         self.width = cfg.width
-        self.pool_kind = getattr(cfg, "pool", "eos")  # (a CJK student's config has none of these: CLIP's)
-        self.causal = getattr(cfg, "causal", True)
-        self.mask_padding = getattr(cfg, "mask_padding", False)
-        eps = getattr(cfg, "layer_norm_eps", 1e-5)
+        self.pool_kind = cfg.pool
+        self.causal = cfg.causal
+        self.mask_padding = cfg.mask_padding
+        eps = cfg.layer_norm_eps
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.position_embedding = nn.Embedding(cfg.context_length, cfg.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visembed.config import VisionConfig
+from visembed.config import ConvNetConfig
+from visembed.models.towers import VisionTowerBase
 
 
 class ResidualBlock(nn.Module):
@@ -32,8 +33,8 @@ def _down(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU())
 
 
-class ConvNet(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+class ConvNet(VisionTowerBase):
+    def __init__(self, cfg: ConvNetConfig):
         super().__init__()
         channels = cfg.channels
         self.width = channels[-1]

@@ -36,6 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visembed.config import EfficientNetLiteConfig
+from visembed.models.towers import VisionTowerBase
+
 # variant: (width multiplier, depth multiplier, input size, centre-crop fraction at evaluation)
 VARIANTS = {
     "lite0": (1.0, 1.0, 224, 0.875),
@@ -133,7 +136,7 @@ class MBConv(nn.Module):
         return x + y
 
 
-class EfficientNetLite(nn.Module):
+class EfficientNetLite(VisionTowerBase):
     """EfficientNet-Lite image tower with visembed's tower contract.
 
     pixels (B, 3, S, S), normalised with MEAN/STD -> forward_features (B, S/32 * S/32, 1280)
@@ -177,6 +180,11 @@ class EfficientNetLite(nn.Module):
         self.feature_cache = None  # FeatureCache of the locked groups' output, see with_feature_cache
         # where the weights came from (package, file, sha256, licence) for a model card; None if not pretrained
         self.weights_info = load_pretrained(self) if pretrained else None
+
+    @classmethod
+    def from_config(cls, cfg: EfficientNetLiteConfig, *, pretrained: bool) -> "EfficientNetLite":
+        tower = cls(cfg.variant, pretrained=pretrained and cfg.pretrained)
+        return tower.set_trainable(cfg.trainable_groups).with_feature_cache(cfg.feature_cache)
 
     def layer_groups(self) -> list[nn.Module]:
         """[stem, *blocks, head], input side first."""

@@ -5,9 +5,9 @@ a LayerNorm before the blocks, the class token pooled through `post_layernorm`);
 (no class token, `post_layernorm` on every token, then attention pooling with a learned probe:
 transformers' `SiglipMultiheadAttentionPoolingHead`, with the same weight names).
 
-Tower contract (shared by every vision tower): `forward_features(pixels) -> (B, N, width)` tokens
-(the class token first where there is one, then the patches, before the final layer norm),
-`pool(tokens) -> (B, width)`, and `forward = pool(forward_features(...))`.
+Tower contract (`models/towers.py`, shared by every vision tower): `forward_features(pixels) -> (B, N, width)`
+tokens (the class token first where there is one, then the patches, before the final layer norm),
+`pool(tokens) -> (B, width)`, and `forward = pool(forward_features(...))`; one layer group.
 Pixels arrive normalised with the tower's mean and std.
 """
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from visembed.config import VisionConfig
+from visembed.config import ViTConfig
 from visembed.models.layers import MLP, Encoder
+from visembed.models.towers import VisionTowerBase
 
 
 class AttentionPoolingHead(nn.Module):
@@ -38,8 +39,8 @@ class AttentionPoolingHead(nn.Module):
         return x[:, 0]  # (B, width)
 
 
-class VisionTransformer(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+class VisionTransformer(VisionTowerBase):
+    def __init__(self, cfg: ViTConfig):
         super().__init__()
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")

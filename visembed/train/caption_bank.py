@@ -39,8 +39,7 @@ class CaptionBank:
 
 def build_caption_bank(model, dataset, progress: bool = True) -> CaptionBank:
     """Encode the distinct captions of a map-style `dataset` with `model`'s frozen text tower."""
-    is_frozen_for = getattr(model.text, "is_frozen_for", None)
-    if is_frozen_for is None or not model.text.frozen:
+    if not model.text.frozen:
         raise ValueError("train.caption_bank_weight needs a frozen text tower (model.text.kind=hf with "
                          "model.text.freeze=true): a trainable tower would have to re-encode every caption each step")
     if getattr(dataset, "streaming", False):
@@ -48,7 +47,7 @@ def build_caption_bank(model, dataset, progress: bool = True) -> CaptionBank:
                         "not streamed shards")
     captions: dict[str, None] = {}
     for sample in dataset:
-        if sample.caption and is_frozen_for(sample.caption):
+        if sample.caption and model.text.is_frozen_for(sample.caption):
             captions[sample.caption] = None
             if len(captions) > MAX_CAPTIONS:
                 raise DataError(f"the caption bank would hold more than {MAX_CAPTIONS:,} distinct captions; "

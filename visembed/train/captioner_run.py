@@ -43,7 +43,7 @@ def captioner_config(vision: str | Path, data: str, *, lm: str | None = None, st
     flags += [f"train.steps={steps}"] if steps is not None else []
     flags += [f"train.batch_size={batch_size}"] if batch_size is not None else []
     flags += [f"model.captioner.lora_rank={lora}"] if lora is not None else []
-    if base.model.vision.feature_cache == 0 and base.model.vision.kind == "efficientnet_lite":
+    if base.model.vision.kind == "efficientnet_lite" and base.model.vision.feature_cache == 0:
         flags.append("model.vision.feature_cache=50000")  # the captioner caches its frozen encoder's features
     return apply_overrides(cfg, CAPTIONER_DEFAULTS + flags + list(overrides))
 

@@ -1,0 +1,134 @@
+"""The tower surface, written down once, and the registry that builds a tower from its config.
+
+Every image tower and every text tower offers the same methods, so that the optimiser, the model
+loader, the caption bank and the captioner never ask a tower what it can do (timm's habit):
+
+    VisionTower   forward_features(pixels) -> (B, N, width) cells before pooling; pool(cells) -> (B, width);
+                  forward(pixels) == pool(forward_features(pixels)); width; layer_groups();
+                  no_weight_decay(); save_assets(dir); feature_cache / with_feature_cache(limit)
+    TextTower     tokenize(texts) -> (ids, mask); forward(ids, mask) -> (B, width); encode(texts);
+                  width; frozen / is_frozen_for(text); layer_groups(); no_weight_decay(); save_assets(dir)
+
+`VisionTowerBase` and `TextTowerBase` (nn.Module) give the defaults: the whole tower as one layer
+group, nothing exempt from weight decay beyond the optimiser's rule (vectors and scalars), no
+assets, no feature cache, not frozen. A tower overrides what it has.
+
+Kinds come from `visembed.config.VISION_KINDS` / `TEXT_KINDS` (kind -> config class and
+"module:Class"): the tower module is imported when a tower of its kind is built, never before. A new
+tower adds itself with one call, `register_vision_tower(kind, ConfigClass, TowerClass)`, before a
+config naming its kind is read.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from visembed.config import (TEXT_KINDS, VISION_KINDS, ModelConfig, TextConfig, TowerKind, VisionConfig,
+                             register_text_tower, register_vision_tower)
+
+
+@runtime_checkable
+class VisionTower(Protocol):
+    width: int
+    feature_cache: object | None
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor: ...
+    def layer_groups(self) -> list[nn.Module]: ...
+    def no_weight_decay(self) -> set[str]: ...
+    def save_assets(self, out_dir: Path) -> None: ...
+    def with_feature_cache(self, limit: int) -> VisionTower: ...
+
+
+@runtime_checkable
+class TextTower(Protocol):
+    width: int
+    frozen: bool
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def encode(self, texts: list[str]) -> torch.Tensor: ...
+    def is_frozen_for(self, text: str) -> bool: ...
+    def layer_groups(self) -> list[nn.Module]: ...
+    def no_weight_decay(self) -> set[str]: ...
+    def save_assets(self, out_dir: Path) -> None: ...
+
+
+class _TowerDefaults(nn.Module):
+    width: int  # the features' size (set by each tower)
+
+    def layer_groups(self) -> list[nn.Module]:
+        """The tower's parts input side first, for layer-wise learning-rate decay: one group, the whole tower."""
+        return [self]
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to the tower) kept out of weight decay besides every vector and scalar."""
+        return set()
+
+    def save_assets(self, out_dir: Path) -> None:
+        """Files the tower needs besides its weights (a tokenizer, an encoder's config): none."""
+
+
+class VisionTowerBase(_TowerDefaults):
+    """The defaults of `VisionTower`; a tower defines `forward_features` and `pool`."""
+
+    feature_cache = None  # a FeatureCache of the locked part's outputs, where the tower has a locked part
+
+    @classmethod
+    def from_config(cls, cfg: VisionConfig, *, pretrained: bool) -> VisionTowerBase:
+        """The tower `cfg` describes; `pretrained=False` skips reading pretrained weights (a folder brings its own)."""
+        return cls(cfg)
+
+    def with_feature_cache(self, limit: int) -> VisionTowerBase:
+        """Cache the locked part's outputs per distinct image (at most `limit`; 0: off). Nothing is locked: no cache."""
+        return self
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(pixels))
+
+
+class TextTowerBase(_TowerDefaults):
+    """The defaults of `TextTower`; a tower defines `tokenize`, `forward` and `encode`."""
+
+    frozen = False  # whether no part of the tower trains
+
+    @classmethod
+    def from_config(cls, cfg: TextConfig, *, asset_dir: str | Path | None) -> TextTowerBase:
+        """The tower `cfg` describes; `asset_dir` holds its assets (tokenizer.json, text_encoder/)."""
+        return cls(cfg, asset_dir)
+
+    def is_frozen_for(self, text: str) -> bool:
+        """Whether `text` always gets the same features (it goes through a frozen part)."""
+        return self.frozen
+
+
+def tower_class(entry: TowerKind) -> type:
+    """The tower class of a registry entry, imported from its "module:Class" where needed."""
+    if isinstance(entry.builder, str):
+        module, _, name = entry.builder.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return entry.builder
+
+
+def build_vision(cfg: ModelConfig, pretrained: bool = True) -> VisionTower:
+    """The image tower of `cfg.vision.kind`; `pretrained=False` skips reading pretrained weights."""
+    return tower_class(VISION_KINDS[cfg.vision.kind]).from_config(cfg.vision, pretrained=pretrained)
+
+
+def build_text(cfg: ModelConfig, tokenizer_dir: str | Path | None) -> TextTower:
+    """The text tower of `cfg.text.kind`, its assets (tokenizer) read from `tokenizer_dir`."""
+    return tower_class(TEXT_KINDS[cfg.text.kind]).from_config(cfg.text, asset_dir=tokenizer_dir)
+
+
+__all__ = ["TextTower", "TextTowerBase", "VisionTower", "VisionTowerBase", "build_text", "build_vision",
+           "register_text_tower", "register_vision_tower"]
