@@ -79,17 +79,18 @@ def tone_split_r1(model, split: str = "test", size: int = 64) -> tuple[float, fl
 def measure(model, details: dict | None = None) -> dict:
     """Every figure of the table for a loaded model (no training); per-query everyday results go
     into `details` when given."""
+    from visembed.data.emoji import emoji_render_size, emoji_spec
     from visembed.eval.run import evaluate
 
-    openmoji = emoji_search.emoji_spec(model)
+    openmoji = emoji_spec(model.image_size)
     row: dict = {}
     heldout = evaluate(model, openmoji, "test", language="en", progress=False)
     row.update({"heldout_n": heldout["num_images"], "heldout_R@1": heldout["text_to_image_R@1"],
                 "heldout_R@5": heldout["text_to_image_R@5"], "heldout_zh_R@1": heldout.get("zh_text_to_image_R@1"),
                 "heldout_zh_R@5": heldout.get("zh_text_to_image_R@5")})
-    row["heldout_tone_R@1"], row["heldout_other_R@1"] = tone_split_r1(model, size=emoji_search.render_size(model))
+    row["heldout_tone_R@1"], row["heldout_other_R@1"] = tone_split_r1(model, size=emoji_render_size(model.image_size))
     try:
-        noto_spec = emoji_search.emoji_spec(model, style="noto")
+        noto_spec = emoji_spec(model.image_size, style="noto")
         noto = evaluate(model, noto_spec, "all", language="en", progress=False)
         noto_test = evaluate(model, noto_spec, "test", language="en", progress=False)
         row.update({"noto_all_n": noto["num_images"], "noto_all_R@1": noto["text_to_image_R@1"],
