@@ -96,11 +96,11 @@ def load_everyday_queries(path: str | Path = QUERIES_FILE, names: set[str] | Non
     return queries
 
 
-def openmoji_gallery(model) -> Gallery:
-    """Embed every OpenMoji emoji (split "all") at the model's render size."""
+def openmoji_gallery(model, limit: int = 0) -> Gallery:
+    """Embed every OpenMoji emoji (split "all"; the first `limit` when given) at the model's render size."""
     from visembed.data.emoji import EmojiDataset, emoji_render_size
 
-    ds = EmojiDataset("all", size=emoji_render_size(model.image_size))
+    ds = EmojiDataset("all", size=emoji_render_size(model.image_size), limit=limit)
     concepts = [c for _, c, _ in ds.items]
     return Gallery(concepts, model.encode_image([str(path) for _, _, path in ds.items]))
 
