@@ -54,7 +54,8 @@ CONFIGS = {  # name -> (--lm, --set overrides)
 SMOKE_DATA = "builtin:emoji?limit=16"
 SMOKE_CAPTIONER = ["model.captioner.vocab_size=400", "model.captioner.width=32", "model.captioner.depth=1",
                    "model.captioner.heads=2", "model.captioner.projector_hidden=64", "model.captioner.max_tokens=48",
-                   "model.captioner.candidates=1", "train.warmup_steps=1", "train.checkpoint_every=2"]
+                   "model.captioner.candidates=1", "data.val=builtin:emoji?limit=2", "train.warmup_steps=1",
+                   "train.checkpoint_every=2"]
 LATENCY_IMAGES = 50
 THROUGHPUT_BATCH = 32
 MAX_NEW_TOKENS = 16

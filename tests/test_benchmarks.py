@@ -29,6 +29,7 @@ SMOKE = {
     "train_throughput.py": [],
     "wise_ft.py": ["--work", "{tmp}/runs"],
 }
+SLOW = {"caption_quality.py", "cjk_student.py", "wise_ft.py"}  # > ~20 s each on 2 cores (pyproject's `slow`)
 HELP_ONLY = {"cuda_smoke.py": "needs a CUDA device"}
 TWO_STEPS = {"hf_versions.py": "make --smoke, then check, in this venv"}  # tested on its own below
 LIBRARIES = {"emoji_search.py", "markdown_table.py"}  # imported by the benchmarks, not run
@@ -56,7 +57,7 @@ def test_every_benchmark_is_covered():
     assert scripts == covered, f"not run here: {sorted(scripts - covered)}; gone: {sorted(covered - scripts)}"
 
 
-@pytest.mark.parametrize("script", sorted(SMOKE))
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(SMOKE)])
 def test_benchmark_smoke_run_prints_its_table(script, tmp_path):
     extra = [arg.format(tmp=tmp_path) for arg in SMOKE[script]]
     assert_ok(run([f"benchmarks/{script}", "--smoke", *extra], tmp_path), table=True)
@@ -69,6 +70,7 @@ def test_benchmark_help(script, tmp_path):
     assert "usage:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_hf_versions_make_then_check(tmp_path):
     work = tmp_path / "hfv"
     assert_ok(run(["benchmarks/hf_versions.py", "make", str(work), "--smoke"], tmp_path), table=False)
