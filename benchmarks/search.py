@@ -192,7 +192,8 @@ def main() -> None:
     parser.add_argument("--http-items", default="100k", help="index size for the HTTP test; 0 skips it")
     parser.add_argument("--http-clients", default="1,8,32")
     parser.add_argument("--http-seconds", type=float, default=5.0)
-    parser.add_argument("--smoke", action="store_true", help="2k low-rank vectors, 20 queries, one client for 1 s: does it run")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2k low-rank vectors, 20 queries, one client for 1 s: does it run")
     args = parser.parse_args()
     if args.smoke:
         args.sizes, args.data, args.queries = "2k", "lowrank", 20

@@ -31,7 +31,8 @@ def train_base(out: Path, steps: int, seed: int, limit: str = "", preset: str = 
     from visembed.config import apply_overrides, load_preset
     from visembed.train.loop import train
 
-    cfg = apply_overrides(load_preset(preset), [f"data.train={OPENMOJI}{limit}", f"train.steps={steps}", f"train.seed={seed}",
+    cfg = apply_overrides(load_preset(preset), [f"data.train={OPENMOJI}{limit}", f"train.steps={steps}",
+                                                f"train.seed={seed}",
                                                 "model.text.cjk_student.enabled=false", f"train.checkpoint_every={steps}"])
     train(cfg, out, progress=False)
     return out
@@ -88,7 +89,8 @@ def main() -> None:
             merge_models(base, tuned, alpha, merged)
         rows.append({"alpha": alpha, **measure(merged, limit)})
 
-    base_note = f"base: {args.base}" if args.base else f"base: {preset} recipe on OpenMoji only, {args.base_steps} steps"
+    base_note = (f"base: {args.base}" if args.base
+                 else f"base: {preset} recipe on OpenMoji only, {args.base_steps} steps")
     print(f"\nWiSE-FT, held-out concepts (test split), text->image; {base_note}; fine-tuned on Noto art "
           f"(training concepts) for {args.ft_steps} steps at lr {args.ft_lr:g}; seed {args.seed}\n")
     columns = ["alpha", "openmoji R@1", "openmoji R@5", "noto R@1", "noto R@5"]
