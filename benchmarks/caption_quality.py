@@ -21,6 +21,7 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-no-hints, minilm
     python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 --steps 300 --split val
     python benchmarks/caption_quality.py --model runs/cap-gpt2 runs/cap-minilm --json caption.json
+    python benchmarks/caption_quality.py --smoke     # tiny models, 16 emoji a split, seconds: does it run (CI)
 
 Choose settings on `--split val` (~180 images per art style); report `--split test` once.
 """
@@ -49,6 +50,12 @@ CONFIGS = {  # name -> (--lm, --set overrides)
     "gpt2-no-hints": ("gpt2", ["model.captioner.hints=0"]),  # the same without retrieved captions in the prompt
     "minilm": ("minilm", ["train.lr=0.0001"]),  # all-MiniLM-L6-v2 as a decoder: pretrained, a smaller lr
 }
+# --smoke: a 2-step tiny dual encoder (unless --vision), a 1-layer GPT-2 trained 2 steps, 16 emoji a split
+SMOKE_DATA = "builtin:emoji?limit=16"
+SMOKE_CAPTIONER = ["model.captioner.vocab_size=400", "model.captioner.width=32", "model.captioner.depth=1",
+                   "model.captioner.heads=2", "model.captioner.projector_hidden=64", "model.captioner.max_tokens=48",
+                   "model.captioner.candidates=1", "data.val=builtin:emoji?limit=2", "train.warmup_steps=1",
+                   "train.checkpoint_every=2"]
 LATENCY_IMAGES = 50
 THROUGHPUT_BATCH = 32
 MAX_NEW_TOKENS = 16
@@ -212,6 +219,15 @@ def _total_steps(folder: Path, cfg) -> int:
     return steps
 
 
+def tiny_vision(out: Path) -> Path:
+    """A `tiny`-preset dual encoder trained 2 steps on builtin:shapes (--smoke without --vision)."""
+    from visembed.config import apply_overrides, load_preset
+    from visembed.train.loop import train
+
+    train(apply_overrides(load_preset("tiny"), ["train.steps=2", "train.checkpoint_every=2"]), out, progress=False)
+    return out
+
+
 def train_one(name: str, vision: Path, spec: str, steps: int | None, batch_size: int | None, extra: list[str],
               root: Path) -> tuple[Path, dict]:
     from visembed.train.captioner_run import captioner_config, train_captioner
@@ -256,7 +272,17 @@ def main() -> None:
     parser.add_argument("--throughput-images", type=int, default=4 * THROUGHPUT_BATCH,
                         help=f"images captioned in batches of {THROUGHPUT_BATCH} for the throughput")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every row as JSON")
+    parser.add_argument("--smoke", action="store_true", help="tiny models (a 2-step dual encoder unless --vision, a "
+                                                             "1-layer GPT-2 trained 2 steps), 16 emoji a split, 2 "
+                                                             "candidates: does it run")
     args = parser.parse_args()
+    if args.smoke:
+        args.data, args.configs, args.steps, args.batch_size = SMOKE_DATA, ["gpt2"], 2, 8
+        args.overrides, args.limit, args.candidates = SMOKE_CAPTIONER + args.overrides, 8, [2]
+        args.latency_images, args.throughput_images = 2, 2
+        if args.vision is None and not args.model:
+            args.out = args.out or Path(tempfile.mkdtemp(prefix="caption_quality_"))
+            args.vision = tiny_vision(args.out / "vision")
     rows = []
     timing = None if args.no_timing else {"images": args.latency_images, "batched": args.throughput_images}
     if args.model:

@@ -7,6 +7,7 @@ threads, and wall time) on one fixed batch of
 
     python benchmarks/captioner_lora.py                       # trains a tiny dual encoder first
     python benchmarks/captioner_lora.py --vision runs/demo --lms gpt2 minilm --ranks 0 8 --batch-size 32
+    python benchmarks/captioner_lora.py --smoke              # batch 4, one step, rank 0 and 4: does it run (CI)
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import torch
 DATA = "builtin:shapes?n=256"
 
 
-def tiny_vision(out: Path) -> Path:
+def tiny_vision(out: Path, steps: int = 30) -> Path:
     from visembed.config import apply_overrides, load_preset
     from visembed.train.loop import train
 
-    train(apply_overrides(load_preset("tiny"), ["train.steps=30", "train.checkpoint_every=30"]), out, progress=False)
+    train(apply_overrides(load_preset("tiny"), [f"train.steps={steps}", f"train.checkpoint_every={steps}"]), out,
+          progress=False)
     return out
 
 
@@ -72,17 +74,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
+    parser.add_argument("--smoke", action="store_true", help="batch 4, one step, ranks 0 and 4, a 2-step tiny dual "
+                                                             "encoder: does it run")
     args = parser.parse_args()
+    if args.smoke:
+        args.batch_size, args.steps, args.ranks = 4, 1, [0, 4]
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        vision = args.vision or tiny_vision(work / "vision")
+        vision = args.vision or tiny_vision(work / "vision", steps=2 if args.smoke else 30)
         print(f"instruct stage, batch {args.batch_size}, {torch.get_num_threads()} CPU threads")
-        print(f"{'LM':<10} {'LoRA rank':>9} {'learning params':>16} {'CPU s/step':>11} {'wall s/step':>12}")
+        print("| LM | LoRA rank | learning params | CPU s/step | wall s/step |\n| --- | --- | --- | --- | --- |")
         for lm in args.lms:
             for rank in args.ranks:
                 learning, cpu, wall = measure(vision, lm, rank, args.batch_size, args.steps, work)
-                print(f"{lm:<10} {rank or 'full':>9} {learning:>16,} {cpu:>11.3f} {wall:>12.3f}")
+                print(f"| {lm} | {rank or 'full'} | {learning:,} | {cpu:.3f} | {wall:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ No pretrained weights are needed for timing (they do not change the cost).
 
     python benchmarks/efficientnet_speed.py
     python benchmarks/efficientnet_speed.py --variant lite1 --sizes 128 240 --repeats 5
+    python benchmarks/efficientnet_speed.py --smoke     # 32 px, batch 2, one repeat: does it run (CI)
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 160, 224])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="32 px, batch 2, one repeat: does it run")
     args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.batch, args.repeats = [32], 2, 1
 
     model = EfficientNetLite(args.variant, pretrained=False)
     print(f"EfficientNet-{args.variant.title()}, batch {args.batch}, {torch.get_num_threads()} threads")
-    print(f"{'size':>5} {'forward img/s':>14} {'fwd+bwd last 2 img/s':>21}")
+    print("| size | forward img/s | fwd+bwd last 2 img/s |\n| --- | --- | --- |")
     for size in args.sizes:
         x = torch.randn(args.batch, 3, size, size)
 
@@ -57,7 +61,7 @@ def main() -> None:
         model.set_trainable(3).train()
         fwd_bwd = images_per_second(forward_backward, args.batch, args.repeats)
         model.zero_grad(set_to_none=True)
-        print(f"{size:>5} {fwd:>14.1f} {fwd_bwd:>21.1f}")
+        print(f"| {size} | {fwd:.1f} | {fwd_bwd:.1f} |")
 
 
 if __name__ == "__main__":

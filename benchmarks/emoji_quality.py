@@ -27,6 +27,7 @@ model's input size when it is above 64 px):
     python benchmarks/emoji_quality.py                       # all configurations (~35 min on 2 cores)
     python benchmarks/emoji_quality.py --configs baseline --seeds 0 1 2
     python benchmarks/emoji_quality.py --model runs/demo --json demo.json   # an existing model folder
+    python benchmarks/emoji_quality.py --smoke    # the tiny preset, 2 steps, 32 emoji a split: does it run (CI)
 """
 
 from __future__ import annotations
@@ -60,14 +61,22 @@ CONFIGS = {  # name -> (preset, overrides)
 }
 
 
-def tone_split_r1(model, split: str = "test", size: int = 64) -> tuple[float, float]:
+SMOKE = ("tiny", ["data.train=builtin:emoji?limit=32"])  # --smoke: (preset, overrides), 2 steps, 32 emoji a split
+
+
+def with_limit(spec: str, limit: int) -> str:
+    """`spec` with `limit=N` (its first N concepts per split) added where N is given."""
+    return f"{spec}{'&' if '?' in spec else '?'}limit={limit}" if limit else spec
+
+
+def tone_split_r1(model, split: str = "test", size: int = 64, limit: int = 0) -> tuple[float, float]:
     """Text->image R@1 on OpenMoji held-out concepts, for skin-tone variants and for the rest."""
     import numpy as np
 
     from visembed.data.emoji import SKIN_TONES, EmojiDataset
     from visembed.eval.retrieval import query_ranks
 
-    ds = EmojiDataset(split, size=size)
+    ds = EmojiDataset(split, size=size, limit=limit)
     captions = [s.caption for s in ds]
     texts = list(dict.fromkeys(captions))  # the queries, in the order query_ranks ranks them
     _, ranks, _ = query_ranks(model.encode_image([s.path for s in ds]), captions, model.encode_text(texts))
@@ -76,33 +85,35 @@ def tone_split_r1(model, split: str = "test", size: int = 64) -> tuple[float, fl
     return float((ranks[toned] == 1).mean()), float((ranks[~toned] == 1).mean())
 
 
-def measure(model, details: dict | None = None) -> dict:
+def measure(model, details: dict | None = None, limit: int = 0) -> dict:
     """Every figure of the table for a loaded model (no training); per-query everyday results go
-    into `details` when given."""
+    into `details` when given; `limit`: the first N emoji of each split only (a smoke run)."""
+    from visembed.data.emoji import emoji_render_size, emoji_spec
     from visembed.eval.run import evaluate
 
-    openmoji = emoji_search.emoji_spec(model)
+    openmoji = with_limit(emoji_spec(model.image_size), limit)
     row: dict = {}
     heldout = evaluate(model, openmoji, "test", language="en", progress=False)
     row.update({"heldout_n": heldout["num_images"], "heldout_R@1": heldout["text_to_image_R@1"],
                 "heldout_R@5": heldout["text_to_image_R@5"], "heldout_zh_R@1": heldout.get("zh_text_to_image_R@1"),
                 "heldout_zh_R@5": heldout.get("zh_text_to_image_R@5")})
-    row["heldout_tone_R@1"], row["heldout_other_R@1"] = tone_split_r1(model, size=emoji_search.render_size(model))
+    row["heldout_tone_R@1"], row["heldout_other_R@1"] = tone_split_r1(model, size=emoji_render_size(model.image_size),
+                                                                         limit=limit)
     try:
-        noto_spec = emoji_search.emoji_spec(model, style="noto")
+        noto_spec = with_limit(emoji_spec(model.image_size, style="noto"), limit)
         noto = evaluate(model, noto_spec, "all", language="en", progress=False)
         noto_test = evaluate(model, noto_spec, "test", language="en", progress=False)
         row.update({"noto_all_n": noto["num_images"], "noto_all_R@1": noto["text_to_image_R@1"],
                     "noto_all_R@5": noto["text_to_image_R@5"], "noto_heldout_R@1": noto_test["text_to_image_R@1"]})
     except Exception as err:  # no Noto font on this machine
         row["noto_error"] = str(err)
-    gallery = emoji_search.openmoji_gallery(model)
+    gallery = emoji_search.openmoji_gallery(model, limit=limit)
     row.update(emoji_search.own_name_recall(model, gallery))
     row.update(emoji_search.everyday_success(model, gallery, details=details))
     return row
 
 
-def run(name: str, preset: str, overrides: list[str], steps: int | None, seed: int, root: Path) -> dict:
+def run(name: str, preset: str, overrides: list[str], steps: int | None, seed: int, root: Path, limit: int = 0) -> dict:
     import visembed
     from visembed.config import apply_overrides, load_preset
     from visembed.train.loop import train
@@ -115,7 +126,7 @@ def run(name: str, preset: str, overrides: list[str], steps: int | None, seed: i
     seconds = time.time() - start
     details: dict = {}
     row = {"config": name, "seed": seed, "steps": cfg.train.steps, "train_s": round(seconds)}
-    row.update(measure(visembed.load(out), details))
+    row.update(measure(visembed.load(out), details, limit))
     row["everyday_queries"] = details
     return row
 
@@ -161,9 +172,13 @@ def main() -> None:
                              "--seeds and --out are then ignored)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
                         help="also write every row as JSON, with each everyday query's top 3")
+    parser.add_argument("--smoke", action="store_true", help="the tiny preset, 2 steps, 32 emoji a split: does it run")
     args = parser.parse_args()
     emoji_search.load_everyday_queries()  # a bad query list fails before any training
-    if args.model:
+    if args.smoke:
+        root = args.out or Path(tempfile.mkdtemp(prefix="emoji_quality_"))
+        rows = [run("smoke", *SMOKE, 2, 0, root, limit=32)]
+    elif args.model:
         rows = [run_folder(folder) for folder in args.model]
     else:
         root = args.out or Path(tempfile.mkdtemp(prefix="emoji_quality_"))

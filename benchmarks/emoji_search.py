@@ -39,7 +39,6 @@ QUERIES_FILE = Path(__file__).with_name("everyday_queries.json")
 HALVES = ("dev", "heldout")
 EVERYDAY_K = 3  # success: an accepted emoji among the top 3
 CJK = re.compile(r"[\u3400-\u9fff]")
-MIN_RENDER = 64  # emoji are rendered at 64 px unless the model reads larger images
 
 
 @dataclass(frozen=True)
@@ -97,24 +96,11 @@ def load_everyday_queries(path: str | Path = QUERIES_FILE, names: set[str] | Non
     return queries
 
 
-def render_size(model) -> int:
-    """The emoji render size for `model`: its input size when above 64, else 64 (the shared cache)."""
-    return max(MIN_RENDER, int(model.image_size))
+def openmoji_gallery(model, limit: int = 0) -> Gallery:
+    """Embed every OpenMoji emoji (split "all"; the first `limit` when given) at the model's render size."""
+    from visembed.data.emoji import EmojiDataset, emoji_render_size
 
-
-def emoji_spec(model, style: str = "openmoji") -> str:
-    """`builtin:emoji` at the render size for `model` (`?size=N` only when N > 64)."""
-    size = render_size(model)
-    options = [f"size={size}"] if size > MIN_RENDER else []
-    options += [f"style={style}"] if style != "openmoji" else []
-    return "builtin:emoji" + ("?" + "&".join(options) if options else "")
-
-
-def openmoji_gallery(model) -> Gallery:
-    """Embed every OpenMoji emoji (split "all") at the model's render size."""
-    from visembed.data.emoji import EmojiDataset
-
-    ds = EmojiDataset("all", size=render_size(model))
+    ds = EmojiDataset("all", size=emoji_render_size(model.image_size), limit=limit)
     concepts = [c for _, c, _ in ds.items]
     return Gallery(concepts, model.encode_image([str(path) for _, _, path in ds.items]))
 

@@ -4,6 +4,7 @@ interleaved; each row's figure is its fastest round (on a shared machine the slo
 the neighbours). Ratios, not thresholds.
 
     .venv/bin/python benchmarks/export_speed.py [--batch 16] [--repeats 3] [--image-size 224]
+    .venv/bin/python benchmarks/export_speed.py --smoke   # a 1-layer ViT at 32 px, batch 2: does it run (CI)
 
 The model is ViT-B/16-shaped (width 768, 12 layers, 12 heads, patch 16) with random weights (they
 do not change the cost). Every row computes the same thing, L2-normalised image embeddings from
@@ -72,14 +73,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--smoke", action="store_true", help="a 1-layer, 64-wide ViT at 32 px, batch 2, one round: "
+                                                             "does it run")
     args = parser.parse_args()
+    smaller = []
+    if args.smoke:
+        args.batch, args.repeats, args.image_size = 2, 1, 32
+        smaller = ["model.vision.width=64", "model.vision.depth=1", "model.vision.heads=2", "model.embed_dim=32"]
     import onnxruntime
     import transformers
 
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="export_speed_"))
     cfg = apply_overrides(load_preset("vit-b16"), [f"model.vision.image_size={args.image_size}", "model.text.vocab_size=512",
-                                                   "model.text.depth=1", "model.text.width=64", "model.text.heads=2"])
+                                                   "model.text.depth=1", "model.text.width=64", "model.text.heads=2"]
+                        + smaller)
     folder = work / "model"
     folder.mkdir()
     train_bpe_tokenizer(["a photo of a cat", "a dog"] * 10, cfg.model.text.vocab_size, folder)
@@ -115,7 +123,8 @@ def main() -> None:
                 fastest[name] = min(fastest[name], time.perf_counter() - start)
 
     base = args.batch / fastest["visembed (torch eager)"]
-    print(f"encode_image, ViT-B/16 shape at {args.image_size} px, batch {args.batch}, best of {args.repeats}, "
+    shape = "a 1-layer ViT" if args.smoke else "ViT-B/16 shape"
+    print(f"encode_image, {shape} at {args.image_size} px, batch {args.batch}, best of {args.repeats}, "
           f"{threads} threads; torch {torch.__version__}, transformers {transformers.__version__}, "
           f"onnxruntime {onnxruntime.__version__}")
     print("| implementation | images/s | vs visembed |")

@@ -11,11 +11,13 @@ huggingface_hub==0.36.0`, then `PYTHONPATH=/tmp/t4:. python benchmarks/hf_versio
 loads both folders with that release's CLIPModel / VisionTextDualEncoderModel and AutoProcessor and
 prints the largest difference from the recorded embeddings. Measured: 0.0 (CLIP text and image) and
 1.2e-7 / 0.0 (VisionTextDualEncoder text / image) with 4.57.6 and 5.24.0.
+
+`make --smoke` trains 2 steps instead of 20 (CI runs `make --smoke` then `check` in this venv).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ def images():
     return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(32, 32), (40, 64), (64, 40), (120, 90)]]
 
 
-def make(work: Path) -> None:
+def make(work: Path, steps: int = 20) -> None:
     import torch
 
     import visembed
@@ -41,7 +43,7 @@ def make(work: Path) -> None:
     from visembed.train.loop import train
 
     work.mkdir(parents=True, exist_ok=True)
-    train(apply_overrides(load_preset("tiny"), ["train.steps=20"]), work / "run", progress=False)
+    train(apply_overrides(load_preset("tiny"), [f"train.steps={steps}"]), work / "run", progress=False)
     cfg = apply_overrides(load_preset("tiny"), ["model.text.kind=hf", "model.text.hf_path=minilm"])
     torch.manual_seed(0)
     save_model_folder(build_model(cfg.model), cfg, work / "lit")
@@ -87,7 +89,17 @@ def check(work: Path) -> None:
         print(f"| {name} | {dt:.2e} | {di:.2e} |")
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["make", "check"], help="make: export and record (this venv); check: compare")
+    parser.add_argument("work", type=Path, help="the folder make writes and check reads")
+    parser.add_argument("--smoke", action="store_true", help="make: train 2 steps instead of 20")
+    args = parser.parse_args()
+    if args.step == "make":
+        make(args.work, steps=2 if args.smoke else 20)
+    else:
+        check(args.work)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("make", "check"):
-        sys.exit(__doc__)
-    (make if sys.argv[1] == "make" else check)(Path(sys.argv[2]))
+    main()

@@ -1,5 +1,5 @@
 """The table a benchmark prints: one markdown row per result, floats to three decimals, "-" where a
-row lacks a column (paste it into README as it is)."""
+row lacks a column (paste it into docs/benchmarks.md as it is)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ table of cases tried / passed per category (issue #11). It reports; it does not 
 
     .venv/bin/python benchmarks/probe.py                   # every category (~2-3 min on 2 cores)
     .venv/bin/python benchmarks/probe.py --only http,memory --verbose
+    .venv/bin/python benchmarks/probe.py --smoke           # the http category alone: does it run (CI)
     PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/probe.py   # probe another tree
 
 Categories and what "passed" means:
@@ -377,8 +378,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated categories (default: all)")
     parser.add_argument("--verbose", action="store_true", help="list every case, not only the table")
+    parser.add_argument("--smoke", action="store_true", help="the http category alone (as --only http): does it run")
     args = parser.parse_args()
-    wanted = [c for c in args.only.split(",") if c] or ["http", "model-folders", "configs", "kill-rebuild", "memory"]
+    wanted = [c for c in ("http" if args.smoke else args.only).split(",") if c] or ["http", "model-folders", "configs",
+                                                                                     "kill-rebuild", "memory"]
 
     started = time.monotonic()
     results: dict[str, list[Case]] = {}

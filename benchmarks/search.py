@@ -3,6 +3,7 @@ for 100k and 1M vectors of dimension 256; then HTTP search throughput with concu
 
     .venv/bin/python benchmarks/search.py                       # 100k and 1M, every index kind
     .venv/bin/python benchmarks/search.py --sizes 100k --kinds flat,hnsw
+    .venv/bin/python benchmarks/search.py --smoke      # 2k vectors, 20 queries, 1 s of HTTP: does it run (CI)
 
 Two kinds of data:
   random   i.i.d. Gaussian directions: the worst case for any ANN index (no structure at all)
@@ -179,7 +180,13 @@ WIDTHS = (8, 10, 6, 36, 8, 8, 8, 10, 10)
 
 
 def print_row(row) -> None:
-    print("  ".join(str(cell).ljust(width) for cell, width in zip(row, WIDTHS)), flush=True)
+    """One markdown table row, padded so the columns line up in a terminal too."""
+    print("| " + " | ".join(str(cell).ljust(width) for cell, width in zip(row, WIDTHS)) + " |", flush=True)
+
+
+def print_header() -> None:
+    print_row(HEADER)
+    print_row(["-" * width for width in WIDTHS])
 
 
 def main() -> None:
@@ -192,18 +199,23 @@ def main() -> None:
     parser.add_argument("--http-items", default="100k", help="index size for the HTTP test; 0 skips it")
     parser.add_argument("--http-clients", default="1,8,32")
     parser.add_argument("--http-seconds", type=float, default=5.0)
+    parser.add_argument("--smoke", action="store_true",
+                        help="2k low-rank vectors, 20 queries, one client for 1 s: does it run")
     args = parser.parse_args()
+    if args.smoke:
+        args.sizes, args.data, args.queries = "2k", "lowrank", 20
+        args.http_items, args.http_clients, args.http_seconds = "2k", "1", 1.0
 
     table: list[tuple] = []
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads", flush=True)
-    print_row(HEADER)
+    print_header()
     in_process([parse_size(s) for s in args.sizes.split(",")], args.kinds.split(","), args.data.split(","),
                args.dim, args.queries, table)
     if parse_size(args.http_items):
         http_benchmark(parse_size(args.http_items), args.dim, [int(c) for c in args.http_clients.split(",")],
                        args.http_seconds, table)
-    print("\nsummary")
-    print_row(HEADER)
+    print("\nsummary\n")
+    print_header()
     for row in table:
         print_row(row)
 

@@ -1,12 +1,14 @@
 """Training throughput (samples/s for forward + backward + AdamW) of the reference tiny CLIP.
 
     .venv/bin/python benchmarks/train_throughput.py [--batch-size 128] [--steps 8] [--warmup 2]
+    .venv/bin/python benchmarks/train_throughput.py --smoke    # batch 4, one step: does it run (CI)
 
 The reference config (DESIGN.md): ViT patch 8, width 192, 4 layers, 3 heads at 64x64; text
 transformer width 192, 4 layers, context 32, vocabulary 4096; batch 128; embed 256. Every row is
 measured in this process, on this machine, interleaved step by step:
 
-- visembed's step (the one the training loop runs, text tokenisation included, fused AdamW);
+- visembed's step (what the training loop runs: the task's backward, text tokenisation included,
+  gradient clipping, fused AdamW);
 - a plain torch.nn version of the same architecture (nn.TransformerEncoderLayer, pre-tokenised
   ids, torch.optim.AdamW with its defaults);
 - OpenCLIP's `CLIP` with the same config, its `ClipLoss`, AdamW with OpenCLIP's parameter groups
@@ -26,6 +28,7 @@ the CUDA build of torch (~6 GB download; it runs on CPU):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import tempfile
@@ -36,11 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from visembed.config import load_preset
-from visembed.models.bpe_tokenizer import train_bpe_tokenizer
-from visembed.losses import ContrastiveLoss, clip_loss
+from visembed.losses import clip_loss
 from visembed.models import build_model
+from visembed.models.bpe_tokenizer import train_bpe_tokenizer
 from visembed.train.optim import build_optimizer
-from visembed.train.step import train_step
+from visembed.train.tasks import build_task
 
 WORDS = "red green blue yellow small large circle square triangle star left right above below of a the and".split()
 
@@ -88,17 +91,24 @@ def _captions(n: int, rng: random.Random) -> list[str]:
 
 
 def visembed_step(batch: int):
-    """The training loop's step on the reference config; returns a closure that runs one step."""
+    """The training loop's step on the reference config (its task's backward, then clipping and
+    AdamW as the loop does them); returns a closure that runs one step."""
     cfg = load_preset("clip-tiny")
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         train_bpe_tokenizer(_captions(2000, rng), cfg.model.text.vocab_size, tmp)
         model = build_model(cfg.model, tokenizer_dir=tmp).train()
+    task = build_task(cfg, 0, 1)
     opt = build_optimizer(model, lr=1e-4, weight_decay=0.1)
-    loss_fn = ContrastiveLoss("clip")
     pixels, texts = torch.rand(batch, 3, 64, 64), _captions(batch, rng)
 
-    return lambda: train_step(model, loss_fn, opt, [(pixels, texts)], grad_clip=1.0)
+    def step():
+        opt.zero_grad(set_to_none=True)
+        task.backward(model, [(pixels, texts)], contextlib.nullcontext)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        opt.step()
+
+    return step
 
 
 def reference_step(batch: int):
@@ -179,10 +189,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="batch 4, one step after one warm-up: does it run")
     args = parser.parse_args()
+    if args.smoke:
+        args.batch_size, args.steps, args.warmup = 4, 1, 1
     torch.manual_seed(0)
     steps = {
-        "visembed train_step (fused AdamW)": visembed_step(args.batch_size),
+        "visembed (fused AdamW)": visembed_step(args.batch_size),
         "plain torch.nn reference (default AdamW)": reference_step(args.batch_size),
     }
     openclip, not_run = openclip_steps(args.batch_size)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from visembed.data import EMOJI_ATTRIBUTION, DataError, load_image, open_dataset
-from visembed.data.emoji import NOTO_FONT, SKIN_TONES, emoji_catalogue
+from visembed.data.emoji import NOTO_FONT, SKIN_TONES, emoji_catalogue, emoji_spec
 
 
 def test_catalogue_has_english_and_chinese_names():
@@ -59,6 +59,17 @@ def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("VISEMBED_CACHE", str(tmp_path))
     ds = open_dataset("builtin:emoji?limit=1&size=16", "test")
     assert Path(ds[0].path).parent == tmp_path / "emoji-16"
+
+
+def test_emoji_spec_renders_at_the_model_size_above_the_default(tmp_path):
+    assert emoji_spec(48) == emoji_spec(64) == "builtin:emoji"  # small models share the default renders
+    assert emoji_spec(96) == "builtin:emoji?size=96"
+    assert emoji_spec(32, style="noto") == "builtin:emoji?style=noto"
+    assert emoji_spec(160, style="all") == "builtin:emoji?size=160&style=all"
+    ds = open_dataset(emoji_spec(96) + f"&limit=1&cache={tmp_path}", "test")
+    assert Path(ds[0].path).parent == tmp_path / "emoji-96"
+    with Image.open(ds[0].path) as image:
+        assert image.size == (96, 96)
 
 
 @pytest.mark.skipif(not NOTO_FONT.is_file(), reason="fonts-noto-color-emoji is not installed")

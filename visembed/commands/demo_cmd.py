@@ -14,8 +14,6 @@ from visembed.commands.errors import friendly_errors
 
 SHOWN_QUERIES = 6  # held-out names searched for in the printout, spread over the test split
 SHOWN_CAPTIONS = 5  # held-out emoji the captioner describes in the printout
-EVAL_DATA = "builtin:emoji"  # held-out concepts in OpenMoji art, English and Chinese names
-RENDERED_SIZE = 64  # builtin:emoji's default render size
 NAMES_CREDIT = "Names: Unicode CLDR (English, Chinese) via the `emoji` package."
 
 
@@ -40,12 +38,6 @@ def demo(
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def emoji_spec(image_size: int) -> str:
-    """builtin:emoji rendered at the model's input size where that is larger than the default (an
-    upscaled 64 px render would be blurrier than what the model trained on)."""
-    return EVAL_DATA if image_size <= RENDERED_SIZE else f"{EVAL_DATA}?size={image_size}"
 
 
 def data_line(dataset) -> str:
@@ -122,6 +114,7 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
     from visembed.atomic import atomic_write_json
     from visembed.config import apply_overrides, load_preset
     from visembed.data import open_dataset
+    from visembed.data.emoji import emoji_spec
     from visembed.eval.run import evaluate
     from visembed.train.loop import train
 
@@ -138,7 +131,7 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
         _say(f"Starts from: {line}")
     _say()
     train(cfg, out, resume=(out / "checkpoints").is_dir())
-    spec = emoji_spec(cfg.model.vision.image_size)
+    spec = emoji_spec(cfg.model.vision.image_size)  # held-out concepts in OpenMoji art, English and Chinese names
     _say(f"\nTrained in {time.time() - started:.0f} s. Evaluating on held-out concepts ({spec}, test split) ...")
     model = visembed.load(out)
     metrics = evaluate(model, spec, "test", language="en")

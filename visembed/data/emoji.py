@@ -46,6 +46,7 @@ NOTO_ATTRIBUTION = "Noto Color Emoji by Google, SIL Open Font License 1.1"
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 NOTO_PACKAGE = "fonts-noto-color-emoji"  # the Debian package that puts NOTO_FONT there
 STYLES = ("openmoji", "noto")
+DEFAULT_SIZE = 64  # px: what `builtin:emoji` renders at when its spec names no size
 STYLE_NAMES = {"openmoji": "OpenMoji", "noto": "Noto Color Emoji"}
 SPLITS = ("train", "val", "test")
 SKIN_TONES = {f"{cp:X}" for cp in range(0x1F3FB, 0x1F400)}
@@ -148,6 +149,22 @@ def default_cache_root() -> Path:
 
 def style_dir(root: Path, style: str, size: int) -> Path:
     return root / (f"emoji-{size}" if style == "openmoji" else f"emoji-{style}-{size}")
+
+
+def emoji_render_size(image_size: int) -> int:
+    """The size to render emoji at for a model that reads `image_size` px images: that size where it
+    is larger than the default (an upscaled default render would be blurrier than what the model
+    trained on), else the default, whose cache every smaller model shares."""
+    return max(DEFAULT_SIZE, int(image_size))
+
+
+def emoji_spec(image_size: int, style: str = "openmoji") -> str:
+    """The `builtin:emoji` spec for a model that reads `image_size` px images, in art `style`
+    ("openmoji", "noto" or "all"): `?size=N` only where N is above the default, `?style=` only
+    where it is not OpenMoji, so the spec stays the plain `builtin:emoji` where it can."""
+    size = emoji_render_size(image_size)
+    options = ([f"size={size}"] if size > DEFAULT_SIZE else []) + ([f"style={style}"] if style != "openmoji" else [])
+    return "builtin:emoji" + ("?" + "&".join(options) if options else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +282,7 @@ class EmojiDataset:
         split: str = "train",
         *,
         language: str = "en",
-        size: int = 64,
+        size: int = DEFAULT_SIZE,
         style: str = "openmoji",
         label: str = "group",
         limit: int = 0,
