@@ -44,9 +44,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     model = visembed.load(out)
     assert model.encode_text(["狗", "dog"]).shape == (2, model.embed_dim)
     from visembed.data import open_dataset
-    from visembed.index import VectorIndex
+    from visembed.index.backends import open_store
 
-    assert len(VectorIndex.open(out / "index")) == len(open_dataset("builtin:emoji", "all"))  # every emoji indexed
+    assert len(open_store(out / "index")) == len(open_dataset("builtin:emoji", "all"))  # every emoji indexed
     # a second run on the same folder resumes the finished run and reuses the index
     again = run_demo(out, serve=False, steps=4, caption_steps=4, overrides=FAST)
     assert again["text_to_image_R@1"] == metrics["text_to_image_R@1"]

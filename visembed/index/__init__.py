@@ -24,8 +24,6 @@ __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):
-    if name == "VectorIndex":  # the FAISS store's name before backends/ (index folders are the same)
-        name = "FaissStore"
     if name not in _WHERE:
         raise AttributeError(f"module 'visembed.index' has no attribute {name!r}")
     return getattr(importlib.import_module(f"visembed.index.{_WHERE[name]}"), name)
