@@ -176,9 +176,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    # what is optimised (see visembed/train/tasks/): image-text contrast, or a captioner's
-    # projector alone ("caption_align") or projector and LM ("caption_instruct")
-    task: Literal["contrastive", "caption_align", "caption_instruct"] = "contrastive"
+    # what is optimised, by the name a task is registered under (visembed/train/tasks/, which
+    # checks it): "contrastive" (image-text), or a captioner's projector alone ("caption_align") or
+    # projector and LM ("caption_instruct")
+    task: str = "contrastive"
     batch_size: int = 128  # global batch (split across ranks)
     steps: int = 1000  # optimiser steps; overridden by epochs when epochs > 0
     epochs: int = 0
@@ -362,6 +363,7 @@ def validate(cfg: RunConfig) -> RunConfig:
               "caption_bank_weight", "checkpoint_every", "eval_every", "log_every")
     _require(0 < tc.layer_decay <= 1, "train.layer_decay", "in (0, 1]", tc.layer_decay)
     _require(tc.steps >= 1 or tc.epochs >= 1, "train.steps", "1 or more (or set train.epochs)", tc.steps)
+    _require(bool(tc.task.strip()), "train.task", "the name of a task (e.g. 'contrastive')", tc.task)
     return cfg
 
 
