@@ -36,7 +36,7 @@ def test_preset_builds_and_runs_forward_backward(name, tokenizer_dir):
     cfg = _small(name)
     model = build_model(cfg.model, tokenizer_dir=tokenizer_dir if needs_bpe_tokenizer(cfg.model) else None)
     size = cfg.model.vision.image_size
-    out = model(torch.rand(4, 3, size, size), CAPTIONS)
+    out = model(torch.rand(4, 3, size, size), **model.text_tokens(CAPTIONS))
     assert out["image_features"].shape == out["text_features"].shape == (4, 24)
     assert torch.allclose(out["image_features"].norm(dim=-1), torch.ones(4), atol=1e-5)
     assert (out["logit_bias"] is not None) == (cfg.model.loss == "siglip")
@@ -52,7 +52,7 @@ def test_logit_scale_is_clamped_like_clip(tokenizer_dir):
     model = build_model(cfg.model, tokenizer_dir)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
-    assert math.isclose(model(torch.rand(1, 3, 32, 32), ["x"])["logit_scale"].item(), 100.0, rel_tol=1e-5)
+    assert math.isclose(model(torch.rand(1, 3, 32, 32), **model.text_tokens(["x"]))["logit_scale"].item(), 100.0, rel_tol=1e-5)
 
 
 def test_text_pooling_ignores_padding(tokenizer_dir):
@@ -78,7 +78,7 @@ def test_frozen_hf_tower_routes_chinese_to_student(tokenizer_dir):
     cfg = _small("demo-scratch")
     model = build_model(cfg.model, tokenizer_dir)
     assert not any(p.requires_grad for p in model.text.encoder.parameters())  # locked tower
-    out = model(torch.rand(2, 3, 64, 64), ["dog face", "狗脸"])
+    out = model(torch.rand(2, 3, 64, 64), **model.text_tokens(["dog face", "狗脸"]))
     out["text_features"].sum().backward()
     assert model.text.student.token_embedding.weight.grad is not None  # Chinese went through the student
     assert model.text.encoder.embeddings.word_embeddings.weight.grad is None
