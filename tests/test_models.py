@@ -88,8 +88,8 @@ def test_frozen_hf_tower_is_deterministic_in_train_mode(tokenizer_dir):
     """The locked tower's features are cached: they must not carry dropout noise."""
     model = build_model(_small("demo-scratch").model, tokenizer_dir).train()
     assert not model.text.encoder.training
-    first = model.text._pooled(["dog face", "red apple"])
-    assert torch.equal(first, model.text._pooled(["dog face", "red apple"]))
+    first = model.text(*model.text.tokenize(["dog face", "red apple"]))
+    assert torch.equal(first, model.text(*model.text.tokenize(["dog face", "red apple"])))
 
 
 def test_caption_bank_holds_the_distinct_captions_the_frozen_tower_reads(tokenizer_dir):
@@ -161,12 +161,14 @@ def test_text_encode_cuts_padding_only_where_nothing_reads_it(pool, causal, toke
 
 
 def test_frozen_tower_cache_is_bounded_least_recently_used_first(tokenizer_dir):
+    from visembed.models.text_hf import cache_keys
+
     model = build_model(_small("demo-scratch").model, tokenizer_dir).eval()
-    model.text.cache_limit = 3
+    model.text._cache.limit = 3
     with torch.no_grad():
         first = model.encode_text(["red apple"])
         model.encode_text(["dog face", "cat face"])
         model.encode_text(["red apple"])  # used again: now the most recent
         model.encode_text(["green pear"])  # over the limit: "dog face", the least recent, leaves
-        assert list(model.text._cache) == ["cat face", "red apple", "green pear"]
+        assert list(model.text._cache.keys()) == cache_keys(*model.text.tokenize(["cat face", "red apple", "green pear"]))
         assert torch.equal(model.encode_text(["red apple"]), first)

@@ -161,7 +161,7 @@ class HFTextEncoder(nn.Module):
     def _encode_teacher_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if not self.frozen:
             return self(ids, mask)
-        keys = [row[real].numpy().tobytes() for row, real in zip(ids.cpu(), mask.cpu().bool())]
+        keys = cache_keys(ids, mask)
         missing = self._cache.missing(keys)
         if missing:
             first: dict[bytes, int] = {}  # each key's first row
@@ -182,6 +182,11 @@ class HFTextEncoder(nn.Module):
         if self.tokenizer.padding_side == "left":
             return ids[:, ids.shape[1] - longest :], mask[:, mask.shape[1] - longest :]
         return ids[:, :longest], mask[:, :longest]
+
+
+def cache_keys(ids: torch.Tensor, mask: torch.Tensor) -> list[bytes]:
+    """Each row's real token ids, as bytes: what the frozen encoder's features are cached under."""
+    return [row[real].numpy().tobytes() for row, real in zip(ids.cpu(), mask.cpu().bool())]
 
 
 def _none() -> torch.Tensor:
