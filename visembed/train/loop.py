@@ -5,8 +5,8 @@ business (`visembed.train.tasks`): the loop knows data, steps and state, not los
 Reads top to bottom: set-up (processes, data, task assets, the task's model, optimiser, resume,
 task preparation), the loop (samples of this step -> micro-batches as the task asked for them ->
 augment each view -> the task's forward/backward -> clip -> step), evaluation, checkpoints, and the
-final model folder. Everything a step does is a
-function of (seed, step), so `resume=True` ends with the same weights as a run that never stopped.
+final model folder. Everything a step does is a function of (seed, step), so `resume=True` ends
+with the same weights as a run that never stopped.
 """
 
 from __future__ import annotations
