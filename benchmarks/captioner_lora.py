@@ -36,7 +36,6 @@ def tiny_vision(out: Path, steps: int = 30) -> Path:
 def measure(vision: Path, lm: str, rank: int, batch_size: int, steps: int, work: Path) -> tuple[int, float, float]:
     """(parameters that learn, median CPU seconds and wall seconds per step) of the instruct stage."""
     from visembed.data import SkipCounter, open_dataset
-    from visembed.models import build_model
     from visembed.train.captioner_run import captioner_config
     from visembed.train.loader import StepLoader
     from visembed.train.optim import build_optimizer
@@ -47,13 +46,13 @@ def measure(vision: Path, lm: str, rank: int, batch_size: int, steps: int, work:
     dataset = open_dataset(DATA, "train")
     assets = work / f"{lm}-{rank}"
     task.prepare_assets(dataset, assets)
-    model = build_model(cfg.model, tokenizer_dir=assets, pretrained=True)
+    model = task.build_model(cfg, assets, pretrained=True)
     task.configure(model)
     model.train()
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     learning = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    loader = StepLoader(dataset, cfg, 0, 1, 0, target=task.target)
-    batch = [(pixels.float() / 255, targets) for pixels, targets in loader.load(0, SkipCounter())]
+    loader = StepLoader(dataset, cfg, 0, 1, 0, task)
+    batch = [{**micro, "pixels": micro["pixels"].float() / 255} for micro in loader.load(0, SkipCounter())]
     loader.close()
     cpu, wall = [], []
     for _ in range(steps + 1):

@@ -33,7 +33,7 @@ def test_model_folder_round_trip(tiny, tmp_path):
 def test_checkpoints_restore_optimiser_and_keep_the_newest(tiny, tmp_path):
     cfg, model = tiny
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-    out = model(torch.rand(2, 3, 32, 32), ["a", "b"])
+    out = model(torch.rand(2, 3, 32, 32), **model.text_tokens(["a", "b"]))
     (out["image_features"] @ out["text_features"].T).sum().backward()
     opt.step()
     for step in (1, 2, 3):

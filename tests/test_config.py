@@ -184,14 +184,15 @@ def test_a_preset_that_changes_its_bases_kind_starts_that_section_afresh(tmp_pat
     assert cfg.model.text == load_preset("tiny").model.text
 
 
-def test_tasks_come_from_a_table():
-    from visembed.config import TASK_KINDS
+def test_tasks_come_from_the_task_registry():
+    from visembed.train.tasks import check_task
 
-    assert TASK_KINDS["contrastive"] == "dual_encoder"
-    with pytest.raises(ConfigError, match="train.task: must be one of 'contrastive'"):
-        apply_overrides(load_preset("tiny"), ["train.task=classify"])
-    with pytest.raises(ConfigError, match="train.task"):
-        apply_overrides(load_preset("tiny"), ["train.task=caption_align"])  # a dual encoder: contrastive
+    check_task(load_preset("tiny"))
+    with pytest.raises(ConfigError, match="train.task: must be one of 'caption_align', 'caption_instruct', 'contrastive'"):
+        check_task(apply_overrides(load_preset("tiny"), ["train.task=classify"]))
+    with pytest.raises(ConfigError, match="train.task: 'caption_align' trains a model.architecture 'captioner'; for "
+                                          "'dual_encoder' use one of 'contrastive'"):
+        check_task(apply_overrides(load_preset("tiny"), ["train.task=caption_align"]))
 
 
 def test_rules_of_a_kind_live_on_its_class():

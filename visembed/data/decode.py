@@ -22,13 +22,15 @@ def decoded(
     *,
     limit: int | None = None,
     need_caption: bool = False,
+    need_label: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> Iterator[tuple[Sample, Image.Image]]:
     """(sample, RGB image) for each usable sample; each unusable one adds its reason to `skipped`.
 
     `limit` stops after that many usable samples (the rest are not read). With `need_caption`, a
-    sample with a blank caption is counted as `empty_caption` before its image is decoded.
+    sample with a blank caption is counted as `empty_caption` before its image is decoded; with
+    `need_label`, one without a label as `missing_label`.
     """
     if limit is not None and limit <= 0:
         return
@@ -36,6 +38,9 @@ def decoded(
     for sample in samples:
         if need_caption and not (sample.caption or "").strip():
             skipped.add("empty_caption")
+            continue
+        if need_label and not (sample.label or "").strip():
+            skipped.add("missing_label")
             continue
         try:
             image = load_image(sample.image, max_pixels=max_pixels, max_bytes=max_bytes)

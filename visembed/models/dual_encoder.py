@@ -1,8 +1,10 @@
 """The dual encoder: an image tower and a text tower projected into one shared space.
 
 The towers take tensors (their surface: `towers.py`); this class composes them into the string API
-the rest of visembed uses (`encode_text(list[str])`), and hands out the image tower's cells
-(`image_tokens`) to models built on top of it (the captioner).
+the rest of visembed uses (`encode_text(list[str])`), into the tensor API training uses
+(`forward(pixels, input_ids, attention_mask)`, the tokens made by `text_tokens(texts)` in the data
+loader), and hands out the image tower's cells (`image_tokens`) to models built on top of it (the
+captioner).
 """
 
 from __future__ import annotations
@@ -69,14 +71,23 @@ class DualEncoder(nn.Module):
         """texts: list of B strings -> (B, embed_dim), not normalised (tokenize + the tower, composed)."""
         return self.text_projection(self.text.encode(texts))
 
+    def text_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """What `forward` reads of `texts` (besides pixels): {"input_ids", "attention_mask"} and what
+        else the text tower asks for (made on the CPU, where the data is loaded)."""
+        return self.text.batch_tokens(texts)
+
     def forward(
-        self, pixels: torch.Tensor, texts: list[str], bank: torch.Tensor | None = None
+        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        bank: torch.Tensor | None = None, **text_tokens: torch.Tensor,
     ) -> dict[str, torch.Tensor | None]:
-        """`bank`: text-tower outputs (K, text width) of a caption bank (`visembed.train.caption_bank`),
-        projected here so that the projection learns from them."""
+        """pixels (B, 3, S, S) in [0, 1] and `text_tokens(texts)` of B texts -> normalised features of
+        both and the temperature. `bank`: text-tower outputs (K, text width) of a caption bank
+        (`visembed.train.caption_bank`), projected here so that the projection learns from them."""
+        image = self.encode_image(pixels)  # (image first: the order random draws were taken in)
+        text = self.text_projection(self.text.encode_tokens(input_ids, attention_mask, **text_tokens))
         out = {
-            "image_features": F.normalize(self.encode_image(pixels), dim=-1),
-            "text_features": F.normalize(self.encode_text(texts), dim=-1),
+            "image_features": F.normalize(image, dim=-1),
+            "text_features": F.normalize(text, dim=-1),
             "logit_scale": self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp(),
             "logit_bias": self.logit_bias,
         }

@@ -4,7 +4,7 @@ A locked tower maps the same pixels to the same features every time, so with aug
 each training image needs one pass through it per run instead of one per epoch: on a CPU, where
 the pretrained tower's forward costs far more than the small head trained on top of it, epochs
 become nearly free (LiT's recipe). Inputs are recognised by a digest of their bytes, so nothing
-upstream needs to carry ids. The cache is bounded (least recently used first out) and can be saved
+upstream needs to carry ids. The cache is bounded (least recently used first out, `lru.py`) and can be saved
 to and read from a safetensors file (`save`, `load`), keyed by what the features depend on (see
 `visembed.train.tasks.contrastive`), so a second run on the same images skips the tower entirely.
 """
@@ -12,12 +12,13 @@ to and read from a safetensors file (`save`, `load`), keyed by what the features
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from visembed.models.lru import LRU
 
 DIGEST_BYTES = 16
 
@@ -34,7 +35,7 @@ def digest(row: torch.Tensor) -> bytes:
 class FeatureCache:
     def __init__(self, limit: int):
         self.limit = limit
-        self._store: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._store = LRU(limit)  # digest -> features
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
@@ -47,21 +48,16 @@ class FeatureCache:
         first: dict[bytes, int] = {}  # each distinct key -> its first row
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        todo = [key for key in first if key not in self._store]
+        todo = self._store.missing(keys)
         if todo:
             rows = torch.as_tensor([first[key] for key in todo], device=x.device)
             with torch.no_grad():
                 computed = fn(x.index_select(0, rows)).float().cpu()
             for key, features in zip(todo, computed):
-                self._store[key] = features.clone()
+                self._store.put(key, features.clone())
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)
-        out = torch.stack([self._store[key] for key in keys]).to(x.device)
-        for key in first:
-            self._store.move_to_end(key)
-        while len(self._store) > self.limit:
-            self._store.popitem(last=False)
-        return out
+        return torch.stack(self._store.use(keys)).to(x.device)
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -70,7 +66,8 @@ class FeatureCache:
 
         if not self._store:
             return
-        keys = torch.from_numpy(np.frombuffer(b"".join(self._store), dtype=np.uint8).reshape(-1, DIGEST_BYTES).copy())
+        digests = b"".join(self._store.keys())
+        keys = torch.from_numpy(np.frombuffer(digests, dtype=np.uint8).reshape(-1, DIGEST_BYTES).copy())
         values = torch.stack(list(self._store.values()))
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: save_file({"keys": keys, "values": values}, tmp))
@@ -86,5 +83,5 @@ class FeatureCache:
         except (OSError, KeyError, SafetensorError):
             return 0
         for key, value in zip(keys.numpy(), values):
-            self._store[key.tobytes()] = value
+            self._store.put(key.tobytes(), value)
         return len(keys)

@@ -2,20 +2,24 @@
 
 Tower contract: `tokenize(texts) -> (ids, mask)` with the encoder's own tokenizer,
 `forward(ids, mask) -> (B, width)` (mean over real tokens, L2-normalised, as sentence-transformers
-pools all-MiniLM-L6-v2), and `encode(texts)`, which composes them and adds two things strings
-allow: a cache and routing.
+pools all-MiniLM-L6-v2); `batch_tokens(texts)`, what training reads (built where the data is
+loaded), and `encode_tokens(**tokens)`, which add two things: a cache and routing; `encode(texts)`
+composes those two.
 
 Frozen (LiT-style locked tower) by default: then its sentence features are computed once per
-distinct text and cached (least recently used first out beyond `cache_limit` texts), which makes
-training with it nearly as cheap as training the image tower alone. all-MiniLM-L6-v2 knows English
-only; with `model.text.cjk_student` texts that contain CJK characters go to a small BPE text
-transformer that is trained beside it, into the same feature space.
+distinct token sequence and cached (least recently used first out beyond CACHE_LIMIT), which makes
+training with it nearly as cheap as training the image tower alone. The texts missing from the
+cache are encoded together, padded as they would be if tokenised on their own, so a text's
+features do not depend on the batch that brought it. all-MiniLM-L6-v2 knows English only; with
+`model.text.cjk_student` texts that contain CJK characters go to a small BPE text transformer that
+is trained beside it, into the same feature space: `batch_tokens` then holds the encoder's tokens
+of the other texts, the student's of those (`cjk_input_ids`, `cjk_attention_mask`) and which rows
+they are (`cjk_rows`).
 """
 
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -23,10 +27,11 @@ from torch import nn
 
 from visembed.atomic import new_dir
 from visembed.config import HFTextConfig
+from visembed.models.lru import LRU
 from visembed.models.towers import TextTowerBase
 
 ENCODER_DIR = "text_encoder"  # inside a model folder: the HF encoder's own files
-CACHE_LIMIT = 100_000  # cached texts (384 floats each for MiniLM: ~150 MB at most)
+CACHE_LIMIT = 100_000  # cached token sequences (384 floats each for MiniLM: ~150 MB at most)
 CJK_CHARACTERS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
@@ -65,8 +70,7 @@ class HFTextEncoder(TextTowerBase):
         self.encoder.requires_grad_(not self.frozen)
         self.width = self.encoder.config.hidden_size
         self.max_length = min(self.tokenizer.model_max_length, 128)
-        self.cache_limit = CACHE_LIMIT
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache = LRU(CACHE_LIMIT)  # a text's real token ids (bytes) -> its features, on the host
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
         self.student = None
         if cfg.cjk_student.enabled:
@@ -109,39 +113,83 @@ class HFTextEncoder(TextTowerBase):
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, width)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
-    def _pooled(self, texts: list[str]) -> torch.Tensor:
-        return self(*self.tokenize(texts))
-
-    def _encode_teacher(self, texts: list[str]) -> torch.Tensor:
-        if not self.frozen:
-            return self._pooled(texts)
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if missing:
-            with torch.no_grad():
-                for text, feature in zip(missing, self._pooled(missing).float()):
-                    self._cache[text] = feature.cpu()  # host memory: the cache can grow large
-        device = next(self.encoder.parameters()).device
-        features = torch.stack([self._cache[t] for t in texts]).to(device)
-        for text in dict.fromkeys(texts):  # most recently used last; the oldest leave beyond the limit
-            self._cache.move_to_end(text)
-        while len(self._cache) > self.cache_limit:
-            self._cache.popitem(last=False)
-        return features
-
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """Texts -> (B, width): the frozen encoder's cached features, CJK texts through the student."""
+    def batch_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The encoder's tokens of `texts` -> {"input_ids" (B, T), "attention_mask" (B, T)}; with a CJK
+        student, those of the texts it does not read (E of them) and {"cjk_input_ids" (C, T'),
+        "cjk_attention_mask" (C, T'), "cjk_rows" bool (B,)} for the C texts it does."""
         if self.student is None:
-            return self._encode_teacher(texts)
+            ids, mask = self._tokenize_some(texts)
+            return {"input_ids": ids, "attention_mask": mask}
         routed = [has_cjk(t) for t in texts]
-        english = [t for t, r in zip(texts, routed) if not r]
+        ids, mask = self._tokenize_some([t for t, r in zip(texts, routed) if not r])
         cjk = [t for t, r in zip(texts, routed) if r]
+        student = self.student.batch_tokens(cjk) if cjk else {"input_ids": _none(), "attention_mask": _none()}
+        return {"input_ids": ids, "attention_mask": mask, "cjk_input_ids": student["input_ids"],
+                "cjk_attention_mask": student["attention_mask"], "cjk_rows": torch.tensor(routed, dtype=torch.bool)}
+
+    def _tokenize_some(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokenize(texts) if texts else (_none(), _none())
+
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      cjk_input_ids: torch.Tensor | None = None, cjk_attention_mask: torch.Tensor | None = None,
+                      cjk_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """What `batch_tokens` made -> (B, width): the frozen encoder's cached features, CJK texts
+        through the student."""
+        if cjk_rows is None:
+            return self._encode_teacher_tokens(input_ids, attention_mask)
+        rows = cjk_rows.tolist()
         parts = []
-        if english:
-            parts.append((self._encode_teacher(english), [i for i, r in enumerate(routed) if not r]))
-        if cjk:
-            parts.append((self.student_proj(self.student.encode(cjk)), [i for i, r in enumerate(routed) if r]))
+        if len(input_ids):
+            parts.append((self._encode_teacher_tokens(input_ids, attention_mask),
+                          [i for i, r in enumerate(rows) if not r]))
+        if len(cjk_input_ids):
+            parts.append((self.student_proj(self.student.encode_tokens(cjk_input_ids, cjk_attention_mask)),
+                          [i for i, r in enumerate(rows) if r]))
         width = parts[0][0].shape[-1]
-        result = parts[0][0].new_zeros(len(texts), width)
+        result = parts[0][0].new_zeros(len(rows), width)
         for features, index in parts:
             result = result.index_put((torch.as_tensor(index, device=result.device),), features.to(result.dtype))
         return result  # (B, width)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (B, width): the frozen encoder's cached features, CJK texts through the student."""
+        return self.encode_tokens(**self.batch_tokens(texts))
+
+    def _encode_teacher(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (B, width) through the encoder (never the student)."""
+        return self._encode_teacher_tokens(*self.tokenize(texts))
+
+    def _encode_teacher_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.frozen:
+            return self(ids, mask)
+        keys = cache_keys(ids, mask)
+        missing = self._cache.missing(keys)
+        if missing:
+            first: dict[bytes, int] = {}  # each key's first row
+            for i, key in enumerate(keys):
+                first.setdefault(key, i)
+            rows = torch.as_tensor([first[key] for key in missing])
+            with torch.no_grad():
+                features = self(*self._alone(ids.cpu()[rows], mask.cpu()[rows])).float()
+            for key, feature in zip(missing, features):
+                self._cache.put(key, feature.cpu())  # host memory: the cache can grow large
+        device = next(self.encoder.parameters()).device
+        return torch.stack(self._cache.use(keys)).to(device)
+
+    def _alone(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of a padded batch as the tokenizer pads them on their own: to their longest (the
+        features of a text must not depend on the texts it was tokenised with)."""
+        longest = int(mask.sum(dim=1).max())
+        if self.tokenizer.padding_side == "left":
+            return ids[:, ids.shape[1] - longest :], mask[:, mask.shape[1] - longest :]
+        return ids[:, :longest], mask[:, :longest]
+
+
+def cache_keys(ids: torch.Tensor, mask: torch.Tensor) -> list[bytes]:
+    """Each row's real token ids, as bytes: what the frozen encoder's features are cached under."""
+    return [row[real].numpy().tobytes() for row, real in zip(ids.cpu(), mask.cpu().bool())]
+
+
+def _none() -> torch.Tensor:
+    """Token ids (or a mask) of no text."""
+    return torch.zeros(0, 0, dtype=torch.long)

@@ -5,8 +5,9 @@ never influence the pooled feature. SigLIP's variant (`model.text.pool = "last"`
 bidirectional attention over the text padded to `context_length` with the tokenizer's pad token,
 pooled at the last position (padding included, as SigLIP was trained), optionally with padded keys
 masked (`mask_padding`, what transformers computes when given its processor's attention mask). The tower contract (shared by every text tower):
-`tokenize(texts) -> (ids, mask)` on the CPU, `forward(ids, mask) -> (B, width)`, and
-`encode(texts)`, the two composed.
+`tokenize(texts) -> (ids, mask)` on the CPU, `forward(ids, mask) -> (B, width)`;
+`batch_tokens(texts) -> {"input_ids", "attention_mask"}`, what training reads (built where the
+data is loaded), `encode_tokens(**tokens) -> (B, width)`, and `encode(texts)`, the two composed.
 """
 
 from __future__ import annotations
@@ -76,12 +77,19 @@ class TextTransformer(TextTowerBase):
         eos = mask.to(x.device).sum(dim=1) - 1  # (B,)
         return x[torch.arange(x.shape[0], device=x.device), eos]
 
-    def encode(self, texts: list[str]) -> torch.Tensor:
+    def batch_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """`tokenize`, with the padding after the longest text cut where nothing reads it (causal
+        attention, pooled at <eos>): the same features for a fraction of the work (a Chinese name is
+        ~4 of the student's 24 tokens) -> {"input_ids", "attention_mask"}."""
         ids, mask = self.tokenize(texts)
         if self.pool_kind == "eos" and self.causal:
-            # nothing reads the padding after the batch's longest text (causal attention, pooled at
-            # <eos>): cut it, the same features for a fraction of the work (a Chinese name is ~4
-            # of the student's 24 tokens)
             longest = int(mask.sum(dim=1).max())
             ids, mask = ids[:, :longest], mask[:, :longest]
-        return self(ids, mask)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What `batch_tokens` made -> (B, width)."""
+        return self(input_ids, attention_mask)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return self.encode_tokens(**self.batch_tokens(texts))

@@ -2,10 +2,11 @@
 the weights (and tokenizer) of a model folder given as `init`. What is optimised is a task's
 business (`visembed.train.tasks`): the loop knows data, steps and state, not losses.
 
-Reads top to bottom: set-up (processes, data, task assets, model, optimiser, resume, task
-preparation), the loop (samples of this step -> batch -> augment -> the task's forward/backward ->
-clip -> step), evaluation, checkpoints, and the final model folder. Everything a step does is a
-function of (seed, step), so `resume=True` ends with the same weights as a run that never stopped.
+Reads top to bottom: set-up (processes, data, task assets, the task's model, optimiser, resume,
+task preparation), the loop (samples of this step -> micro-batches as the task asked for them ->
+augment each view -> the task's forward/backward -> clip -> step), evaluation, checkpoints, and the
+final model folder. Everything a step does is a function of (seed, step), so `resume=True` ends
+with the same weights as a run that never stopped.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from visembed.config import RunConfig
 from visembed.data import DataError, SkipCounter, build_train_augment, open_dataset
 from visembed.distributed import barrier, cleanup, init_distributed, reduce_number
 from visembed.atomic import atomic_write_text
-from visembed.models import build_model
 from visembed.models.card import model_card
 from visembed.models.text_hf import ENCODER_DIR
+from visembed.train.batch import MicroBatch, view_keys
 from visembed.train.loader import StepLoader
 from visembed.train.metrics_log import MetricsLog
 from visembed.train.optim import build_optimizer
@@ -81,7 +82,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
             raise ValueError(f"{out} holds a run with a different model or data config; resume it with the same "
                              "preset and --set overrides, or choose another --out")
     assets = _asset_dir(task, dataset, out, init, ckpt is not None, main)
-    model = build_model(cfg.model, tokenizer_dir=assets, pretrained=fresh)  # else weights come from init or ckpt
+    model = task.build_model(cfg, assets, pretrained=fresh)  # else weights come from init or ckpt
     if init is not None:
         checkpoint.load_weights(model, checkpoint.weights_path(init))
     task.configure(model)  # which parameters learn
@@ -112,7 +113,8 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
             model, device_ids=[local_rank] if device.type == "cuda" else None,
             find_unused_parameters=task.find_unused_parameters)
     augment = build_train_augment(cfg.data.augment).to(device)
-    loader = StepLoader(dataset, cfg, rank, world, start_step * per_step, target=task.target)
+    loader = StepLoader(dataset, cfg, rank, world, start_step * per_step, task)
+    views = view_keys(task.needs.views)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume else None) if main else None
     bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not (progress and main), dynamic_ncols=True)
 
@@ -125,17 +127,17 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # (checkpoints from before layer decay have none)
 
-        batch = loader.load(step, skipped)  # this rank's micro-batches: [(uint8 pixels, targets)]
+        batch = loader.load(step, skipped)  # this rank's micro-batches: [{"pixels": uint8, **task fields}]
         if step + 1 < total_steps:
             loader.prefetch(step + 1)
-        local_sizes = [len(texts) for _, texts in batch]
+        local_sizes = [len(micro["pixels"]) for micro in batch]
         if reduce_number(min(local_sizes), "min", device) == 0:
             if main:  # every sample of a micro-batch was broken somewhere: nothing to learn this step
                 skipped.add("empty_batch_step")
         else:
             torch.manual_seed(step_seed(tc.seed, step, rank))  # augmentations depend on the step only
             with torch.no_grad():
-                batch = [(augment(pixels.to(device).float() / 255), texts) for pixels, texts in batch]
+                batch = [_augmented(micro, augment, views, device) for micro in batch]
             optimizer.zero_grad(set_to_none=True)
             last = task.backward(ddp, batch, autocast)
             if not math.isfinite(last["loss"]):
@@ -191,6 +193,16 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
         print(f"run finished: {out}; skipped {total} input(s)" + (f" ({summary})" if summary else ""))
     barrier()
     return final
+
+
+# ---- the loop's helpers --------------------------------------------------------------------
+
+
+def _augmented(micro: MicroBatch, augment, views: list[str], device: torch.device) -> MicroBatch:
+    """The micro-batch with its uint8 "pixels" replaced by float views in [0, 1], each an augmented
+    draw (in `views` order) from the global RNG the loop has just seeded for this step."""
+    pixels = micro["pixels"].to(device).float() / 255
+    return {**micro, **{key: augment(pixels) for key in views}}
 
 
 # ---- set-up helpers ------------------------------------------------------------------------

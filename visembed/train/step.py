@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from visembed.train.caption_bank import CaptionBank
-from visembed.train.tasks import Autocast, MicroBatch
+from visembed.train.batch import Autocast, MicroBatch
 
 
 def _no_sync(model: nn.Module, sync: bool):
@@ -37,15 +37,18 @@ def contrastive_backward(
     bank: CaptionBank | None = None,
 ) -> dict[str, float]:
     """Backpropagate the loss of all micro-batches together; gradients accumulate in `.grad`.
+    Each micro-batch holds "pixels" (b, 3, S, S) in [0, 1], "tokens" (`model.text_tokens` of its
+    captions) and, with a caption bank, "captions" (their strings: the bank's rows are found by text).
 
     Returns the loss and the temperature for logging.
     """
     bank_input = {} if bank is None else {"bank": bank.features}
     if len(micro_batches) == 1:
-        pixels, texts = micro_batches[0]
+        batch = micro_batches[0]
         with autocast():
-            out = model(pixels, texts, **bank_input)
-            bank_args = {} if bank is None else {"bank": out["bank_features"], "bank_labels": bank.labels(texts)}
+            out = model(batch["pixels"], **batch["tokens"], **bank_input)
+            bank_args = {} if bank is None else {"bank": out["bank_features"],
+                                                 "bank_labels": bank.labels(batch["captions"])}
             loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"],
                            **bank_args)
             loss = loss["contrastive_loss"]
@@ -53,16 +56,16 @@ def contrastive_backward(
         return {"loss": loss.item(), "logit_scale": out["logit_scale"].item()}
 
     with torch.no_grad(), autocast():
-        cached = [model(pixels, texts) for pixels, texts in micro_batches]
+        cached = [model(batch["pixels"], **batch["tokens"]) for batch in micro_batches]
     images = [c["image_features"] for c in cached]  # each (b_j, D)
-    texts_ = [c["text_features"] for c in cached]
+    texts = [c["text_features"] for c in cached]
     last = len(micro_batches) - 1
-    bank_labels = None if bank is None else bank.labels([t for _, texts in micro_batches for t in texts])
-    for j, (pixels, texts) in enumerate(micro_batches):
+    bank_labels = None if bank is None else bank.labels([t for batch in micro_batches for t in batch["captions"]])
+    for j, batch in enumerate(micro_batches):
         with _no_sync(model, sync=j == last), autocast():
-            out = model(pixels, texts, **bank_input)
+            out = model(batch["pixels"], **batch["tokens"], **bank_input)
             image = torch.cat(images[:j] + [out["image_features"]] + images[j + 1 :])  # (B, D)
-            text = torch.cat(texts_[:j] + [out["text_features"]] + texts_[j + 1 :])
+            text = torch.cat(texts[:j] + [out["text_features"]] + texts[j + 1 :])
             # the temperature (and a caption bank) enters every pass; let only one of them carry its gradient
             scale, bias = out["logit_scale"], out["logit_bias"]
             bank_args = {} if bank is None else {"bank": out["bank_features"], "bank_labels": bank_labels}

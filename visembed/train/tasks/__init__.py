@@ -2,12 +2,21 @@
 task (data plan, augmentation, optimiser, schedule, checkpoints, resume, DDP); a task brings what
 is particular to one objective:
 
+    needs                              what it needs of a sample (`Needs`: a caption, a label or
+                                       nothing) and how many augmented views of each image
+    find_unused_parameters             whether DDP must expect parameters without gradients
     prepare_assets(dataset, out_dir)   before the model is built, on the main process of a fresh
                                        run: files the model needs (a BPE vocabulary learnt on the
                                        captions)
+    build_model(cfg, assets, pretrained) -> model
+                                       the model it trains, its tower assets read from `assets`;
+                                       `pretrained=False` where weights are loaded over it anyway
     configure(model)                   before the optimiser is built: which parameters learn
-    target(sample)                     what a micro-batch carries of each sample besides its pixels
-                                       (its caption; a captioner's candidate conversations)
+    fields(samples) -> dict            what a micro-batch carries besides its pixels, made of the
+                                       samples whose images decoded: token ids, labels, captions.
+                                       Runs in the loader (on the CPU, in a background thread when
+                                       data.num_workers > 0): tokenisation belongs here, random
+                                       draws do not (they belong to the step's seeded RNG)
     prepare(model, dataset, fresh=, progress=)
                                        after the weights are in place (initialised, or restored by a
                                        resume): caches and warm-ups (a caption bank; distilling a
@@ -20,33 +29,35 @@ is particular to one objective:
                                        written and evaluated: the model in the form it is saved
                                        (a captioner's LoRA adapters merged into its LM)
     evaluate(model) -> {name: float}   metrics on validation data (main process only)
-    find_unused_parameters             whether DDP must expect parameters without gradients
 
-A task is chosen by `train.task` (`build_task`), or passed to `train(..., task=...)` directly.
+Micro-batches are dicts (`visembed.train.batch`). A task is chosen by name, `train.task`, among
+those registered here (`register_task`), or passed to `train(..., task=...)` directly.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-import torch
 from torch import nn
 
-MicroBatch = tuple[torch.Tensor, list]  # pixels (b, 3, S, S) in [0, 1], augmented; b targets (captions)
-Autocast = Callable[[], contextlib.AbstractContextManager]
+from visembed.config import ConfigError
+from visembed.train.batch import Autocast, MicroBatch, Needs
 
 
 class Task(Protocol):
+    needs: Needs
     find_unused_parameters: bool
 
     def prepare_assets(self, dataset, out_dir: Path) -> None: ...
 
+    def build_model(self, cfg, assets: Path, pretrained: bool) -> nn.Module: ...
+
     def configure(self, model: nn.Module) -> None: ...
 
-    def target(self, sample): ...
+    def fields(self, samples: list) -> dict: ...
 
     def prepare(self, model: nn.Module, dataset, *, fresh: bool, progress: bool) -> None: ...
 
@@ -57,17 +68,44 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
 
 
+TaskFactory = Callable[..., Task]  # (cfg, rank, world) -> Task
+# name -> (a factory, or "module:Class" imported when first asked for (tasks pull in heavy modules);
+#          the model.architecture the task trains)
+_TASKS: dict[str, tuple[TaskFactory | str, str]] = {
+    "contrastive": ("visembed.train.tasks.contrastive:ContrastiveTask", "dual_encoder"),
+    "caption_align": ("visembed.train.tasks.captioning:CaptioningTask", "captioner"),
+    "caption_instruct": ("visembed.train.tasks.captioning:CaptioningTask", "captioner"),
+}
+
+
+def register_task(name: str, factory: TaskFactory | str, architecture: str = "dual_encoder") -> None:
+    """Make `train.task=name` build `factory(cfg, rank, world)`, for models of `architecture`."""
+    _TASKS[name] = (factory, architecture)
+
+
+def task_names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def check_task(cfg) -> None:
+    """`ConfigError` naming `train.task` unless it names a registered task for `model.architecture`."""
+    if cfg.train.task not in _TASKS:
+        raise ConfigError(f"train.task: must be one of {', '.join(map(repr, task_names()))}, got {cfg.train.task!r}")
+    architecture = _TASKS[cfg.train.task][1]
+    if architecture != cfg.model.architecture:
+        fitting = [name for name in task_names() if _TASKS[name][1] == cfg.model.architecture]
+        raise ConfigError(f"train.task: {cfg.train.task!r} trains a model.architecture {architecture!r}; for "
+                          f"{cfg.model.architecture!r} use one of {', '.join(map(repr, fitting))}")
+
+
 def build_task(cfg, rank: int, world: int) -> Task:
     """The task `cfg.train.task` names, for this process of `world`."""
-    if cfg.train.task == "contrastive":
-        from visembed.train.tasks.contrastive import ContrastiveTask
-
-        return ContrastiveTask(cfg, rank, world)
-    if cfg.train.task in ("caption_align", "caption_instruct"):
-        from visembed.train.tasks.captioning import CaptioningTask
-
-        return CaptioningTask(cfg, rank, world)
-    raise ValueError(f"unknown train.task {cfg.train.task!r}")
+    check_task(cfg)
+    factory = _TASKS[cfg.train.task][0]
+    if isinstance(factory, str):
+        module, _, name = factory.partition(":")
+        factory = getattr(importlib.import_module(module), name)
+    return factory(cfg, rank, world)
 
 
-__all__ = ["Autocast", "MicroBatch", "Task", "build_task"]
+__all__ = ["Autocast", "MicroBatch", "Needs", "Task", "build_task", "check_task", "register_task", "task_names"]

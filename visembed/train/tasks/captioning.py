@@ -7,17 +7,20 @@
                       adapters on the frozen LM, merged into it at the end); every conversation,
                       multi-turn included
 
-Each sample brings its candidate conversations (`visembed.data.conversations.conversations_of`);
-each step draws one per sample with the step's seeded RNG, so a resumed run draws the same ones.
-The loss is the assistant's tokens only; a conversation left with nothing to learn after
-truncation is an error naming the sample, never a silent zero. With `model.captioner.hints`, each
-prompt names the training captions closest to its image, the image's own left out (a training image
-is then asked about as a new concept would be).
+Each sample brings its candidate conversations (`visembed.data.conversations.conversations_of`),
+tokenised in the loader (`fields`); each step draws one per sample with the step's seeded RNG, so a
+resumed run draws the same ones. The loss is the assistant's tokens only; a conversation left with
+nothing to learn after truncation is an error naming the sample (when it is drawn), never a silent
+zero. With `model.captioner.hints`, each prompt names the training captions closest to its image,
+the image's own left out (a training image is then asked about as a new concept would be): those
+are found with the frozen encoder's features of the image, so a captioner that shows hints
+tokenises the drawn conversation in the step, once its hints are known.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +28,7 @@ from torch import nn
 
 from visembed.config import RunConfig
 from visembed.data import DataError
-from visembed.train.tasks import Autocast, MicroBatch
+from visembed.train.batch import Autocast, MicroBatch, Needs
 
 EVAL_LIMIT = 100  # images per periodic evaluation (generation is slow on a CPU)
 CHUNKS = 4  # forward/backward passes per micro-batch, rows grouped by length
@@ -33,13 +36,25 @@ TOKENIZER_SAMPLES = 50_000  # samples whose conversations teach the "gpt2" LM's 
 HINT_BANK_LIMIT = 50_000  # distinct captions per language the hints are drawn from
 
 
+@dataclass
+class Candidates:
+    """One sample's candidate conversations (the step draws one of them)."""
+
+    id: str
+    conversations: list[list[dict]]
+    own: set[str]  # the sample's own captions: never among its hints
+    rows: list | None = None  # each conversation tokenised (or the DataError it raises); None: left to the step
+
+
 class CaptioningTask:
+    needs = Needs(sample="caption", views=1)
     find_unused_parameters = False
 
     def __init__(self, cfg: RunConfig, rank: int = 0, world: int = 1):
         self.cfg, self.main = cfg, rank == 0
         self.instruct = cfg.train.task == "caption_instruct"
         self.lora = self.instruct and cfg.model.captioner.lora_rank > 0
+        self.tokenizer, self.shows_hints = None, False  # the LM's tokenizer and the model's hints, once built
 
     def prepare_assets(self, dataset, out_dir: Path) -> None:
         """The dual encoder's assets (from its folder), the LM's tokenizer and the hint bank."""
@@ -75,6 +90,13 @@ class CaptioningTask:
                     texts[text] = None
         save_hint_bank({language: list(texts) for language, texts in bank.items()}, out_dir)
 
+    def build_model(self, cfg: RunConfig, assets: Path, pretrained: bool) -> nn.Module:
+        from visembed.models import build_model
+
+        model = build_model(cfg.model, tokenizer_dir=assets, pretrained=pretrained)
+        self.tokenizer, self.shows_hints = model.tokenizer, model.hints > 0
+        return model
+
     def configure(self, model: nn.Module) -> None:
         """The projectors always learn; the LM in stage 2, or from the start when it is new (and
         MiniLM's LM head, which the sentence encoder never had). With model.captioner.lora_rank,
@@ -97,13 +119,24 @@ class CaptioningTask:
 
             merge_adapters(model.lm)
 
-    def target(self, sample) -> dict:
+    def candidates(self, sample) -> Candidates:
+        """The conversations a sample may be trained on in this stage (untokenised)."""
         from visembed.data.conversations import conversations_of, hint_texts_of
 
-        candidates = conversations_of(sample)
+        conversations = conversations_of(sample)
         if not self.instruct:
-            candidates = [c for c in candidates if len(c) == 2] or candidates
-        return {"id": sample.id, "conversations": candidates, "own": set(hint_texts_of(sample).values())}
+            conversations = [c for c in conversations if len(c) == 2] or conversations
+        return Candidates(sample.id, conversations, set(hint_texts_of(sample).values()))
+
+    def fields(self, samples: list) -> dict:
+        """{"candidates": [Candidates]}, each conversation tokenised here unless the model shows
+        hints (which depend on the image's features: see the module's docstring)."""
+        out = [self.candidates(sample) for sample in samples]
+        if not self.shows_hints:
+            for c in out:
+                c.rows = [_row_or_error(self.tokenizer, c.id, turns, [], self.cfg.model.captioner.max_tokens)
+                          for turns in c.conversations]
+        return {"candidates": out}
 
     def prepare(self, model: nn.Module, dataset, *, fresh: bool, progress: bool) -> None:
         if model.feature_cache is not None and not getattr(dataset, "streaming", False):
@@ -120,34 +153,27 @@ class CaptioningTask:
                    device=next(model.parameters()).device, progress=progress, main=self.main)
 
     def backward(self, model: nn.Module, micro_batches: list[MicroBatch], autocast: Autocast) -> dict[str, float]:
-        from visembed.models.captioner import learnt_tokens
         from visembed.data.conversations import conversation_language
-        from visembed.models.chat_format import ConversationError, encode_with_hints
+        from visembed.models.captioner import learnt_tokens
 
         plain = getattr(model, "module", model)
         limit = self.cfg.model.captioner.max_tokens
         total, batches = 0.0, []
-        for pixels, targets in micro_batches:
-            chosen = []
-            for target in targets:
-                choices = target["conversations"]
-                if not choices:
-                    raise DataError(f"sample {target['id']!r} has no caption or conversation to learn from")
-                chosen.append(choices[int(torch.randint(len(choices), ()))])
+        for micro in micro_batches:
+            pixels, candidates = micro["pixels"], micro["candidates"]
+            chosen = []  # one conversation per sample, drawn from the step's seeded RNG
+            for c in candidates:
+                if not c.conversations:
+                    raise DataError(f"sample {c.id!r} has no caption or conversation to learn from")
+                chosen.append(int(torch.randint(len(c.conversations), ())))
             features = plain.features(pixels)
-            hints = plain.hints_for(features, [conversation_language(t) for t in chosen],
-                                    exclude=[target["own"] for target in targets])
-            rows = []
-            for target, turns, texts in zip(targets, chosen, hints):
-                try:
-                    row = encode_with_hints(plain.tokenizer, turns, texts, limit)
-                except ConversationError as err:
-                    raise DataError(f"sample {target['id']!r}: {err}") from None
-                if all(label < 0 for label in row.labels):
-                    raise DataError(f"sample {target['id']!r}: every answer token falls beyond "
-                                    f"model.captioner.max_tokens ({limit}): nothing to learn; shorten its first "
-                                    "turn or raise the limit")
-                rows.append(row)
+            if any(c.rows is None for c in candidates):  # tokenised here, with the hints of each image
+                turns = [c.conversations[k] for c, k in zip(candidates, chosen)]
+                hints = plain.hints_for(features, [conversation_language(t) for t in turns],
+                                        exclude=[c.own for c in candidates])
+                rows = [_row(plain.tokenizer, c.id, t, texts, limit) for c, t, texts in zip(candidates, turns, hints)]
+            else:
+                rows = [_drawn(c.rows[k]) for c, k in zip(candidates, chosen)]
             batches.append((pixels, features, rows))
         # the mean over every learnt token of the step; rows of similar length run together (padding
         # to the longest of the whole batch would double the work), which leaves the gradient as is
@@ -181,6 +207,35 @@ class CaptioningTask:
         finally:
             model.train(was_training)
         return {f"val_{k}": v for k, v in result.items() if isinstance(v, float)}
+
+
+def _row(tokenizer, sample_id: str, turns: list[dict], hints: list[str], limit: int):
+    """The conversation's ids and labels (with as many `hints` as fit), or a DataError naming the
+    sample when it cannot be learnt from."""
+    from visembed.models.chat_format import ConversationError, encode_with_hints
+
+    try:
+        row = encode_with_hints(tokenizer, turns, hints, limit)
+    except ConversationError as err:
+        raise DataError(f"sample {sample_id!r}: {err}") from None
+    if all(label < 0 for label in row.labels):
+        raise DataError(f"sample {sample_id!r}: every answer token falls beyond model.captioner.max_tokens "
+                        f"({limit}): nothing to learn; shorten its first turn or raise the limit")
+    return row
+
+
+def _row_or_error(tokenizer, sample_id: str, turns: list[dict], hints: list[str], limit: int):
+    """`_row`, its DataError kept for the step to raise should it draw this conversation."""
+    try:
+        return _row(tokenizer, sample_id, turns, hints, limit)
+    except DataError as err:
+        return err
+
+
+def _drawn(row):
+    if isinstance(row, DataError):
+        raise row
+    return row
 
 
 def _by_length(rows, parts: int = CHUNKS) -> list[list[int]]:

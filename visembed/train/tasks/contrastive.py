@@ -1,6 +1,9 @@
 """The contrastive task: images and their captions pulled together in one space (CLIP or SigLIP),
 optionally each image also against every training caption (the caption bank), with a CJK student
 distilled from a frozen English text tower before training.
+
+A micro-batch carries, besides "pixels", "tokens" (the dual encoder's `text_tokens` of the
+captions, made in the loader) and "captions" (the strings: the caption bank finds its rows by text).
 """
 
 from __future__ import annotations
@@ -14,22 +17,25 @@ from torch import nn
 from visembed.config import RunConfig
 from visembed.data import DataError
 from visembed.losses import ContrastiveLoss
-from visembed.models import bpe_vocab_size, needs_bpe_tokenizer
+from visembed.models import bpe_vocab_size, build_model, needs_bpe_tokenizer
+from visembed.train.batch import Autocast, MicroBatch, Needs
 from visembed.train.caption_bank import build_caption_bank
 from visembed.train.step import contrastive_backward
-from visembed.train.tasks import Autocast, MicroBatch
 
 EVAL_LIMIT = 1000  # images per periodic evaluation: a trend, not the final benchmark
 TOKENIZER_TEXTS = 200_000  # captions read to learn the BPE vocabulary
 
 
 class ContrastiveTask:
+    needs = Needs(sample="caption", views=1)
+
     def __init__(self, cfg: RunConfig, rank: int = 0, world: int = 1):
         self.cfg, self.main = cfg, rank == 0
         tc = cfg.train
         self.loss_fn = ContrastiveLoss(cfg.model.loss, rank=rank, world_size=world, bank_weight=tc.caption_bank_weight)
         self.bank = None
         self.find_unused_parameters = cfg.model.text.kind == "hf"  # a CJK student idles on all-English batches
+        self.text_tokens = None  # the model's tokenizer, once it is built
 
     def prepare_assets(self, dataset, out_dir: Path) -> None:
         """A BPE vocabulary learnt on the training captions, where the text tower (or its CJK
@@ -44,14 +50,20 @@ class ContrastiveTask:
                 texts = itertools.chain(texts, (word for pair in self._dictionary() for word in pair))
             train_bpe_tokenizer(texts, bpe_vocab_size(m), out_dir)
 
+    def build_model(self, cfg: RunConfig, assets: Path, pretrained: bool) -> nn.Module:
+        model = build_model(cfg.model, tokenizer_dir=assets, pretrained=pretrained)
+        self.text_tokens = model.text_tokens
+        return model
+
     def configure(self, model: nn.Module) -> None:
         pass  # the towers decide (locked groups, a frozen text tower)
 
     def finalize(self, model: nn.Module) -> None:
         pass  # the model is saved as it trained
 
-    def target(self, sample) -> str:
-        return sample.caption
+    def fields(self, samples: list) -> dict:
+        captions = [sample.caption for sample in samples]
+        return {"tokens": self.text_tokens(captions), "captions": captions}
 
     def prepare(self, model: nn.Module, dataset, *, fresh: bool, progress: bool) -> None:
         tc, student = self.cfg.train, self.cfg.model.text.cjk_student
