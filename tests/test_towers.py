@@ -70,7 +70,7 @@ def test_a_registered_tower_kind_is_built_and_trained_like_the_others(toy_kind, 
     model = build_model(cfg.model, tokenizer_dir=tokenizer_dir)
     assert isinstance(model.vision, ToyTower) and model.vision.width == 24
     assert model.image_tokens(torch.rand(2, 3, 32, 32)).shape == (2, 16, 24)
-    out = model(torch.rand(2, 3, 32, 32), CAPTIONS[:2])
+    out = model(torch.rand(2, 3, 32, 32), **model.text_tokens(CAPTIONS[:2]))
     assert out["image_features"].shape == (2, 64)
     decayed, plain = param_groups(model, 0.1)
     assert any(p is model.vision.proj.weight for p in plain["params"])  # the tower's no_weight_decay()

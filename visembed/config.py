@@ -298,10 +298,10 @@ class CaptionerConfig:
     embedding_tokens: int = 4
     max_tokens: int = 96  # text tokens of one conversation (the visual prefix comes on top)
     # training captions closest to the image shown in the prompt (SmallCap's retrieval augmentation;
-    # the bank is the training data's captions, kept in the model folder); 0: none (measured in README)
+    # the bank is the training data's captions, kept in the model folder); 0: none (measured in docs/benchmarks.md)
     hints: int = 3
     # captions proposed per image when captioning (beam search), the one the dual encoder puts
-    # closest to the image kept; 1: greedy (measured in README)
+    # closest to the image kept; 1: greedy (measured in docs/benchmarks.md)
     candidates: int = 8
     # the instruct stage: 0 trains the whole LM; R > 0 freezes it and trains LoRA adapters of rank R on
     # its linear layers (needs peft), merged into its weights in the final folder (models/lora.py)

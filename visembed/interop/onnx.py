@@ -84,10 +84,8 @@ def export_onnx(model_dir: str | Path, out: str | Path) -> None:
 
     _require_runtime()
     model_dir, out = Path(model_dir), Path(out)
-    model, cfg = load_model_folder(model_dir, "cpu")
+    model, cfg = load_model_folder(model_dir, "cpu")  # (feature cache off: a Python-side cache cannot be traced)
     model = getattr(model, "encoder", model)  # a captioner: its dual encoder (the causal LM is not exported)
-    if hasattr(model.vision, "with_feature_cache"):  # a Python-side cache cannot be traced: compute every time
-        model.vision.with_feature_cache(0)
     out.mkdir(parents=True, exist_ok=True)
     size = cfg.model.vision.image_size
 
@@ -146,7 +144,7 @@ def _bpe_tokenizer(tower: nn.Module):
                                                            special_tokens=[(bos, bpe.bos_id), (eos, bpe.eos_id)])
     tok.enable_truncation(max_length=tower.context_length)  # counts the special tokens: <eos> always stays
     # last-position pooling (SigLIP) reads the text padded to the full context length
-    length = tower.context_length if getattr(tower, "pool_kind", "eos") == "last" else None
+    length = tower.context_length if tower.pool_kind == "last" else None
     tok.enable_padding(pad_id=bpe.pad_id, pad_token=tok.id_to_token(bpe.pad_id), length=length)
     return tok
 

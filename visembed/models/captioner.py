@@ -270,12 +270,12 @@ def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -
     """A captioner of `cfg`; `pretrained`: the dual encoder's weights from `cfg.captioner.vision` and
     the LM from its source (a fresh run), else both come from a model folder afterwards."""
     from visembed.checkpoint import load_weights, weights_path
-    from visembed.models import build_model
+    from visembed.models.towers import build_text, build_vision
 
     if asset_dir is None:
         raise ValueError("a captioner needs its asset folder (tokenizers, LM config)")
-    encoder = build_model(dataclasses.replace(cfg, architecture="dual_encoder"), tokenizer_dir=asset_dir,
-                          pretrained=False)
+    encoder_cfg = dataclasses.replace(cfg, architecture="dual_encoder")
+    encoder = DualEncoder(encoder_cfg, build_vision(encoder_cfg, pretrained=False), build_text(encoder_cfg, asset_dir))
     if pretrained:
         load_weights(encoder, weights_path(cfg.captioner.vision))
     with torch.no_grad():  # the visual prefix's length: the tower's cells and the embedding

@@ -67,7 +67,7 @@ class ContrastiveTask:
 
     def prepare(self, model: nn.Module, dataset, *, fresh: bool, progress: bool) -> None:
         tc, student = self.cfg.train, self.cfg.model.text.cjk_student
-        if getattr(model.vision, "feature_cache", None) is not None:
+        if model.vision.feature_cache is not None:
             warm_feature_cache(model, dataset, self.cfg.model.vision.image_size, progress=progress, main=self.main)
         if tc.caption_bank_weight > 0:  # the frozen tower's features of every training caption, once
             self.bank = build_caption_bank(model, dataset, progress=progress)
