@@ -49,7 +49,7 @@ CONFIGS = {  # name -> (preset, overrides)
     # a reference set-up: a ConvNet from scratch, OpenMoji only, no style augmentation
     "baseline": ("demo-scratch", ["data.train=builtin:emoji"]),
     # the same, each image contrasted against its batch's captions only (no caption bank)
-    "baseline-no-bank": ("demo-scratch", ["data.train=builtin:emoji", "train.caption_bank_weight=0"]),
+    "baseline-no-bank": ("demo-scratch", ["data.train=builtin:emoji", "train.contrastive.caption_bank_weight=0"]),
     # style augmentation (outline/fill changes, blur), still trained on OpenMoji alone: the honest
     # cross-style measurement
     "openmoji-style-aug": ("demo-scratch", ["data.train=builtin:emoji", "data.augment.style_prob=0.3",

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from visembed.config import ConfigError, RunConfig, apply_overrides, from_dict, load_preset, preset_names, to_dict
+from visembed.config import (MOVED_KEYS, ConfigError, RunConfig, apply_overrides, from_dict, load_preset, preset_names,
+                             to_dict)
 
 
 def test_every_preset_loads_and_round_trips():
@@ -130,6 +131,20 @@ def test_presets_mean_what_they_meant_on_main():
         assert new["data"] == old["data"], name
         assert {k: old["train"][k] for k in new["train"] if k in old["train"]} == {
             k: v for k, v in new["train"].items() if k in old["train"]}, name
+        for (section, key), (_, task, moved) in MOVED_KEYS.items():  # keys now in a task's own section
+            assert new[section][task][moved] == old[section][key], (name, key)
+
+
+def test_task_settings_live_in_their_task_section_and_old_names_still_work():
+    old = json.loads((MAIN_CONFIGS / "demo.json").read_text())  # a ca6bcbd config.json: train.caption_bank_weight 1.0
+    assert old["train"]["caption_bank_weight"] == 1.0
+    cfg = from_dict(old)
+    assert cfg.train.contrastive.caption_bank_weight == 1.0 and "caption_bank_weight" not in to_dict(cfg)["train"]
+    assert to_dict(load_preset("demo"))["train"]["contrastive"] == {"caption_bank_weight": 1.0}
+    for key in ("train.caption_bank_weight", "train.contrastive.caption_bank_weight"):  # --set by either name
+        assert apply_overrides(load_preset("tiny"), [f"{key}=0.5"]).train.contrastive.caption_bank_weight == 0.5
+    with pytest.raises(ConfigError, match="train.contrastive.caption_bank_weight: must be 0 or more"):
+        apply_overrides(load_preset("tiny"), ["train.caption_bank_weight=-1"])
 
 
 @pytest.mark.parametrize("name", ["demo", "tiny", "cap", "tiny-convnet-hf"])

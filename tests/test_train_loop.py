@@ -164,14 +164,14 @@ def test_caption_bank_run_encodes_every_training_caption_once(tmp_path, capsys):
     from visembed.data import open_dataset
 
     cfg = apply_overrides(load_preset("demo-scratch"), QUICK + ["model.text.cjk_student.enabled=false", "model.vision.channels=[8,16]",
-                                                        "train.batch_size=16", "train.caption_bank_weight=1.0"])
+                                                        "train.batch_size=16", "train.contrastive.caption_bank_weight=1.0"])
     final = train(cfg, tmp_path / "run", progress=False)
     distinct = {s.caption for s in open_dataset(cfg.data.train, "train")}
     assert f"caption bank: {len(distinct):,} distinct training captions" in capsys.readouterr().out
     assert final["step"] == 2 and final["loss"] > 0
 
-    tiny = _cfg("train.caption_bank_weight=1.0")  # a BPE text tower learns: its captions' features move
+    tiny = _cfg("train.caption_bank_weight=1.0")  # (the key's old name) a BPE text tower learns: its captions' features move
     with pytest.raises(ValueError, match="needs a frozen text tower"):
         train(tiny, tmp_path / "tiny", progress=False)
     with pytest.raises(ValueError, match="caption_bank_weight: must be 0 or more"):
-        train(_cfg("train.caption_bank_weight=-1"), tmp_path / "negative", progress=False)
+        train(_cfg("train.contrastive.caption_bank_weight=-1"), tmp_path / "negative", progress=False)

@@ -350,6 +350,17 @@ class DataConfig:
 
 
 @dataclass
+class ContrastiveTaskConfig:
+    """The contrastive task's own settings (`train.task=contrastive`, `train/tasks/contrastive.py`);
+    a task with settings of its own brings a section like this one under `train`."""
+
+    caption_bank_weight: float = 0.0  # > 0: also contrast each image against every training caption (frozen text)
+
+    def validate(self, key: str) -> None:
+        _at_least(self, key, 0, "caption_bank_weight")
+
+
+@dataclass
 class TrainConfig:
     # what is optimised, by the name a task is registered under (visembed/train/tasks/, which
     # checks it): "contrastive" (image-text), or a captioner's projector alone ("caption_align") or
@@ -364,12 +375,13 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0  # 0 disables
     accum_steps: int = 1  # micro-batches per step; negatives come from the whole accumulated batch
-    caption_bank_weight: float = 0.0  # > 0: also contrast each image against every training caption (frozen text)
     checkpoint_every: int = 200
     eval_every: int = 0  # 0: only at the end
     log_every: int = 10
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # the tasks' own sections (each read by its task only)
+    contrastive: ContrastiveTaskConfig = field(default_factory=ContrastiveTaskConfig)
 
 
 @dataclass
@@ -547,7 +559,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     tc = cfg.train
     _at_least(tc, "train", 1, "batch_size", "accum_steps")
     _at_least(tc, "train", 0, "steps", "epochs", "lr", "weight_decay", "warmup_steps", "grad_clip",
-              "caption_bank_weight", "checkpoint_every", "eval_every", "log_every")
+              "checkpoint_every", "eval_every", "log_every")
+    tc.contrastive.validate("train.contrastive")
     _require(0 < tc.layer_decay <= 1, "train.layer_decay", "in (0, 1]", tc.layer_decay)
     _require(tc.steps >= 1 or tc.epochs >= 1, "train.steps", "1 or more (or set train.epochs)", tc.steps)
     _require(bool(tc.task.strip()), "train.task", "the name of a task (e.g. 'contrastive')", tc.task)
@@ -559,7 +572,7 @@ def from_dict(data: dict, cls: type = RunConfig) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a JSON object (a mapping of keys), got {type(data).__name__}")
     if cls is RunConfig:
-        return validate(_from_dict(cls, _upgrade_legacy(data)))
+        return validate(_from_dict(cls, _upgrade_task_sections(_upgrade_legacy(data))))
     return _from_dict(cls, data)
 
 
@@ -578,6 +591,23 @@ def _upgrade_legacy(data: dict) -> dict:
         if key in text:
             student[key] = text.pop(key)  # they were the student's sizes
     return {**data, "model": {**data["model"], "text": {**text, "cjk_student": student}}}
+
+
+# keys that moved into a task's own section: old name -> new name (config.json files and --set alike)
+MOVED_KEYS = {("train", "caption_bank_weight"): ("train", "contrastive", "caption_bank_weight")}
+
+
+def _upgrade_task_sections(data: dict) -> dict:
+    """Configs saved before the tasks had their own sections (`train.caption_bank_weight`) still load."""
+    for old, new in MOVED_KEYS.items():
+        section = data.get(old[0])
+        if not isinstance(section, dict) or old[1] not in section:
+            continue
+        section = dict(section)
+        inner = section.get(new[1])
+        section[new[1]] = {**(inner if isinstance(inner, dict) else {}), new[2]: section.pop(old[1])}
+        data = {**data, old[0]: section}
+    return data
 
 
 def to_dict(cfg: Any) -> dict:
@@ -673,7 +703,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        pairs.append((key.strip().split("."), text))
+        parts = key.strip().split(".")
+        pairs.append((list(MOVED_KEYS.get(tuple(parts), parts)), text))
     # a kind first, whatever the order given: the fields named beside it are the new kind's
     pairs.sort(key=lambda pair: not (pair[0][-1] == "kind" and _section_base(tuple(pair[0][:-1])) is not None))
     for parts, text in pairs:

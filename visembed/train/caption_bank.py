@@ -3,7 +3,7 @@ of them and not only against the ~100 captions of its batch.
 
 With a frozen text tower (LiT) a caption's features never change, so the whole training set's
 captions are encoded once. Each step then only projects them and adds, with weight
-`train.caption_bank_weight`, a softmax of each image over the bank to the batch loss (forward and
+`train.contrastive.caption_bank_weight`, a softmax of each image over the bank to the batch loss (forward and
 backward for 3,400 captions: ~30 ms on 2 cores, ~4 % of a `demo` step). On small data that is
 where the hard negatives are: an emoji's skin-tone siblings and near-synonyms rarely share a
 batch of 128 drawn from ~3,400 images. Measured in `benchmarks/emoji_quality.py`: held-out R@1
@@ -40,10 +40,10 @@ class CaptionBank:
 def build_caption_bank(model, dataset, progress: bool = True) -> CaptionBank:
     """Encode the distinct captions of a map-style `dataset` with `model`'s frozen text tower."""
     if not model.text.frozen:
-        raise ValueError("train.caption_bank_weight needs a frozen text tower (model.text.kind=hf with "
+        raise ValueError("train.contrastive.caption_bank_weight needs a frozen text tower (model.text.kind=hf with "
                          "model.text.freeze=true): a trainable tower would have to re-encode every caption each step")
     if getattr(dataset, "streaming", False):
-        raise DataError("train.caption_bank_weight needs data with a known length (a manifest, folder or builtin), "
+        raise DataError("train.contrastive.caption_bank_weight needs data with a known length (a manifest, folder or builtin), "
                         "not streamed shards")
     captions: dict[str, None] = {}
     for sample in dataset:
@@ -51,7 +51,7 @@ def build_caption_bank(model, dataset, progress: bool = True) -> CaptionBank:
             captions[sample.caption] = None
             if len(captions) > MAX_CAPTIONS:
                 raise DataError(f"the caption bank would hold more than {MAX_CAPTIONS:,} distinct captions; "
-                                "train without it (train.caption_bank_weight=0)")
+                                "train without it (train.contrastive.caption_bank_weight=0)")
     texts = list(captions)
     if not texts:
         raise DataError("the caption bank is empty: no training caption goes through the frozen text tower")

@@ -32,7 +32,7 @@ class ContrastiveTask:
     def __init__(self, cfg: RunConfig, rank: int = 0, world: int = 1):
         self.cfg, self.main = cfg, rank == 0
         tc = cfg.train
-        self.loss_fn = ContrastiveLoss(cfg.model.loss, rank=rank, world_size=world, bank_weight=tc.caption_bank_weight)
+        self.loss_fn = ContrastiveLoss(cfg.model.loss, rank=rank, world_size=world, bank_weight=tc.contrastive.caption_bank_weight)
         self.bank = None
         self.find_unused_parameters = cfg.model.text.kind == "hf"  # a CJK student idles on all-English batches
         self.text_tokens = None  # the model's tokenizer, once it is built
@@ -69,7 +69,7 @@ class ContrastiveTask:
         tc, student = self.cfg.train, self.cfg.model.text.cjk_student
         if model.vision.feature_cache is not None:
             warm_feature_cache(model, dataset, self.cfg.model.vision.image_size, progress=progress, main=self.main)
-        if tc.caption_bank_weight > 0:  # the frozen tower's features of every training caption, once
+        if tc.contrastive.caption_bank_weight > 0:  # the frozen tower's features of every training caption, once
             self.bank = build_caption_bank(model, dataset, progress=progress)
             if self.main:
                 print(f"caption bank: {len(self.bank):,} distinct training captions")
