@@ -33,6 +33,7 @@ import random
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from torch import nn
 
 from visembed.config import load_preset
 from visembed.losses import clip_loss
-from visembed.models import build_model
+from visembed.data import Sample
 from visembed.models.bpe_tokenizer import train_bpe_tokenizer
 from visembed.train.optim import build_optimizer
 from visembed.train.tasks import build_task
@@ -95,16 +96,18 @@ def visembed_step(batch: int):
     AdamW as the loop does them); returns a closure that runs one step."""
     cfg = load_preset("clip-tiny")
     rng = random.Random(0)
+    task = build_task(cfg, 0, 1)
     with tempfile.TemporaryDirectory() as tmp:
         train_bpe_tokenizer(_captions(2000, rng), cfg.model.text.vocab_size, tmp)
-        model = build_model(cfg.model, tokenizer_dir=tmp).train()
-    task = build_task(cfg, 0, 1)
+        model = task.build_model(cfg, Path(tmp), pretrained=True).train()
     opt = build_optimizer(model, lr=1e-4, weight_decay=0.1)
-    pixels, texts = torch.rand(batch, 3, 64, 64), _captions(batch, rng)
+    pixels = torch.rand(batch, 3, 64, 64)
+    samples = [Sample(id=str(i), image=b"", caption=text) for i, text in enumerate(_captions(batch, rng))]
 
     def step():
         opt.zero_grad(set_to_none=True)
-        task.backward(model, [(pixels, texts)], contextlib.nullcontext)
+        task.backward(model, [{"pixels": pixels, **task.fields(samples)}], contextlib.nullcontext)  # (the loader's
+        # tokenisation counted in the step, as before it moved to the loader)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         opt.step()
 

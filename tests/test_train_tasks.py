@@ -70,6 +70,13 @@ class ImageOnly(nn.Module):
     def save_assets(self, out_dir):
         pass  # no tokenizer
 
+    # what the optimiser asks of every model (`visembed.train.optim.Trainable`)
+    def layer_groups(self):
+        return self.vision.layer_groups()
+
+    def no_weight_decay(self):
+        return {f"vision.{name}" for name in self.vision.no_weight_decay()}
+
 
 class TwoViewTask:
     """A toy image-only objective (SimCLR's in miniature): two augmented views of each image are

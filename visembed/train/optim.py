@@ -17,7 +17,9 @@ from visembed.config import ConfigError
 
 
 class Trainable(Protocol):
-    """What the optimiser asks of a model (DualEncoder, Captioner)."""
+    """What the optimiser asks of a model (DualEncoder, Captioner, and whatever a task builds):
+    its layer groups (input side first; one group where layer-wise decay means nothing) and the
+    names of parameters to keep out of weight decay besides vectors and scalars."""
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
     def layer_groups(self) -> list[nn.Module]: ...
