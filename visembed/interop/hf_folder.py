@@ -29,7 +29,7 @@ def vision_differences(cfg: RunConfig) -> list[str]:
     return [f"model.{name}" for name, value, clip in (
         ("vision.pool", v.pool, "class"), ("vision.pre_norm", v.pre_norm, True), ("vision.patch_bias", v.patch_bias, False),
         ("vision.layer_norm_eps", v.layer_norm_eps, 1e-5)) if value != clip] + \
-        (["model.vision.activation"] if getattr(v, "activation", "gelu") == "gelu_tanh" else [])
+        (["model.vision.activation"] if v.activation == "gelu_tanh" else [])
 
 
 def vision_config(cfg: RunConfig, projection_dim: int) -> dict:
