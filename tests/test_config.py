@@ -145,6 +145,8 @@ def test_task_settings_live_in_their_task_section_and_old_names_still_work():
         assert apply_overrides(load_preset("tiny"), [f"{key}=0.5"]).train.contrastive.caption_bank_weight == 0.5
     with pytest.raises(ConfigError, match="train.contrastive.caption_bank_weight: must be 0 or more"):
         apply_overrides(load_preset("tiny"), ["train.caption_bank_weight=-1"])
+    with pytest.raises(ConfigError, match="train.caption_bank_weight: the old name of train.contrastive.caption_bank_weight"):
+        from_dict({"train": {"caption_bank_weight": 1.0, "contrastive": {"caption_bank_weight": 2.0}}})
 
 
 @pytest.mark.parametrize("name", ["demo", "tiny", "cap", "tiny-convnet-hf"])

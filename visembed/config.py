@@ -605,7 +605,10 @@ def _upgrade_task_sections(data: dict) -> dict:
             continue
         section = dict(section)
         inner = section.get(new[1])
-        section[new[1]] = {**(inner if isinstance(inner, dict) else {}), new[2]: section.pop(old[1])}
+        inner = inner if isinstance(inner, dict) else {}
+        if new[2] in inner:
+            raise ConfigError(f"{'.'.join(old)}: the old name of {'.'.join(new)}; give one of them, not both")
+        section[new[1]] = {**inner, new[2]: section.pop(old[1])}
         data = {**data, old[0]: section}
     return data
 
