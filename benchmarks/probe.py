@@ -198,6 +198,9 @@ def probe_model_folders(work: Path, model: Path, manifest: Path) -> list[Case]:
         "oversized safetensors header": {"model.safetensors": (2**62).to_bytes(8, "little") + b"{}"},
         "config.json not JSON": {"config.json": b"{ not json"},
         "config.json wrong types": {"config.json": json.dumps({"model": "vit", "train": [1, 2]}).encode()},
+        "config.json unknown tower kind": {"config.json": json.dumps({"model": {"vision": {"kind": "__init__"}}}).encode()},
+        "config.json old and new key together": {"config.json": json.dumps(
+            {"train": {"caption_bank_weight": 1.0, "contrastive": {"caption_bank_weight": 2.0}}}).encode()},
     }
     jobs = []
     for name, files in variants.items():
@@ -215,7 +218,8 @@ def probe_model_folders(work: Path, model: Path, manifest: Path) -> list[Case]:
 
 BAD_SETTINGS = ["train.lr=Infinity", "model.vision.std=[0,0,0]", "train.weight_decay=1e400", "model.embed_dim=0",
                 "model.vision.patch_size=0", "model.vision.mean=[1]", "model.text.vocab_size=1", "train.grad_clip=NaN",
-                "train.warmup_steps=-10", "data.num_workers=-1", "train.checkpoint_every=-1"]
+                "train.warmup_steps=-10", "data.num_workers=-1", "train.checkpoint_every=-1", "model.vision.kind=[1]",
+                "train.task=no_such_task", "train.layer_decay=0.5", "train.contrastive.caption_bank_weight=-1"]
 
 
 def probe_configs(work: Path, manifest: Path) -> list[Case]:
