@@ -54,13 +54,14 @@ def test_bad_images_are_skipped_and_counted_in_collate(tmp_path):
         Sample(id="silent", image=encode(noisy_rgb()), caption="  "),
     ]
     counter = SkipCounter()
-    pixels, captions, ids = collate(samples, 32, counter)
+    pixels, kept = collate(samples, 32, counter)
+    captions, ids = [s.caption for s in kept], [s.id for s in kept]
     assert pixels.shape == (1, 3, 32, 32) and pixels.dtype == torch.uint8
     assert captions == ["noise"] and ids == ["good"]
     assert counter.as_dict() == {"empty_caption": 1, "missing_file": 1, "truncated": 1, "unreadable": 1}
     assert counter.total == 4
     assert counter.summary() == "skipped 4 (empty_caption=1, missing_file=1, truncated=1, unreadable=1)"
-    empty, _, _ = collate(samples[1:3], 32, SkipCounter())
+    empty, _ = collate(samples[1:3], 32, SkipCounter())
     assert empty.shape == (0, 3, 32, 32)
 
 

@@ -123,7 +123,8 @@ def test_webdataset_shards_stream_and_count_bad_items(tmp_path):
     assert len(samples) == 7 and isinstance(samples[0].image, bytes)
     assert ds.skipped.as_dict() == {"empty_caption": 2, "missing_image": 2}
     counter = SkipCounter()
-    pixels, captions, ids = collate(samples, 8, counter)
+    pixels, kept = collate(samples, 8, counter)
+    ids = [s.id for s in kept]
     assert len(ids) == 6 and "broken" not in ids
     assert counter.as_dict() == {"unreadable": 1}
     single = open_dataset(str(tmp_path / "00001.tar"))

@@ -12,25 +12,23 @@ from .sample import Sample
 
 def collate(
     samples: list[Sample], image_size: int, counter: SkipCounter, max_pixels: int = DEFAULT_MAX_PIXELS,
-    target=None, need: str = "caption",
-) -> tuple[torch.Tensor, list, list[str]]:
+    need: str = "caption",
+) -> tuple[torch.Tensor, list[Sample]]:
     """Decode and resize each sample; bad images, and samples without what is `need`ed ("caption",
     "label" or "nothing"), are skipped and counted.
 
-    Returns pixels uint8 (B, 3, S, S) with B <= len(samples), the samples' targets (`target(sample)`;
-    their captions unless told) and ids in the same order.
+    Returns pixels uint8 (B, 3, S, S) with B <= len(samples) and the B samples kept, in the same order.
     """
     if need not in ("caption", "label", "nothing"):
         raise ValueError(f"collate needs a caption, a label or nothing of a sample, not {need!r}")
-    pixels, captions, ids = [], [], []
+    pixels, kept = [], []
     for sample, image in decoded(samples, counter, need_caption=need == "caption", need_label=need == "label",
                                  max_pixels=max_pixels):
         pixels.append(to_tensor(image, image_size))  # (3, S, S)
-        captions.append(sample.caption if target is None else target(sample))
-        ids.append(sample.id)
+        kept.append(sample)
     if not pixels:
-        return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), [], []
-    return torch.stack(pixels), captions, ids  # (B, 3, S, S)
+        return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), []
+    return torch.stack(pixels), kept  # (B, 3, S, S)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

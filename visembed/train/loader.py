@@ -19,10 +19,6 @@ from visembed.train.batch import MicroBatch
 from visembed.train.plan import MapPlan, StreamPlan, micro_batches
 
 
-def _itself(sample):
-    return sample
-
-
 class StepLoader:
     """`load(step)` -> this rank's micro-batches, each {"pixels": uint8 (b, 3, S, S), **task.fields(the
     b samples kept)}: the samples without what the task needs (`task.needs`) or whose image does not
@@ -56,7 +52,7 @@ class StepLoader:
         batch = []
         for share in shares:
             if self.pool is None:
-                pixels, kept, _ = collate(share, self.image_size, counter, target=_itself, need=self.need)
+                pixels, kept = collate(share, self.image_size, counter, need=self.need)
             else:  # decode in threads, one counter per sample (Counter is not thread-safe)
                 decoded = list(self.pool.map(self._decode_one, share))
                 for _, _, own in decoded:
@@ -70,7 +66,7 @@ class StepLoader:
 
     def _decode_one(self, sample) -> tuple[torch.Tensor, list, SkipCounter]:
         own = SkipCounter()
-        pixels, kept, _ = collate([sample], self.image_size, own, target=_itself, need=self.need)
+        pixels, kept = collate([sample], self.image_size, own, need=self.need)
         return pixels, kept, own
 
     def prefetch(self, step: int) -> None:
