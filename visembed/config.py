@@ -14,6 +14,7 @@ tower class), holding the fields every kind shares plus its own, and checking it
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import types
@@ -243,6 +244,15 @@ class TowerKind:
 
     config: type
     builder: str | type
+
+
+def registered(entry: str | Any) -> Any:
+    """What a registry entry names: a "module:Name" string imported now (registries name heavy
+    modules lazily: tower kinds here, tasks in `visembed.train.tasks`), anything else as it is."""
+    if not isinstance(entry, str):
+        return entry
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # kind -> TowerKind: the one place a tower kind is declared (`register_vision_tower` adds one at run time)

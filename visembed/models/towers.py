@@ -21,7 +21,6 @@ config naming its kind is read.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from visembed.config import (TEXT_KINDS, VISION_KINDS, ModelConfig, TextConfig, TowerKind, VisionConfig,
-                             register_text_tower, register_vision_tower)
+                             register_text_tower, register_vision_tower, registered)
 
 
 @runtime_checkable
@@ -116,10 +115,7 @@ class TextTowerBase(_TowerDefaults):
 
 def tower_class(entry: TowerKind) -> type:
     """The tower class of a registry entry, imported from its "module:Class" where needed."""
-    if isinstance(entry.builder, str):
-        module, _, name = entry.builder.partition(":")
-        return getattr(importlib.import_module(module), name)
-    return entry.builder
+    return registered(entry.builder)
 
 
 def build_vision(cfg: ModelConfig, pretrained: bool = True) -> VisionTower:

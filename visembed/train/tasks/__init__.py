@@ -36,14 +36,13 @@ those registered here (`register_task`), or passed to `train(..., task=...)` dir
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from torch import nn
 
-from visembed.config import ConfigError
+from visembed.config import ConfigError, registered
 from visembed.train.batch import Autocast, MicroBatch, Needs
 
 
@@ -101,11 +100,7 @@ def check_task(cfg) -> None:
 def build_task(cfg, rank: int, world: int) -> Task:
     """The task `cfg.train.task` names, for this process of `world`."""
     check_task(cfg)
-    factory = _TASKS[cfg.train.task][0]
-    if isinstance(factory, str):
-        module, _, name = factory.partition(":")
-        factory = getattr(importlib.import_module(module), name)
-    return factory(cfg, rank, world)
+    return registered(_TASKS[cfg.train.task][0])(cfg, rank, world)
 
 
 __all__ = ["Autocast", "MicroBatch", "Needs", "Task", "build_task", "check_task", "register_task", "task_names"]
