@@ -57,7 +57,7 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     previous = _committed_index(out_dir, fingerprint)
     model = visembed.load(model_dir)
     source = {"weights_sha256": fingerprint, "data_spec": data_spec, "split": split, "language": language}
-    dataset = open_dataset(data_spec, split, language=language)
+    dataset = open_dataset(data_spec, split, language=language, need="nothing")  # captions optional
     report = embed_dataset(model, dataset, out_dir, source=source, shard_size=shard_size,
                            batch_size=batch_size, progress=progress)
     vectors, items, skipped = read_shards(out_dir, report.names)
@@ -163,7 +163,7 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
         raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {index.dim}-d ones")
 
     split = split or "all"
-    dataset = open_dataset(data_spec, split, language=language)
+    dataset = open_dataset(data_spec, split, language=language, need="nothing")  # captions optional
     report = AddReport()
     # shards of an earlier `add` that was killed before it committed: never part of the index
     remove_unreferenced_shards(index_dir, _added_shards(index.meta(index.ids())), prefixes=(ADDED_PREFIX,))
