@@ -106,6 +106,29 @@ def open_dataset(
     raise DataError(f"cannot read data spec {spec!r}. A data spec is one of: {SPEC_FORMS}")
 
 
+def spec_roots(spec: str) -> list[str]:
+    """The folders a data spec names (resolved): the folder holding a manifest or LLaVA file, a
+    folder of images itself, the folders of shards, the rendering cache of `builtin:emoji`.
+
+    These are what the operator pointed at, so a server may send image files from under them; a
+    path written inside the data (`../../private/x.png`, `/home/me/y.jpg`) may be read for training
+    but never widens them. `builtin:shapes` draws its images and names no folder."""
+    spec = str(spec).strip()
+    if spec.startswith("builtin:"):
+        name, options = parse_builtin(spec)
+        if name != "emoji":
+            return []
+        from visembed.paths import cache_root
+
+        return [str(Path(options["cache"]).resolve() if options.get("cache") else cache_root().resolve())]
+    if "{" in spec or spec.endswith(".tar"):
+        from webdataset.shardlists import expand_urls
+
+        return sorted({str(Path(url).resolve().parent) for url in expand_urls(spec)})
+    path = Path(spec).resolve()
+    return [str(path if path.is_dir() else path.parent)]
+
+
 def _call(spec: str, opener, *args, **options):
     """Call a source's opener; an option it does not take becomes a DataError that names it."""
     import inspect
