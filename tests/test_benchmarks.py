@@ -24,6 +24,7 @@ SMOKE = {
     "efficientnet_speed.py": [],
     "emoji_quality.py": ["--out", "{tmp}/runs"],
     "export_speed.py": [],
+    "inference_backends.py": [],
     "probe.py": [],
     "search.py": [],
     "train_throughput.py": [],
