@@ -80,10 +80,15 @@ def shard_fingerprint(samples: list, identity: str) -> str:
 
 
 def embed_dataset(model, dataset, out_dir: str | Path, *, source: dict, shard_size: int = SHARD_SIZE,
-                  batch_size: int = 64, progress: bool = True, thumb_size: int = THUMB_SIZE) -> EmbedReport:
+                  batch_size: int = 64, progress: bool = True, thumb_size: int = THUMB_SIZE,
+                  rank: int = 0, world: int = 1) -> EmbedReport:
     """Embed every image of `dataset` into `out_dir/embeddings`; `source` identifies model and data
     so that shards from a different model are never mixed in. A finished shard is reused only when
-    its content fingerprint (rows and weights) matches; `report.names` lists this dataset's shards."""
+    its content fingerprint (rows and weights) matches; `report.names` lists this dataset's shards.
+
+    Across processes (`rank` of `world`), shard i is embedded by rank i mod world; every rank reads
+    every row (the names need the fingerprints) but decodes and embeds only its own shards, so the
+    names are the same on every rank and the files land in one folder."""
     from tqdm import tqdm
 
     emb_dir = Path(out_dir) / "embeddings"
@@ -91,7 +96,7 @@ def embed_dataset(model, dataset, out_dir: str | Path, *, source: dict, shard_si
     _check_source(emb_dir, {**source, "shard_size": shard_size, "thumb_size": thumb_size})
     identity = json.dumps(source, sort_keys=True, default=str)  # the weights' sha256 is in `source`
     report = EmbedReport()
-    total = None if getattr(dataset, "streaming", False) else len(dataset)
+    total = None if getattr(dataset, "streaming", False) or world > 1 else len(dataset)
     with tqdm(total=total, unit="img", desc="embedding", disable=not progress, dynamic_ncols=True) as bar:
         for number, samples in _shards(dataset, shard_size):
             rows = samples()  # read (not decoded) even when the shard is done: the fingerprint needs them
@@ -99,6 +104,8 @@ def embed_dataset(model, dataset, out_dir: str | Path, *, source: dict, shard_si
             name = shard_name(number, fingerprint)
             report.shards += 1
             report.names.append(name)
+            if number % world != rank:
+                continue  # another rank's shard
             done = _finished_shard(emb_dir, name, fingerprint)
             if done is not None:
                 report.reused_shards += 1

@@ -64,8 +64,9 @@ class MilvusSettings:
     uri: str = ""  # a Milvus Lite file path (*.db) or http(s)://HOST:PORT
     collection: str = ""  # base collection name; "" = derived from the index folder
     kind: str = "auto"  # auto, flat, hnsw, ivf_flat or ivf_sq8
-    exact_below: int = 20_000  # auto: FLAT (exact) below this many items
-    compact_above: int = 50_000_000  # auto: HNSW below this many items, IVF_SQ8 (4x less memory) above
+    exact_below: int = 20_000  # auto: FLAT (exact) below this many items, `large_kind` above
+    large_kind: str = "hnsw"  # hnsw, ivf_flat or ivf_sq8
+    compact_above: int = 50_000_000  # auto with large_kind hnsw: IVF_SQ8 (a quarter of the memory) above this
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 128
@@ -76,7 +77,8 @@ class MilvusSettings:
     def resolve_kind(self, n: int) -> str:
         kind = self.kind
         if kind == "auto":
-            kind = "flat" if n < self.exact_below else "hnsw" if n < self.compact_above else "ivf_sq8"
+            kind = "flat" if n < self.exact_below else self.large_kind
+            kind = "ivf_sq8" if kind == "hnsw" and n >= self.compact_above else kind
         if kind not in KINDS:
             raise ValueError(f"unknown Milvus index kind {kind!r} (choose auto, {', '.join(KINDS)})")
         return kind
@@ -197,16 +199,22 @@ class MilvusStore:
         return store
 
     def _check_collection(self) -> None:
-        """The collection store.json names must exist and hold vectors of our dimension."""
+        """The collection store.json names must exist, hold vectors of our dimension and carry the
+        fingerprint (weights' sha256) of the model this index was built with."""
         client = self._client
         try:
             if not client.has_collection(self._collection):
                 raise CorruptIndex(f"the Milvus collection {self._collection} that {self.directory / POINTER} names "
                                    f"is not at {self.settings.uri}; rebuild the index")
-            found = _vector_dim(client.describe_collection(self._collection))
+            description = client.describe_collection(self._collection)
+            found, owner = _vector_dim(description), _owner(description)
             if found != self._dim:
                 raise IndexStoreError(f"the Milvus collection {self._collection} holds {found}-d vectors, not the "
                                       f"{self._dim}-d ones this index was built with (another model); rebuild the index")
+            if owner.get("weights_sha256") != self.info.get("weights_sha256"):
+                raise IndexStoreError(f"the Milvus collection {self._collection} at {self.settings.uri} was built by "
+                                      f"another model (weights {str(owner.get('weights_sha256'))[:12]}, this index's "
+                                      f"{str(self.info.get('weights_sha256'))[:12]}); rebuild the index")
             client.load_collection(self._collection)
         except IndexStoreError:
             raise
@@ -388,8 +396,15 @@ class MilvusStore:
         n = len(self._pending)
         self.kind = self.settings.resolve_kind(n)
         name = f"{self.settings.collection}_g{commit:05d}"
-        if self._call("has_collection", name):  # a build of this folder that crashed before its commit
-            self._call("drop_collection", name)
+        owner = {"index_dir": str(self.directory.resolve()), "weights_sha256": self.info.get("weights_sha256"),
+                 "dim": self._dim}
+        if self._call("has_collection", name):
+            found = _owner(self._call("describe_collection", name))
+            if found.get("index_dir") != owner["index_dir"]:
+                raise IndexStoreError(f"the Milvus collection {name} at {self.settings.uri} belongs to another index "
+                                      f"({found.get('index_dir') or 'not made by visembed'}); name another collection "
+                                      "(milvus://HOST:PORT/NAME)")
+            self._call("drop_collection", name)  # a build of this folder that crashed before its commit
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=65_535)
         schema.add_field("vec", DataType.FLOAT_VECTOR, dim=self._dim)
@@ -398,7 +413,8 @@ class MilvusStore:
         schema.add_field("added", DataType.INT64)
         index = self._client.prepare_index_params()
         index.add_index(field_name="vec", index_type=KINDS[self.kind], metric_type="IP", params=self._index_params(n))
-        self._call("create_collection", name, schema=schema, index_params=index)
+        self._call("create_collection", name, schema=schema, index_params=index,
+                   properties={"visembed": json.dumps(owner)})
         return name
 
     def _index_params(self, n: int) -> dict:
@@ -428,6 +444,15 @@ def _vector_dim(description: dict) -> int | None:
         if field.get("name") == "vec":
             return int(field.get("params", {}).get("dim", -1))
     return None
+
+
+def _owner(description: dict) -> dict:
+    """What `_new_generation` recorded in a collection's properties ({} for one made elsewhere)."""
+    try:
+        owner = json.loads((description.get("properties") or {}).get("visembed", "{}"))
+    except (TypeError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
 
 
 def _info(pointer: dict) -> dict:
