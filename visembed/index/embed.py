@@ -280,3 +280,38 @@ def remove_unreferenced_shards(out_dir: str | Path, keep: set[str], prefixes: tu
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def write_clip_retrieval(out_dir: str | Path, names: Iterable[str], target: str | Path) -> int:
+    """clip-retrieval's layout from finished shards (`names`, in order, under `out_dir/embeddings`):
+    `target/img_emb/img_emb_{i}.npy` (float16, as `clip-retrieval inference` writes them) and
+    `target/metadata/metadata_{i}.parquet` (columns `image_path`, `caption`, `id`), one pair per
+    shard with rows in the same order, so autofaiss and clip-retrieval's back end read them as their
+    own. Returns the number of vectors written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from visembed.atomic import atomic_write
+
+    names = list(names)
+    width = max(4, len(str(len(names))))
+    target = Path(target)
+    (target / "img_emb").mkdir(parents=True, exist_ok=True)
+    (target / "metadata").mkdir(parents=True, exist_ok=True)
+    total, written = 0, set()
+    for number, name in enumerate(names):
+        npy = Path(out_dir) / "embeddings" / f"{name}.npy"
+        items = json.loads(npy.with_suffix(".json").read_text(encoding="utf-8"))["items"]
+        matrix = np.load(npy, allow_pickle=False)  # (n_items, D) float32
+        table = pa.table({"image_path": [item.get("path") for item in items],
+                          "caption": [item.get("caption") for item in items],
+                          "id": [item["id"] for item in items]})
+        stem = str(number).zfill(width)
+        atomic_write(target / "metadata" / f"metadata_{stem}.parquet", lambda tmp: pq.write_table(table, tmp))
+        atomic_write_npy(target / "img_emb" / f"img_emb_{stem}.npy", matrix.astype(np.float16))
+        written |= {f"img_emb_{stem}.npy", f"metadata_{stem}.parquet"}
+        total += len(items)
+    for stale in [*(target / "img_emb").glob("img_emb_*.npy"), *(target / "metadata").glob("metadata_*.parquet")]:
+        if stale.name not in written:  # a part of an earlier, larger run: readers take every file there
+            stale.unlink()
+    return total
