@@ -28,6 +28,7 @@ from visembed.serve.connection import BODY_IDLE_TIMEOUT_S, HEADER_TIMEOUT_S, KEE
 from visembed.serve.decode import DecodeBudget
 from visembed.serve.captions import find_captioner
 from visembed.serve.captions import router as captions_router
+from visembed.serve.clip_retrieval import router as clip_retrieval_router
 from visembed.serve.limits import MULTIPART_OVERHEAD, BodySizeLimit, GenerationSlots, Limits
 from visembed.serve.routes import router
 from visembed.serve.strict_json import validation_error_handler
@@ -80,6 +81,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOOPBACK_HOSTS), www_redirect=False)
     app.include_router(router)
     app.include_router(captions_router)
+    app.include_router(clip_retrieval_router)  # POST /knn-service, POST /metadata, GET /indices-list
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
