@@ -366,6 +366,8 @@ class MilvusStore:
                 self._call("delete", self._collection, ids=removed[start : start + BATCH])
         for start in range(0, len(rows), BATCH):
             self._call("insert", self._collection, data=rows[start : start + BATCH])
+        if rows or removed:  # seal the rows into an indexed segment: Milvus Lite scans unsealed ones row by row
+            self._call("flush", self._collection)
         if self._fresh:
             self._call("load_collection", self._collection)  # after the inserts: the index is built over all rows
         for item_id in removed:
