@@ -29,7 +29,7 @@ def build(
     split: str = typer.Option("all", "--split", help="Dataset split: every image unless told otherwise."),
     language: str = typer.Option("en", "--language", help="Caption language for multilingual data."),
     store: str = typer.Option("faiss", "--store", help="Where the vectors go: faiss (files in --out), milvus:FILE.db "
-                              "(Milvus Lite, no server) or milvus://HOST:PORT[/COLLECTION] (a Milvus server; also "
+                              "(Milvus Lite, no server) or milvus://HOST:PORT, milvus://HOST:PORT/COLLECTION (a Milvus server; also "
                               "http(s)://). --out keeps the shards and thumbnails either way."),
     kind: str = typer.Option("auto", "--kind", help="auto, flat (exact), hnsw or ivfpq; Milvus: auto, flat, hnsw, "
                              "ivf_flat or ivf_sq8."),
@@ -66,6 +66,12 @@ def build(
     skipped = ", ".join(f"{reason}={n}" for reason, n in manifest["skipped"].items()) or "none"
     where = "" if backend == "faiss" else f" in Milvus {manifest['uri']} (collection {manifest['collection']})"
     typer.echo(f"indexed {manifest['live']} items into {out} ({manifest['kind']} index{where}; skipped: {skipped})")
+    if backend == "milvus" and settings.is_lite and manifest["live"] > LITE_COMFORT:
+        typer.echo(f"note: Milvus Lite scans every row in Python on each search (~1.7 s a query at 100k items, "
+                   f"docs/scale.md); for {manifest['live']} items use FAISS or a Milvus server (--store milvus://HOST:PORT)")
+
+
+LITE_COMFORT = 20_000  # items above which Milvus Lite's per-query scan is slower than a user waits
 
 
 def _store_settings(store: str, kind: str, exact_below: int, large_kind: str, timeout: float):
