@@ -178,7 +178,7 @@ EMBED_COLUMNS = ["run", "images", "wall s", "start-up s", "images/s"]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1M", help="comma-separated store sizes, e.g. 200k or 100k,1M")
+    parser.add_argument("--sizes", default="1M", help="comma-separated store sizes, e.g. 200k or 100k,1M (0 skips)")
     parser.add_argument("--deletes-size", default="100k", help="items for the interleaved-deletes test (0 skips it)")
     parser.add_argument("--delete-rounds", type=int, default=10)
     parser.add_argument("--queries", type=int, default=300)
@@ -198,11 +198,13 @@ def main() -> None:
     try:
         rows = []
         for size in args.sizes.split(","):
-            rows += build_and_query(parse_size(size), args.queries, backends, work)
+            if parse_size(size):  # --sizes 0: embedding only
+                rows += build_and_query(parse_size(size), args.queries, backends, work)
         if parse_size(args.deletes_size):
             rows += with_deletes(parse_size(args.deletes_size), args.delete_rounds, backends, work)
-        print("\nsummary: vector stores")
-        print_table(rows, COLUMNS)
+        if rows:
+            print("\nsummary: vector stores")
+            print_table(rows, COLUMNS)
         small, large = (parse_size(s) for s in args.embed_images.split(","))
         if large:
             embed_rows = embedding_throughput(small, large, work)

@@ -50,7 +50,8 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     `backend` and `settings`: the store (`faiss` with `IndexSettings`, `milvus` with
     `MilvusSettings`). Under `torchrun` every rank embeds its own shards (shard i on rank
     i mod world, into the same `out_dir`: a shared folder across machines) and rank 0 alone builds
-    the store once all shards are there; the other ranks return when it is committed."""
+    the store once all shards are there; the other ranks return then (torchrun ends when rank 0 has
+    committed)."""
     import visembed
     from visembed import distributed
     from visembed.data import open_dataset
@@ -73,8 +74,7 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
                            batch_size=batch_size, progress=progress and rank == 0, rank=rank, world=world)
     reused = distributed.reduce_number(report.reused_shards)
     distributed.barrier()  # every rank's shards are on disk
-    if rank != 0:
-        distributed.barrier()  # until rank 0 has committed the store
+    if rank != 0:  # no wait for rank 0's build: a long one would outlast the process group's timeout
         return out_dir
     vectors, items, skipped = read_shards(out_dir, report.names)
     if getattr(dataset, "skipped", None) is not None:
@@ -98,7 +98,6 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
         store.delete(still_there)
     store.commit()  # only then may the files it no longer needs go
     remove_unreferenced_shards(out_dir, set(report.names) | _added_shards(items))
-    distributed.barrier()
     return out_dir
 
 

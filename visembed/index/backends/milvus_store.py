@@ -110,15 +110,18 @@ def _quiet_libraries() -> None:
     sentence the user needs, so theirs would only bury it."""
     for name in ("pymilvus", "milvus_lite"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # grpc's C core logs to stderr on its own (pymilvus's keepalive pings draw "too_many_pings" GOAWAY
+    # lines from Milvus Lite's in-process server after an idle minute); read once, at grpc's import
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 def connect(settings: MilvusSettings):
     """A `MilvusClient` for `settings.uri`; `IndexStoreError` with one sentence when it cannot be had."""
+    _quiet_libraries()  # before pymilvus imports grpc
     try:
         from pymilvus import MilvusClient
     except ImportError:
         raise IndexStoreError("the Milvus backend needs pymilvus and milvus-lite: pip install 'visembed[milvus]'") from None
-    _quiet_libraries()
     try:
         if settings.is_lite:
             Path(settings.uri).parent.mkdir(parents=True, exist_ok=True)
