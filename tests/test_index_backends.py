@@ -22,8 +22,23 @@ def faiss_backend(kind):
             "open": open_store}
 
 
+def milvus_backend(kind):
+    """Milvus Lite in a file beside the index folder (`milvus:PATH.db`): the same code as for a server."""
+    def create(where):
+        pytest.importorskip("milvus_lite", reason="the `milvus` extra (./dev test installs it)")
+        from visembed.index.backends.milvus_store import MilvusSettings
+
+        settings = MilvusSettings(uri=str(where.parent / "milvus.db"), kind=kind, hnsw_m=8, hnsw_ef_construction=64,
+                                  hnsw_ef_search=64, ivf_nlist=2, ivf_nprobe=2)
+        return create_store(where, DIM, settings=settings, info={"model_dir": "m"}, backend="milvus")
+
+    return {"create": create, "open": open_store}
+
+
 BACKENDS = {"faiss-flat": faiss_backend("flat"), "faiss-hnsw": faiss_backend("hnsw"),
             "faiss-ivfpq": faiss_backend("ivfpq")}
+BACKENDS.update({"milvus-flat": milvus_backend("flat"), "milvus-hnsw": milvus_backend("hnsw"),
+                 "milvus-ivf": milvus_backend("ivf_flat")})
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -1,4 +1,11 @@
-"""`visembed embed`: a dataset's image (or caption) vectors as OUT.npy, with their ids in OUT.ids.txt."""
+"""`visembed embed`: a dataset's image (or caption) vectors as OUT.npy with their ids in OUT.ids.txt, or
+in clip-retrieval's layout (`--format clip-retrieval`: OUT/img_emb/*.npy + OUT/metadata/*.parquet).
+
+One process embeds in one pass, as it always did. Under `torchrun` (or with `--format
+clip-retrieval`) the images go through the index's resumable shards (`index.embed`): each rank
+embeds shard i where i mod world is its rank, a rerun reuses finished shards, and rank 0 writes
+the output once every shard is there.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import typer
 
 from visembed.commands.errors import friendly_errors
 
+FORMATS = ("npy", "clip-retrieval")
+
 
 def register(app: typer.Typer) -> None:
     app.command("embed")(embed)
@@ -16,30 +25,87 @@ def register(app: typer.Typer) -> None:
 def embed(
     folder: Path = typer.Argument(..., help="Run or model folder, hf:PATH or openclip:PATH."),
     data: str = typer.Option(..., "--data", help="Data spec of the images to embed."),
-    out: Path = typer.Option(..., "--out", help="Output prefix: writes OUT.npy (float32 N x D) and OUT.ids.txt."),
+    out: Path = typer.Option(..., "--out", help="npy: output prefix, writes OUT.npy (float32 N x D) and OUT.ids.txt; "
+                                                "clip-retrieval: a folder, writes OUT/img_emb/ and OUT/metadata/."),
     split: str = typer.Option("test", "--split", help="Split name."),
-    text: bool = typer.Option(False, "--text", help="Embed the captions instead of the images."),
+    text: bool = typer.Option(False, "--text", help="Embed the captions instead of the images (npy, one process)."),
+    out_format: str = typer.Option("npy", "--format", help="npy, or clip-retrieval (float16 img_emb_N.npy + "
+                                   "metadata_N.parquet per shard: what autofaiss and clip-retrieval read)."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per shard (sharded runs: the unit of "
+                                   "resumption and of work per process)."),
 ) -> None:
-    """Write image (or caption) embeddings as .npy with their ids, one per line."""
+    """Write image (or caption) embeddings as .npy with their ids, one per line, or in clip-retrieval's
+    layout. Runs across processes under `torchrun --nproc_per_node N -m visembed.cli embed ...`."""
+    from visembed import distributed
+
+    with friendly_errors():
+        if out_format not in FORMATS:
+            raise ValueError(f"--format {out_format!r}: choose {' or '.join(FORMATS)}")
+        rank, world = distributed.init_distributed()[:2]
+        if text and (world > 1 or out_format != "npy"):
+            raise ValueError("--text embeds captions in one process, to .npy only")
+        try:
+            if world == 1 and out_format == "npy":
+                message = _embed_in_one_pass(folder, data, out, split, text)
+            else:
+                message = _embed_in_shards(folder, data, out, split, out_format, shard_size, rank)
+        finally:
+            distributed.cleanup()
+    if rank == 0:
+        typer.echo(message)
+
+
+def _embed_in_one_pass(folder: Path, data: str, out: Path, split: str, text: bool) -> str:
     import visembed
     from visembed.atomic import atomic_write_npy, atomic_write_text
     from visembed.data import SkipCounter, open_dataset
     from visembed.eval.run import embed_images
 
-    with friendly_errors():
-        model = visembed.load(folder)
-        ds = open_dataset(data, split)
-        skipped = SkipCounter()
-        if text:
-            samples = list(ds)
-            vectors = model.encode_text([sample.caption for sample in samples])  # (N, D)
-        else:
-            total = None if getattr(ds, "streaming", False) else len(ds)
-            samples, vectors = embed_images(model, ds, skipped, progress=True, total=total, desc="embed")
-        if getattr(ds, "skipped", None) is not None:
-            skipped.update(ds.skipped)  # rows the source left out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # ids first, vectors last: a reader that finds OUT.npy finds the ids of this run beside it
-        atomic_write_text(Path(f"{out}.ids.txt"), "".join(f"{sample.id}\n" for sample in samples))
-        atomic_write_npy(Path(f"{out}.npy"), vectors.astype("float32", copy=False))
-    typer.echo(f"wrote {len(samples)} embeddings to {out}.npy and ids to {out}.ids.txt; {skipped.summary()}")
+    model = visembed.load(folder)
+    ds = open_dataset(data, split)
+    skipped = SkipCounter()
+    if text:
+        samples = list(ds)
+        vectors = model.encode_text([sample.caption for sample in samples])  # (N, D)
+    else:
+        total = None if getattr(ds, "streaming", False) else len(ds)
+        samples, vectors = embed_images(model, ds, skipped, progress=True, total=total, desc="embed")
+    if getattr(ds, "skipped", None) is not None:
+        skipped.update(ds.skipped)  # rows the source left out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # ids first, vectors last: a reader that finds OUT.npy finds the ids of this run beside it
+    atomic_write_text(Path(f"{out}.ids.txt"), "".join(f"{sample.id}\n" for sample in samples))
+    atomic_write_npy(Path(f"{out}.npy"), vectors.astype("float32", copy=False))
+    return f"wrote {len(samples)} embeddings to {out}.npy and ids to {out}.ids.txt; {skipped.summary()}"
+
+
+def _embed_in_shards(folder: Path, data: str, out: Path, split: str, out_format: str, shard_size: int,
+                     rank: int) -> str:
+    import visembed
+    from visembed import distributed
+    from visembed.atomic import atomic_write_npy, atomic_write_text
+    from visembed.data import open_dataset
+    from visembed.index.build import weights_sha256
+    from visembed.index.embed import embed_dataset, read_shards, write_clip_retrieval
+    from visembed.interop.cache import resolve_model
+
+    model_dir = resolve_model(folder).resolve()
+    work = out / "visembed-shards" if out_format == "clip-retrieval" else Path(f"{out}.shards")
+    source = {"weights_sha256": weights_sha256(model_dir), "data_spec": data, "split": split, "language": "en"}
+    model = visembed.load(model_dir)
+    dataset = open_dataset(data, split)
+    report = embed_dataset(model, dataset, work, source=source, shard_size=shard_size, progress=rank == 0,
+                           rank=rank, world=distributed.world_size())
+    distributed.barrier()  # every shard is on disk
+    if rank != 0:
+        return ""
+    vectors, items, skipped = read_shards(work, report.names)
+    if getattr(dataset, "skipped", None) is not None:
+        skipped.update(dataset.skipped)
+    if out_format == "clip-retrieval":
+        n = write_clip_retrieval(work, report.names, out)
+        return f"wrote {n} embeddings to {out}/img_emb and their metadata to {out}/metadata; {skipped.summary()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(f"{out}.ids.txt"), "".join(f"{item['id']}\n" for item in items))
+    atomic_write_npy(Path(f"{out}.npy"), vectors)
+    return f"wrote {len(items)} embeddings to {out}.npy and ids to {out}.ids.txt; {skipped.summary()}"

@@ -28,29 +28,70 @@ def build(
                                                 "undo them with --forget-deletions, or use a new --out)."),
     split: str = typer.Option("all", "--split", help="Dataset split: every image unless told otherwise."),
     language: str = typer.Option("en", "--language", help="Caption language for multilingual data."),
-    kind: str = typer.Option("auto", "--kind", help="auto, flat (exact), hnsw or ivfpq."),
+    store: str = typer.Option("faiss", "--store", help="Where the vectors go: faiss (files in --out), milvus:FILE.db "
+                              "(Milvus Lite, no server) or milvus://HOST:PORT, milvus://HOST:PORT/COLLECTION (a Milvus server; also "
+                              "http(s)://). --out keeps the shards and thumbnails either way."),
+    kind: str = typer.Option("auto", "--kind", help="auto, flat (exact), hnsw or ivfpq; Milvus: auto, flat, hnsw, "
+                             "ivf_flat or ivf_sq8."),
     exact_below: int = typer.Option(20_000, "--exact-below", help="auto: exact search below this many items."),
-    large_kind: str = typer.Option("hnsw", "--large-kind", help="auto: hnsw or ivfpq above the threshold."),
+    large_kind: str = typer.Option("hnsw", "--large-kind", help="auto: hnsw or ivfpq above the threshold "
+                                   "(Milvus: hnsw, ivf_flat or ivf_sq8; auto turns to ivf_sq8 past 50M items)."),
+    milvus_timeout: float = typer.Option(10.0, "--milvus-timeout", min=0.1, help="Seconds to reach a Milvus server."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard (the unit of resumption)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     forget_deletions: bool = typer.Option(False, "--forget-deletions", help="Bring back items removed with `index delete`."),
 ) -> None:
-    """Embed every image of a dataset (sharded, resumable) and build a FAISS index over it."""
-    from visembed.index.backends.faiss_kinds import IndexSettings
+    """Embed every image of a dataset (sharded, resumable) and build a FAISS index (or fill a Milvus
+    collection) over it. Under `torchrun --nproc_per_node N -m visembed.cli index build ...` each
+    process embeds every N-th shard and rank 0 builds the index."""
+    from visembed import distributed
+    from visembed.index.backends import POINTER
     from visembed.index.build import build_index
     from visembed.interop.cache import resolve_model
 
     with friendly_errors():
+        backend, settings = _store_settings(store, kind, exact_below, large_kind, milvus_timeout)
         model = resolve_model(model)
+        rank = distributed.init_distributed()[0]  # a plain single process outside torchrun
+        try:
+            build_index(model, data, out, split=split, progress=not quiet, settings=settings, language=language,
+                        shard_size=shard_size, batch_size=batch_size, keep_deletions=not forget_deletions,
+                        backend=backend)
+        finally:
+            distributed.cleanup()
+        if rank != 0:
+            return  # rank 0 reports
+        manifest = json.loads((out / ("index.json" if backend == "faiss" else POINTER)).read_text(encoding="utf-8"))
+    skipped = ", ".join(f"{reason}={n}" for reason, n in manifest["skipped"].items()) or "none"
+    where = "" if backend == "faiss" else f" in Milvus {manifest['uri']} (collection {manifest['collection']})"
+    typer.echo(f"indexed {manifest['live']} items into {out} ({manifest['kind']} index{where}; skipped: {skipped})")
+    _say_unserved(manifest.get("unserved_files") or 0)
+    if backend == "milvus" and settings.is_lite and manifest["live"] > LITE_COMFORT:
+        typer.echo(f"note: Milvus Lite scans every row in Python on each search (~1.7 s a query at 100k items, "
+                   f"docs/scale.md); for {manifest['live']} items use FAISS or a Milvus server (--store milvus://HOST:PORT)")
+
+
+LITE_COMFORT = 20_000  # items above which Milvus Lite's per-query scan is slower than a user waits
+
+
+def _store_settings(store: str, kind: str, exact_below: int, large_kind: str, timeout: float):
+    """`--store` and the index knobs -> (backend name, that backend's settings); ValueError when they do not fit."""
+    if store == "faiss":
+        from visembed.index.backends.faiss_kinds import IndexSettings
+
         settings = IndexSettings(kind=kind, exact_below=exact_below, large_kind=large_kind)
         settings.resolve_kind(0), settings.resolve_kind(exact_below)  # fail early on a bad kind
-        build_index(model, data, out, split=split, progress=not quiet, settings=settings, language=language,
-                    shard_size=shard_size, batch_size=batch_size, keep_deletions=not forget_deletions)
-        manifest = json.loads((out / "index.json").read_text(encoding="utf-8"))
-    skipped = ", ".join(f"{reason}={n}" for reason, n in manifest["skipped"].items()) or "none"
-    typer.echo(f"indexed {manifest['live']} items into {out} ({manifest['kind']} index; skipped: {skipped})")
-    _say_unserved(manifest.get("unserved_files") or 0)
+        return "faiss", settings
+    from visembed.index.backends.milvus_store import KINDS, MilvusSettings
+
+    if large_kind not in ("hnsw", "ivf_flat", "ivf_sq8"):
+        raise ValueError(f"--large-kind {large_kind!r} with Milvus: choose hnsw, ivf_flat or ivf_sq8 (no PQ in Milvus Lite)")
+    settings = MilvusSettings.from_spec(store, kind=kind, exact_below=exact_below, large_kind=large_kind,
+                                        timeout=timeout)
+    if settings.kind != "auto" and settings.kind not in KINDS:
+        raise ValueError(f"--kind {kind!r} with Milvus: choose auto, {', '.join(KINDS)}")
+    return "milvus", settings
 
 
 def add(

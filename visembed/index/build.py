@@ -18,8 +18,7 @@ from visembed.data import SkipCounter, spec_roots
 from visembed.index.embed import (
     ADDED_PREFIX, SHARD_SIZE, embed_dataset, embed_samples, read_shards, remove_unreferenced_shards, shard_stem,
 )
-from visembed.index.backends import IndexStoreError, VectorStore, create_store, open_store
-from visembed.index.backends.faiss_kinds import IndexSettings
+from visembed.index.backends import POINTER, IndexStoreError, VectorStore, backend_of, create_store, open_store
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -35,8 +34,9 @@ def weights_sha256(model_dir: Path) -> str:
 
 
 def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, split: str | None = None,
-                progress: bool = True, settings: IndexSettings | None = None, language: str = "en",
-                shard_size: int = SHARD_SIZE, batch_size: int = 64, keep_deletions: bool = True) -> Path:
+                progress: bool = True, settings=None, language: str = "en",
+                shard_size: int = SHARD_SIZE, batch_size: int = 64, keep_deletions: bool = True,
+                backend: str = "faiss") -> Path:
     """Embed every image of `data_spec` (split "all" unless told otherwise) with the model in
     `model_dir` and write an index to `out_dir`.
 
@@ -45,8 +45,15 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     embedded again, and rows no longer in the data leave the index. What the committed index
     recorded is carried through: items added with `add_to_index` are kept (unless the data now
     holds the same id), and items deleted with `index delete` stay deleted. To bring deleted items
-    back, rebuild with `keep_deletions=False` (or into a new folder)."""
+    back, rebuild with `keep_deletions=False` (or into a new folder).
+
+    `backend` and `settings`: the store (`faiss` with `IndexSettings`, `milvus` with
+    `MilvusSettings`). Under `torchrun` every rank embeds its own shards (shard i on rank
+    i mod world, into the same `out_dir`: a shared folder across machines) and rank 0 alone builds
+    the store once all shards are there; the other ranks return then (torchrun ends when rank 0 has
+    committed)."""
     import visembed
+    from visembed import distributed
     from visembed.data import open_dataset
 
     split = split or "all"
@@ -54,12 +61,21 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     if not model_dir.is_dir():
         raise IndexStoreError(f"no model folder at {model_dir}")
     fingerprint = weights_sha256(model_dir)
-    previous = _committed_index(out_dir, fingerprint)
+    rank, world = distributed.rank(), distributed.world_size()
+    if rank == 0 and backend == "milvus":  # a dead address or a Lite file in use: one line now, not after embedding
+        from visembed.index.backends.milvus_store import connect
+
+        connect(settings)
+    previous = _committed_index(out_dir, fingerprint, backend) if rank == 0 else None  # Milvus Lite: one process
     model = visembed.load(model_dir)
     source = {"weights_sha256": fingerprint, "data_spec": data_spec, "split": split, "language": language}
     dataset = open_dataset(data_spec, split, language=language, need="nothing")  # captions optional
     report = embed_dataset(model, dataset, out_dir, source=source, shard_size=shard_size,
-                           batch_size=batch_size, progress=progress)
+                           batch_size=batch_size, progress=progress and rank == 0, rank=rank, world=world)
+    reused = distributed.reduce_number(report.reused_shards)
+    distributed.barrier()  # every rank's shards are on disk
+    if rank != 0:  # no wait for rank 0's build: a long one would outlast the process group's timeout
+        return out_dir
     vectors, items, skipped = read_shards(out_dir, report.names)
     if getattr(dataset, "skipped", None) is not None:
         skipped.update(dataset.skipped)  # rows the source itself left out (missing files, empty captions)
@@ -71,12 +87,12 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     if not items:
         raise IndexStoreError(f"no usable images in {data_spec!r} ({skipped.summary()})")
     info = {"model_dir": str(model_dir), "weights_sha256": fingerprint, "data_spec": data_spec, "split": split,
-            "language": language, "skipped": skipped.as_dict(), "reused_shards": report.reused_shards,
+            "language": language, "skipped": skipped.as_dict(), "reused_shards": reused,
             "data_roots": data_roots(data_spec), "data_roots_from": "specs"}
     info["unserved_files"] = unserved_files(items, info["data_roots"])
     if previous is not None and previous.info.get("added"):
         info["added"] = previous.info["added"]
-    store = create_store(out_dir, vectors.shape[1], settings=settings, info=info)
+    store = create_store(out_dir, vectors.shape[1], settings=settings, info=info, backend=backend)
     store.add([item["id"] for item in items], vectors, items)
     still_there = [i for i in deleted_ids if i in store]
     if still_there:
@@ -86,11 +102,15 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     return out_dir
 
 
-def _committed_index(out_dir: Path, fingerprint: str) -> VectorStore | None:
+def _committed_index(out_dir: Path, fingerprint: str, backend: str = "faiss") -> VectorStore | None:
     """The index an earlier build or add committed in `out_dir`, if any; made with other weights
-    it cannot be refreshed (its added items would not be comparable)."""
-    if not (out_dir / "index.json").exists():
+    it cannot be refreshed (its added items would not be comparable), nor by another backend."""
+    if not (out_dir / "index.json").exists() and not (out_dir / POINTER).exists():
         return None
+    found = backend_of(out_dir)
+    if found != backend:
+        raise IndexStoreError(f"the index in {out_dir} is a {found} index, not {backend}: build into a new --out "
+                              f"folder (or pass the --store it was built with)")
     previous = open_store(out_dir)  # a corrupt one raises CorruptIndex: never silently dropped
     recorded = previous.info.get("weights_sha256")
     if recorded and recorded != fingerprint:

@@ -80,10 +80,15 @@ def shard_fingerprint(samples: list, identity: str) -> str:
 
 
 def embed_dataset(model, dataset, out_dir: str | Path, *, source: dict, shard_size: int = SHARD_SIZE,
-                  batch_size: int = 64, progress: bool = True, thumb_size: int = THUMB_SIZE) -> EmbedReport:
+                  batch_size: int = 64, progress: bool = True, thumb_size: int = THUMB_SIZE,
+                  rank: int = 0, world: int = 1) -> EmbedReport:
     """Embed every image of `dataset` into `out_dir/embeddings`; `source` identifies model and data
     so that shards from a different model are never mixed in. A finished shard is reused only when
-    its content fingerprint (rows and weights) matches; `report.names` lists this dataset's shards."""
+    its content fingerprint (rows and weights) matches; `report.names` lists this dataset's shards.
+
+    Across processes (`rank` of `world`), shard i is embedded by rank i mod world; every rank reads
+    every row (the names need the fingerprints) but decodes and embeds only its own shards, so the
+    names are the same on every rank and the files land in one folder."""
     from tqdm import tqdm
 
     emb_dir = Path(out_dir) / "embeddings"
@@ -91,7 +96,7 @@ def embed_dataset(model, dataset, out_dir: str | Path, *, source: dict, shard_si
     _check_source(emb_dir, {**source, "shard_size": shard_size, "thumb_size": thumb_size})
     identity = json.dumps(source, sort_keys=True, default=str)  # the weights' sha256 is in `source`
     report = EmbedReport()
-    total = None if getattr(dataset, "streaming", False) else len(dataset)
+    total = None if getattr(dataset, "streaming", False) or world > 1 else len(dataset)
     with tqdm(total=total, unit="img", desc="embedding", disable=not progress, dynamic_ncols=True) as bar:
         for number, samples in _shards(dataset, shard_size):
             rows = samples()  # read (not decoded) even when the shard is done: the fingerprint needs them
@@ -99,6 +104,8 @@ def embed_dataset(model, dataset, out_dir: str | Path, *, source: dict, shard_si
             name = shard_name(number, fingerprint)
             report.shards += 1
             report.names.append(name)
+            if number % world != rank:
+                continue  # another rank's shard
             done = _finished_shard(emb_dir, name, fingerprint)
             if done is not None:
                 report.reused_shards += 1
@@ -273,3 +280,38 @@ def remove_unreferenced_shards(out_dir: str | Path, keep: set[str], prefixes: tu
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def write_clip_retrieval(out_dir: str | Path, names: Iterable[str], target: str | Path) -> int:
+    """clip-retrieval's layout from finished shards (`names`, in order, under `out_dir/embeddings`):
+    `target/img_emb/img_emb_{i}.npy` (float16, as `clip-retrieval inference` writes them) and
+    `target/metadata/metadata_{i}.parquet` (columns `image_path`, `caption`, `id`), one pair per
+    shard with rows in the same order, so autofaiss and clip-retrieval's back end read them as their
+    own. Returns the number of vectors written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from visembed.atomic import atomic_write
+
+    names = list(names)
+    width = max(4, len(str(len(names))))
+    target = Path(target)
+    (target / "img_emb").mkdir(parents=True, exist_ok=True)
+    (target / "metadata").mkdir(parents=True, exist_ok=True)
+    total, written = 0, set()
+    for number, name in enumerate(names):
+        npy = Path(out_dir) / "embeddings" / f"{name}.npy"
+        items = json.loads(npy.with_suffix(".json").read_text(encoding="utf-8"))["items"]
+        matrix = np.load(npy, allow_pickle=False)  # (n_items, D) float32
+        table = pa.table({"image_path": [item.get("path") for item in items],
+                          "caption": [item.get("caption") for item in items],
+                          "id": [item["id"] for item in items]})
+        stem = str(number).zfill(width)
+        atomic_write(target / "metadata" / f"metadata_{stem}.parquet", lambda tmp: pq.write_table(table, tmp))
+        atomic_write_npy(target / "img_emb" / f"img_emb_{stem}.npy", matrix.astype(np.float16))
+        written |= {f"img_emb_{stem}.npy", f"metadata_{stem}.parquet"}
+        total += len(items)
+    for stale in [*(target / "img_emb").glob("img_emb_*.npy"), *(target / "metadata").glob("metadata_*.parquet")]:
+        if stale.name not in written:  # a part of an earlier, larger run: readers take every file there
+            stale.unlink()
+    return total

@@ -31,6 +31,8 @@ from visembed.serve.connection import (BODY_IDLE_TIMEOUT_S, BODY_TIMEOUT_S, HEAD
 from visembed.serve.decode import DecodeBudget
 from visembed.serve.captions import find_captioner
 from visembed.serve.captions import router as captions_router
+from visembed.serve.clip_retrieval import PATHS as CLIP_RETRIEVAL_PATHS
+from visembed.serve.clip_retrieval import router as clip_retrieval_router
 from visembed.serve.limits import MULTIPART_OVERHEAD, BodySizeLimit, GenerationSlots, Limits
 from visembed.serve.origin import SameOriginPosts
 from visembed.serve.routes import router
@@ -87,10 +89,12 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     app.state.data_roots = [Path(root).resolve() for root in data_roots]
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
-    app.add_middleware(SameOriginPosts, allowed_origins=list(allowed_origins))
+    # clip-retrieval's front end calls its back end from its own origin: those search routes stay open (CORS)
+    app.add_middleware(SameOriginPosts, allowed_origins=list(allowed_origins), open_paths=CLIP_RETRIEVAL_PATHS)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOOPBACK_HOSTS), www_redirect=False)
     app.include_router(router)
     app.include_router(captions_router)
+    app.include_router(clip_retrieval_router)  # POST /knn-service, POST /metadata, GET /indices-list
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
