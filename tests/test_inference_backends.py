@@ -78,3 +78,24 @@ def test_a_captioner_on_the_onnx_backend_still_writes_captions(tiny_captioner_di
     caption, = model.caption(image)
     assert isinstance(caption, str) and caption
     assert model.encode_image(image).shape == (1, model.embed_dim)
+
+
+def test_commands_take_the_backend(tiny_model_dir, cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from visembed.cli import app as cli
+
+    runner = CliRunner()
+    vectors = {}
+    for backend in ("torch", "onnx"):
+        result = runner.invoke(cli, ["embed", str(tiny_model_dir), "--data", "builtin:shapes?n=64", "--split", "test",
+                                     "--out", str(tmp_path / backend), "--backend", backend])
+        assert result.exit_code == 0, result.output
+        vectors[backend] = np.load(tmp_path / f"{backend}.npy")
+    assert vectors["torch"].shape[0] > 0 and np.abs(vectors["torch"] - vectors["onnx"]).max() <= 1e-4
+    result = runner.invoke(cli, ["index", "build", str(tiny_model_dir), "--data", "builtin:shapes?n=64",
+                                 "--out", str(tmp_path / "index"), "--quiet", "--backend", "onnx"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["embed", str(tiny_model_dir), "--data", "builtin:shapes?n=64", "--out",
+                                 str(tmp_path / "x"), "--backend", "tensorrt"])
+    assert result.exit_code == 2 and "backend must be one of torch, onnx, auto" in result.output

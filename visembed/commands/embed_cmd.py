@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from visembed.commands.errors import friendly_errors
+from visembed.commands.options import BACKEND_OPTION
 
 FORMATS = ("npy", "clip-retrieval")
 
@@ -33,6 +34,7 @@ def embed(
                                    "metadata_N.parquet per shard: what autofaiss and clip-retrieval read)."),
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per shard (sharded runs: the unit of "
                                    "resumption and of work per process)."),
+    model_backend: str = BACKEND_OPTION,
 ) -> None:
     """Write image (or caption) embeddings as .npy with their ids, one per line, or in clip-retrieval's
     layout. Runs across processes under `torchrun --nproc_per_node N -m visembed.cli embed ...`."""
@@ -46,23 +48,23 @@ def embed(
             raise ValueError("--text embeds captions in one process, to .npy only")
         try:
             if world == 1 and out_format == "npy":
-                message = _embed_in_one_pass(folder, data, out, split, text)
+                message = _embed_in_one_pass(folder, data, out, split, text, model_backend)
             else:
-                message = _embed_in_shards(folder, data, out, split, out_format, shard_size, rank)
+                message = _embed_in_shards(folder, data, out, split, out_format, shard_size, rank, model_backend)
         finally:
             distributed.cleanup()
     if rank == 0:
         typer.echo(message)
 
 
-def _embed_in_one_pass(folder: Path, data: str, out: Path, split: str, text: bool) -> str:
+def _embed_in_one_pass(folder: Path, data: str, out: Path, split: str, text: bool, model_backend: str) -> str:
     import visembed
     from visembed.atomic import atomic_write_npy, atomic_write_text
     from visembed.data import SkipCounter, open_dataset
     from visembed.eval.run import embed_images
 
-    model = visembed.load(folder)
-    ds = open_dataset(data, split)
+    model = visembed.load(folder, backend=model_backend)
+    ds = open_dataset(data, split, need="caption" if text else "nothing")
     skipped = SkipCounter()
     if text:
         samples = list(ds)
@@ -80,7 +82,7 @@ def _embed_in_one_pass(folder: Path, data: str, out: Path, split: str, text: boo
 
 
 def _embed_in_shards(folder: Path, data: str, out: Path, split: str, out_format: str, shard_size: int,
-                     rank: int) -> str:
+                     rank: int, model_backend: str) -> str:
     import visembed
     from visembed import distributed
     from visembed.atomic import atomic_write_npy, atomic_write_text
@@ -92,8 +94,8 @@ def _embed_in_shards(folder: Path, data: str, out: Path, split: str, out_format:
     model_dir = resolve_model(folder).resolve()
     work = out / "visembed-shards" if out_format == "clip-retrieval" else Path(f"{out}.shards")
     source = {"weights_sha256": weights_sha256(model_dir), "data_spec": data, "split": split, "language": "en"}
-    model = visembed.load(model_dir)
-    dataset = open_dataset(data, split)
+    model = visembed.load(model_dir, backend=model_backend)
+    dataset = open_dataset(data, split, need="nothing")
     report = embed_dataset(model, dataset, work, source=source, shard_size=shard_size, progress=rank == 0,
                            rank=rank, world=distributed.world_size())
     distributed.barrier()  # every shard is on disk

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from visembed.commands.errors import friendly_errors
+from visembed.commands.options import BACKEND_OPTION
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +41,7 @@ def build(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard (the unit of resumption)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    model_backend: str = BACKEND_OPTION,
     forget_deletions: bool = typer.Option(False, "--forget-deletions", help="Bring back items removed with `index delete`."),
 ) -> None:
     """Embed every image of a dataset (sharded, resumable) and build a FAISS index (or fill a Milvus
@@ -57,7 +59,7 @@ def build(
         try:
             build_index(model, data, out, split=split, progress=not quiet, settings=settings, language=language,
                         shard_size=shard_size, batch_size=batch_size, keep_deletions=not forget_deletions,
-                        backend=backend)
+                        backend=backend, model_backend=model_backend)
         finally:
             distributed.cleanup()
         if rank != 0:
@@ -103,13 +105,15 @@ def add(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    model_backend: str = BACKEND_OPTION,
 ) -> None:
     """Embed new images with the index's model and append them to the index (no rebuild)."""
     from visembed.index.build import add_to_index
 
     with friendly_errors():
         report = add_to_index(index_dir, data, split=split, model_dir=model, language=language,
-                              shard_size=shard_size, batch_size=batch_size, progress=not quiet)
+                              shard_size=shard_size, batch_size=batch_size, progress=not quiet,
+                              model_backend=model_backend)
     skipped = ", ".join(f"{reason}={n}" for reason, n in report.skipped.as_dict().items()) or "none"
     deleted = f", {report.still_deleted} deleted earlier and left out" if report.still_deleted else ""
     typer.echo(f"added {report.added} items to {index_dir} ({report.already_indexed} already there{deleted}; "
@@ -226,6 +230,7 @@ def serve(
                                           "from always are, never where paths inside the data point)."),
     allowed_origins: list[str] = typer.Option([], "--allowed-origin", help="A web origin (https://example.com) whose "
                                               "pages may POST to the service (repeatable; its own page always may)."),
+    model_backend: str = BACKEND_OPTION,
 ) -> None:
     """Serve the web page and the HTTP API (search, upload, recommend, thumbnails, /docs; captions and
     image chat with a captioner); picks up index changes (`index add`, `index delete`, rebuilds) on the next request."""
@@ -234,7 +239,7 @@ def serve(
     with friendly_errors():
         run_server(index_dir, host, port, model_dir=model, captioner_dir=captioner, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                    allowed_hosts=list(allowed_hosts) or None, data_roots=list(data_roots),
-                   allowed_origins=list(allowed_origins))
+                   allowed_origins=list(allowed_origins), model_backend=model_backend)
 
 
 def _print_hits(hits, as_json: bool) -> None:

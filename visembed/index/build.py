@@ -36,7 +36,7 @@ def weights_sha256(model_dir: Path) -> str:
 def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, split: str | None = None,
                 progress: bool = True, settings=None, language: str = "en",
                 shard_size: int = SHARD_SIZE, batch_size: int = 64, keep_deletions: bool = True,
-                backend: str = "faiss") -> Path:
+                backend: str = "faiss", model_backend: str = "torch") -> Path:
     """Embed every image of `data_spec` (split "all" unless told otherwise) with the model in
     `model_dir` and write an index to `out_dir`.
 
@@ -67,7 +67,7 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
 
         connect(settings)
     previous = _committed_index(out_dir, fingerprint, backend) if rank == 0 else None  # Milvus Lite: one process
-    model = visembed.load(model_dir)
+    model = visembed.load(model_dir, backend=model_backend)  # torch, onnx or auto: see visembed.api.load
     source = {"weights_sha256": fingerprint, "data_spec": data_spec, "split": split, "language": language}
     dataset = open_dataset(data_spec, split, language=language, need="nothing")  # captions optional
     report = embed_dataset(model, dataset, out_dir, source=source, shard_size=shard_size,
@@ -184,7 +184,7 @@ class AddReport:
 
 def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = None, model_dir: str | Path | None = None,
                  language: str = "en", shard_size: int = SHARD_SIZE, batch_size: int = 64,
-                 progress: bool = True) -> AddReport:
+                 progress: bool = True, model_backend: str = "torch") -> AddReport:
     """Embed the samples of `data_spec` whose ids the index does not hold yet, with the index's own
     model, store them as new shards (thumbnails included) and append them to the index. Ids deleted
     from the index stay deleted (as on a rebuild)."""
@@ -201,7 +201,7 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
     if recorded and weights_sha256(model_dir) != recorded:
         raise IndexStoreError(f"the weights in {model_dir} are not the ones this index was built with; "
                               "new items would not be comparable: rebuild the index with this model")
-    model = visembed.load(model_dir)
+    model = visembed.load(model_dir, backend=model_backend)
     if model.embed_dim != index.dim:
         raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {index.dim}-d ones")
 

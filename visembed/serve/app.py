@@ -49,7 +49,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
                allowed_hosts: list[str] | tuple[str, ...] | None = None, searcher=None,
                captioner_dir: str | Path | None = None, captioner=None,
                generation_slots: GenerationSlots | None = None, data_roots: list[str | Path] = (),
-               allowed_origins: list[str] | tuple[str, ...] = ()) -> FastAPI:
+               allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch") -> FastAPI:
     """The service over one index. `searcher` (an opened `Searcher`) skips loading in the lifespan.
 
     `captioner_dir`: a captioner folder for /caption and /chat (default: the index's model, when it
@@ -63,13 +63,14 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
 
     `data_roots`: folders, besides those of the data the index was built from, whose image files
     may be sent as items' originals. `allowed_origins`: web origins ("https://example.com") whose
-    pages may POST to the service besides its own."""
+    pages may POST to the service besides its own. `model_backend`: how the model's encoders run
+    (torch, onnx or auto; see `visembed.api.load`)."""
     from visembed.index.searcher import Searcher
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if getattr(app.state, "searcher", None) is None:
-            app.state.searcher = await run_in_threadpool(Searcher.open, index_dir, model_dir)
+            app.state.searcher = await run_in_threadpool(Searcher.open, index_dir, model_dir, model_backend)
         if app.state.captioner is None:
             app.state.captioner = await run_in_threadpool(find_captioner, app.state.searcher, captioner_dir)
         # Parallelism comes from concurrent requests: one thread per search (a team of threads per
@@ -130,7 +131,7 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
                max_upload_bytes: int = Limits.max_upload_bytes,
                allowed_hosts: list[str] | tuple[str, ...] | None = None, timeout_keep_alive: int = KEEP_ALIVE_S,
                header_timeout: float = HEADER_TIMEOUT_S, data_roots: list[str | Path] = (),
-               allowed_origins: list[str] | tuple[str, ...] = ()) -> None:
+               allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch") -> None:
     """Bind the port, load the index and model, print the URL, serve until interrupted.
 
     A taken port raises `PortUnavailable` (one line, before anything is announced or loaded).
@@ -145,7 +146,7 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
             raise ValueError(f"--data-root {root}: no such folder")
     sock = bind_socket(host, port)
     try:
-        searcher = Searcher.open(index_dir, model_dir)  # raises IndexStoreError with a clear message
+        searcher = Searcher.open(index_dir, model_dir, model_backend)  # raises IndexStoreError with a clear message
         captioner = find_captioner(searcher, captioner_dir)  # a dual encoder there: ValueError
         hosts = default_allowed_hosts(host) + list(allowed_hosts or [])
         app = create_app(index_dir, model_dir, max_upload_bytes=max_upload_bytes, searcher=searcher,
