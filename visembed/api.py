@@ -15,11 +15,16 @@ import torch
 from visembed.models.inference import Model
 
 
-def load(folder: str | Path, device: str | torch.device | None = None) -> Model:
+def load(folder: str | Path, device: str | torch.device | None = None):
     """Load a run or model folder written by `visembed train` (or `hf:PATH`, a transformers CLIPModel
     folder, or `openclip:PATH`, converted once; see `visembed.interop.cache`), on the best device
-    unless told."""
+    unless told. A classifier folder (`visembed classify fit`) gives a `Classifier` (`.classes`,
+    `.predict(images, k=5)`, and the encoders of its dual encoder)."""
+    from visembed.classify.folder import Classifier, is_classifier_folder
     from visembed.interop.cache import resolve_model
+
+    if not str(folder).startswith(("hf:", "openclip:")) and is_classifier_folder(folder):
+        return Classifier.from_folder(folder, device)
 
     return Model.from_folder(resolve_model(folder), device)
 

@@ -84,9 +84,11 @@ def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc.mean_.astype(np.float32), sc.scale_.astype(np.float32)
 
 
-def zeroshot_head(class_weights: np.ndarray) -> Head:
-    """The zero-shot classifier: class text vectors (C, D), e.g. from `eval.zeroshot.class_embeddings`."""
-    return Head(len(class_weights), zs_weight=np.asarray(class_weights, np.float32), info={"method": "zeroshot"})
+def zeroshot_head(class_weights: np.ndarray, *, zs_scale: float = ZS_SCALE) -> Head:
+    """The zero-shot classifier: class text vectors (C, D), e.g. from `templates.class_vectors`;
+    `zs_scale`: the logit scale (the model's learnt temperature gives calibrated probabilities)."""
+    return Head(len(class_weights), zs_weight=np.asarray(class_weights, np.float32), zs_scale=float(zs_scale),
+                info={"method": "zeroshot"})
 
 
 def split_shots(y: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,13 +173,14 @@ def knn_predict(keys, key_labels, queries, n_classes: int, *, k: int = 20, tempe
 
 
 def tip_head(emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *, alpha: float = TIP_ALPHA,
-             beta: float = TIP_BETA) -> Head:
+             beta: float = TIP_BETA, zs_scale: float = ZS_SCALE) -> Head:
     """Tip-Adapter: zero-shot logits plus a cache whose keys are the shots' embeddings and values
     their one-hot labels; nothing is trained."""
     n_classes = len(class_weights)
     values = np.eye(n_classes, dtype=np.float32)[np.asarray(y, np.int64)]
-    return Head(n_classes, zs_weight=np.asarray(class_weights, np.float32), keys=np.asarray(emb, np.float32),
-                values=values, alpha=alpha, beta=beta, info={"method": "tip", "alpha": alpha, "beta": beta})
+    return Head(n_classes, zs_weight=np.asarray(class_weights, np.float32), zs_scale=float(zs_scale),
+                keys=np.asarray(emb, np.float32), values=values, alpha=alpha, beta=beta,
+                info={"method": "tip", "alpha": alpha, "beta": beta})
 
 
 def _torch_seeded(seed: int):
@@ -188,16 +191,17 @@ def _torch_seeded(seed: int):
 
 
 def fit_tip_f(emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *, alpha: float = TIP_ALPHA,
-              beta: float = TIP_BETA, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256, seed: int = 0) -> Head:
+              beta: float = TIP_BETA, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
+              zs_scale: float = ZS_SCALE) -> Head:
     """Tip-Adapter-F: the cache keys trained with cross-entropy on the shots (AdamW, cosine schedule,
     the authors' 20 epochs at lr 1e-3), the zero-shot weights fixed."""
     torch, g = _torch_seeded(seed)
-    head = tip_head(emb, y, class_weights, alpha=alpha, beta=beta)
+    head = tip_head(emb, y, class_weights, alpha=alpha, beta=beta, zs_scale=zs_scale)
     x = torch.from_numpy(np.asarray(emb, np.float32))
     target = torch.from_numpy(np.asarray(y, np.int64))
     keys = torch.nn.Parameter(x.clone())
     values = torch.from_numpy(head.values)
-    zs = ZS_SCALE * x @ torch.from_numpy(head.zs_weight).T  # (N, C): fixed
+    zs = zs_scale * x @ torch.from_numpy(head.zs_weight).T  # (N, C): fixed
     opt = torch.optim.AdamW([keys], lr=lr, eps=1e-4)
     steps = epochs * max(1, -(-len(x) // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -218,33 +222,37 @@ def fit_tip_f(emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *, alph
 
 
 def fit_zs_probe(x: np.ndarray, emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *,
-                 features: str = "embedding", strength: float = 1.0, steps: int = 100, seed: int = 0) -> Head:
+                 features: str = "embedding", strength: float = 1.0, steps: int = 100, seed: int = 0,
+                 zs_scale: float = ZS_SCALE) -> Head:
     """A probe that starts at the zero-shot head and is pulled towards it (cross-modal adaptation /
-    CLAP style): logits = zero-shot logits + a linear residual on standardised `features`, trained
-    with cross-entropy + an L2 penalty on the residual of weight `strength / shots per class`. At
-    zero residual it is the zero-shot head; the penalty keeps it there when shots are few, so it
-    needs no validation split. Full-batch L-BFGS (torch)."""
-    torch, _ = _torch_seeded(seed)
+    CLAP style): logits = zero-shot logits + a linear residual on standardised `features` (divided
+    by sqrt(width), so the pull means the same for any width), trained with cross-entropy + an L2
+    penalty on the residual of weight `strength / shots per class`. At zero residual it is the
+    zero-shot head; the penalty keeps it near there when shots are few, so it needs no validation
+    split. Full-batch L-BFGS (torch); no bias (the zero-shot head has none to pull towards)."""
+    import torch
+
+    torch.manual_seed(seed)
     n_classes = len(class_weights)
     y = np.asarray(y, np.int64)
-    mean, scale = standardizer(np.asarray(x, np.float32))
-    xs = torch.from_numpy((np.asarray(x, np.float32) - mean) / scale)
-    zs = torch.from_numpy(ZS_SCALE * np.asarray(emb, np.float32) @ np.asarray(class_weights, np.float32).T)
+    x = np.asarray(x, np.float32)
+    mean, scale = standardizer(x)
+    scale = scale * np.float32(np.sqrt(x.shape[1]))
+    xs = torch.from_numpy((x - mean) / scale)
+    zs = torch.from_numpy(zs_scale * np.asarray(emb, np.float32) @ np.asarray(class_weights, np.float32).T)
     target = torch.from_numpy(y)
     shots = max(1.0, len(y) / max(1, len(np.unique(y))))
     lam = strength / shots
     weight = torch.zeros(n_classes, xs.shape[1], requires_grad=True)
-    bias = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([weight], lr=1.0, max_iter=steps, history_size=10, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        logits = zs + xs @ weight.T + bias
-        loss = torch.nn.functional.cross_entropy(logits, target) + lam * weight.pow(2).sum()
+        loss = torch.nn.functional.cross_entropy(zs + xs @ weight.T, target) + lam * weight.pow(2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     return Head(n_classes, features=features, zs_weight=np.asarray(class_weights, np.float32),
-                weight=weight.detach().numpy(), bias=bias.detach().numpy(), mean=mean, scale=scale,
-                info={"method": "zs-probe", "strength": strength, "penalty": lam})
+                zs_scale=float(zs_scale), weight=weight.detach().numpy(), bias=np.zeros(n_classes, np.float32),
+                mean=mean, scale=scale, info={"method": "zs-probe", "strength": strength, "penalty": lam})
