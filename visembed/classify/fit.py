@@ -8,7 +8,7 @@ import numpy as np
 from visembed.classify import methods as M
 from visembed.classify.features import FeatureSet
 
-FEATURE_METHODS = ("zeroshot", "probe", "zs-probe", "tip", "tip-f", "knn")  # on cached features
+FEATURE_METHODS = ("zeroshot", "probe", "zs-probe", "tip", "tip-f")  # on cached features
 METHODS = (*FEATURE_METHODS, "finetune")  # finetune: the training loop (visembed.train.tasks.classification)
 # What each method's linear part reads by default, chosen by measurement (docs/classify.md)
 DEFAULT_FEATURES = {"probe": "embedding+pooled+layout", "zs-probe": "embedding+pooled+layout", "knn": "pooled",
@@ -38,8 +38,6 @@ def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: in
         return head
     if method == "probe":
         return M.fit_probe(shots.select(features), y, n_classes, features=features, seed=seed)
-    if method == "knn":
-        return M.knn_head(shots.select(features), y, n_classes, features=features)
     if method == "zs-probe":
         return M.fit_zs_probe(shots.select(features), shots.embedding, y, class_weights, features=features,
                               seed=seed, zs_scale=zs_scale)

@@ -51,7 +51,7 @@ def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str 
     `eval_split` where the data has it)."""
     from visembed.atomic import new_dir
 
-    if method not in FEATURE_METHODS or method == "knn":
+    if method not in FEATURE_METHODS:
         raise ValueError(f"--method must be one of zeroshot, probe, zs-probe, tip, tip-f, finetune; got {method!r}")
     features = features or DEFAULT_FEATURES[method]
     fs = dataset_features(model, spec, split, model_dir=model_dir, progress=progress, **data_options)
