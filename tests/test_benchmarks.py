@@ -24,6 +24,7 @@ SMOKE = {
     "efficientnet_speed.py": [],
     "emoji_quality.py": ["--out", "{tmp}/runs"],
     "export_speed.py": [],
+    "fewshot.py": [],
     "probe.py": [],
     "search.py": [],
     "train_throughput.py": [],
