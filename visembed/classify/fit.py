@@ -42,5 +42,5 @@ def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: in
         return M.fit_zs_probe(shots.select(features), shots.embedding, y, class_weights, features=features,
                               seed=seed, zs_scale=zs_scale)
     if method == "tip":
-        return M.tip_head(shots.embedding, y, class_weights, zs_scale=zs_scale)
-    return M.fit_tip_f(shots.embedding, y, class_weights, seed=seed, zs_scale=zs_scale)
+        return M.tip_head(shots.embedding, y, class_weights, alpha=None, beta=None, zs_scale=zs_scale, seed=seed)
+    return M.fit_tip_f(shots.embedding, y, class_weights, alpha=None, beta=None, seed=seed, zs_scale=zs_scale)

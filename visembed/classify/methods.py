@@ -33,7 +33,9 @@ from visembed.classify.features import select_features
 ZS_SCALE = 100.0  # CLIP's logit scale for zero-shot logits (and Tip-Adapter's)
 PROBE_CS = (0.01, 0.1, 1.0)  # inverse regularisation strengths tried (standardised features)
 PROBE_VAL_PER_CLASS = 4  # shots held back per class to choose C (at most; CoOp's lpclip)
-TIP_ALPHA, TIP_BETA = 1.0, 5.5  # Tip-Adapter's defaults (its ImageNet config)
+TIP_ALPHA, TIP_BETA = 10.0, 5.5  # cache weight and sharpness where nothing is held back (1 shot a class)
+TIP_GRID = ((1.0, 5.5), (3.0, 5.5), (10.0, 5.5), (30.0, 5.5), (10.0, 1.0), (30.0, 1.0))  # (alpha, beta) tried
+ZS_PROBE_STRENGTH = 1e-4  # pull towards zero-shot (measured on emoji subgroups: docs/classify.md)
 
 
 @dataclass
@@ -172,15 +174,36 @@ def knn_predict(keys, key_labels, queries, n_classes: int, *, k: int = 20, tempe
     return knn_scores(keys, key_labels, queries, n_classes, k=k, temperature=temperature).argmax(1)
 
 
-def tip_head(emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *, alpha: float = TIP_ALPHA,
-             beta: float = TIP_BETA, zs_scale: float = ZS_SCALE) -> Head:
+def choose_tip(emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *, zs_scale: float = ZS_SCALE,
+               seed: int = 0) -> tuple[float, float, dict]:
+    """(alpha, beta, accuracies) for Tip-Adapter chosen on up to 4 shots per class held back from the
+    shots (Tip-Adapter searches them on its validation set); defaults where nothing can be held back."""
+    fit, val = split_shots(np.asarray(y), PROBE_VAL_PER_CLASS, seed)
+    if not len(val):
+        return TIP_ALPHA, TIP_BETA, {}
+    feats = {"embedding": np.asarray(emb, np.float32)[val]}
+    scores = {}
+    for alpha, beta in TIP_GRID:
+        head = tip_head(emb[fit], np.asarray(y)[fit], class_weights, alpha=alpha, beta=beta, zs_scale=zs_scale)
+        scores[f"{alpha:g},{beta:g}"] = float((head.logits(feats).argmax(1) == np.asarray(y)[val]).mean())
+    best = max(scores, key=scores.get)
+    alpha, beta = (float(v) for v in best.split(","))
+    return alpha, beta, scores
+
+
+def tip_head(emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *, alpha: float | None = TIP_ALPHA,
+             beta: float | None = TIP_BETA, zs_scale: float = ZS_SCALE, seed: int = 0) -> Head:
     """Tip-Adapter: zero-shot logits plus a cache whose keys are the shots' embeddings and values
-    their one-hot labels; nothing is trained."""
+    their one-hot labels; nothing is trained. `alpha`/`beta` None: chosen on held-back shots
+    (`choose_tip`)."""
+    searched = {}
+    if alpha is None or beta is None:
+        alpha, beta, searched = choose_tip(emb, y, class_weights, zs_scale=zs_scale, seed=seed)
     n_classes = len(class_weights)
     values = np.eye(n_classes, dtype=np.float32)[np.asarray(y, np.int64)]
     return Head(n_classes, zs_weight=np.asarray(class_weights, np.float32), zs_scale=float(zs_scale),
                 keys=np.asarray(emb, np.float32), values=values, alpha=alpha, beta=beta,
-                info={"method": "tip", "alpha": alpha, "beta": beta})
+                info={"method": "tip", "alpha": alpha, "beta": beta, "val_accuracy": searched})
 
 
 def _torch_seeded(seed: int):
@@ -190,13 +213,14 @@ def _torch_seeded(seed: int):
     return torch, g
 
 
-def fit_tip_f(emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *, alpha: float = TIP_ALPHA,
-              beta: float = TIP_BETA, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
+def fit_tip_f(emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *, alpha: float | None = TIP_ALPHA,
+              beta: float | None = TIP_BETA, epochs: int = 20, lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
               zs_scale: float = ZS_SCALE) -> Head:
     """Tip-Adapter-F: the cache keys trained with cross-entropy on the shots (AdamW, cosine schedule,
     the authors' 20 epochs at lr 1e-3), the zero-shot weights fixed."""
     torch, g = _torch_seeded(seed)
-    head = tip_head(emb, y, class_weights, alpha=alpha, beta=beta, zs_scale=zs_scale)
+    head = tip_head(emb, y, class_weights, alpha=alpha, beta=beta, zs_scale=zs_scale, seed=seed)
+    alpha, beta = head.alpha, head.beta
     x = torch.from_numpy(np.asarray(emb, np.float32))
     target = torch.from_numpy(np.asarray(y, np.int64))
     keys = torch.nn.Parameter(x.clone())
@@ -222,7 +246,7 @@ def fit_tip_f(emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *, alph
 
 
 def fit_zs_probe(x: np.ndarray, emb: np.ndarray, y: np.ndarray, class_weights: np.ndarray, *,
-                 features: str = "embedding", strength: float = 1.0, steps: int = 100, seed: int = 0,
+                 features: str = "embedding", strength: float = ZS_PROBE_STRENGTH, steps: int = 100, seed: int = 0,
                  zs_scale: float = ZS_SCALE) -> Head:
     """A probe that starts at the zero-shot head and is pulled towards it (cross-modal adaptation /
     CLAP style): logits = zero-shot logits + a linear residual on standardised `features` (divided

@@ -42,7 +42,7 @@ def training_classes(fs: FeatureSet, what: str) -> list[str]:
     return listed
 
 
-def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str = "zs-probe", shots: int = 16,
+def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str = "probe", shots: int = 16,
                    seed: int = 0, features: str | None = None, templates: tuple[str, ...] | None = None,
                    split: str = "train", eval_split: str | None = "test", progress: bool = True,
                    **data_options) -> dict:

@@ -10,8 +10,8 @@ import typer
 
 from visembed.commands.errors import friendly_errors
 
-METHOD_HELP = ("zeroshot (class names only), probe (logistic regression), zs-probe (a probe pulled towards "
-               "zero-shot; default), tip (Tip-Adapter), tip-f (Tip-Adapter-F), finetune (LP-FT + WiSE-FT, the "
+METHOD_HELP = ("zeroshot (class names only), probe (logistic regression; default), zs-probe (a probe pulled towards "
+               "zero-shot), tip (Tip-Adapter), tip-f (Tip-Adapter-F), finetune (LP-FT + WiSE-FT, the "
                "training loop)")
 FEATURES_HELP = ("What the head reads: embedding, pooled (the tower's features before the head), layout (8x8 "
                  "colour thumbnail), or kinds joined by '+' (both = embedding+pooled); default: per method, "
@@ -41,7 +41,7 @@ def fit(
     model: str = typer.Argument(..., help="The dual encoder: a run or model folder, hf:PATH or openclip:PATH."),
     data: str = typer.Option(..., "--data", help="Labelled data: class folders, a manifest with --label-column, builtin:emoji?label=subgroup, builtin:shapes."),
     out: Path = typer.Option(..., "--out", help="Classifier folder to write (new or empty)."),
-    method: str = typer.Option("zs-probe", "--method", help=METHOD_HELP),
+    method: str = typer.Option("probe", "--method", help=METHOD_HELP),
     shots: int = typer.Option(16, "--shots", min=0, help="Labelled images per class (fewer where a class has fewer; 0 with zeroshot)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shot draw and the fit."),
     split: str = typer.Option("train", "--split", help="Split the shots are drawn from."),
