@@ -25,6 +25,7 @@ SMOKE = {
     "emoji_quality.py": ["--out", "{tmp}/runs"],
     "export_speed.py": [],
     "fewshot.py": [],
+    "inference_backends.py": [],
     "probe.py": [],
     "search.py": [],
     "train_throughput.py": [],

@@ -10,11 +10,11 @@ Kept light: heavy libraries (torch, transformers, faiss, fastapi) load when firs
 __version__ = "0.1.0"
 
 
-def load(folder, device=None):
-    """Load a run or model folder; see `visembed.api.Model`."""
+def load(folder, device=None, **options):
+    """Load a run or model folder; see `visembed.api.load` (options: backend, quantize)."""
     from visembed.api import load as _load
 
-    return _load(folder, device)
+    return _load(folder, device, **options)
 
 
 __all__ = ["load", "__version__"]

@@ -170,7 +170,7 @@ def dataset_features(model, spec: str, split: str = "train", *, model_dir=None, 
     chunks: dict[str, list[np.ndarray]] = {kind: [] for kind in BASE_KINDS}
     skipped = SkipCounter()
     for part in parts:
-        ds = open_dataset(spec, part, **data_options)
+        ds = open_dataset(spec, part, need="label", **data_options)
         if getattr(ds, "streaming", False):
             raise DataError(f"{spec}: classifiers need a map-style dataset (not streamed shards)")
         classes = classes or list(getattr(ds, "labels", None) or [])

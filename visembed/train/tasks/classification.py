@@ -194,7 +194,7 @@ def _write_shots(model, model_dir, spec, split, shots, seed, path: Path, data_op
     wanted = {fs.ids[i] for i in chosen}
     rows = []
     for part in [s for s in split.split("+") if s]:
-        for sample in open_dataset(spec, part, **data_options):
+        for sample in open_dataset(spec, part, need="label", **data_options):
             if sample.id in wanted:
                 image = sample.path or (sample.image if isinstance(sample.image, str) else None)
                 if image is None:
