@@ -112,9 +112,8 @@ def test_zs_probe_and_tip_fit_and_the_head_uses_the_shots(tiny_model_dir, data, 
 
 def test_curve_draws_and_writes_json(tiny_model_dir, data, tmp_path):
     out = tmp_path / "curve.png"
-    result = cli("classify", "curve", tiny_model_dir, "--data", data, "--shots", 0, "--shots", 1, "--shots", 2,
-                 "--seeds", 2, "--methods", "zeroshot", "--methods", "probe", "--methods", "knn", "--out", out,
-                 "--no-progress")
+    result = cli("classify", "curve", tiny_model_dir, "--data", data, "--shots", 0, 1, 2, "--seeds", 2,
+                 "--methods", "zeroshot", "probe", "knn", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert set(curve["methods"]) == {"zeroshot", "probe", "knn"}
@@ -147,8 +146,8 @@ def test_bad_input_is_one_clear_line(case, tiny_model_dir, data, probe_dir, tmp_
     else:  # eval on data whose labels the head does not know
         other = tmp_path / "other.jsonl"
         rows = [json.loads(line) for line in data.read_text().splitlines()][:10]
-        other.write_text("".join(json.dumps({**r, "image": str(data.parent / r["image"]), "label": "banana"}) + "\n"
-                                 for r in rows))
+        other.write_text("".join(json.dumps({"image": str(data.parent / r["image"]), "caption": r["caption"],
+                                             "label": "banana"}) + "\n" for r in rows))
         result = cli("classify", "eval", probe_dir, "--data", other, "--split", "test", "--no-progress")
         expected = "has a class this classifier knows"
     assert result.exit_code == 2, result.output
@@ -212,3 +211,24 @@ def test_finetune_lp_ft_wise_ft(tiny_model_dir, data, tmp_path):
     assert moved  # the image tower itself was trained (LP-FT), then interpolated (WiSE-FT)
     clf = visembed.load(out, device="cpu")
     assert clf.predict([str(data.parent / "test0.png")], k=1)[0][0]["label"] in clf.classes
+
+
+def test_class_folders_fit_and_eval(tiny_model_dir, tmp_path):
+    """root/{train,test}/<class>/*.png (`_` reads as a space): classes from folder names."""
+    from visembed.data import open_dataset
+
+    for split in ("train", "test"):
+        for i, sample in enumerate(open_dataset("builtin:shapes?n=120&size=32", split)):
+            names = {"circle": "round_thing", "square": "four_sides", "triangle": "three_sides"}
+            folder = tmp_path / "root" / split / names[sample.label.split()[1]]
+            folder.mkdir(parents=True, exist_ok=True)
+            sample.image.save(folder / f"{i}.png")
+    out = tmp_path / "clf"
+    result = cli("classify", "fit", tiny_model_dir, "--data", tmp_path / "root", "--out", out, "--shots", 4,
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    classes = json.loads((out / "classifier.json").read_text())["classes"]
+    assert sorted(classes) == ["four sides", "round thing", "three sides"]
+    result = cli("classify", "eval", out, "--data", tmp_path / "root", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_images"] > 0

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     classify_app.command("fit")(fit)
     classify_app.command("predict")(predict)
     classify_app.command("eval")(evaluate)
-    classify_app.command("curve")(curve)
+    classify_app.command("curve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(curve)
     app.add_typer(classify_app, name="classify")
 
 
@@ -130,12 +130,34 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
 
 
+CURVE_DEFAULTS = {"--shots": ["0", "1", "2", "4", "8", "16"], "--methods": ["zeroshot", "probe", "zs-probe", "tip", "tip-f"]}
+
+
+def _curve_lists(args: list[str]) -> dict[str, list[str]]:
+    """`--shots 0 1 2 --methods probe tip` (or `--shots=4`) -> {"--shots": [...], "--methods": [...]}."""
+    lists: dict[str, list[str]] = {}
+    current = None
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name in CURVE_DEFAULTS:
+            current = name
+            lists.setdefault(name, [])
+            if eq:
+                lists[name] += [v for v in value.split(",") if v]
+        elif arg.startswith("-") and not arg.lstrip("-").isdigit():
+            raise ValueError(f"unknown option {arg!r} (see --help)")
+        elif current is None:
+            raise ValueError(f"unexpected argument {arg!r} (see --help)")
+        else:
+            lists[current].append(arg)
+    return {name: lists.get(name) or default for name, default in CURVE_DEFAULTS.items()}
+
+
 def curve(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="The dual encoder: a run or model folder, hf:PATH or openclip:PATH."),
     data: str = typer.Option(..., "--data", help="Labelled data spec (as for fit)."),
-    shots: list[int] = typer.Option([0, 1, 2, 4, 8, 16], "--shots", help="Shot counts (repeat: --shots 1 --shots 4, or list them after one --shots)."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per shot count (mean ± std)."),
-    methods: list[str] = typer.Option(["zeroshot", "probe", "zs-probe", "tip", "tip-f"], "--methods", help="Methods (zeroshot, probe, zs-probe, tip, tip-f, knn)."),
     out: Path = typer.Option(..., "--out", help="Picture to write (.png/.svg/.pdf); the numbers go to stdout and beside it as .json."),
     train_split: str = typer.Option("train", "--train-split", help="Split the shots are drawn from."),
     test_split: str = typer.Option("test", "--test-split", help="Split tested on ('+' joins several, e.g. val+test)."),
@@ -144,13 +166,22 @@ def curve(
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Manifests: the column holding the label."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
-    """Few-shot curves: top-1 per method and shot count, mean ± std over seeds (matplotlib + JSON)."""
+    """Few-shot curves: top-1 per method and shot count, mean ± std over seeds (matplotlib + JSON).
+
+    --shots K... shot counts (default 0 1 2 4 8 16); --methods M... among zeroshot, probe, zs-probe,
+    tip, tip-f, knn (default: all but knn)."""
     from visembed.atomic import atomic_write_json
     from visembed.classify.curve import few_shot_curve, plot_curve
     from visembed.interop.cache import resolve_model
     from visembed.models.inference import Model
 
     with friendly_errors():
+        lists = _curve_lists(ctx.args)
+        try:
+            shots = [int(k) for k in lists["--shots"]]
+        except ValueError:
+            raise ValueError(f"--shots takes whole numbers, got {' '.join(lists['--shots'])}") from None
+        methods = lists["--methods"]
         if any(k < 0 for k in shots):
             raise ValueError("--shots must be 0 or more")
         model_dir = resolve_model(model)
