@@ -37,7 +37,7 @@ RUN_FOLDER = "run"
 FINETUNE_STEPS = 60
 FINETUNE_LR = 1e-4
 FINETUNE_BATCH = 32
-WISE_ALPHA = 0.5  # default weight of the fine-tuned model (docs/classify.md: measured)
+WISE_ALPHA = 0.5  # default weight of the fine-tuned model (WiSE-FT's middle; not yet measured on our data)
 
 
 class ClassificationTask:
