@@ -205,10 +205,10 @@ def test_tasks_come_from_the_task_registry():
     from visembed.train.tasks import check_task
 
     check_task(load_preset("tiny"))
-    with pytest.raises(ConfigError, match="train.task: must be one of 'caption_align', 'caption_instruct', 'contrastive'"):
+    with pytest.raises(ConfigError, match="train.task: must be one of 'caption_align', 'caption_instruct', .*'contrastive'"):
         check_task(apply_overrides(load_preset("tiny"), ["train.task=classify"]))
     with pytest.raises(ConfigError, match="train.task: 'caption_align' trains a model.architecture 'captioner'; for "
-                                          "'dual_encoder' use one of 'contrastive'"):
+                                          "'dual_encoder' use one of .*'contrastive'"):
         check_task(apply_overrides(load_preset("tiny"), ["train.task=caption_align"]))
 
 

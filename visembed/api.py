@@ -16,16 +16,20 @@ from visembed.models.inference import Model
 
 
 def load(folder: str | Path, device: str | torch.device | None = None, *, backend: str = "torch",
-         quantize: str | None = None) -> Model:
+         quantize: str | None = None):
     """Load a run or model folder written by `visembed train` (or `hf:PATH`, a transformers CLIPModel
     folder, or `openclip:PATH`, converted once; see `visembed.interop.cache`), on the best device
-    unless told.
+    unless told. A classifier folder (`visembed classify fit`) gives a `Classifier` (`.classes`,
+    `.predict(images, k=5)`, and the encoders of its dual encoder).
 
     `backend`: "torch", "onnx" (the encoders run as exported ONNX graphs in onnxruntime on the CPU,
     exported once and cached) or "auto" (onnx where it can, torch elsewhere); `quantize="int8"`
     quantises the ONNX graphs. See `visembed.interop.onnx_runtime`."""
+    from visembed.classify.folder import Classifier, is_classifier_folder
     from visembed.interop.cache import resolve_model
 
+    if not str(folder).startswith(("hf:", "openclip:")) and is_classifier_folder(folder):
+        return Classifier.from_folder(folder, device)  # a classifier folder: `.classes`, `.predict(images, k)`
     folder = resolve_model(folder)
     if backend == "torch" and quantize is None:
         return Model.from_folder(folder, device)

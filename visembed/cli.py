@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from visembed.commands import (caption_cmds, data_cmds, demo_cmd, embed_cmd, eval_cmd, export_cmd, index_cmds,
+from visembed.commands import (caption_cmds, classify_cmd, data_cmds, demo_cmd, embed_cmd, eval_cmd, export_cmd, index_cmds,
                                merge_cmd, train_cmd)
 
 app = typer.Typer(
@@ -13,7 +13,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (train_cmd, caption_cmds, eval_cmd, embed_cmd, data_cmds, demo_cmd, index_cmds, export_cmd, merge_cmd):
+for module in (train_cmd, caption_cmds, eval_cmd, embed_cmd, data_cmds, demo_cmd, index_cmds, export_cmd, merge_cmd,
+               classify_cmd):
     module.register(app)
 
 

@@ -222,6 +222,8 @@ def serve(
     captioner: Path = typer.Option(None, "--captioner", help="Captioner folder (`visembed train-captioner`) for "
                                    "POST /caption and /chat and the page's captions and chat (default: the index's "
                                    "model, when it is a captioner)."),
+    classifier: Path = typer.Option(None, "--classifier", help="Classifier folder (`visembed classify fit`) for "
+                                    "POST /classify and the page's labels of uploaded images."),
     max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.001, help="Largest accepted upload."),
     allowed_hosts: list[str] = typer.Option([], "--allowed-host", help="Another Host name clients may use (repeatable; "
                                             "loopback names and --host are always allowed: a guard against DNS rebinding)."),
@@ -237,7 +239,8 @@ def serve(
     from visembed.serve.app import run_server
 
     with friendly_errors():
-        run_server(index_dir, host, port, model_dir=model, captioner_dir=captioner, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        run_server(index_dir, host, port, model_dir=model, captioner_dir=captioner, classifier_dir=classifier,
+                   max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                    allowed_hosts=list(allowed_hosts) or None, data_roots=list(data_roots),
                    allowed_origins=list(allowed_origins), model_backend=model_backend)
 

@@ -79,9 +79,13 @@ class TextGraph(nn.Module):
 
 
 def export_onnx(model_dir: str | Path, out: str | Path) -> None:
-    """Write the image and text graphs, tokenizer(s), preprocessing.json and a model card into `out`."""
+    """Write the image and text graphs, tokenizer(s), preprocessing.json and a model card into `out`.
+    A classifier folder (`visembed classify fit`) gets `export_classifier_onnx` instead."""
+    from visembed.classify.folder import is_classifier_folder
     from visembed.models import load_model_folder
 
+    if is_classifier_folder(model_dir):
+        return export_classifier_onnx(model_dir, out)
     _require_runtime()
     model_dir, out = Path(model_dir), Path(out)
     model, cfg = load_model_folder(model_dir, "cpu")  # (feature cache off: a Python-side cache cannot be traced)
@@ -104,6 +108,45 @@ def export_onnx(model_dir: str | Path, out: str | Path) -> None:
 
     atomic_write_json(out / PREPROCESSING_FILE, _preprocessing(cfg, text_entries))
     atomic_write_text(out / "README.md", _card(cfg, model_dir, text_entries))
+
+
+CLASSIFIER_GRAPH = "classifier.onnx"
+CLASSES_FILE = "classes.json"
+
+
+def export_classifier_onnx(classifier_dir: str | Path, out: str | Path) -> None:
+    """A classifier folder -> `classifier.onnx` (pixels float32 (N, 3, S, S) in [0, 1] -> probabilities
+    float32 (N, C)), `classes.json` (column i's class name), `preprocessing.json` and a card."""
+    from visembed.classify.folder import read_config, read_head, model_folder
+    from visembed.classify.torch_head import HeadModule, ProbabilityNet
+    from visembed.models import load_model_folder
+
+    _require_runtime()
+    classifier_dir, out = Path(classifier_dir), Path(out)
+    config = read_config(classifier_dir)
+    head = read_head(classifier_dir, config)
+    model, cfg = load_model_folder(model_folder(classifier_dir, config), "cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    size = cfg.model.vision.image_size
+    pixels = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    _export(ProbabilityNet(model, HeadModule(head)), (pixels,), out / CLASSIFIER_GRAPH, ["pixels"], "probabilities")
+    atomic_write_json(out / CLASSES_FILE, config["classes"])
+    v = cfg.model.vision
+    atomic_write_json(out / PREPROCESSING_FILE, {
+        "format": "visembed-onnx-classifier/1", "graph": CLASSIFIER_GRAPH, "classes": CLASSES_FILE,
+        "method": config["method"],
+        "resize": f"shorter side to {size} px (bicubic), then the centre {size}x{size} square", "image_size": size,
+        "input": "pixels float32 (N, 3, S, S), RGB, channels first, values in [0, 1] (uint8 / 255)",
+        "normalisation": "inside the graph: do not apply mean/std", "mean_std_in_graph": {"mean": v.mean, "std": v.std},
+        "output": "probabilities float32 (N, C): column i is classes.json[i]"})
+    atomic_write_text(out / "README.md", "\n".join([
+        f"# visembed classifier ({config['method']}), ONNX export", "",
+        f"- `{CLASSIFIER_GRAPH}`: `pixels` float32 (N, 3, {size}, {size}), RGB in [0, 1] -> `probabilities` (N, "
+        f"{len(config['classes'])})", f"- `{CLASSES_FILE}`: the class of each column",
+        f"- `{PREPROCESSING_FILE}`: resize and crop, inputs and outputs", "", "```python",
+        "import json, numpy as np, onnxruntime", f"classes = json.load(open('{CLASSES_FILE}'))",
+        f"probs = onnxruntime.InferenceSession('{CLASSIFIER_GRAPH}').run(None, {{'pixels': pixels}})[0]",
+        "print(classes[int(probs[0].argmax())])", "```", ""]))
 
 
 # --- graphs --------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from visembed.serve.captions import find_captioner
 from visembed.serve.captions import router as captions_router
 from visembed.serve.clip_retrieval import PATHS as CLIP_RETRIEVAL_PATHS
 from visembed.serve.clip_retrieval import router as clip_retrieval_router
+from visembed.serve.classify_route import load_classifier
+from visembed.serve.classify_route import router as classify_router
 from visembed.serve.limits import MULTIPART_OVERHEAD, BodySizeLimit, GenerationSlots, Limits
 from visembed.serve.origin import SameOriginPosts
 from visembed.serve.routes import router
@@ -49,12 +51,14 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
                allowed_hosts: list[str] | tuple[str, ...] | None = None, searcher=None,
                captioner_dir: str | Path | None = None, captioner=None,
                generation_slots: GenerationSlots | None = None, data_roots: list[str | Path] = (),
-               allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch") -> FastAPI:
+               allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch",
+               classifier_dir: str | Path | None = None, classifier=None) -> FastAPI:
     """The service over one index. `searcher` (an opened `Searcher`) skips loading in the lifespan.
 
     `captioner_dir`: a captioner folder for /caption and /chat (default: the index's model, when it
     is a captioner); `captioner` (a loaded `CaptionerModel`) skips loading it. `generation_slots`:
-    how many generation requests may queue (default `GenerationSlots()`).
+    how many generation requests may queue (default `GenerationSlots()`). `classifier_dir`: a
+    classifier folder for /classify (`classifier`: one loaded already).
 
     `allowed_hosts`: Host header names answered (a port is ignored; "*" allows any, "*.example.com"
     a domain); default `LOOPBACK_HOSTS`. `decode_budget_pixels`: pixels decoded at once across all
@@ -73,16 +77,18 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
             app.state.searcher = await run_in_threadpool(Searcher.open, index_dir, model_dir, model_backend)
         if app.state.captioner is None:
             app.state.captioner = await run_in_threadpool(find_captioner, app.state.searcher, captioner_dir)
+        if app.state.classifier is None and classifier_dir is not None:
+            app.state.classifier = await run_in_threadpool(load_classifier, classifier_dir)
         # Parallelism comes from concurrent requests: one thread per search (a team of threads per
         # request thread would oversubscribe the cores and collapse throughput under load).
         app.state.searcher.set_search_threads(1)
         yield
-        app.state.searcher = app.state.captioner = None
+        app.state.searcher = app.state.captioner = app.state.classifier = None
 
     app = FastAPI(title="visembed", version="0.1.0", lifespan=lifespan,
                   description="Search and recommendation over visual embeddings (images and text in one space); "
                               "with a captioner, captions and questions about uploaded images.")
-    app.state.searcher, app.state.captioner = searcher, captioner
+    app.state.searcher, app.state.captioner, app.state.classifier = searcher, captioner, classifier
     app.state.generation = generation_slots or GenerationSlots()
     budget = decode_budget_pixels or 2 * max_pixels
     app.state.limits = Limits(max_upload_bytes, max_pixels, budget, decode_wait_s)
@@ -96,6 +102,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     app.include_router(router)
     app.include_router(captions_router)
     app.include_router(clip_retrieval_router)  # POST /knn-service, POST /metadata, GET /indices-list
+    app.include_router(classify_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -128,7 +135,7 @@ def make_server(app: FastAPI, *, timeout_keep_alive: int = KEEP_ALIVE_S, header_
 
 def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
                model_dir: str | Path | None = None, captioner_dir: str | Path | None = None,
-               max_upload_bytes: int = Limits.max_upload_bytes,
+               classifier_dir: str | Path | None = None, max_upload_bytes: int = Limits.max_upload_bytes,
                allowed_hosts: list[str] | tuple[str, ...] | None = None, timeout_keep_alive: int = KEEP_ALIVE_S,
                header_timeout: float = HEADER_TIMEOUT_S, data_roots: list[str | Path] = (),
                allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch") -> None:
@@ -148,10 +155,11 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     try:
         searcher = Searcher.open(index_dir, model_dir, model_backend)  # raises IndexStoreError with a clear message
         captioner = find_captioner(searcher, captioner_dir)  # a dual encoder there: ValueError
+        classifier = load_classifier(classifier_dir) if classifier_dir is not None else None
         hosts = default_allowed_hosts(host) + list(allowed_hosts or [])
         app = create_app(index_dir, model_dir, max_upload_bytes=max_upload_bytes, searcher=searcher,
                          allowed_hosts=hosts, captioner=captioner, data_roots=data_roots,
-                         allowed_origins=allowed_origins)
+                         allowed_origins=allowed_origins, classifier=classifier)
         server = make_server(app, timeout_keep_alive=timeout_keep_alive, header_timeout=header_timeout)
         shown = f"[{host}]" if ":" in host else host
         bound_port = sock.getsockname()[1]
@@ -160,6 +168,9 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
         if captioner is not None:
             print(f"captions and image chat: POST /caption, POST /chat (captioner {captioner_dir or 'of the index'})",
                   flush=True)
+        if classifier is not None:
+            print(f"labels of uploaded images: POST /classify (classifier {classifier_dir}, "
+                  f"{len(classifier.classes)} classes)", flush=True)
         if host in WILDCARD_ADDRESSES and not allowed_hosts:
             print("note: only requests addressed to localhost/127.0.0.1/[::1] are answered; "
                   "add the names clients use with --allowed-host", flush=True)

@@ -144,6 +144,29 @@ async function describe(file, serial) {
   caption.dataset.state = "done";
 }
 
+// Labels of an uploaded image: shown only when the server has a classifier (GET /classifier answers).
+const classifier = call("/classifier").then(() => true, () => false);
+
+async function label(file, serial) {
+  const labels = $("example-labels");
+  labels.hidden = false;
+  labels.dataset.state = "pending";
+  labels.textContent = "Labelling the picture…";
+  const form = new FormData();
+  form.append("file", file);
+  form.append("k", "3");
+  try {
+    const found = (await call("/classify", { method: "POST", body: form })).labels;
+    if (serial !== state.exampleSerial) return;
+    labels.textContent = "Labels: " + found.map((item) => `${item.label} (${(100 * item.probability).toFixed(0)} %)`).join(", ");
+    labels.dataset.state = "done";
+  } catch (error) {
+    if (serial !== state.exampleSerial) return;
+    labels.textContent = `No labels: ${error.message}`;
+    labels.dataset.state = "failed";
+  }
+}
+
 function showTurn(message) {
   const item = document.createElement("li");
   item.className = `turn ${message.role}`;
@@ -206,6 +229,7 @@ function clearExample() {
   $("file").value = "";
   $("example-img").alt = "your example image";
   $("example-caption").hidden = true;
+  $("example-labels").hidden = true;
   resetChat(false);
 }
 
@@ -217,9 +241,11 @@ function useExample(file) {
   $("example-img").src = URL.createObjectURL(file);
   $("example-img").alt = "your example image";
   $("example-caption").hidden = true;
+  $("example-labels").hidden = true;
   $("example").hidden = false;
   resetChat(false);
   search();
+  classifier.then((on) => { if (on && serial === state.exampleSerial) label(file, serial); });
   captioner.then((on) => {
     if (!on || serial !== state.exampleSerial) return;
     resetChat(true);

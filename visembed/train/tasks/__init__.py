@@ -74,6 +74,7 @@ _TASKS: dict[str, tuple[TaskFactory | str, str]] = {
     "contrastive": ("visembed.train.tasks.contrastive:ContrastiveTask", "dual_encoder"),
     "caption_align": ("visembed.train.tasks.captioning:CaptioningTask", "captioner"),
     "caption_instruct": ("visembed.train.tasks.captioning:CaptioningTask", "captioner"),
+    "classification": ("visembed.train.tasks.classification:ClassificationTask", "dual_encoder"),
 }
 
 

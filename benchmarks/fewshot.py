@@ -1,0 +1,162 @@
+"""Few-shot classification curves (issue 19): every cached-feature method x shots x seeds, on emoji
+subgroups (shots from training concepts, tested on the held-out concepts' images: new members of
+known classes, OpenMoji and Noto art), from a trained model and from the same model with a randomly
+initialised image tower, and on scikit-learn's handwritten digits. It reports; it does not assert.
+
+    .venv/bin/python benchmarks/fewshot.py --model runs/demo          # ~5 min per curve on 2 cores
+    .venv/bin/python benchmarks/fewshot.py --model runs/demo --no-random --no-digits --seeds 1
+    .venv/bin/python benchmarks/fewshot.py --smoke                    # a tiny model on builtin:shapes (CI)
+
+Reference (the issue's, in the same run): a plain probe on the model's embedding ("probe
+(embedding)"), beside the probe on the default features. Also printed: the seconds of one probe fit
+at the largest shot count, the curve's total seconds, and where zero-shot sits on the probe's curve
+(CLIP's paper: zero-shot ~ a 4-shot linear probe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import visembed  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from markdown_table import print_table  # noqa: E402
+
+METHODS = ("zeroshot", "probe", "zs-probe", "tip", "tip-f", "knn")
+EMOJI = "builtin:emoji?label=subgroup&style=all&size={size}"
+
+
+def curve_rows(model, model_dir, spec: str, name: str, args, **data_options) -> list[dict]:
+    from visembed.classify.curve import few_shot_curve
+
+    result = few_shot_curve(model, model_dir, spec, shots=tuple(args.shots), seeds=args.seeds, methods=METHODS,
+                            train_split=args.train_split if "emoji" in spec else "train",
+                            test_split=args.test_split if "emoji" in spec else "test", progress=False, **data_options)
+    reference = few_shot_curve(model, model_dir, spec, shots=tuple(k for k in args.shots if k), seeds=args.seeds,
+                               methods=("probe",), features={"probe": "embedding"},
+                               train_split=args.train_split if "emoji" in spec else "train",
+                               test_split=args.test_split if "emoji" in spec else "test", progress=False,
+                               **data_options)
+    rows = []
+    for method, per_shot in [*result["methods"].items(), ("probe (embedding)", reference["methods"]["probe"])]:
+        features = result["features"].get(method, "embedding")
+        row = {"data": name, "method": method, "features": features if method not in ("zeroshot", "tip", "tip-f") else "embedding"}
+        for k in args.shots:
+            cell = per_shot.get(str(k))
+            if cell:
+                row[f"{k}"] = f"{cell['mean']:.3f} ± {cell['std']:.3f}" if len(cell["runs"]) > 1 else f"{cell['mean']:.3f}"
+        rows.append(row)
+    top = max(args.shots)
+    probe_fits = [s for s in result["fit_seconds"].get("probe", [])][-args.seeds:]
+    zero = result["zeroshot_top1"]
+    probe_curve = {int(k): v["mean"] for k, v in result["methods"].get("probe", {}).items()}
+    below = [k for k, v in sorted(probe_curve.items()) if zero is not None and v <= zero]
+    where = (f"above the probe at every shot count" if zero is not None and all(v < zero for v in probe_curve.values())
+             else f"~ a {max(below)}-shot probe" if below else "below the 1-shot probe")
+    print(f"\n{name}: {result['classes']} classes, {result['test_images']} test images; zero-shot top-1 "
+          f"{zero if zero is None else round(zero, 3)} ({where}); probe fit at {top} shots: "
+          f"{max(probe_fits) if probe_fits else float('nan'):.2f} s (max over seeds); curve of all methods: "
+          f"{result['seconds']} s", flush=True)
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"name": name, "curve": result, "reference": reference}) + "\n")
+    return rows
+
+
+def random_tower(model_dir: Path, work: Path) -> Path:
+    """The same model with its image tower (and head) randomly initialised: what the features owe to training."""
+    import torch
+
+    from visembed.checkpoint import save_model_folder
+    from visembed.models import build_model, load_model_folder
+
+    module, cfg = load_model_folder(model_dir, "cpu")
+    torch.manual_seed(0)
+    fresh = build_model(cfg.model, tokenizer_dir=model_dir, pretrained=False)
+    state = module.state_dict()
+    state.update({k: v for k, v in fresh.state_dict().items() if k.startswith(("vision.", "visual_projection."))})
+    module.load_state_dict(state)
+    out = work / "random-tower"
+    save_model_folder(module, cfg, out)
+    return out
+
+
+def digits_manifest(work: Path) -> Path:
+    """scikit-learn's 1,797 8x8 digit scans as PNGs and a manifest (label, split: every 4th test)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder = work / "digits"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (image, target) in enumerate(zip(digits.images, digits.target)):
+        pixels = (255 - image * 255 / 16).clip(0, 255).astype(np.uint8)  # dark ink on white
+        Image.fromarray(pixels, "L").save(folder / f"{i:04d}.png")
+        rows.append({"image": f"digits/{i:04d}.png", "caption": f"a handwritten digit {target}",
+                     "label": f"digit {target}", "split": "test" if i % 4 == 0 else "train"})
+    manifest = work / "digits.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return manifest
+
+
+def smoke_model(work: Path) -> Path:
+    from visembed.config import apply_overrides, load_preset
+    from visembed.train.loop import train
+
+    out = work / "tiny"
+    train(apply_overrides(load_preset("tiny"), ["train.steps=4", "train.checkpoint_every=4"]), out, progress=False)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="A trained dual encoder folder (the demo model).")
+    parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--test-split", default="val+test", help="emoji: the held-out concepts (val+test)")
+    parser.add_argument("--no-random", action="store_true", help="skip the randomly initialised tower")
+    parser.add_argument("--no-digits", action="store_true", help="skip scikit-learn's digits")
+    parser.add_argument("--json", help="append every curve as a JSON line to this file")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model on builtin:shapes: does it run")
+    args = parser.parse_args()
+
+    from visembed.models.inference import Model
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.smoke:
+            args.shots, args.seeds = [0, 1, 2], 1
+            model_dir = smoke_model(work)
+            model = Model.from_folder(model_dir, "cpu")
+            rows = curve_rows(model, model_dir, "builtin:shapes?n=120&size=32", "shapes (smoke)", args)
+        else:
+            if args.model is None:
+                parser.error("--model DIR is needed (e.g. the demo model), or --smoke")
+            model_dir = args.model
+            model = Model.from_folder(model_dir, "cpu")
+            spec = EMOJI.format(size=max(64, model.image_size))
+            rows = curve_rows(model, model_dir, spec, "emoji subgroups", args)
+            if not args.no_random:
+                random_dir = random_tower(model_dir, work)
+                rows += curve_rows(Model.from_folder(random_dir, "cpu"), random_dir, spec,
+                                   "emoji subgroups, random image tower", args)
+            if not args.no_digits:
+                rows += curve_rows(model, model_dir, str(digits_manifest(work)), "sklearn digits", args)
+    print_table(rows, ["data", "method", "features", *[str(k) for k in args.shots]])
+    print(f"\n(top-1, mean ± std over {args.seeds} seed(s); {time.perf_counter() - started:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Classifiers end to end on a real tiny model: `visembed classify fit|predict|eval|curve`, the
+classifier folder through `visembed.load`, POST /classify, the ONNX export, fine-tuning, and bad
+input as one clear line."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import visembed
+from visembed.cli import app
+
+
+def _manifest(folder, n=240, classes=None):
+    """builtin:shapes scenes as PNG files + a jsonl manifest labelled by shape (3 classes), split column."""
+    from visembed.data import open_dataset
+
+    rows = []
+    for split in ("train", "test"):
+        for i, sample in enumerate(open_dataset(f"builtin:shapes?n={n}&size=32", split)):
+            label = sample.label.split()[1]
+            if classes and label not in classes:
+                continue
+            path = folder / f"{split}{i}.png"
+            sample.image.save(path)
+            rows.append({"image": path.name, "caption": sample.caption, "label": label, "split": split})
+    manifest = folder / "data.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _manifest(tmp_path_factory.mktemp("labelled"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def feature_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VISEMBED_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tiny_model_dir, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clf") / "probe"
+    result = cli("classify", "fit", tiny_model_dir, "--data", data, "--out", out, "--method", "probe", "--shots", 8,
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_fit_writes_a_classifier_folder_with_a_card(probe_dir):
+    config = json.loads((probe_dir / "classifier.json").read_text())
+    assert config["method"] == "probe" and config["classes"] == ["circle", "square", "triangle"]
+    assert config["fit"]["shots"] == 8 and config["fit"]["images_used"] == 24
+    assert "top1" in config["fit"]["eval"]  # measured on the data's test split at fit time
+    card = (probe_dir / "README.md").read_text()
+    assert "probe" in card and "top-1" in card
+
+
+def test_load_predict_and_cli_predict_agree(probe_dir, data):
+    clf = visembed.load(probe_dir, device="cpu")
+    assert clf.classes == ["circle", "square", "triangle"]
+    image = data.parent / "test0.png"
+    found = clf.predict([str(image), Image.open(image)], k=2)
+    assert len(found) == 2 and [len(f) for f in found] == [2, 2]
+    assert found[0] == found[1] and found[0][0]["probability"] >= found[0][1]["probability"]
+    probs = clf.probabilities([str(image)])
+    assert probs.shape == (1, 3) and np.isclose(probs.sum(), 1, atol=1e-5)
+    bad = data.parent / "broken.png"
+    bad.write_bytes(b"not an image")
+    result = cli("classify", "predict", probe_dir, image, bad, "-k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout[result.stdout.index("["):])
+    assert len(body) == 1 and body[0]["labels"][0]["label"] == found[0][0]["label"]
+    assert "unreadable" in result.output  # skipped and counted
+
+
+def test_eval_reports_metrics_and_draws_confusion(probe_dir, data, tmp_path):
+    out = tmp_path / "confusion.png"
+    result = cli("classify", "eval", probe_dir, "--data", data, "--split", "test", "--confusion", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert {"top1", "top5", "mean_per_class_recall", "per_class_recall"} <= set(metrics)
+    assert set(metrics["per_class_recall"]) <= {"circle", "square", "triangle"} and metrics["top5"] == 1.0
+    assert out.stat().st_size > 1000 and Image.open(out).format == "PNG"
+
+
+def test_zs_probe_and_tip_fit_and_the_head_uses_the_shots(tiny_model_dir, data, tmp_path):
+    for method in ("zeroshot", "zs-probe", "tip", "tip-f"):
+        out = tmp_path / method
+        result = cli("classify", "fit", tiny_model_dir, "--data", data, "--out", out, "--method", method,
+                     "--shots", 4, "--no-progress")
+        assert result.exit_code == 0, (method, result.output)
+    from safetensors.numpy import load_file
+
+    assert "keys" in load_file(str(tmp_path / "tip" / "head.safetensors"))
+    assert "weight" not in load_file(str(tmp_path / "zeroshot" / "head.safetensors"))
+    assert "weight" in load_file(str(tmp_path / "zs-probe" / "head.safetensors"))
+
+
+def test_curve_draws_and_writes_json(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "curve.png"
+    result = cli("classify", "curve", tiny_model_dir, "--data", data, "--shots", 0, 1, 2, "--seeds", 2,
+                 "--methods", "zeroshot", "probe", "knn", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert set(curve["methods"]) == {"zeroshot", "probe", "knn"}
+    assert set(curve["methods"]["probe"]) == {"1", "2"} and len(curve["methods"]["probe"]["2"]["runs"]) == 2
+    assert list(curve["methods"]["zeroshot"]) == ["0"]
+    assert Image.open(out).format == "PNG"
+
+
+@pytest.mark.parametrize("case", ["one_class", "fewer_than_shots", "bad_templates", "unknown_method", "unknown_labels"])
+def test_bad_input_is_one_clear_line(case, tiny_model_dir, data, probe_dir, tmp_path):
+    if case == "one_class":
+        one = _manifest(tmp_path, n=60, classes={"circle"})
+        result = cli("classify", "fit", tiny_model_dir, "--data", one, "--out", tmp_path / "o", "--no-progress")
+        expected = "at least two classes"
+    elif case == "fewer_than_shots":
+        result = cli("classify", "fit", tiny_model_dir, "--data", data, "--out", tmp_path / "o", "--method", "probe",
+                     "--shots", 500, "--no-progress")
+        assert result.exit_code == 0, result.output
+        assert "fewer than 500 images; used what there is" in result.output
+        return
+    elif case == "bad_templates":
+        templates = tmp_path / "t.txt"
+        templates.write_text("a photo of a cat\n")
+        result = cli("classify", "fit", tiny_model_dir, "--data", data, "--out", tmp_path / "o", "--method",
+                     "zeroshot", "--templates", templates, "--no-progress")
+        expected = "exactly one {}"
+    elif case == "unknown_method":
+        result = cli("classify", "fit", tiny_model_dir, "--data", data, "--out", tmp_path / "o", "--method", "svm")
+        expected = "--method must be one of"
+    else:  # eval on data whose labels the head does not know
+        other = tmp_path / "other.jsonl"
+        rows = [json.loads(line) for line in data.read_text().splitlines()][:10]
+        other.write_text("".join(json.dumps({"image": str(data.parent / r["image"]), "caption": r["caption"],
+                                             "label": "banana"}) + "\n" for r in rows))
+        result = cli("classify", "eval", probe_dir, "--data", other, "--split", "test", "--no-progress")
+        expected = "has a class this classifier knows"
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "Traceback" not in result.output
+
+
+def test_post_classify_answers_labels_and_4xx_on_bad_input(tiny_model_dir, probe_dir, data, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from test_index_build import shapes_index
+    from visembed.serve.app import create_app
+
+    index = shapes_index(tiny_model_dir, tmp_path_factory)
+    image = (data.parent / "test0.png").read_bytes()
+    expected = visembed.load(probe_dir, device="cpu").predict([Image.open(io.BytesIO(image))], k=2)[0]
+    with TestClient(create_app(index, classifier_dir=probe_dir), base_url="http://localhost") as client:
+        reply = client.post("/classify", files={"file": ("a.png", image, "image/png")}, data={"k": "2"})
+        assert reply.status_code == 200, reply.text
+        labels = reply.json()["labels"]
+        assert [x["label"] for x in labels] == [x["label"] for x in expected]
+        assert np.allclose([x["probability"] for x in labels], [x["probability"] for x in expected], atol=1e-4)
+        assert client.get("/classifier").json()["classes"] == ["circle", "square", "triangle"]
+        assert client.post("/classify", files={"file": ("a.png", b"nope", "image/png")}).status_code in (415, 422)
+        assert client.post("/classify", files={"file": ("a.png", image, "image/png")}, data={"k": "0"}).status_code == 422
+        assert client.post("/classify").status_code == 422
+        page = client.get("/static/app.js").text
+        assert "/classify" in page and "example-labels" in client.get("/").text
+    with TestClient(create_app(index), base_url="http://localhost") as client:
+        reply = client.post("/classify", files={"file": ("a.png", image, "image/png")})
+        assert reply.status_code == 404 and "--classifier" in reply.json()["detail"]
+
+
+def test_onnx_export_gives_the_classifier_probabilities(probe_dir, data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from visembed.interop.onnx import run_graph
+
+    out = tmp_path / "onnx"
+    result = cli("export", probe_dir, "--format", "onnx", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "classes.json").read_text()) == ["circle", "square", "triangle"]
+    clf = visembed.load(probe_dir, device="cpu")
+    images = [str(data.parent / f"test{i}.png") for i in range(3)]
+    pixels = clf.model.pixels(images).numpy()
+    got = run_graph(out / "classifier.onnx", {"pixels": pixels})
+    assert np.allclose(got, clf.probabilities(images), atol=1e-4)
+
+
+def test_finetune_lp_ft_wise_ft(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "ft"
+    result = cli("classify", "fit", tiny_model_dir, "--data", data, "--out", out, "--method", "finetune", "--shots", 4,
+                 "--steps", 3, "--wise-alpha", "0.5", "--no-progress")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "classifier.json").read_text())
+    assert config["method"] == "finetune" and config["model"] == "model" and config["fit"]["wise_alpha"] == 0.5
+    assert (out / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "ft.work" / "run" / "model.safetensors").is_file()  # the fine-tuning run, resumable
+    from safetensors.numpy import load_file
+
+    base, tuned = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
+    moved = [k for k in base if k.startswith("vision.") and not np.allclose(base[k], tuned[k])]
+    assert moved  # the image tower itself was trained (LP-FT), then interpolated (WiSE-FT)
+    clf = visembed.load(out, device="cpu")
+    assert clf.predict([str(data.parent / "test0.png")], k=1)[0][0]["label"] in clf.classes
+
+
+def test_class_folders_fit_and_eval(tiny_model_dir, tmp_path):
+    """root/{train,test}/<class>/*.png (`_` reads as a space): classes from folder names."""
+    from visembed.data import open_dataset
+
+    for split in ("train", "test"):
+        for i, sample in enumerate(open_dataset("builtin:shapes?n=120&size=32", split)):
+            names = {"circle": "round_thing", "square": "four_sides", "triangle": "three_sides"}
+            folder = tmp_path / "root" / split / names[sample.label.split()[1]]
+            folder.mkdir(parents=True, exist_ok=True)
+            sample.image.save(folder / f"{i}.png")
+    out = tmp_path / "clf"
+    result = cli("classify", "fit", tiny_model_dir, "--data", tmp_path / "root", "--out", out, "--shots", 4,
+                 "--no-progress")
+    assert result.exit_code == 0, result.output
+    classes = json.loads((out / "classifier.json").read_text())["classes"]
+    assert sorted(classes) == ["four sides", "round thing", "three sides"]
+    result = cli("classify", "eval", out, "--data", tmp_path / "root", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_images"] > 0

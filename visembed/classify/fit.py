@@ -1,0 +1,46 @@
+"""One entry point from (method, shots' features, labels) to a `Head`: what `classify fit`, the
+few-shot curve and the benchmark call, so that all three fit a method the same way."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from visembed.classify import methods as M
+from visembed.classify.features import FeatureSet
+
+FEATURE_METHODS = ("zeroshot", "probe", "zs-probe", "tip", "tip-f")  # on cached features
+METHODS = (*FEATURE_METHODS, "finetune")  # finetune: the training loop (visembed.train.tasks.classification)
+# What each method's linear part reads by default, chosen by measurement (docs/classify.md)
+DEFAULT_FEATURES = {"probe": "embedding+pooled+layout", "zs-probe": "embedding+pooled+layout", "knn": "pooled",
+                    "zeroshot": "embedding", "tip": "embedding", "tip-f": "embedding", "finetune": "embedding"}
+
+
+def needs_text(method: str) -> bool:
+    """Whether the method reads the class names' text vectors."""
+    return method in ("zeroshot", "zs-probe", "tip", "tip-f", "finetune")
+
+
+def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: int, *,
+             class_weights: np.ndarray | None = None, features: str | None = None, seed: int = 0,
+             zs_scale: float = M.ZS_SCALE) -> M.Head:
+    """Fit `method` on the shots (`y`: their class indices). `class_weights` (C, D): the class text
+    vectors (`templates.class_vectors`), needed by the methods that start from zero-shot."""
+    if method not in FEATURE_METHODS:
+        raise ValueError(f"method must be one of {', '.join(FEATURE_METHODS)}, not {method!r}")
+    features = features or DEFAULT_FEATURES[method]
+    if needs_text(method) and class_weights is None:
+        raise ValueError(f"method {method} needs the class names' text vectors")
+    if method == "zeroshot" or shots is None or len(y) == 0:
+        if method not in ("zeroshot", "zs-probe", "tip", "tip-f"):
+            raise ValueError(f"method {method} needs labelled shots (--shots 1 or more)")
+        head = M.zeroshot_head(class_weights)
+        head.zs_scale = zs_scale
+        return head
+    if method == "probe":
+        return M.fit_probe(shots.select(features), y, n_classes, features=features, seed=seed)
+    if method == "zs-probe":
+        return M.fit_zs_probe(shots.select(features), shots.embedding, y, class_weights, features=features,
+                              seed=seed, zs_scale=zs_scale)
+    if method == "tip":
+        return M.tip_head(shots.embedding, y, class_weights, alpha=None, beta=None, zs_scale=zs_scale, seed=seed)
+    return M.fit_tip_f(shots.embedding, y, class_weights, alpha=None, beta=None, seed=seed, zs_scale=zs_scale)
