@@ -74,6 +74,8 @@ _TASKS: dict[str, tuple[TaskFactory | str, str]] = {
     "contrastive": ("visembed.train.tasks.contrastive:ContrastiveTask", "dual_encoder"),
     "caption_align": ("visembed.train.tasks.captioning:CaptioningTask", "captioner"),
     "caption_instruct": ("visembed.train.tasks.captioning:CaptioningTask", "captioner"),
+    "simclr": ("visembed.train.tasks.simclr:SimCLRTask", "dual_encoder"),
+    "slip": ("visembed.train.tasks.slip:SLIPTask", "dual_encoder"),
 }
 
 
