@@ -99,16 +99,16 @@ def loaded(folder: Path):
 
 
 @torch.no_grad()
-def features(model, images: list, readout: str) -> np.ndarray:
-    """(N, D) float32: "embedding" (the L2-normalised image embedding search uses) or "pooled" (the
-    image tower's pooled features, before any head)."""
-    if readout == "embedding":
-        return model.encode_image(images, batch_size=128)
-    out = []
+def features(model, images: list) -> dict[str, np.ndarray]:
+    """{"embedding": the L2-normalised image embedding search uses (N, D), "pooled": the image
+    tower's pooled features before any head (N, W)}, from one pass."""
+    out = {"embedding": [], "pooled": []}
     for start in range(0, len(images), 128):
         pixels = model.pixels(images[start : start + 128])
-        out.append(model.module.vision(model.module.normalize_pixels(pixels)).float().numpy())
-    return np.concatenate(out)
+        pooled = model.module.vision(model.module.normalize_pixels(pixels))  # (b, W)
+        out["pooled"].append(pooled.float().numpy())
+        out["embedding"].append(torch.nn.functional.normalize(model.module.visual_projection(pooled), dim=-1).numpy())
+    return {key: np.concatenate(parts) for key, parts in out.items()}
 
 
 def probe_and_knn(train_x, train_y, test_x, test_y, seeds: int) -> dict[str, float]:
@@ -141,26 +141,29 @@ def emoji_tables(args, work: Path) -> tuple[list[dict], list[dict]]:
 
     def score(name, model, facts, readouts=("embedding", "pooled"), text=False) -> dict:
         row = {"model": name, **{k: facts.get(k, "-") for k in ("steps", "cpu_s", "wall_s")}}
+        tr, te = features(model, train_images), features(model, held_images)
         for readout in readouts:
-            tr, te = features(model, train_images, readout), features(model, held_images, readout)
-            for key, value in probe_and_knn(tr, train_labels, te, held_labels, args.seeds).items():
+            for key, value in probe_and_knn(tr[readout], train_labels, te[readout], held_labels, args.seeds).items():
                 row[f"{key} ({readout})"] = value
         if text:
             from visembed.eval.run import evaluate
 
             row["text->image R@1"] = evaluate(model, data, "test", progress=False)["text_to_image_R@1"]
+        print(f"# {row}", flush=True)
         return row
 
     scratch = [score("random init", untrained(SCRATCH), {"steps": 0})]
-    for task, text in (("simclr", False), ("contrastive", True), ("slip", True)):
-        folder, facts = trained(f"scratch-{task}", [*SCRATCH, *budget, f"train.task={task}"], work)
+    # simclr's views alone (data.augment off, as SimCLR); clip and slip keep data.augment for the caption view
+    for task, text, views in (("simclr", False, ["data.augment.enabled=false"]), ("contrastive", True, []),
+                              ("slip", True, [])):
+        folder, facts = trained(f"scratch-{task}", [*SCRATCH, *budget, f"train.task={task}", *views], work)
         scratch.append(score({"contrastive": "clip"}.get(task, task), loaded(folder), facts, text=text))
-        print(f"# {task}: {facts}", flush=True)
 
     lite_budget = [f"train.steps={args.lite_steps}", f"train.batch_size={args.batch_size}", f"data.train={data}",
                    f"model.vision.trainable_groups={args.lite_groups}"]
     lite = [score("Lite0 as is (ImageNet)", untrained(LITE0), {"steps": 0}, readouts=("pooled",))]
-    folder, facts = trained("lite0-simclr", [*LITE0, *lite_budget, "train.task=simclr"], work)
+    folder, facts = trained("lite0-simclr", [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false"],
+                            work)
     lite.append(score(f"Lite0 + simclr (last {args.lite_groups} groups)", loaded(folder), facts, readouts=("pooled",)))
     return scratch, lite
 
@@ -185,15 +188,17 @@ def digits_table(args, work: Path) -> list[dict]:
         manifest.write_text("\n".join(rows) + "\n")
     base = ["model.vision.kind=convnet", "model.vision.image_size=32", "model.vision.channels=[32,64,128]",
             "model.embed_dim=128", "train.warmup_steps=20", "train.lr=1e-3", "train.log_every=50",
-            "train.simclr.views.crop_scale=[0.3,1.0]", "train.simclr.views.flip=false"]  # a mirrored 2 is no 2
+            "train.simclr.views.crop_scale=[0.3,1.0]", "train.simclr.views.flip=false",
+            "data.augment.enabled=false"]  # a mirrored 2 is no 2
     rows = []
     for name, model, facts in (("random init", untrained(base), {"steps": 0}),
                                ("simclr", *_loaded_run("digits-simclr", [*base, f"data.train={manifest}", "train.task=simclr",
                                                                           f"train.steps={args.digits_steps}",
                                                                           f"train.batch_size={args.batch_size}"], work))):
         row = {"model": name, **{k: facts.get(k, "-") for k in ("steps", "cpu_s", "wall_s")}}
+        both = features(model, pictures)
         for readout in ("embedding", "pooled"):
-            x = features(model, pictures, readout)
+            x = both[readout]
             for key, value in probe_and_knn(x[:split], labels[:split], x[split:], labels[split:], args.seeds).items():
                 row[f"{key} ({readout})"] = value
         rows.append(row)

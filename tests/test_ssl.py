@@ -184,3 +184,69 @@ def test_eval_reports_probe_and_knn_and_no_text_metrics(simclr_folder):
     assert not any("text" in key or "zeroshot" in key for key in metrics)
     with pytest.raises(ValueError, match="split other than train"):
         evaluate_folder(simclr_folder, "builtin:shapes?n=96", "train", progress=False)
+
+
+# ---- the loop's qualities, as `visembed train` runs them -------------------------------------
+
+REPO = __import__("pathlib").Path(visembed.__file__).resolve().parents[1]
+CLI_ENV = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one thread each: 2 cores
+
+
+def _cli(out, *args, torchrun=False):
+    import os
+    import subprocess
+    import sys
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun else [sys.executable]
+    return subprocess.Popen([*launcher, "-m", "visembed.cli", "train", "--out", str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **CLI_ENV},
+                            cwd=REPO)
+
+
+def _finish(proc):
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.mark.slow
+def test_simclr_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    import signal
+    import time
+
+    from visembed.checkpoint import latest_checkpoint
+
+    # both views augmented (data.augment and the SimCLR views): a resumed run draws the same ones
+    args = ["--data", "builtin:shapes?n=400", "--preset", "tiny", "--steps", "8", "--batch-size", "24",
+            "--checkpoint-every", "2", "--seed", "7", "--no-progress", "--set", "train.warmup_steps=2",
+            "--set", "train.task=simclr"]
+    whole, killed = _cli(tmp_path / "whole", *args), _cli(tmp_path / "killed", *args)
+    deadline = time.time() + 300
+    while latest_checkpoint(tmp_path / "killed") is None and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it could be killed"
+    assert "resuming from" in _finish(_cli(tmp_path / "killed", *args, "--resume"))
+    _finish(whole)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "killed"))
+    assert a.keys() == b.keys()
+    assert not [name for name in a if not torch.equal(a[name], b[name])]
+
+
+@pytest.mark.slow
+def test_simclr_on_two_processes_trains_like_one_with_the_whole_batch(tmp_path):
+    """2 ranks x 32 images against 1 x 64: the negatives of the other rank are gathered, so the
+    weights agree (each rank would draw its own augmentations: views off, the views then identical)."""
+    args = ["--data", "builtin:shapes?n=200", "--preset", "tiny", "--steps", "2", "--batch-size", "64",
+            "--checkpoint-every", "100", "--no-progress", "--set", "data.augment.enabled=false",
+            "--set", "train.simclr.views.enabled=false", "--set", "train.task=simclr", "--set", "train.lr=1e-2"]
+    one, two = _cli(tmp_path / "one", *args), _cli(tmp_path / "two", *args, torchrun=True)
+    _finish(one)
+    _finish(two)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("one", "two"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])["world_size"] == 2

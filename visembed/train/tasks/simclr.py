@@ -121,7 +121,7 @@ class ViewDrawer:
     @torch.no_grad()
     def draw(self, micro: MicroBatch, keys: tuple[str, str] = ("pixels", "pixels_2")) -> torch.Tensor:
         """(2b, 3, S, S): view a of every image of the micro-batch, then view b."""
-        return torch.cat([self.augment(micro[key]) for key in keys])
+        return self.augment(torch.cat([micro[key] for key in keys]))  # one kornia call for both
 
 
 class SimCLRTask(ContrastiveTask):
