@@ -55,6 +55,13 @@ def test_small_render_is_cached_and_captions_follow_language(tmp_path):
     assert languages == ["en" if s.caption == s.captions["en"] else "zh" for s in again]  # fixed per sample
 
 
+def test_captions_none_gives_the_same_images_and_labels_without_names(tmp_path):
+    named = open_dataset(f"builtin:emoji?limit=4&size=32&cache={tmp_path}&label=subgroup", "val")
+    bare = open_dataset(f"builtin:emoji?limit=4&size=32&cache={tmp_path}&label=subgroup&captions=none", "val")
+    assert [s.image for s in bare] == [s.image for s in named] and [s.label for s in bare] == [s.label for s in named]
+    assert all(s.caption for s in named) and all(s.caption == "" and s.captions == {} for s in bare)
+
+
 def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("VISEMBED_CACHE", str(tmp_path))
     ds = open_dataset("builtin:emoji?limit=1&size=16", "test")
@@ -89,6 +96,8 @@ def test_bad_emoji_options_fail_clearly(monkeypatch, tmp_path):
         open_dataset(f"builtin:emoji?style=comic&cache={tmp_path}")
     with pytest.raises(DataError, match="language"):
         open_dataset(f"builtin:emoji?cache={tmp_path}", language="fr")
+    with pytest.raises(DataError, match="captions must be names or none"):
+        open_dataset(f"builtin:emoji?captions=some&cache={tmp_path}")
     monkeypatch.setattr("visembed.data.emoji.NOTO_FONT", tmp_path / "absent.ttf")
     with pytest.raises(DataError, match="fonts-noto-color-emoji"):
         open_dataset(f"builtin:emoji?style=noto&cache={tmp_path}")

@@ -172,3 +172,73 @@ def test_a_manifest_without_one_usable_row_fails_when_opened(tmp_path):
     write_jsonl(tmp_path / "blank.jsonl", [{"image": "x.png", "caption": " "}])
     with pytest.raises(DataError, match="empty_caption=1"):
         open_dataset(str(tmp_path / "blank.jsonl"))
+
+
+# ---- caption-less data and class folders (image-only training, classifiers) -------------------------
+
+
+def test_a_folder_without_captions_is_kept_whole_when_captions_are_not_needed(tmp_path):
+    write_images(tmp_path, ["a.png", "b.png"])
+    (tmp_path / "a.txt").write_text("a red square")
+    assert [s.id for s in open_dataset(str(tmp_path))] == ["a"]  # contrastive training: captions needed
+    ds = open_dataset(str(tmp_path), need="nothing")
+    assert [(s.id, s.caption) for s in ds] == [("a", "a red square"), ("b", "")]
+    assert ds.skipped.as_dict() == {} and ds.labels is None
+
+
+def test_class_folders_label_images_by_folder_with_splits_and_spaces(tmp_path):
+    for split, count in (("train", 3), ("test", 1)):
+        write_images(tmp_path / split / "golden_retriever", [f"{i}.png" for i in range(count)])
+        write_images(tmp_path / split / "tabby_cat", [f"{i}.png" for i in range(count)])
+    train = open_dataset(str(tmp_path), "train", need="label")
+    assert len(train) == 6 and train.labels == ["golden retriever", "tabby cat"]
+    assert train[0].id == "train/golden_retriever/0" and train[0].label == "golden retriever" and train[0].caption == ""
+    test = open_dataset(str(tmp_path), "test", need="label")
+    assert [s.label for s in test] == ["golden retriever", "tabby cat"]  # the test images only: no leak
+    with pytest.raises(DataError, match="no 'val' folder.*test, train"):
+        open_dataset(str(tmp_path), "val", need="label")
+    assert len(open_dataset(str(tmp_path), "all", need="label")) == 8
+
+
+def test_classes_txt_renames_class_folders_and_a_wrong_count_is_named(tmp_path):
+    write_images(tmp_path / "n01", ["a.png"])
+    write_images(tmp_path / "n02", ["b.png"])
+    (tmp_path / "classes.txt").write_text("n02\tsmall dog\nn01\tbig cat\n")
+    assert [s.label for s in open_dataset(str(tmp_path), need="label")] == ["big cat", "small dog"]
+    (tmp_path / "classes.txt").write_text("big cat\nsmall dog\n")  # one name a line, sorted folder order
+    assert open_dataset(str(tmp_path), need="label").labels == ["big cat", "small dog"]
+    (tmp_path / "classes.txt").write_text("only one\n")
+    with pytest.raises(DataError, match="1 names for 2 class folders"):
+        open_dataset(str(tmp_path), need="label")
+
+
+def test_captioned_folders_in_subfolders_are_not_read_as_classes(tmp_path):
+    write_images(tmp_path / "00000", ["1.png", "2.png"])  # img2dataset's "files" layout
+    (tmp_path / "00000" / "1.txt").write_text("a photo")
+    (tmp_path / "00000" / "2.txt").write_text("another photo")
+    ds = open_dataset(str(tmp_path), need="label")
+    assert ds.labels is None and {s.label for s in ds} == {None}
+
+
+def test_a_manifest_without_caption_column_serves_image_only_training(tmp_path):
+    write_images(tmp_path, ["a.png", "b.png"])
+    write_jsonl(tmp_path / "data.jsonl", [{"image": "a.png", "label": "cat"}, {"image": "b.png", "label": "dog"}])
+    with pytest.raises(DataError, match="no caption column"):
+        open_dataset(str(tmp_path / "data.jsonl"))
+    ds = open_dataset(str(tmp_path / "data.jsonl"), need="label")
+    assert [(s.caption, s.label) for s in ds] == [("", "cat"), ("", "dog")]
+
+
+def test_shards_of_images_without_text_stream_when_captions_are_not_needed(tmp_path):
+    shard = tmp_path / "000.tar"
+    with wds.TarWriter(str(shard)) as sink:
+        sink.write({"__key__": "x", "png": png_bytes()})
+        sink.write({"__key__": "y", "png": png_bytes(), "txt": "a caption"})
+    with_captions = open_dataset(str(shard))
+    assert [s.id for s in with_captions] == ["y"] and with_captions.skipped.as_dict() == {"empty_caption": 1}
+    assert [(s.id, s.caption) for s in open_dataset(str(shard), need="nothing")] == [("x", ""), ("y", "a caption")]
+
+
+def test_an_unknown_need_is_refused():
+    with pytest.raises(ValueError, match="caption, label, nothing"):
+        open_dataset("builtin:shapes?n=4", need="captions")

@@ -53,6 +53,21 @@ def test_non_finite_json_numbers_are_422_not_500(client, field, constant):
     assert "detail" in response.json()
 
 
+def test_a_body_nested_deeper_than_python_recurses_is_422_not_500(client):
+    raw = '{"liked": ' + "[" * 1500 + "]" * 1500 + "}"
+    response = client.post("/recommend", content=raw.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "nested too deeply" in response.text
+
+
+@pytest.mark.parametrize("raw", ['["\\ud800"]', '{"\\udfff": 1}', '[{"a": ["ok", "\\udc00"]}]'])
+def test_strings_with_lone_surrogates_are_not_json_text(raw):
+    from visembed.serve.strict_json import strict_loads
+
+    with pytest.raises(json.JSONDecodeError, match="lone UTF-16 surrogate"):
+        strict_loads(raw)
+    assert strict_loads('["\\ud83d\\ude00"]') == ["\U0001F600"]  # a pair is a character
+
+
 @pytest.mark.parametrize("value", ["NaN", "inf", "-Infinity", "1e400"])
 def test_non_finite_form_numbers_are_422(client, value):
     image = png(Image.new("RGB", (40, 40), "red"))

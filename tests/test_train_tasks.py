@@ -15,9 +15,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from visembed.config import apply_overrides, load_preset
-from visembed.data import ListDataset, SkipCounter, open_dataset
+from visembed.data import ListDataset, SkipCounter, load_image, open_dataset
 from visembed.models import build_vision
-from visembed.train import loop
 from visembed.train.batch import Needs
 from visembed.train.loader import StepLoader
 from visembed.train.loop import TrainingDiverged, train
@@ -129,12 +128,12 @@ class TwoViewTask:
 register_task("two_views", TwoViewTask)
 
 
-def _without_captions(monkeypatch):
-    """The training data as an image-only source would give it: no sample has a caption."""
-    def open_captionless(*args, **kwargs):
-        return ListDataset([dataclasses.replace(s, caption="", captions={}) for s in open_dataset(*args, **kwargs)])
-
-    monkeypatch.setattr(loop, "open_dataset", open_captionless)
+def _captionless_folder(folder) -> str:
+    """A plain folder of photos: the shapes images written out without any caption file."""
+    folder.mkdir()
+    for sample in open_dataset("builtin:shapes?n=96"):
+        load_image(sample.image).save(folder / f"{sample.id}.png")
+    return str(folder)
 
 
 def _log(folder):
@@ -183,9 +182,9 @@ def test_a_run_without_one_usable_sample_fails_and_saves_nothing(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_a_captionless_two_view_task_trains_logs_and_resumes_exactly(tmp_path, monkeypatch):
-    _without_captions(monkeypatch)
-    cfg = apply_overrides(load_preset("tiny"), QUICK + ["train.task=two_views", "train.steps=6",
+def test_a_captionless_two_view_task_trains_logs_and_resumes_exactly(tmp_path):
+    data = _captionless_folder(tmp_path / "photos")
+    cfg = apply_overrides(load_preset("tiny"), QUICK + ["train.task=two_views", "train.steps=6", f"data.train={data}",
                                                         "train.checkpoint_every=3", "train.lr=3e-3"])
     assert isinstance(build_task(cfg, 0, 1), TwoViewTask)  # train.task names it
     task = TwoViewTask(cfg)

@@ -50,6 +50,7 @@ def build(
         manifest = json.loads((out / "index.json").read_text(encoding="utf-8"))
     skipped = ", ".join(f"{reason}={n}" for reason, n in manifest["skipped"].items()) or "none"
     typer.echo(f"indexed {manifest['live']} items into {out} ({manifest['kind']} index; skipped: {skipped})")
+    _say_unserved(manifest.get("unserved_files") or 0)
 
 
 def add(
@@ -72,6 +73,13 @@ def add(
     deleted = f", {report.still_deleted} deleted earlier and left out" if report.still_deleted else ""
     typer.echo(f"added {report.added} items to {index_dir} ({report.already_indexed} already there{deleted}; "
                f"skipped: {skipped}); {report.total} items in total")
+    _say_unserved(report.unserved_files)
+
+
+def _say_unserved(count: int) -> None:
+    if count:
+        typer.echo(f"note: {count} items' image files lie outside the data's folders: searchable and shown by "
+                   "thumbnail, but `serve` will not send their files unless --data-root names their folder")
 
 
 def delete(
@@ -172,6 +180,11 @@ def serve(
     max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.001, help="Largest accepted upload."),
     allowed_hosts: list[str] = typer.Option([], "--allowed-host", help="Another Host name clients may use (repeatable; "
                                             "loopback names and --host are always allowed: a guard against DNS rebinding)."),
+    data_roots: list[Path] = typer.Option([], "--data-root", help="Another folder whose image files may be sent as "
+                                          "items' originals (repeatable; the folders of the data the index was built "
+                                          "from always are, never where paths inside the data point)."),
+    allowed_origins: list[str] = typer.Option([], "--allowed-origin", help="A web origin (https://example.com) whose "
+                                              "pages may POST to the service (repeatable; its own page always may)."),
 ) -> None:
     """Serve the web page and the HTTP API (search, upload, recommend, thumbnails, /docs; captions and
     image chat with a captioner); picks up index changes (`index add`, `index delete`, rebuilds) on the next request."""
@@ -179,7 +192,8 @@ def serve(
 
     with friendly_errors():
         run_server(index_dir, host, port, model_dir=model, captioner_dir=captioner, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                   allowed_hosts=list(allowed_hosts) or None)
+                   allowed_hosts=list(allowed_hosts) or None, data_roots=list(data_roots),
+                   allowed_origins=list(allowed_origins))
 
 
 def _print_hits(hits, as_json: bool) -> None:

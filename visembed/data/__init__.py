@@ -15,7 +15,7 @@ from .decode import decoded, decoded_batches
 from .images import BadImage, SkipCounter, load_image, to_tensor
 from .sample import DataError, ListDataset, Sample
 from .shapes import ShapesDataset
-from .spec import open_dataset
+from .spec import open_dataset, spec_roots
 
 _LAZY = {"EMOJI_ATTRIBUTION": "emoji", "EmojiDataset": "emoji"}  # name -> module under visembed.data
 
@@ -48,5 +48,6 @@ __all__ = [
     "epoch_order",
     "load_image",
     "open_dataset",
+    "spec_roots",
     "to_tensor",
 ]

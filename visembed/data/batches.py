@@ -8,6 +8,7 @@ import torch
 from .decode import decoded
 from .images import DEFAULT_MAX_PIXELS, SkipCounter, to_tensor
 from .sample import Sample
+from .spec import NEEDS
 
 
 def collate(
@@ -19,7 +20,7 @@ def collate(
 
     Returns pixels uint8 (B, 3, S, S) with B <= len(samples) and the B samples kept, in the same order.
     """
-    if need not in ("caption", "label", "nothing"):
+    if need not in NEEDS:
         raise ValueError(f"collate needs a caption, a label or nothing of a sample, not {need!r}")
     pixels, kept = [], []
     for sample, image in decoded(samples, counter, need_caption=need == "caption", need_label=need == "label",

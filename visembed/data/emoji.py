@@ -16,6 +16,9 @@ Labels: the Unicode emoji group ("Animals & Nature", ...) or, with `label=subgro
 Unicode's `emoji-test.txt` (17.0). The `emoji` package has no group data and OpenMoji's wheel no
 metadata, so we ship this small table (Unicode's terms allow redistributing its data files).
 
+`captions=none` gives the same images without names (image-only pretraining and benchmarks that
+must not see the text).
+
 Images are rasterised once per size and cached as PNG files (atomic writes) under
 `$VISEMBED_CACHE` (default `~/.cache/visembed`): `emoji-<size>/` for OpenMoji and
 `emoji-noto-<size>/` for the Noto Color Emoji font (`style=noto`, where Debian's
@@ -285,6 +288,7 @@ class EmojiDataset:
         size: int = DEFAULT_SIZE,
         style: str = "openmoji",
         label: str = "group",
+        captions: str = "names",
         limit: int = 0,
         cache: str | None = None,
     ):
@@ -296,7 +300,10 @@ class EmojiDataset:
             raise DataError(f"builtin:emoji: language must be en, zh or both, not {language!r}")
         if label not in ("group", "subgroup"):
             raise DataError(f"builtin:emoji: label must be group or subgroup, not {label!r}")
+        if captions not in ("names", "none"):
+            raise DataError(f"builtin:emoji: captions must be names or none, not {captions!r}")
         self.language, self.size, self.label_kind = language, size, label
+        self.with_captions = captions == "names"
         self.styles = self._styles(style)
         root = Path(cache) if cache else default_cache_root()
 
@@ -359,8 +366,8 @@ class EmojiDataset:
         return Sample(
             id=sample_id,
             image=str(path),
-            caption=c.en if language == "en" else c.zh,
-            captions={"en": c.en, "zh": c.zh},
+            caption=(c.en if language == "en" else c.zh) if self.with_captions else "",
+            captions={"en": c.en, "zh": c.zh} if self.with_captions else {},
             label=getattr(c, self.label_kind),
             path=str(path),
             meta={"style": style, "emoji": c.char, "concept": c.concept, "group": c.group, "subgroup": c.subgroup},

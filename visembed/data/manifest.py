@@ -97,9 +97,12 @@ def open_manifest(
     label_column: str | None = None,
     id_column: str | None = None,
     language: str = "en",
+    need: str = "caption",
 ) -> ListDataset:
-    """Read a manifest into a map-style dataset; rows without caption, image or image file are
-    skipped and counted in `skipped` (once per row); a manifest with no usable row is a DataError.
+    """Read a manifest into a map-style dataset; rows without image or image file, and without
+    caption when the caller needs captions (`need="caption"`), are skipped and counted in `skipped`
+    (once per row); a manifest with no usable row is a DataError. Otherwise the caption column may be
+    absent, and a row without caption is kept with an empty one (image-only training, classifiers).
 
     `language` is accepted for a uniform signature: a manifest's captions are used as written.
     A column named `label` (or `id`) is used without being asked for.
@@ -112,7 +115,9 @@ def open_manifest(
     if not rows:
         raise DataError(f"{path}: the manifest has no rows")
     image_key = _pick_column(columns, image_column, "image", path)
-    caption_key = _pick_column(columns, caption_column, "caption", path)
+    caption_key = None
+    if need == "caption" or caption_column in columns or IMAGEFOLDER_FALLBACK["caption"] in columns:
+        caption_key = _pick_column(columns, caption_column, "caption", path)
     for optional in (label_column, id_column):
         if optional is not None and optional not in columns:
             raise DataError(f"{path}: no column {optional!r} (columns: {', '.join(sorted(columns))})")
@@ -130,9 +135,9 @@ def open_manifest(
     seen: dict[str, int] = {}
     first_missing = None
     for number, row in enumerate(rows):
-        caption = row.get(caption_key)
+        caption = row.get(caption_key) if caption_key else None
         caption = "" if caption is None else str(caption).strip()
-        if not caption:
+        if not caption and need == "caption":
             skipped.add("empty_caption")
             continue
         cell = row.get(image_key)

@@ -2,7 +2,9 @@
 
 `{key}.jpg|png|jpeg|webp` + `{key}.txt` (+ `{key}.json`) make one sample. Images stay encoded
 bytes: `load_image` decodes them later, so a broken image is skipped and counted where it is used.
-Samples without image or caption are skipped here and counted in `skipped`. Local files only.
+Samples without image, or without caption when the caller needs captions (`need="caption"`), are
+skipped here and counted in `skipped`; otherwise a sample without `.txt` has an empty caption.
+Local files only.
 Shards carry no split: every split requested streams all of them.
 """
 
@@ -27,8 +29,8 @@ class WebDatasetSource:
     streaming = True
     labels = None
 
-    def __init__(self, pattern: str, split: str = "train", *, language: str = "en"):
-        self.pattern = pattern
+    def __init__(self, pattern: str, split: str = "train", *, language: str = "en", need: str = "caption"):
+        self.pattern, self.need = pattern, need
         self.urls = expand_urls(pattern)  # brace expansion: "{00000..00009}.tar" -> 10 names
         missing = [url for url in self.urls if not Path(url).is_file()]
         if missing:
@@ -59,7 +61,7 @@ class WebDatasetSource:
             self.skipped.add("missing_image")
             return None
         caption = record.get("txt", b"").decode("utf-8", errors="replace").strip()
-        if not caption:
+        if not caption and self.need == "caption":
             self.skipped.add("empty_caption")
             return None
         meta = {"shard": record.get("__url__")}

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from visembed.data import SkipCounter
+from visembed.data import SkipCounter, spec_roots
 from visembed.index.embed import (
     ADDED_PREFIX, SHARD_SIZE, embed_dataset, embed_samples, read_shards, remove_unreferenced_shards, shard_stem,
 )
@@ -57,7 +57,7 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     previous = _committed_index(out_dir, fingerprint)
     model = visembed.load(model_dir)
     source = {"weights_sha256": fingerprint, "data_spec": data_spec, "split": split, "language": language}
-    dataset = open_dataset(data_spec, split, language=language)
+    dataset = open_dataset(data_spec, split, language=language, need="nothing")  # captions optional
     report = embed_dataset(model, dataset, out_dir, source=source, shard_size=shard_size,
                            batch_size=batch_size, progress=progress)
     vectors, items, skipped = read_shards(out_dir, report.names)
@@ -72,7 +72,8 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
         raise IndexStoreError(f"no usable images in {data_spec!r} ({skipped.summary()})")
     info = {"model_dir": str(model_dir), "weights_sha256": fingerprint, "data_spec": data_spec, "split": split,
             "language": language, "skipped": skipped.as_dict(), "reused_shards": report.reused_shards,
-            "data_roots": data_roots(items)}
+            "data_roots": data_roots(data_spec), "data_roots_from": "specs"}
+    info["unserved_files"] = unserved_files(items, info["data_roots"])
     if previous is not None and previous.info.get("added"):
         info["added"] = previous.info["added"]
     store = create_store(out_dir, vectors.shape[1], settings=settings, info=info)
@@ -119,15 +120,36 @@ def _with_added_items(previous: VectorStore, vectors, items: list[dict]):
     return np.concatenate([vectors, previous.vectors([item["id"] for item in kept])]), items + kept
 
 
-def data_roots(items: list[dict], previous: list[str] = ()) -> list[str]:
-    """The folders the indexed image files live in (resolved, none inside another): the server
-    sends an item's original only from under one of them."""
-    folders = {str(Path(item["path"]).parent) for item in items if item.get("path")} | set(previous)
+def data_roots(data_spec: str, previous: list[str] = ()) -> list[str]:
+    """The folders the operator's data specs name (resolved, none inside another; see
+    `spec_roots`): the server sends an item's original file only from under one of them (or a
+    folder given to `serve --data-root`), never from where a path inside the data points."""
+    folders = set(spec_roots(data_spec)) | set(previous)
     roots = []
     for folder in sorted(folders, key=lambda f: (len(Path(f).parts), f)):
         if not any(Path(folder).is_relative_to(root) for root in roots):
             roots.append(folder)
     return sorted(roots)
+
+
+def index_data_roots(info: dict) -> list[str]:
+    """The folders an index's items may be sent from: as recorded, or for an index built before
+    roots came from the specs (whose recorded roots followed the data's own paths), recomputed
+    from the specs it was built and extended from."""
+    if info.get("data_roots_from") == "specs":
+        return list(info.get("data_roots") or [])
+    roots: list[str] = []
+    for spec in [info.get("data_spec")] + [added.get("data_spec") for added in info.get("added") or []]:
+        if isinstance(spec, str) and spec:
+            roots = data_roots(spec, roots)
+    return roots
+
+
+def unserved_files(items: list[dict], roots: list[str]) -> int:
+    """How many items have an original file outside `roots`: searchable, shown by their
+    thumbnail, but their file is not sent unless `serve --data-root` names its folder."""
+    return sum(1 for item in items if item.get("path")
+               and not any(Path(item["path"]).resolve().is_relative_to(root) for root in roots))
 
 
 @dataclass
@@ -137,6 +159,7 @@ class AddReport:
     still_deleted: int = 0  # samples whose id was deleted with `index delete`: deletions stand
     skipped: SkipCounter = field(default_factory=SkipCounter)  # unusable images, repeated ids
     total: int = 0  # live items afterwards
+    unserved_files: int = 0  # items whose image file lies outside the data folders (not sent by `serve`)
 
 
 def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = None, model_dir: str | Path | None = None,
@@ -163,7 +186,7 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
         raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {index.dim}-d ones")
 
     split = split or "all"
-    dataset = open_dataset(data_spec, split, language=language)
+    dataset = open_dataset(data_spec, split, language=language, need="nothing")  # captions optional
     report = AddReport()
     # shards of an earlier `add` that was killed before it committed: never part of the index
     remove_unreferenced_shards(index_dir, _added_shards(index.meta(index.ids())), prefixes=(ADDED_PREFIX,))
@@ -191,7 +214,10 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
         report.skipped.update(dataset.skipped)  # rows the source itself left out
     if items:
         index.add([item["id"] for item in items], vectors, items)
-        index.info["data_roots"] = data_roots(items, index.info.get("data_roots") or [])
+        index.info["data_roots"] = data_roots(data_spec, index_data_roots(index.info))
+        index.info["data_roots_from"] = "specs"
+        index.info["unserved_files"] = unserved_files(index.meta(index.ids()), index.info["data_roots"])
+    report.unserved_files = index.info.get("unserved_files") or 0
     report.added = len(items)
     index.info["skipped"] = _merged(index.info.get("skipped") or {}, report.skipped.as_dict())
     index.info.setdefault("added", []).append({"data_spec": data_spec, "split": split, "items": report.added})

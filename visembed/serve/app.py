@@ -9,7 +9,9 @@ built with one) the service also writes captions and answers questions about upl
 
 Exposure: the service answers only requests whose Host header names it (`allowed_hosts`; by
 default the loopback names and the bound host), so a web page the user visits cannot reach it by
-DNS rebinding; half-open connections are closed (`connection`).
+DNS rebinding; a page of another site cannot POST to it (`origin`); half-open and trickling
+connections are closed and connections capped (`connection`); original image files are sent only
+from folders the operator named (`item_files`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from visembed.serve.connection import BODY_IDLE_TIMEOUT_S, HEADER_TIMEOUT_S, KEEP_ALIVE_S, bind_socket, timed_h11
+from visembed.serve.connection import (BODY_IDLE_TIMEOUT_S, BODY_TIMEOUT_S, HEADER_TIMEOUT_S, KEEP_ALIVE_S,
+                                       MAX_CONNECTIONS, bind_socket, timed_h11)
 from visembed.serve.decode import DecodeBudget
 from visembed.serve.captions import find_captioner
 from visembed.serve.captions import router as captions_router
 from visembed.serve.limits import MULTIPART_OVERHEAD, BodySizeLimit, GenerationSlots, Limits
+from visembed.serve.origin import SameOriginPosts
 from visembed.serve.routes import router
 from visembed.serve.strict_json import validation_error_handler
 from visembed.models.inference import TextTowerUntrained
@@ -43,7 +47,8 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
                decode_budget_pixels: int | None = None, decode_wait_s: float = Limits.decode_wait_s,
                allowed_hosts: list[str] | tuple[str, ...] | None = None, searcher=None,
                captioner_dir: str | Path | None = None, captioner=None,
-               generation_slots: GenerationSlots | None = None) -> FastAPI:
+               generation_slots: GenerationSlots | None = None, data_roots: list[str | Path] = (),
+               allowed_origins: list[str] | tuple[str, ...] = ()) -> FastAPI:
     """The service over one index. `searcher` (an opened `Searcher`) skips loading in the lifespan.
 
     `captioner_dir`: a captioner folder for /caption and /chat (default: the index's model, when it
@@ -53,7 +58,11 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     `allowed_hosts`: Host header names answered (a port is ignored; "*" allows any, "*.example.com"
     a domain); default `LOOPBACK_HOSTS`. `decode_budget_pixels`: pixels decoded at once across all
     uploads (default twice `max_pixels`); an upload that cannot get its share within
-    `decode_wait_s` seconds is answered 503 with Retry-After."""
+    `decode_wait_s` seconds is answered 503 with Retry-After.
+
+    `data_roots`: folders, besides those of the data the index was built from, whose image files
+    may be sent as items' originals. `allowed_origins`: web origins ("https://example.com") whose
+    pages may POST to the service besides its own."""
     from visembed.index.searcher import Searcher
 
     @asynccontextmanager
@@ -76,9 +85,11 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     budget = decode_budget_pixels or 2 * max_pixels
     app.state.limits = Limits(max_upload_bytes, max_pixels, budget, decode_wait_s)
     app.state.decode_budget = DecodeBudget(budget)
+    app.state.data_roots = [Path(root).resolve() for root in data_roots]
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(TextTowerUntrained, text_tower_untrained_handler)  # an image-only model: 422
     app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(SameOriginPosts, allowed_origins=list(allowed_origins))
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOOPBACK_HOSTS), www_redirect=False)
     app.include_router(router)
     app.include_router(captions_router)
@@ -100,13 +111,15 @@ def default_allowed_hosts(host: str) -> list[str]:
 
 
 def make_server(app: FastAPI, *, timeout_keep_alive: int = KEEP_ALIVE_S, header_timeout: float = HEADER_TIMEOUT_S,
-                body_idle_timeout: float = BODY_IDLE_TIMEOUT_S, log_level: str = "warning"):
-    """A uvicorn server for `app` with the connection deadlines set; run it with
+                body_idle_timeout: float = BODY_IDLE_TIMEOUT_S, body_timeout: float = BODY_TIMEOUT_S,
+                max_connections: int = MAX_CONNECTIONS, log_level: str = "warning"):
+    """A uvicorn server for `app` with the connection deadlines and cap set; run it with
     `server.run(sockets=[bind_socket(host, port)])`."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=timeout_keep_alive,
-                            http=timed_h11(header_timeout, body_idle_timeout))
+                            limit_concurrency=max_connections,
+                            http=timed_h11(header_timeout, body_idle_timeout, body_timeout))
     return uvicorn.Server(config)
 
 
@@ -114,22 +127,28 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
                model_dir: str | Path | None = None, captioner_dir: str | Path | None = None,
                max_upload_bytes: int = Limits.max_upload_bytes,
                allowed_hosts: list[str] | tuple[str, ...] | None = None, timeout_keep_alive: int = KEEP_ALIVE_S,
-               header_timeout: float = HEADER_TIMEOUT_S) -> None:
+               header_timeout: float = HEADER_TIMEOUT_S, data_roots: list[str | Path] = (),
+               allowed_origins: list[str] | tuple[str, ...] = ()) -> None:
     """Bind the port, load the index and model, print the URL, serve until interrupted.
 
     A taken port raises `PortUnavailable` (one line, before anything is announced or loaded).
     `allowed_hosts` extends the default (loopback names and `host`); pass the names the service
     is reached by when it listens on 0.0.0.0. `captioner_dir`: a captioner folder for /caption and
-    /chat (default: the index's model, when it is a captioner)."""
+    /chat (default: the index's model, when it is a captioner). `data_roots`, `allowed_origins`: as
+    for `create_app` (a missing data root is a ValueError before anything is loaded)."""
     from visembed.index.searcher import Searcher
 
+    for root in data_roots:
+        if not Path(root).is_dir():
+            raise ValueError(f"--data-root {root}: no such folder")
     sock = bind_socket(host, port)
     try:
         searcher = Searcher.open(index_dir, model_dir)  # raises IndexStoreError with a clear message
         captioner = find_captioner(searcher, captioner_dir)  # a dual encoder there: ValueError
         hosts = default_allowed_hosts(host) + list(allowed_hosts or [])
         app = create_app(index_dir, model_dir, max_upload_bytes=max_upload_bytes, searcher=searcher,
-                         allowed_hosts=hosts, captioner=captioner)
+                         allowed_hosts=hosts, captioner=captioner, data_roots=data_roots,
+                         allowed_origins=allowed_origins)
         server = make_server(app, timeout_keep_alive=timeout_keep_alive, header_timeout=header_timeout)
         shown = f"[{host}]" if ":" in host else host
         bound_port = sock.getsockname()[1]

@@ -1,9 +1,10 @@
 """Sending an item's original image file, and nothing else.
 
 The index metadata names a path; the file system may have changed since: an image replaced by a
-symlink to a secret, a folder swapped for a link out of the data. A file is sent only when it is a
-regular file (not a link), its real path lies under one of the data roots recorded when the index
-was built, and Pillow recognises it as an image; its media type comes from what Pillow found, not
+symlink to a secret, a folder swapped for a link out of the data; and the data itself may name
+any file on the machine (`"image": "../../private/x.png"`). A file is sent only when it is a
+regular file (not a link), its real path lies under a folder the operator named (the data specs
+the index was built from, `serve --data-root`), and Pillow recognises it as an image; its media type comes from what Pillow found, not
 from the file name. Anything else is answered as if the file were not there (the caller falls
 back to the thumbnail when the file is simply gone, and answers 404 when it is there but refused).
 """
@@ -17,20 +18,19 @@ from pathlib import Path
 from PIL import Image
 
 from visembed.data.images import DECODABLE_FORMATS
+from visembed.index.build import index_data_roots
 
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp",
                "BMP": "image/bmp", "TIFF": "image/tiff"}
 CHUNK = 256 * 1024
 
 
-def data_roots(index_info: dict, item_path: str) -> list[Path]:
-    """The roots recorded at build time, as recorded: they were real paths then, and resolving them
-    again would follow a folder swapped for a link since. An index built before roots were
-    recorded falls back to the folder of the item's own path (also resolved at build time)."""
-    roots = index_info.get("data_roots")
-    if roots is None:
-        roots = [str(Path(item_path).parent)]
-    return [Path(root) for root in roots]
+def data_roots(index_info: dict, operator_roots: list[Path] = ()) -> list[Path]:
+    """The folders files are sent from: those of the data specs the index was built from, as
+    recorded at build time (they were real paths then, and resolving them again would follow a
+    folder swapped for a link since), and those the operator named (`serve --data-root`).
+    Never a folder that a path inside the data points to."""
+    return [Path(root) for root in index_data_roots(index_info)] + [Path(root) for root in operator_roots]
 
 
 class RefusedFile(Exception):

@@ -134,17 +134,17 @@ def thumbnail(searcher: SearcherDep, item_id: str) -> Response:
 
 
 @router.get("/items/{item_id:path}/image", tags=["items"], response_class=Response, responses=_IMAGE_RESPONSES)
-def image(searcher: SearcherDep, item_id: str) -> Response:
+def image(searcher: SearcherDep, item_id: str, request: Request) -> Response:
     """The item's original image file where the data had one, else its thumbnail. The file is
     found through the index metadata only (a URL never names a path on disk), and sent only when
     it is a regular image file under the data folders the index was built from (no links out)."""
     item = _item(searcher, item_id)
     path = item.get("path")
     try:
-        opened = open_item_image(path, data_roots(searcher.store.info, path)) if path else None
+        opened = open_item_image(path, data_roots(searcher.store.info, request.app.state.data_roots)) if path else None
     except RefusedFile:
         raise HTTPException(404, f"the image file of item {item_id!r} is not served: it is not a regular image "
-                                 "file under the folders the index was built from") from None
+                                 "file under the folders the index was built from (or given to serve --data-root)") from None
     if opened is not None:
         f, media_type = opened
         return StreamingResponse(file_chunks(f), media_type=media_type)

@@ -4,7 +4,10 @@ Python's `json` accepts `NaN`, `Infinity`, `-Infinity` and turns `1e400` into `i
 JSON (RFC 8259), and once inside a request they made the error response itself fail to serialise
 (HTTP 500 for `{"liked": ["x"], "k": 1e400}`). Bodies are parsed with those rejected, which FastAPI
 answers as 422 `json_invalid`; and the 422 handler turns any non-finite number that still reaches
-an error's `input` (from another route or a future field) into text.
+an error's `input` (from another route or a future field) into text. Two more things `json` lets
+through end as 500s further on: a document nested a few thousand levels deep (`RecursionError`)
+and strings holding lone UTF-16 surrogates (`"\ud800"`, which no tokenizer or UTF-8 writer takes);
+both are invalid bodies here.
 """
 
 from __future__ import annotations
@@ -36,14 +39,35 @@ def _finite_float(text: str) -> float:
 
 
 def strict_loads(body: bytes | str):
-    """`json.loads` that refuses NaN, Infinity and numbers out of float range (JSONDecodeError)."""
+    """`json.loads` that refuses NaN, Infinity, numbers out of float range, documents nested too
+    deeply and strings that are not text (lone surrogates): JSONDecodeError for each."""
     try:
-        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+        _check_text(value)
+        return value
     except json.JSONDecodeError:
         raise
-    except ValueError as exc:  # ours, an over-long integer, bytes that are not UTF-8
+    except (ValueError, RecursionError) as exc:  # ours, an over-long integer, bytes that are not UTF-8, depth
         doc = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else body
-        raise json.JSONDecodeError(str(exc).splitlines()[0][:200], doc, 0) from None
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:200]
+        raise json.JSONDecodeError(reason, doc, 0) from None
+
+
+def _check_text(value) -> None:
+    """ValueError when a string anywhere in `value` (keys too) holds a lone surrogate."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff): not text") from None
 
 
 class StrictJSONRequest(Request):

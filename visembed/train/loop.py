@@ -73,7 +73,7 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
                          "or choose another --out")
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    dataset = open_dataset(cfg.data.train, "train", language=cfg.data.language,
+    dataset = open_dataset(cfg.data.train, "train", language=cfg.data.language, need=task.needs.sample,
                            image_column=cfg.data.image_column, caption_column=cfg.data.caption_column)
     fresh = ckpt is None and init is None  # nothing to start from: the task learns its assets
     if ckpt is not None:
