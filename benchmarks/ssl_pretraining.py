@@ -156,14 +156,15 @@ def emoji_tables(args, work: Path) -> tuple[list[dict], list[dict]]:
     # simclr's views alone (data.augment off, as SimCLR); clip and slip keep data.augment for the caption view
     for task, text, views in (("simclr", False, ["data.augment.enabled=false"]), ("contrastive", True, []),
                               ("slip", True, [])):
-        folder, facts = trained(f"scratch-{task}", [*SCRATCH, *budget, f"train.task={task}", *views], work)
+        images_only = [f"data.train={data}&captions=none"] if task == "simclr" else []  # no caption is read
+        folder, facts = trained(f"scratch-{task}", [*SCRATCH, *budget, f"train.task={task}", *views, *images_only], work)
         scratch.append(score({"contrastive": "clip"}.get(task, task), loaded(folder), facts, text=text))
 
     lite_budget = [f"train.steps={args.lite_steps}", f"train.batch_size={args.batch_size}", f"data.train={data}",
                    f"model.vision.trainable_groups={args.lite_groups}"]
     lite = [score("Lite0 as is (ImageNet)", untrained(LITE0), {"steps": 0}, readouts=("pooled",))]
-    folder, facts = trained("lite0-simclr", [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false"],
-                            work)
+    folder, facts = trained("lite0-simclr", [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false",
+                                             f"data.train={data}&captions=none"], work)
     lite.append(score(f"Lite0 + simclr (last {args.lite_groups} groups)", loaded(folder), facts, readouts=("pooled",)))
     return scratch, lite
 
@@ -180,11 +181,11 @@ def digits_table(args, work: Path) -> list[dict]:
     folder = work / "digits"
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "train.jsonl"
-    if not manifest.is_file():  # the training images, unlabelled ("caption" is a placeholder no task reads)
+    if not manifest.is_file():  # the training images alone: no label, no caption
         rows = []
         for i, picture in enumerate(pictures[:split]):
             picture.save(folder / f"{i:04d}.png")
-            rows.append(json.dumps({"image": f"{i:04d}.png", "caption": "a handwritten digit"}))
+            rows.append(json.dumps({"image": f"{i:04d}.png"}))
         manifest.write_text("\n".join(rows) + "\n")
     base = ["model.vision.kind=convnet", "model.vision.image_size=32", "model.vision.channels=[32,64,128]",
             "model.embed_dim=128", "train.warmup_steps=20", "train.lr=1e-3", "train.log_every=50",

@@ -250,3 +250,37 @@ def test_simclr_on_two_processes_trains_like_one_with_the_whole_batch(tmp_path):
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
     assert json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])["world_size"] == 2
+
+
+def test_an_index_of_an_image_only_model_searches_by_image_and_refuses_text(simclr_folder, tmp_path):
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from visembed.cli import app
+    from visembed.index import Searcher
+    from visembed.serve.app import create_app
+
+    runner = CliRunner()
+    index_dir = tmp_path / "index"
+    built = runner.invoke(app, ["index", "build", str(simclr_folder), "--data", "builtin:shapes?n=30", "--out",
+                                str(index_dir), "--quiet"])
+    assert built.exit_code == 0, built.output
+    searcher = Searcher.open(index_dir)
+    example = tmp_path / "example.png"
+    first = searcher.store.ids()[0]
+    example.write_bytes(searcher.thumbnail(first)[0])
+    hits = json.loads(runner.invoke(app, ["search", str(index_dir), "--image", str(example), "-k", "3", "--json"]).output)
+    assert hits[0]["id"] == first  # image -> image search works
+    refused = runner.invoke(app, ["search", str(index_dir), "a red circle", "--json"])
+    assert refused.exit_code == 2 and "trained on images alone" in refused.output and "Traceback" not in refused.output
+    with TestClient(create_app(index_dir), base_url="http://localhost") as client:
+        answer = client.get("/search", params={"q": "a red circle"})
+        assert answer.status_code == 422 and "images alone" in answer.json()["detail"]
+
+
+def test_an_image_only_model_exports_to_onnx(simclr_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from visembed.interop.onnx import export_onnx
+
+    export_onnx(simclr_folder, tmp_path / "onnx")
+    assert (tmp_path / "onnx" / "image.onnx").is_file() or any(p.suffix == ".onnx" for p in (tmp_path / "onnx").iterdir())

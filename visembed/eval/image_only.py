@@ -18,7 +18,7 @@ def labelled_embeddings(model, spec: str, split: str, *, limit: int | None = Non
     have a label and decode; a split without labels is a DataError."""
     from visembed.eval.run import embed_images
 
-    ds = open_dataset(spec, split)
+    ds = open_dataset(spec, split, need="label")
     skipped = SkipCounter()
     samples = (sample for sample in ds if sample.label is not None)
     total = None if getattr(ds, "streaming", False) else len(ds)
