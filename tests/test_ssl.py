@@ -5,7 +5,6 @@ simclr model folder used as any other (load, index, ONNX, --init, eval), its tex
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import shutil
@@ -18,10 +17,9 @@ from safetensors.torch import load_file
 
 import visembed
 from visembed.config import ConfigError, apply_overrides, load_preset, trains_text_tower
-from visembed.data import ListDataset, open_dataset
+from visembed.data import open_dataset
 from visembed.losses import NTXentLoss, nt_xent_loss
 from visembed.models.inference import TextTowerUntrained
-from visembed.train import loop
 from visembed.train.loop import train
 from visembed.train.tasks import build_task
 
@@ -37,12 +35,14 @@ def _log(folder):
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def _without_captions(monkeypatch):
-    """The training data as an image-only source gives it: no sample has a caption."""
-    def open_captionless(*args, **kwargs):
-        return ListDataset([dataclasses.replace(s, caption="", captions={}) for s in open_dataset(*args, **kwargs)])
+def _image_folder(folder, n=48):
+    """A plain folder of images, no captions, no labels: what a user's unlabelled photos look like."""
+    from visembed.data import load_image
 
-    monkeypatch.setattr(loop, "open_dataset", open_captionless)
+    folder.mkdir()
+    for i, sample in enumerate(list(open_dataset("builtin:shapes?n=96"))[:n]):
+        load_image(sample.image).save(folder / f"{i:03d}.png")
+    return folder
 
 
 # ---- the loss ------------------------------------------------------------------------------
@@ -76,9 +76,9 @@ def test_nt_xent_matches_a_naive_loop_and_prefers_matching_views(t):
 # ---- the tasks -----------------------------------------------------------------------------
 
 
-def test_simclr_trains_on_captionless_images_and_saves_a_plain_dual_encoder(tmp_path, monkeypatch):
-    _without_captions(monkeypatch)
-    cfg = _cfg("train.task=simclr", "train.steps=6", "train.checkpoint_every=3")
+def test_simclr_trains_on_captionless_images_and_saves_a_plain_dual_encoder(tmp_path):
+    cfg = _cfg("train.task=simclr", "train.steps=6", "train.checkpoint_every=3", "data.augment.enabled=false",
+               "train.simclr.views.crop_scale=[0.5,1.0]", f"data.train={_image_folder(tmp_path / 'photos', n=96)}")
     final = train(cfg, tmp_path / "run", progress=False)
     assert final["skipped_total"] == 0  # no sample was dropped for lacking a caption
     steps = [line for line in _log(tmp_path / "run") if "lr" in line]
@@ -89,7 +89,7 @@ def test_simclr_trains_on_captionless_images_and_saves_a_plain_dual_encoder(tmp_
     assert {k for k in ckpt if k.startswith("ssl_head.")} and not {k for k in saved if k.startswith("ssl_head.")}
     assert saved.keys() == ckpt.keys() - {k for k in ckpt if k.startswith("ssl_head.")}
     # the text side took no part: it is exactly as initialised (a same-seed 0-lr run)
-    still = _cfg("train.task=simclr", "train.steps=1", "train.lr=0")
+    still = apply_overrides(cfg, ["train.steps=1", "train.lr=0"])
     train(still, tmp_path / "init", progress=False)
     init = load_file(str(tmp_path / "init" / "model.safetensors"))
     for name in saved:
