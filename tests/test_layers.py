@@ -18,7 +18,7 @@ LAYERS = {
     "data": 1,
     "distributed": 2, "losses": 2,
     "models": 3,
-    "eval": 4,
+    "eval": 4, "classify": 4,  # classify: cached-feature classifiers beside the metrics (eval may use its probes)
     "train": 5,
     "interop": 6,
     "api": 7,  # visembed.load resolves hf: / openclip: specs through interop's import cache

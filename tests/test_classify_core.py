@@ -1,0 +1,113 @@
+"""The cached-feature core of the classifiers: features cached per model + data, and the methods as
+functions on arrays (probe, kNN, zero-shot, zs-probe, Tip-Adapter)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from visembed.classify import methods as M
+from visembed.classify.features import FeatureSet, dataset_features
+
+
+def _clusters(n_classes=5, per_class=12, dim=16, seed=0, spread=0.6):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim)).astype(np.float32)
+    y = np.repeat(np.arange(n_classes), per_class)
+    x = centres[y] + spread * rng.normal(size=(len(y), dim)).astype(np.float32)
+    emb = x / np.linalg.norm(x, axis=1, keepdims=True)
+    class_w = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    return x.astype(np.float32), emb.astype(np.float32), y, class_w.astype(np.float32)
+
+
+def test_probe_learns_clusters_and_chooses_C_on_held_back_shots():
+    x, emb, y, _ = _clusters()
+    xt, embt, yt, _ = _clusters(seed=0, per_class=30)
+    head = M.fit_probe(x, y, 5, features="pooled", seed=0)
+    acc = (head.logits({"embedding": embt, "pooled": xt}).argmax(1) == yt).mean()
+    assert acc > 0.9
+    assert head.info["C"] in M.PROBE_CS and set(head.info["val_accuracy"]) == set(M.PROBE_CS)
+    # the validation shots come from the shots only, at most 4 a class, never all of a class
+    fit, val = M.split_shots(y, 4, seed=0)
+    assert set(fit) | set(val) == set(range(len(y))) and not set(fit) & set(val)
+    assert all((y[val] == c).sum() == 4 for c in range(5))
+
+
+def test_probe_on_one_shot_and_missing_classes():
+    x, emb, y, _ = _clusters(per_class=1)
+    keep = y != 4  # class 4 has no shot: the head still has its row and never predicts it
+    head = M.fit_probe(x[keep], y[keep], 5, features="pooled")
+    pred = head.logits({"embedding": emb, "pooled": x}).argmax(1)
+    assert head.weight.shape == (5, x.shape[1]) and 4 not in pred
+    assert (pred[keep] == y[keep]).all()
+
+
+def test_probabilities_are_a_distribution():
+    x, emb, y, w = _clusters()
+    p = M.tip_head(emb, y, w).probabilities({"embedding": emb, "pooled": x})
+    assert p.shape == (len(y), 5) and np.allclose(p.sum(1), 1, atol=1e-5) and (p >= 0).all()
+
+
+def test_zeroshot_head_is_nearest_class_vector():
+    x, emb, y, w = _clusters()
+    head = M.zeroshot_head(w)
+    assert (head.logits({"embedding": emb}).argmax(1) == (emb @ w.T).argmax(1)).all()
+
+
+def test_knn_votes_of_nearest_keys():
+    keys = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    labels = np.array([0, 0, 1, 1])
+    queries = np.array([[1, 0.05], [0.02, 1]], np.float32)
+    assert list(M.knn_predict(keys, labels, queries, 2, k=2)) == [0, 1]
+    scores = M.knn_scores(keys, labels, queries, 3, k=3)
+    assert scores.shape == (2, 3) and (scores[:, 2] == 0).all()
+
+
+def test_zs_probe_stays_at_zeroshot_when_pulled_hard_and_learns_when_free():
+    x, emb, y, w = _clusters(seed=1)
+    wrong = np.roll(w, 1, axis=0)  # a zero-shot head that is always wrong
+    feats = {"embedding": emb, "pooled": x}
+    pulled = M.fit_zs_probe(x, emb, y, wrong, features="pooled", strength=1e6)
+    assert (pulled.logits(feats).argmax(1) == M.zeroshot_head(wrong).logits(feats).argmax(1)).all()
+    free = M.fit_zs_probe(x, emb, y, wrong, features="pooled", strength=1e-3)
+    assert (free.logits(feats).argmax(1) == y).mean() > 0.9
+
+
+def test_tip_adapter_cache_corrects_zeroshot_and_tip_f_trains_keys():
+    x, emb, y, w = _clusters(seed=2)
+    wrong = np.roll(w, 1, axis=0)
+    feats = {"embedding": emb}
+    tip = M.tip_head(emb, y, wrong, alpha=50.0)
+    assert (tip.logits(feats).argmax(1) == y).mean() > 0.9
+    no_cache = M.tip_head(emb, y, wrong, alpha=0.0)
+    assert (no_cache.logits(feats).argmax(1) == y).mean() < 0.2
+    tuned = M.fit_tip_f(emb, y, wrong, alpha=1.0, epochs=5, lr=1e-2)
+    assert not np.allclose(tuned.keys, emb, atol=1e-4)
+    assert np.allclose(np.linalg.norm(tuned.keys, axis=1), 1, atol=1e-5)
+
+
+def test_dataset_features_cached_per_model_and_data(tiny_model_dir, tmp_path, monkeypatch):
+    import visembed
+
+    monkeypatch.setenv("VISEMBED_CACHE", str(tmp_path / "cache"))
+    model = visembed.load(tiny_model_dir, device="cpu")
+    spec = "builtin:shapes?n=24&size=32"
+    fs = dataset_features(model, spec, "train", model_dir=tiny_model_dir, progress=False)
+    assert isinstance(fs, FeatureSet) and len(fs) == len(fs.labels) > 0
+    assert fs.embedding.shape[1] == model.embed_dim and np.allclose(np.linalg.norm(fs.embedding, axis=1), 1, atol=1e-4)
+    assert np.allclose(fs.embedding, model.encode_image([s.image for s in _dataset(spec)][: len(fs)]), atol=1e-4)
+    files = list((tmp_path / "cache" / "classify-features").glob("*.npz"))
+    assert len(files) == 1
+    again = dataset_features(model, spec, "train", model_dir=tiny_model_dir, progress=False)
+    assert again.ids == fs.ids and np.array_equal(again.pooled, fs.pooled)
+    dataset_features(model, "builtin:shapes?n=12&size=32", "train", model_dir=tiny_model_dir, progress=False)
+    assert len(list((tmp_path / "cache" / "classify-features").glob("*.npz"))) == 2
+    with pytest.raises(ValueError):
+        fs.select("cells")
+    assert fs.select("both").shape[1] == fs.embedding.shape[1] + fs.pooled.shape[1]
+
+
+def _dataset(spec):
+    from visembed.data import open_dataset
+
+    return open_dataset(spec, "train")
