@@ -98,21 +98,17 @@ def loaded(folder: Path):
     return Model.from_folder(folder, "cpu")
 
 
-@torch.no_grad()
 def features(model, images: list) -> dict[str, np.ndarray]:
     """{"embedding": the L2-normalised image embedding search uses (N, D), "pooled": the image
-    tower's pooled features before any head (N, W)}, from one pass."""
-    out = {"embedding": [], "pooled": []}
-    for start in range(0, len(images), 128):
-        pixels = model.pixels(images[start : start + 128])
-        pooled = model.module.vision(model.module.normalize_pixels(pixels))  # (b, W)
-        out["pooled"].append(pooled.float().numpy())
-        out["embedding"].append(torch.nn.functional.normalize(model.module.visual_projection(pooled), dim=-1).numpy())
-    return {key: np.concatenate(parts) for key, parts in out.items()}
+    tower's pooled features before any head (N, W)} (the classifiers' `image_features`)."""
+    from visembed.classify import image_features
+
+    return image_features(model, images)
 
 
 def probe_and_knn(train_x, train_y, test_x, test_y, seeds: int) -> dict[str, float]:
-    """Mean over `seeds` draws of SHOTS training images per class: linear-probe and kNN top-1."""
+    """Mean over `seeds` draws of SHOTS training images per class: linear-probe and kNN top-1
+    (`visembed.classify`'s probe, C chosen on held-back shots, and weighted 20-NN vote)."""
     from visembed.eval.image_only import few_shot_scores
 
     scores = [few_shot_scores(train_x, train_y, test_x, test_y, shots=SHOTS, seed=seed) for seed in range(seeds)]

@@ -93,7 +93,8 @@ def evaluate_folder(folder: str | Path, spec: str, split: str = "test", **kwargs
     elif not trains_text_tower(model.config):  # image-only pretraining: labels, not text, measure it
         from visembed.eval.image_only import evaluate_image_only
 
-        metrics = evaluate_image_only(model, spec, split, limit=kwargs.get("limit"), progress=kwargs.get("progress", True))
+        metrics = evaluate_image_only(model, spec, split, limit=kwargs.get("limit"), progress=kwargs.get("progress", True),
+                                      model_dir=folder)
     else:
         metrics = evaluate(model, spec, split, **kwargs)
     atomic_write_json(Path(folder) / f"eval_{split}.json", metrics)

@@ -173,20 +173,20 @@ class SimCLRTask(ContrastiveTask):
         return spliced_backward(model, calls, loss_of, autocast)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """kNN top-1 on labelled validation data (image-only: no text to retrieve); data without
-        labels is reported, never fatal."""
-        from visembed.eval.image_only import knn_top1_on
+        """Linear-probe and kNN top-1 on labelled validation data (fitted on the train split; no text
+        to retrieve); data without labels is reported, never fatal."""
+        from visembed.eval.image_only import evaluate_image_only
         from visembed.models.inference import Model
 
         cfg = self.cfg
         was_training = model.training
         model.eval()
         try:
-            result = knn_top1_on(Model(model, cfg), cfg.data.val or cfg.data.train, "val", limit=EVAL_LIMIT)
+            result = evaluate_image_only(Model(model, cfg), cfg.data.val or cfg.data.train, "val", limit=EVAL_LIMIT,
+                                         progress=False)
         except (DataError, ValueError, FileNotFoundError) as err:  # no (usable, labelled) validation data
             print(f"evaluation skipped: {err}")
             return {}
         finally:
             model.train(was_training)
-        return {f"val_{k}": v for k, v in result.items()}
-
+        return {f"val_{k}": v for k, v in result.items() if k in ("probe_top1", "knn_top1")}
