@@ -153,16 +153,41 @@ def emoji_tables(args, work: Path) -> tuple[list[dict], list[dict]]:
     for task, text, views in (("simclr", False, ["data.augment.enabled=false"]), ("contrastive", True, []),
                               ("slip", True, [])):
         images_only = [f"data.train={data}&captions=none"] if task == "simclr" else []  # no caption is read
-        folder, facts = trained(f"scratch-{task}", [*SCRATCH, *budget, f"train.task={task}", *views, *images_only], work)
+        folder, facts = trained(f"scratch-{task}-{args.steps}x{args.batch_size}",
+                                [*SCRATCH, *budget, f"train.task={task}", *views, *images_only], work)
         scratch.append(score({"contrastive": "clip"}.get(task, task), loaded(folder), facts, text=text))
 
     lite_budget = [f"train.steps={args.lite_steps}", f"train.batch_size={args.batch_size}", f"data.train={data}",
                    f"model.vision.trainable_groups={args.lite_groups}"]
     lite = [score("Lite0 as is (ImageNet)", untrained(LITE0), {"steps": 0}, readouts=("pooled",))]
-    folder, facts = trained("lite0-simclr", [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false",
+    folder, facts = trained(f"lite0-simclr-{args.lite_steps}x{args.batch_size}", [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false",
                                              f"data.train={data}&captions=none"], work)
     lite.append(score(f"Lite0 + simclr (last {args.lite_groups} groups)", loaded(folder), facts, readouts=("pooled",)))
     return scratch, lite
+
+
+def curve_table(args, work: Path) -> list[dict]:
+    """simclr from scratch at each of `--curve-steps` (each its own run and schedule): where it plateaus."""
+    limit = 32 if args.smoke else 0
+    data = f"builtin:emoji?size=48{f'&limit={limit}' if limit else ''}"
+    train_images, train_labels = emoji_split("train", limit)
+    held = [emoji_split(split, limit) for split in ("val", "test")]
+    held_images, held_labels = held[0][0] + held[1][0], np.concatenate([held[0][1], held[1][1]])
+    rows = []
+    for steps in sorted({int(n) for n in args.curve_steps.split(",") if n}):
+        folder, facts = trained(f"scratch-simclr-{steps}x{args.batch_size}",
+                                [*SCRATCH, f"train.steps={steps}", f"train.batch_size={args.batch_size}",
+                                 "train.task=simclr", "data.augment.enabled=false", f"data.train={data}&captions=none"],
+                                work)
+        model = loaded(folder)
+        tr, te = features(model, train_images), features(model, held_images)
+        row = {"model": f"simclr, {steps} steps", **{k: facts.get(k, "-") for k in ("steps", "cpu_s", "wall_s")}}
+        for readout in ("embedding", "pooled"):
+            for key, value in probe_and_knn(tr[readout], train_labels, te[readout], held_labels, args.seeds).items():
+                row[f"{key} ({readout})"] = value
+        print(f"# {row}", flush=True)
+        rows.append(row)
+    return rows
 
 
 def digits_table(args, work: Path) -> list[dict]:
@@ -189,7 +214,7 @@ def digits_table(args, work: Path) -> list[dict]:
             "data.augment.enabled=false"]  # a mirrored 2 is no 2
     rows = []
     for name, model, facts in (("random init", untrained(base), {"steps": 0}),
-                               ("simclr", *_loaded_run("digits-simclr", [*base, f"data.train={manifest}", "train.task=simclr",
+                               ("simclr", *_loaded_run(f"digits-simclr-{args.digits_steps}x{args.batch_size}", [*base, f"data.train={manifest}", "train.task=simclr",
                                                                           f"train.steps={args.digits_steps}",
                                                                           f"train.batch_size={args.batch_size}"], work))):
         row = {"model": name, **{k: facts.get(k, "-") for k in ("steps", "cpu_s", "wall_s")}}
@@ -215,13 +240,14 @@ def main() -> None:
     parser.add_argument("--lite-groups", type=int, default=3, help="Lite0 layer groups SimCLR trains")
     parser.add_argument("--digits-steps", type=int, default=400)
     parser.add_argument("--seeds", type=int, default=3, help="draws of the 16 shots per class")
-    parser.add_argument("--only", default="emoji,digits", help="comma-separated: emoji, digits")
+    parser.add_argument("--curve-steps", default="150,300,600", help="simclr step counts of the plateau table")
+    parser.add_argument("--only", default="emoji,digits,curve", help="comma-separated: emoji, digits, curve")
     parser.add_argument("--work", type=Path, default=None, help="where runs are kept (default: a temporary folder)")
     parser.add_argument("--smoke", action="store_true", help="2 steps a row, 32 emoji a split: does it run")
     args = parser.parse_args()
     if args.smoke:
         args.steps = args.lite_steps = args.digits_steps = 2
-        args.batch_size, args.seeds = 16, 1
+        args.batch_size, args.seeds, args.curve_steps = 16, 1, "2"
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -237,6 +263,10 @@ def main() -> None:
             print_table(scratch, columns)
             print("\n### emoji, domain adaptation of ImageNet Lite0 (pooled tower features)")
             print_table(lite, ["model", "steps", "cpu_s", "wall_s", "probe_top1 (pooled)", "knn_top1 (pooled)"])
+        if "curve" in only:
+            print("\n### simclr from scratch on emoji: steps against probe top-1 (where it plateaus)")
+            print_table(curve_table(args, work), ["model", "steps", "cpu_s", "wall_s", "probe_top1 (embedding)",
+                                                  "knn_top1 (embedding)", "probe_top1 (pooled)", "knn_top1 (pooled)"])
         if "digits" in only:
             print("\n### scikit-learn digits (16-shot, tested on the 797 not trained on)")
             print_table(digits_table(args, work), ["model", "steps", "cpu_s", "wall_s", "probe_top1 (embedding)",
