@@ -47,6 +47,7 @@ except ImportError:  # run as a script: this folder is on sys.path
     from markdown_table import print_table
 
 SHOTS = 16
+PROBE_C = None  # the probe's C: None chooses it on held-back shots (--probe-c fixes it: 4x cheaper)
 SCRATCH = ["model.vision.kind=convnet", "model.vision.image_size=48", "model.vision.channels=[32,64,128,256]",
            "model.embed_dim=128", "train.warmup_steps=20", "train.lr=1e-3", "train.log_every=50"]
 LITE0 = ["model.vision.kind=efficientnet_lite", "model.vision.variant=lite0", "model.vision.pretrained=true",
@@ -111,7 +112,7 @@ def probe_and_knn(train_x, train_y, test_x, test_y, seeds: int) -> dict[str, flo
     (`visembed.classify`'s probe, C chosen on held-back shots, and weighted 20-NN vote)."""
     from visembed.eval.image_only import few_shot_scores
 
-    scores = [few_shot_scores(train_x, train_y, test_x, test_y, shots=SHOTS, seed=seed) for seed in range(seeds)]
+    scores = [few_shot_scores(train_x, train_y, test_x, test_y, shots=SHOTS, seed=seed, C=PROBE_C) for seed in range(seeds)]
     return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
 
 
@@ -123,70 +124,72 @@ def emoji_split(split: str, limit: int) -> tuple[list, np.ndarray]:
     return [load_image(s.image) for s in samples], np.array([s.label for s in samples])
 
 
-def emoji_tables(args, work: Path) -> tuple[list[dict], list[dict]]:
-    limit = 32 if args.smoke else 0
-    data = f"builtin:emoji?size=48{f'&limit={limit}' if limit else ''}"
-    train_images, train_labels = emoji_split("train", limit)
-    held_images, held_labels = [], []
-    for split in ("val", "test"):
-        images, labels = emoji_split(split, limit)
-        held_images += images
-        held_labels.append(labels)
-    held_labels = np.concatenate(held_labels)
-    budget = [f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"data.train={data}"]
-
-    def score(name, model, facts, readouts=("embedding", "pooled"), text=False) -> dict:
-        row = {"model": name, **{k: facts.get(k, "-") for k in ("steps", "cpu_s", "wall_s")}}
-        tr, te = features(model, train_images), features(model, held_images)
-        for readout in readouts:
-            for key, value in probe_and_knn(tr[readout], train_labels, te[readout], held_labels, args.seeds).items():
-                row[f"{key} ({readout})"] = value
-        if text:
-            from visembed.eval.run import evaluate
-
-            row["text->image R@1"] = evaluate(model, data, "test", progress=False)["text_to_image_R@1"]
-        print(f"# {row}", flush=True)
-        return row
-
-    scratch = [score("random init", untrained(SCRATCH), {"steps": 0})]
-    # simclr's views alone (data.augment off, as SimCLR); clip and slip keep data.augment for the caption view
-    for task, text, views in (("simclr", False, ["data.augment.enabled=false"]), ("contrastive", True, []),
-                              ("slip", True, [])):
-        images_only = [f"data.train={data}&captions=none"] if task == "simclr" else []  # no caption is read
-        folder, facts = trained(f"scratch-{task}-{args.steps}x{args.batch_size}",
-                                [*SCRATCH, *budget, f"train.task={task}", *views, *images_only], work)
-        scratch.append(score({"contrastive": "clip"}.get(task, task), loaded(folder), facts, text=text))
-
-    lite_budget = [f"train.steps={args.lite_steps}", f"train.batch_size={args.batch_size}", f"data.train={data}",
-                   f"model.vision.trainable_groups={args.lite_groups}"]
-    lite = [score("Lite0 as is (ImageNet)", untrained(LITE0), {"steps": 0}, readouts=("pooled",))]
-    folder, facts = trained(f"lite0-simclr-{args.lite_steps}x{args.batch_size}", [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false",
-                                             f"data.train={data}&captions=none"], work)
-    lite.append(score(f"Lite0 + simclr (last {args.lite_groups} groups)", loaded(folder), facts, readouts=("pooled",)))
-    return scratch, lite
-
-
-def curve_table(args, work: Path) -> list[dict]:
-    """simclr from scratch at each of `--curve-steps` (each its own run and schedule): where it plateaus."""
+def emoji_data(args):
     limit = 32 if args.smoke else 0
     data = f"builtin:emoji?size=48{f'&limit={limit}' if limit else ''}"
     train_images, train_labels = emoji_split("train", limit)
     held = [emoji_split(split, limit) for split in ("val", "test")]
-    held_images, held_labels = held[0][0] + held[1][0], np.concatenate([held[0][1], held[1][1]])
+    return data, train_images, train_labels, held[0][0] + held[1][0], np.concatenate([held[0][1], held[1][1]])
+
+
+def score(args, data_of, name, model, facts, readouts=("embedding", "pooled"), text=False) -> dict:
+    """One table row: 16-shot probe and kNN top-1 (mean of the draws) per readout, text->image R@1."""
+    data, train_images, train_labels, held_images, held_labels = data_of
+    row = {"model": name, **{k: facts.get(k, "-") for k in ("steps", "cpu_s", "wall_s")}}
+    tr, te = features(model, train_images), features(model, held_images)
+    for readout in readouts:
+        for key, value in probe_and_knn(tr[readout], train_labels, te[readout], held_labels, args.seeds).items():
+            row[f"{key} ({readout})"] = value
+    if text:
+        from visembed.eval.run import evaluate
+
+        row["text->image R@1"] = evaluate(model, data, "test", progress=False)["text_to_image_R@1"]
+    print(f"# {row}", flush=True)
+    return row
+
+
+def scratch_table(args, work: Path) -> list[dict]:
+    data_of = emoji_data(args)
+    data = data_of[0]
+    budget = [f"train.steps={args.steps}", f"train.batch_size={args.batch_size}", f"data.train={data}"]
+    wanted = set(args.rows.split(","))
+    rows = [score(args, data_of, "random init", untrained(SCRATCH), {"steps": 0})] if "random" in wanted else []
+    # simclr's views alone (data.augment off, as SimCLR); clip and slip keep data.augment for the caption view
+    for task, text, views in (("simclr", False, ["data.augment.enabled=false"]), ("contrastive", True, []),
+                              ("slip", True, [])):
+        name = {"contrastive": "clip"}.get(task, task)
+        if name not in wanted:
+            continue
+        images_only = [f"data.train={data}&captions=none"] if task == "simclr" else []  # no caption is read
+        folder, facts = trained(f"scratch-{task}-{args.steps}x{args.batch_size}",
+                                [*SCRATCH, *budget, f"train.task={task}", *views, *images_only], work)
+        rows.append(score(args, data_of, name, loaded(folder), facts, text=text))
+    return rows
+
+
+def lite_table(args, work: Path) -> list[dict]:
+    data_of = emoji_data(args)
+    lite_budget = [f"train.steps={args.lite_steps}", f"train.batch_size={args.batch_size}",
+                   f"model.vision.trainable_groups={args.lite_groups}"]
+    rows = [score(args, data_of, "Lite0 as is (ImageNet)", untrained(LITE0), {"steps": 0}, readouts=("pooled",))]
+    folder, facts = trained(f"lite0-simclr-{args.lite_steps}x{args.batch_size}",
+                            [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false",
+                             f"data.train={data_of[0]}&captions=none"], work)
+    rows.append(score(args, data_of, f"Lite0 + simclr (last {args.lite_groups} groups)", loaded(folder), facts,
+                      readouts=("pooled",)))
+    return rows
+
+
+def curve_table(args, work: Path) -> list[dict]:
+    """simclr from scratch at each of `--curve-steps` (each its own run and schedule): where it plateaus."""
+    data_of = emoji_data(args)
     rows = []
     for steps in sorted({int(n) for n in args.curve_steps.split(",") if n}):
         folder, facts = trained(f"scratch-simclr-{steps}x{args.batch_size}",
                                 [*SCRATCH, f"train.steps={steps}", f"train.batch_size={args.batch_size}",
-                                 "train.task=simclr", "data.augment.enabled=false", f"data.train={data}&captions=none"],
-                                work)
-        model = loaded(folder)
-        tr, te = features(model, train_images), features(model, held_images)
-        row = {"model": f"simclr, {steps} steps", **{k: facts.get(k, "-") for k in ("steps", "cpu_s", "wall_s")}}
-        for readout in ("embedding", "pooled"):
-            for key, value in probe_and_knn(tr[readout], train_labels, te[readout], held_labels, args.seeds).items():
-                row[f"{key} ({readout})"] = value
-        print(f"# {row}", flush=True)
-        rows.append(row)
+                                 "train.task=simclr", "data.augment.enabled=false",
+                                 f"data.train={data_of[0]}&captions=none"], work)
+        rows.append(score(args, data_of, f"simclr, {steps} steps", loaded(folder), facts))
     return rows
 
 
@@ -241,10 +244,14 @@ def main() -> None:
     parser.add_argument("--digits-steps", type=int, default=400)
     parser.add_argument("--seeds", type=int, default=3, help="draws of the 16 shots per class")
     parser.add_argument("--curve-steps", default="150,300,600", help="simclr step counts of the plateau table")
-    parser.add_argument("--only", default="emoji,digits,curve", help="comma-separated: emoji, digits, curve")
+    parser.add_argument("--only", default="scratch,lite,digits,curve", help="comma-separated: scratch, lite, digits, curve")
+    parser.add_argument("--rows", default="random,simclr,clip,slip", help="rows of the scratch table")
+    parser.add_argument("--probe-c", type=float, default=None, help="fix the probe's C (default: chosen on held-back shots)")
     parser.add_argument("--work", type=Path, default=None, help="where runs are kept (default: a temporary folder)")
     parser.add_argument("--smoke", action="store_true", help="2 steps a row, 32 emoji a split: does it run")
     args = parser.parse_args()
+    global PROBE_C
+    PROBE_C = args.probe_c
     if args.smoke:
         args.steps = args.lite_steps = args.digits_steps = 2
         args.batch_size, args.seeds, args.curve_steps = 16, 1, "2"
@@ -255,14 +262,15 @@ def main() -> None:
         only = set(args.only.split(","))
         print(f"budget: {args.steps} steps of {args.batch_size} (scratch), {args.lite_steps} (Lite0), "
               f"{args.digits_steps} (digits); {args.seeds} draws of {SHOTS} shots; CPU threads {torch.get_num_threads()}")
-        if "emoji" in only:
-            scratch, lite = emoji_tables(args, work)
-            columns = ["model", "steps", "cpu_s", "wall_s", "probe_top1 (embedding)", "knn_top1 (embedding)",
-                       "probe_top1 (pooled)", "knn_top1 (pooled)", "text->image R@1"]
+        if "scratch" in only:
             print("\n### emoji from scratch (subgroups of held-out concepts)")
-            print_table(scratch, columns)
+            print_table(scratch_table(args, work), ["model", "steps", "cpu_s", "wall_s", "probe_top1 (embedding)",
+                                                    "knn_top1 (embedding)", "probe_top1 (pooled)", "knn_top1 (pooled)",
+                                                    "text->image R@1"])
+        if "lite" in only:
             print("\n### emoji, domain adaptation of ImageNet Lite0 (pooled tower features)")
-            print_table(lite, ["model", "steps", "cpu_s", "wall_s", "probe_top1 (pooled)", "knn_top1 (pooled)"])
+            print_table(lite_table(args, work), ["model", "steps", "cpu_s", "wall_s", "probe_top1 (pooled)",
+                                                 "knn_top1 (pooled)"])
         if "curve" in only:
             print("\n### simclr from scratch on emoji: steps against probe top-1 (where it plateaus)")
             print_table(curve_table(args, work), ["model", "steps", "cpu_s", "wall_s", "probe_top1 (embedding)",

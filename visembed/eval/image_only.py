@@ -15,20 +15,21 @@ from visembed.data import DataError
 
 
 def fitted_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
-                  seed: int = 0) -> dict[str, float]:
-    """Top-1 of a linear probe and of a kNN vote fitted on (train_x, train_y), on the test images;
-    labels are strings, a test class the training images lack counts as a miss."""
+                  seed: int = 0, C: float | None = None) -> dict[str, float]:
+    """Top-1 of a linear probe (`C`: None chooses it on held-back training images) and of a kNN vote
+    fitted on (train_x, train_y), on the test images; labels are strings, a test class the training
+    images lack counts as a miss."""
     classes = sorted(set(train_y.tolist()) | set(test_y.tolist()))
     index = {name: i for i, name in enumerate(classes)}
     y, ty = np.array([index[v] for v in train_y]), np.array([index[v] for v in test_y])
-    probe = fit_probe(train_x, y, len(classes), seed=seed)
+    probe = fit_probe(train_x, y, len(classes), seed=seed, C=C)
     predicted = probe.logits({"embedding": test_x}).argmax(1)
     nearest = knn_predict(train_x, y, test_x, len(classes))
     return {"probe_top1": float((predicted == ty).mean()), "knn_top1": float((nearest == ty).mean())}
 
 
 def few_shot_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
-                    shots: int, seed: int = 0) -> dict[str, float]:
+                    shots: int, seed: int = 0, C: float | None = None) -> dict[str, float]:
     """`fitted_scores` on `shots` training images per class (classes with fewer keep all they have),
     drawn with `seed`, tested on the test images of those classes."""
     rng = np.random.default_rng(seed)
@@ -36,7 +37,7 @@ def few_shot_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
     known = np.isin(test_y, train_y[chosen])
     if not known.any():
         raise DataError("no test image belongs to a class of the training shots")
-    return fitted_scores(train_x[chosen], train_y[chosen], test_x[known], test_y[known], seed=seed)
+    return fitted_scores(train_x[chosen], train_y[chosen], test_x[known], test_y[known], seed=seed, C=C)
 
 
 def evaluate_image_only(model, spec: str, split: str = "test", *, limit: int | None = None,
