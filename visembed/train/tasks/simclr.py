@@ -34,7 +34,7 @@ from visembed.models.towers import build_text, build_vision
 from visembed.train.batch import Autocast, MicroBatch, Needs
 from visembed.train.tasks.contrastive import ContrastiveTask
 
-EVAL_LIMIT = 1000  # labelled validation images per periodic kNN evaluation
+EVAL_LIMIT = 1000  # labelled images of each split a periodic probe and kNN read: a trend, not the benchmark
 
 
 class SSLDualEncoder(DualEncoder):
@@ -129,13 +129,10 @@ class SimCLRTask(ContrastiveTask):
 
     def __init__(self, cfg: RunConfig, rank: int = 0, world: int = 1):
         super().__init__(cfg, rank, world)
-        self.settings = self._settings(cfg)
+        self.settings = cfg.train.simclr
         self.loss_fn = NTXentLoss(self.settings.temperature, rank=rank, world_size=world)
         self.views = ViewDrawer(self.settings)
         self.find_unused_parameters = False  # the text tower is frozen: every parameter that learns is used
-
-    def _settings(self, cfg: RunConfig) -> SimCLRTaskConfig:
-        return cfg.train.simclr
 
     def build_model(self, cfg: RunConfig, assets: Path, pretrained: bool) -> nn.Module:
         model = build_ssl_model(cfg, assets, pretrained)
