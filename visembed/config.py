@@ -370,6 +370,70 @@ class ContrastiveTaskConfig:
         _at_least(self, key, 0, "caption_bank_weight")
 
 
+def simclr_views() -> AugmentConfig:
+    """SimCLR-strength views (Chen et al. 2020): resized crop of 8-100 % of the area, flip, colour
+    jitter 0.4, grayscale 20 %, blur half of the time. Hue is off: kornia's hue shift costs ~6x the
+    rest of the jitter on a CPU (0.68 against 0.12 CPU-s per 128 images of 48 px); SimCLR's is
+    `hue=0.1`."""
+    return AugmentConfig(crop_scale=[0.08, 1.0], crop_ratio=[0.75, 1.3333], rotation_degrees=0.0, brightness=0.4,
+                         contrast=0.4, saturation=0.4, hue=0.0, flip=True, blur_prob=0.5, grayscale_prob=0.2)
+
+
+def check_augment(a: AugmentConfig, key: str) -> None:
+    """The rules of an augmentation section (`data.augment`, a task's `views`)."""
+    for name in ("crop_scale", "crop_ratio"):
+        pair = getattr(a, name)
+        _require(len(pair) == 2 and 0 < pair[0] <= pair[1], f"{key}.{name}", "[low, high] with 0 < low <= high", pair)
+    _require(a.crop_scale[1] <= 1, f"{key}.crop_scale", "within (0, 1]", a.crop_scale)
+    for name in ("blur_prob", "grayscale_prob", "style_prob"):
+        _require(0 <= getattr(a, name) <= 1, f"{key}.{name}", "a probability in [0, 1]", getattr(a, name))
+    _at_least(a, key, 0, "rotation_degrees", "brightness", "contrast", "saturation", "hue")
+    _require(a.hue <= 0.5, f"{key}.hue", "at most 0.5", a.hue)
+
+
+@dataclass
+class SimCLRTaskConfig:
+    """The `simclr` task's settings (`train/tasks/simclr.py`): two views of each image, NT-Xent over
+    the global batch, through a projection MLP that is discarded after training."""
+
+    temperature: float = 0.1  # NT-Xent temperature
+    projection_dim: int = 256  # output of the projection MLP (what the loss compares)
+    projection_hidden: int = 1024  # its hidden width (SimCLR: the encoder width; SLIP: 4096)
+    # what the projection MLP reads: "embedding" (the image embedding, so the saved head learns too)
+    # or "tower" (the image tower's pooled features, as SLIP, beside the CLIP head)
+    head_input: Literal["embedding", "tower"] = "embedding"
+    # each view: the loop's data.augment draw, then this pipeline (data.augment.enabled=false: this one alone)
+    views: AugmentConfig = field(default_factory=simclr_views)
+
+    def validate(self, key: str) -> None:
+        _require(self.temperature > 0, f"{key}.temperature", "more than 0", self.temperature)
+        _at_least(self, key, 1, "projection_dim", "projection_hidden")
+        check_augment(self.views, f"{key}.views")
+
+
+@dataclass
+class SLIPTaskConfig(SimCLRTaskConfig):
+    """The `slip` task's settings (`train/tasks/slip.py`): the CLIP loss on image-caption pairs plus
+    `simclr_weight` times NT-Xent between two more views of each image (Mu et al. 2021)."""
+
+    simclr_weight: float = 1.0
+    head_input: Literal["embedding", "tower"] = "tower"
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        _at_least(self, key, 0, "simclr_weight")
+
+
+# tasks that train the image tower alone: the text tower of their model folders is untrained
+IMAGE_ONLY_TASKS = ("simclr",)
+
+
+def trains_text_tower(cfg: RunConfig) -> bool:
+    """False for a model folder whose last training left its text tower untrained (an image-only
+    task): text queries against it would be noise, so search and eval refuse or skip them."""
+    return cfg.train.task not in IMAGE_ONLY_TASKS
+
+
 @dataclass
 class TrainConfig:
     # what is optimised, by the name a task is registered under (visembed/train/tasks/, which
@@ -392,6 +456,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     # the tasks' own sections (each read by its task only)
     contrastive: ContrastiveTaskConfig = field(default_factory=ContrastiveTaskConfig)
+    simclr: SimCLRTaskConfig = field(default_factory=SimCLRTaskConfig)
+    slip: SLIPTaskConfig = field(default_factory=SLIPTaskConfig)
 
 
 @dataclass
@@ -571,6 +637,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _at_least(tc, "train", 0, "steps", "epochs", "lr", "weight_decay", "warmup_steps", "grad_clip",
               "checkpoint_every", "eval_every", "log_every")
     tc.contrastive.validate("train.contrastive")
+    tc.simclr.validate("train.simclr")
+    tc.slip.validate("train.slip")
     _require(0 < tc.layer_decay <= 1, "train.layer_decay", "in (0, 1]", tc.layer_decay)
     _require(tc.steps >= 1 or tc.epochs >= 1, "train.steps", "1 or more (or set train.epochs)", tc.steps)
     _require(bool(tc.task.strip()), "train.task", "the name of a task (e.g. 'contrastive')", tc.task)

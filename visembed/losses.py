@@ -85,3 +85,37 @@ class ContrastiveLoss(nn.Module):
                 labels = gather_with_grad(bank_labels) if self.world_size > 1 else bank_labels
                 loss = loss + self.bank_weight * caption_bank_loss(image, _at_least_fp32(bank), labels, scale)
         return {"contrastive_loss": loss}
+
+
+# ---- image-only objectives (SimCLR, SLIP's image branch) ------------------------------------
+
+
+def nt_xent_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: `a[i]` and `b[i]` (L2-normalised, (N, D) each) are two views of image i;
+    each of the 2N views must pick its partner among the other 2N - 1 (itself left out). Mean over
+    the 2N views."""
+    n = len(a)
+    z = torch.cat([a, b])  # (2N, D)
+    logits = z @ z.T / temperature  # (2N, 2N)
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)  # view i <-> view i +- N
+    return F.cross_entropy(logits, partner)
+
+
+class NTXentLoss(nn.Module):
+    """`loss(view_a, view_b) -> {"simclr_loss": t}`: NT-Xent over the global batch. The views
+    (n_local, D), already L2-normalised, are gathered from every rank with gradients, so each
+    image's negatives are every other view of the global batch, as in `ContrastiveLoss`."""
+
+    def __init__(self, temperature: float = 0.1, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"the NT-Xent temperature must be more than 0, got {temperature}")
+        self.temperature, self.rank, self.world_size = temperature, rank, world_size
+
+    def forward(self, view_a: torch.Tensor, view_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(view_a.device.type, enabled=False):  # fp32, as the contrastive losses
+            a, b = _at_least_fp32(view_a), _at_least_fp32(view_b)
+            if self.world_size > 1:
+                a, b = gather_with_grad(a), gather_with_grad(b)  # (N_global, D)
+            return {"simclr_loss": nt_xent_loss(a, b, self.temperature)}

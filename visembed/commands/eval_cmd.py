@@ -1,4 +1,5 @@
-"""`visembed eval`: retrieval and zero-shot metrics of a model folder on a dataset split."""
+"""`visembed eval`: retrieval and zero-shot metrics of a model folder on a dataset split (probe and
+kNN accuracy for an image-only model)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def eval_cmd(
     templates: list[str] = typer.Option([], "--template", help="Zero-shot prompt template with {} (repeatable)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N items."),
 ) -> None:
-    """Retrieval Recall@1/5/10, mean rank and zero-shot accuracy; JSON to stdout and FOLDER/eval_<split>.json."""
+    """Retrieval Recall@1/5/10, mean rank and zero-shot accuracy; JSON to stdout and FOLDER/eval_<split>.json.
+    An image-only model (train.task=simclr) reports linear-probe and kNN top-1 instead, fitted on the
+    labelled train split of --data."""
     from visembed.eval.run import evaluate_folder
     from visembed.eval.zeroshot import DEFAULT_TEMPLATES
 

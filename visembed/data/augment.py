@@ -153,3 +153,32 @@ def augment_preview(
             caption = sample.caption if sample.caption.isascii() else sample.captions.get("en", sample.id)
             draw.text((2, top + tile + 1), caption[:80], fill=(0, 0, 0))
     grid.save(out_png)
+
+
+def view_pairs_preview(ds, first: AugmentConfig, views: AugmentConfig, out_png, n: int = 8, size: int = 64,
+                       pairs: int = 3, zoom_factor: int = 2) -> None:
+    """A PNG grid of what an image-only task (`simclr`, `slip`) compares: per row the original, then
+    `pairs` pairs of views, each view `views` drawn over `first` (the loop's `data.augment`), as
+    training draws them; the two views of a pair sit side by side, pairs apart by a gap."""
+    from PIL import Image
+
+    from .images import load_image, to_tensor
+
+    indices = [round(i * (len(ds) - 1) / max(1, n - 1)) for i in range(n)] if len(ds) >= n else list(range(len(ds)))
+    tile, gap = size * zoom_factor, 8
+    width = tile + pairs * (2 * tile + gap) + gap
+    grid = Image.new("RGB", (width, len(indices) * (tile + 4)), "white")
+    loop_draw, view_draw = build_train_augment(first), build_train_augment(views)
+    with torch.random.fork_rng(devices=[]):  # a repeatable picture without touching the caller's RNG
+        torch.manual_seed(0)
+        for row, index in enumerate(indices):
+            original = to_tensor(load_image(ds[index].image), size).float() / 255  # (3, S, S)
+            batch = original.unsqueeze(0).repeat(2 * pairs, 1, 1, 1)  # (2P, 3, S, S)
+            with torch.no_grad():
+                drawn = view_draw(loop_draw(batch))
+            top = row * (tile + 4)
+            spots = [0] + [tile + gap + p * (2 * tile + gap) + side * tile for p in range(pairs) for side in (0, 1)]
+            for left, image in zip(spots, [original, *drawn]):
+                pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()  # (S, S, 3)
+                grid.paste(Image.fromarray(pixels).resize((tile, tile), Image.Resampling.NEAREST), (left, top))
+    grid.save(out_png)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from visembed.atomic import atomic_write_json
+from visembed.config import trains_text_tower
 from visembed.data import DataError, Sample, SkipCounter, decoded_batches, open_dataset
 from visembed.eval.retrieval import retrieval_metrics
 from visembed.eval.zeroshot import DEFAULT_TEMPLATES, class_embeddings, zeroshot_accuracy
@@ -89,6 +90,11 @@ def evaluate_folder(folder: str | Path, spec: str, split: str = "test", **kwargs
 
         metrics = evaluate_captioner(model, spec, split, limit=kwargs.get("limit"),
                                      progress=kwargs.get("progress", True))
+    elif not trains_text_tower(model.config):  # image-only pretraining: labels, not text, measure it
+        from visembed.eval.image_only import evaluate_image_only
+
+        metrics = evaluate_image_only(model, spec, split, limit=kwargs.get("limit"), progress=kwargs.get("progress", True),
+                                      model_dir=folder)
     else:
         metrics = evaluate(model, spec, split, **kwargs)
     atomic_write_json(Path(folder) / f"eval_{split}.json", metrics)

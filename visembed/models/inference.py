@@ -9,6 +9,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from visembed.config import trains_text_tower
+
+
+class TextTowerUntrained(ValueError):
+    """Text asked of a model whose last training taught its text tower nothing (an image-only task
+    such as `simclr`): its text vectors would be noise, so no text query is answered."""
+
 
 class Model:
     """A trained dual encoder in eval mode. Outputs are float32 numpy arrays, L2-normalised."""
@@ -61,6 +68,11 @@ class Model:
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("encode_text takes a list of strings, not one string")
+        if not trains_text_tower(self.config):
+            raise TextTowerUntrained(
+                f"this model was trained on images alone (train.task={self.config.train.task}): its text tower is "
+                "untrained, so it cannot answer text queries; search by image instead, or train the text side "
+                "(visembed train --init MODEL --data CAPTIONED_DATA)")
         out = []
         for start in range(0, len(texts), batch_size):
             with self._autocast():

@@ -39,6 +39,7 @@ from visembed.serve.limits import MULTIPART_OVERHEAD, BodySizeLimit, GenerationS
 from visembed.serve.origin import SameOriginPosts
 from visembed.serve.routes import router
 from visembed.serve.strict_json import validation_error_handler
+from visembed.models.inference import TextTowerUntrained
 
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -95,6 +96,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     app.state.decode_budget = DecodeBudget(budget)
     app.state.data_roots = [Path(root).resolve() for root in data_roots]
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(TextTowerUntrained, text_tower_untrained_handler)  # an image-only model: 422
     app.add_middleware(BodySizeLimit, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD)
     # clip-retrieval's front end calls its back end from its own origin: those search routes stay open (CORS)
     app.add_middleware(SameOriginPosts, allowed_origins=list(allowed_origins), open_paths=CLIP_RETRIEVAL_PATHS)
@@ -177,3 +179,10 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+async def text_tower_untrained_handler(request, exc: TextTowerUntrained):
+    """A text query against an index of an image-only model: 422 with the reason, never a 500."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"detail": str(exc)}, status_code=422)

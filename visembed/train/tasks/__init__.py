@@ -75,6 +75,8 @@ _TASKS: dict[str, tuple[TaskFactory | str, str]] = {
     "caption_align": ("visembed.train.tasks.captioning:CaptioningTask", "captioner"),
     "caption_instruct": ("visembed.train.tasks.captioning:CaptioningTask", "captioner"),
     "classification": ("visembed.train.tasks.classification:ClassificationTask", "dual_encoder"),
+    "simclr": ("visembed.train.tasks.simclr:SimCLRTask", "dual_encoder"),
+    "slip": ("visembed.train.tasks.slip:SLIPTask", "dual_encoder"),
 }
 
 
