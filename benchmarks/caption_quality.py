@@ -119,7 +119,7 @@ def naming_figures(model, samples: list, captions: dict[str, list[str]]) -> dict
         if not module.hints:
             row[f"{prefix}vocab_coverage"] = row[f"{prefix}hint_R@1"] = row[f"{prefix}hint_R@k"] = 0.0
             continue
-        pool = set(module._hint_pool(lang)[0]) if module.hint_bank.get(lang) else set()
+        pool = set(module.hint_pool(lang)[0]) if module.hint_bank.get(lang) else set()
         row[f"{prefix}pool"] = len(pool)
         row[f"{prefix}vocab_coverage"] = float(np.mean([n in pool for n in names]))
         hints = module.hints_for(features, [lang] * len(samples), count=shown, seen_margin=model.naming.seen_margin)
@@ -236,12 +236,12 @@ def namings(chosen: list[str]) -> dict[str, tuple[list[str], object]]:
 
     table = {"closed": (["none"], Naming(rules=False, seen_margin=0.0)), "open": (list(DEFAULT), Naming()),
              "open+cedict": ([*DEFAULT, "cedict"], Naming()),
-             "open-no-copy": (list(DEFAULT), dataclasses.replace(Naming(), copy_bonus=0.0, name_bonus=0.0)),
+             "open+copy": (list(DEFAULT), dataclasses.replace(Naming(), copy_bonus=4.0, name_bonus=0.1)),
              "open-no-margin": (list(DEFAULT), dataclasses.replace(Naming(), seen_margin=0.0))}
     return {name: table[name] for name in chosen}
 
 
-NAMINGS = ["closed", "open", "open+cedict", "open-no-copy", "open-no-margin"]
+NAMINGS = ["closed", "open", "open+cedict", "open+copy", "open-no-margin"]
 
 
 def measure(folder: Path, spec: str, split: str, limit: int | None, timing: dict | None,
@@ -332,7 +332,7 @@ def main() -> None:
     parser.add_argument("--naming", nargs="+", default=["closed", "open"], choices=NAMINGS,
                         help="hint and decoding settings, one row each: closed (training captions as hints, no "
                              "decoding rules: as before), open (the default open vocabulary, copying and one "
-                             "script), open+cedict, open-no-copy")
+                             "script), open+cedict, open+copy (a copy bias in decoding), open-no-margin")
     parser.add_argument("--no-chat", action="store_true", help="skip the chat questions")
     parser.add_argument("--no-timing", action="store_true", help="skip the latency and throughput figures")
     parser.add_argument("--latency-images", type=int, default=LATENCY_IMAGES, help="images timed one at a time")

@@ -143,3 +143,18 @@ def test_commands_take_language_and_vocabulary(tiny_captioner_dir, model, tmp_pa
         result = _cli(*bad)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_slot_filling_puts_each_hinted_name_where_the_lm_wrote_a_known_one():
+    from visembed.models.caption_constraints import with_names_swapped
+
+    found = [("The dog face emoji, from Animals.", 0.9), ("The dog emoji.", 0.5), ("A blur.", 0.2)]
+    out = with_names_swapped(found, ["wolf", "fox"], {"dog", "dog face", "wolf", "fox"})
+    assert out[:3] == found  # the LM's own first, in its order
+    assert ("The wolf emoji, from Animals.", 0.9) in out and ("The fox emoji.", 0.5) in out  # the longest name swapped
+    assert len(out) == 7 and len({t for t, _ in out}) == 7
+
+
+def test_a_latin_name_counts_as_whole_words_only():
+    assert not contains_hint("The catholic church.", ["cat"]) and contains_hint("A cat, sitting.", ["cat"])
+    assert contains_hint("一个“狗脸”表情符号", ["狗脸"])

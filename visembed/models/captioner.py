@@ -43,6 +43,7 @@ class Captioner(nn.Module):
         self.vocabulary: dict[str, list[str]] = {}  # names beyond the bank (`use_vocabulary`), at inference
         self.vocabulary_cache = None  # where the vocabulary's vectors are kept (None: made in memory)
         self._hint_vectors: dict[str, tuple[list[str], torch.Tensor]] = {}  # bank + vocabulary, when first needed
+        self._known_names: dict[str, set[str]] = {}  # the bank's captions as a set, per language
         self.cfg = cfg
         self.encoder = encoder.requires_grad_(False).eval()
         self.lm = lm
@@ -119,7 +120,7 @@ class Captioner(nn.Module):
                 out.append([])
                 continue
             skip = exclude[b] if exclude else set()
-            texts, vectors = self._hint_pool(language)
+            texts, vectors = self.hint_pool(language)
             scores = vectors.to(embedding) @ embedding[b]
             if seen_margin:
                 scores[: len(bank)] -= seen_margin  # the pool is the bank, then the vocabulary's other names
@@ -134,7 +135,7 @@ class Captioner(nn.Module):
         self.vocabulary_cache = Path(cache_dir) if cache_dir is not None else None
         self._hint_vectors = {}
 
-    def _hint_pool(self, language: str) -> tuple[list[str], torch.Tensor]:
+    def hint_pool(self, language: str) -> tuple[list[str], torch.Tensor]:
         """(texts, (T, D) vectors) a hint in `language` is chosen from: the bank, then the vocabulary."""
         if language not in self._hint_vectors:  # the encoder is frozen: the same vectors every time
             bank = self.hint_bank[language]
@@ -241,6 +242,16 @@ class Captioner(nn.Module):
             confidence = float(logp[row, :length].exp().mean()) if length else 0.0
             results.append((self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip(), confidence))
         return [results[b * n : (b + 1) * n] for b in range(len(prompts))]
+
+    def with_hints_swapped_in(self, candidates: list[tuple[str, float]], hints: list[str],
+                              language: str) -> list[tuple[str, float]]:
+        """`candidates` and, for each, its name slot filled with each of `hints` (see
+        `caption_constraints.with_names_swapped`; the known names are the bank's in `language`)."""
+        from visembed.models.caption_constraints import with_names_swapped
+
+        if language not in self._known_names:
+            self._known_names[language] = set(self.hint_bank.get(language) or [])
+        return with_names_swapped(candidates, hints, self._known_names[language] | set(hints))
 
     @torch.no_grad()
     def closest_texts(self, features: torch.Tensor, texts: list[list[str]], names: list[list[str]] | None = None,

@@ -124,6 +124,9 @@ class CaptionerModel(Model):
                                                     no_repeat=no_repeat, rules=rules)
             if candidates == 1:
                 return [group[0] for group in found]
+            if naming.rules and naming.swap_names:  # each candidate's name slot filled with each hint
+                found = [self.module.with_hints_swapped_in(group, names, language)
+                         for group, names, language in zip(found, hints, languages)]
             best = self.module.closest_texts(features, [[text for text, _ in group] for group in found], hints,
                                              naming.name_bonus)
             return [group[i] for group, i in zip(found, best)]
