@@ -14,6 +14,12 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     equal to the data's group / subgroup (case, spacing and a final full stop aside); the
     baseline answers with the group / subgroup of its nearest training concept (majority_*: the share of
     the commonest group / subgroup among the images, for scale);
+  * naming (docs/captions.md): one row per `--naming` setting, "closed" (hints from the training
+    captions, the LM's beams as they come: the captioner before open vocabularies) and "open" (the
+    default: CLDR emoji names as well, calibrated stacking, one script per answer), measured in one
+    run; `vocab_coverage`: the share of the images' names in the hint pool (the ceiling of copying),
+    `hint_R@1` / `hint_R@k`: image -> name recall over the whole pool (the true name first among /
+    among the prompt's hints), `zh_latin`: Chinese captions with a Latin word outside the name;
   * CPU cost: latency of one caption (at most 16 new tokens, per candidates setting, KV cache;
     image decoding and the image tower included: the feature cache is off), p50 over 50 images,
     and batched throughput (images/s at batch 32, same settings).
@@ -21,6 +27,7 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-no-hints, minilm
     python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 --steps 300 --split val
     python benchmarks/caption_quality.py --model runs/cap-gpt2 runs/cap-minilm --json caption.json
+    python benchmarks/caption_quality.py --model runs/demo/captioner --data "builtin:emoji?style=noto&size=96" --no-chat
     python benchmarks/caption_quality.py --smoke     # tiny models, 16 emoji a split, seconds: does it run (CI)
 
 Choose settings on `--split val` (~180 images per art style); report `--split test` once.
