@@ -14,6 +14,12 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     equal to the data's group / subgroup (case, spacing and a final full stop aside); the
     baseline answers with the group / subgroup of its nearest training concept (majority_*: the share of
     the commonest group / subgroup among the images, for scale);
+  * naming (docs/captions.md): one row per `--naming` setting, "closed" (hints from the training
+    captions, the LM's beams as they come: the captioner before open vocabularies) and "open" (the
+    default: CLDR emoji names as well, calibrated stacking, one script per answer), measured in one
+    run; `vocab_coverage`: the share of the images' names in the hint pool (the ceiling of copying),
+    `hint_R@1` / `hint_R@k`: image -> name recall over the whole pool (the true name first among /
+    among the prompt's hints), `zh_latin`: Chinese captions with a Latin word outside the name;
   * CPU cost: latency of one caption (at most 16 new tokens, per candidates setting, KV cache;
     image decoding and the image tower included: the feature cache is off), p50 over 50 images,
     and batched throughput (images/s at batch 32, same settings).
@@ -21,6 +27,7 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-no-hints, minilm
     python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 --steps 300 --split val
     python benchmarks/caption_quality.py --model runs/cap-gpt2 runs/cap-minilm --json caption.json
+    python benchmarks/caption_quality.py --model runs/demo/captioner --data "builtin:emoji?style=noto&size=96" --no-chat
     python benchmarks/caption_quality.py --smoke     # tiny models, 16 emoji a split, seconds: does it run (CI)
 
 Choose settings on `--split val` (~180 images per art style); report `--split test` once.
@@ -99,7 +106,38 @@ def ask(model, images: list, question: str, *, batch_size: int = THROUGHPUT_BATC
     return out
 
 
-def quality(model, spec: str, split: str, limit: int | None, candidates: int) -> dict:
+def naming_figures(model, samples: list, captions: dict[str, list[str]]) -> dict:
+    """What the open vocabulary can and does give: the share of the images' names that are in the hint
+    pool at all (`vocab_coverage`: the ceiling of copying), image -> name recall over the whole pool
+    (`hint_R@1`, `hint_R@k`: the true name among the prompt's hints), the pool's size, and the Chinese
+    captions with a Latin word outside the name (`zh_latin`: the one-language rule, 0 wanted)."""
+    import re
+
+    import numpy as np
+    import torch
+
+    module, shown = model.module, model.naming.hints or model.module.hints
+    row = {"hints_shown": shown}
+    with torch.no_grad():
+        features = torch.cat([module.features(model.pixels([s.path for s in samples[i : i + 64]]).to(model.device))
+                              for i in range(0, len(samples), 64)])
+    for lang, prefix in (("en", ""), ("zh", "zh_")):
+        names = [s.captions[lang] for s in samples]
+        if not module.hints:
+            row[f"{prefix}vocab_coverage"] = row[f"{prefix}hint_R@1"] = row[f"{prefix}hint_R@k"] = 0.0
+            continue
+        pool = set(module.hint_pool(lang)[0]) if module.hint_bank.get(lang) else set()
+        row[f"{prefix}pool"] = len(pool)
+        row[f"{prefix}vocab_coverage"] = float(np.mean([n in pool for n in names]))
+        hints = module.hints_for(features, [lang] * len(samples), count=shown, seen_margin=model.naming.seen_margin)
+        row[f"{prefix}hint_R@1"] = float(np.mean([n in h[:1] for n, h in zip(names, hints)]))
+        row[f"{prefix}hint_R@k"] = float(np.mean([n in h for n, h in zip(names, hints)]))
+    names = [s.captions["zh"] for s in samples]
+    row["zh_latin"] = sum(bool(re.search(r"[A-Za-z]", c.replace(n, ""))) for n, c in zip(names, captions["zh"]))
+    return row
+
+
+def quality(model, spec: str, split: str, limit: int | None, candidates: int, chat: bool = True) -> dict:
     """Caption and chat figures of a loaded captioner on `split`, with the retrieval baseline."""
     import numpy as np
 
@@ -135,6 +173,11 @@ def quality(model, spec: str, split: str, limit: int | None, candidates: int) ->
         row[f"{prefix}name"] = contains(rec.captions[lang], lang)
         row[f"{prefix}nn_name"] = contains(guesses[lang], lang)
 
+    row.update(naming_figures(model, samples, rec.captions))
+    row["examples"] = [{"name": s.captions["en"], "en": en, "zh": zh, "nn": nn}
+                       for s, en, zh, nn in list(zip(samples, rec.captions["en"], rec.captions["zh"], guesses["en"]))[:8]]
+    if not chat:
+        return row
     paths = [s.path for s in samples]
     truth = {"group": [s.meta["group"] for s in samples], "subgroup": [s.meta["subgroup"] for s in samples]}
     answers = {"group": ask(model, paths, QUESTIONS["en"]["group"]),
@@ -190,22 +233,45 @@ def lm_params(model) -> float:
     return sum(p.numel() for p in model.module.lm.parameters()) / 1e6
 
 
+def namings(chosen: list[str]) -> dict[str, tuple[list[str], object]]:
+    """name -> (vocabulary sources, Naming): "closed" is the captioner as it was before open
+    vocabularies (training captions as hints, the LM's beams as they come); "open" today's default."""
+    import dataclasses
+
+    from visembed.models.caption_constraints import Naming
+    from visembed.models.vocabulary import DEFAULT
+
+    table = {"closed": (["none"], Naming(rules=False, seen_margin=0.0)), "open": (list(DEFAULT), Naming()),
+             "open+cedict": ([*DEFAULT, "cedict"], Naming()),
+             "open+copy": (list(DEFAULT), dataclasses.replace(Naming(), copy_bonus=4.0, name_bonus=0.1)),
+             "open-no-margin": (list(DEFAULT), dataclasses.replace(Naming(), seen_margin=0.0))}
+    return {name: table[name] for name in chosen}
+
+
+NAMINGS = ["closed", "open", "open+cedict", "open+copy", "open-no-margin"]
+
+
 def measure(folder: Path, spec: str, split: str, limit: int | None, timing: dict | None,
-            candidates: list[int]) -> list[dict]:
-    """One row per number of caption candidates (1: greedy; N: beam search of N, the dual encoder choosing)."""
+            candidates: list[int], naming: list[str] = ("closed", "open"), chat: bool = True) -> list[dict]:
+    """One row per naming setting and number of caption candidates (1: greedy; N: beam search of N,
+    the dual encoder choosing)."""
     import visembed
 
     model = visembed.load(folder)
     cfg = model.config
     rows = []
-    for n in candidates:
-        row = {"config": folder.name, "lm": cfg.model.captioner.lm, "lm_M": round(lm_params(model), 1),
-               "hints": cfg.model.captioner.hints, "candidates": n, "steps": _total_steps(folder, cfg),
-               "lr": cfg.train.lr, "batch": cfg.train.batch_size, "split": split}
-        row.update(quality(model, spec, split, limit, n))
-        if timing is not None:
-            row.update(cost(model, spec, split, n, **timing))
-        rows.append(row)
+    for setting, (sources, rules) in namings(list(naming)).items():
+        model.use_vocabulary(sources)
+        model.naming = rules
+        for n in candidates:
+            row = {"config": folder.name, "naming": setting, "lm": cfg.model.captioner.lm,
+                   "lm_M": round(lm_params(model), 1), "hints": cfg.model.captioner.hints, "candidates": n,
+                   "steps": _total_steps(folder, cfg), "lr": cfg.train.lr, "batch": cfg.train.batch_size,
+                   "split": split}
+            row.update(quality(model, spec, split, limit, n, chat))
+            if timing is not None:
+                row.update(cost(model, spec, split, n, **timing))
+            rows.append(row)
     return rows
 
 
@@ -241,9 +307,12 @@ def train_one(name: str, vision: Path, spec: str, steps: int | None, batch_size:
     return out, {"train_s": round(seconds), "steps_per_s": round(cfg.train.steps / seconds, 2)}
 
 
-COLUMNS = ["config", "lm", "lm_M", "hints", "candidates", "steps", "lr", "batch", "train_s", "steps_per_s", "split", "images",
+COLUMNS = ["config", "naming", "lm", "lm_M", "hints", "candidates", "steps", "lr", "batch", "train_s", "steps_per_s",
+           "split", "images",
            "CIDEr", "nn_CIDEr", "BLEU-4", "nn_BLEU-4", "name", "nn_name", "exact",
-           "zh_CIDEr", "zh_nn_CIDEr", "zh_BLEU-4", "zh_nn_BLEU-4", "zh_name", "zh_nn_name",
+           "zh_CIDEr", "zh_nn_CIDEr", "zh_BLEU-4", "zh_nn_BLEU-4", "zh_name", "zh_nn_name", "zh_exact", "zh_latin",
+           "pool", "zh_pool", "vocab_coverage", "zh_vocab_coverage", "hints_shown", "hint_R@1", "hint_R@k",
+           "zh_hint_R@1", "zh_hint_R@k",
            "chat_group", "nn_chat_group", "majority_chat_group", "chat_subgroup", "nn_chat_subgroup",
            "majority_chat_subgroup", "chat_zh_group", "nn_chat_zh_group",
            "latency_p50_ms", "throughput_img_s"]
@@ -267,6 +336,11 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, nargs="+", default=[1, CAPTION_CANDIDATES],
                         help="captions proposed per image, one row each (1: greedy; default: 1 and the shipped "
                              f"{CAPTION_CANDIDATES})")
+    parser.add_argument("--naming", nargs="+", default=["closed", "open"], choices=NAMINGS,
+                        help="hint and decoding settings, one row each: closed (training captions as hints, no "
+                             "decoding rules: as before), open (the default open vocabulary, copying and one "
+                             "script), open+cedict, open+copy (a copy bias in decoding), open-no-margin")
+    parser.add_argument("--no-chat", action="store_true", help="skip the chat questions")
     parser.add_argument("--no-timing", action="store_true", help="skip the latency and throughput figures")
     parser.add_argument("--latency-images", type=int, default=LATENCY_IMAGES, help="images timed one at a time")
     parser.add_argument("--throughput-images", type=int, default=4 * THROUGHPUT_BATCH,
@@ -288,7 +362,7 @@ def main() -> None:
     if args.model:
         for folder in args.model:
             rows += [{**row, "train_s": "-"} for row in measure(folder, args.data, args.split, args.limit, timing,
-                                                                 args.candidates)]
+                                                                 args.candidates, args.naming, not args.no_chat)]
     else:
         if args.vision is None:
             parser.error("--vision (a dual encoder's folder) or --model is needed")
@@ -296,17 +370,18 @@ def main() -> None:
         for name in args.configs:
             folder, trained = train_one(name, args.vision, args.data, args.steps, args.batch_size, args.overrides, root)
             rows += [{**row, **trained, "config": name}
-                     for row in measure(folder, args.data, args.split, args.limit, timing, args.candidates)]
+                     for row in measure(folder, args.data, args.split, args.limit, timing, args.candidates,
+                                        args.naming, not args.no_chat)]
     print_table(rows, COLUMNS)
     print("\nname: alt text containing the emoji's CLDR name; nn_*: the nearest training alt text (retrieval) in the "
           "same run; chat_*: exact answers to the group / subgroup questions; latency: one caption, <= "
           f"{MAX_NEW_TOKENS} new tokens, image tower included, p50 over {args.latency_images} images; throughput at "
           f"batch {THROUGHPUT_BATCH}")
     for row in rows:
-        print(f"\n{row['config']} examples:")
+        print(f"\n{row['config']} ({row['naming']}, {row['candidates']} candidates) examples:")
         for ex in row.get("examples", []):
-            print(f"  {ex['name']!r}: {ex['en']!r} / {ex['zh']!r} | nn {ex['nn']!r} | group {ex['group']!r}, "
-                  f"subgroup {ex['subgroup']!r}")
+            chat = f" | group {ex['group']!r}, subgroup {ex['subgroup']!r}" if "group" in ex else ""
+            print(f"  {ex['name']!r}: {ex['en']!r} / {ex['zh']!r} | nn {ex['nn']!r}{chat}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, ensure_ascii=False))
 

@@ -291,11 +291,21 @@ def test_preparing_the_lm_assets_again_replaces_what_a_killed_run_left(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [LM_DIR]  # no temporary folder left behind
 
 
+def _closed(model):
+    """The captioner as before open vocabularies: hints from its training captions only, the LM's
+    beams as they come (tests/test_captioner_naming.py tests the rest)."""
+    from visembed.models.caption_constraints import Naming
+
+    model.use_vocabulary(["none"])
+    model.naming = Naming(rules=False)
+    return model
+
+
 def test_the_prompt_names_the_training_captions_closest_to_the_image(tiny_captioner_dir):
     from visembed.data.conversations import caption_prompt, with_hints
     from visembed.models.chat_format import encode_with_hints
 
-    model = visembed.load(tiny_captioner_dir)
+    model = _closed(visembed.load(tiny_captioner_dir))
     module = model.module
     bank = json.loads((tiny_captioner_dir / "hints.json").read_text())
     training = list(dict.fromkeys(s.caption for s in open_dataset("builtin:shapes?n=256", "train")))
@@ -355,7 +365,7 @@ def test_a_caption_is_the_candidate_the_dual_encoder_puts_closest_to_the_image(t
     from visembed.models.chat_format import encode_with_hints
     from visembed.models.inference import _alt_text
 
-    model = visembed.load(tiny_captioner_dir)
+    model = _closed(visembed.load(tiny_captioner_dir))
     module = model.module
     images = [open_dataset(SHAPES, "test")[i].image for i in range(3)]
     pixels = model.pixels(images)

@@ -53,9 +53,9 @@ def post_caption(client, payload=SCENE_PNG, **form):
     return client.post("/caption", files={"file": ("scene.png", payload, "image/png")}, data=form)
 
 
-def post_chat(client, messages, payload=SCENE_PNG):
+def post_chat(client, messages, payload=SCENE_PNG, **form):
     text = messages if isinstance(messages, str) else json.dumps(messages)
-    return client.post("/chat", files={"file": ("scene.png", payload, "image/png")}, data={"messages": text})
+    return client.post("/chat", files={"file": ("scene.png", payload, "image/png")}, data={"messages": text, **form})
 
 
 def test_caption_is_the_models_caption(client, model):
@@ -79,6 +79,16 @@ def test_chat_is_the_models_reply(client, model):
     reply, note = model.reply(SCENE, dialogue)
     response = post_chat(client, dialogue)
     assert response.status_code == 200 and response.json() == {"reply": reply, **({"note": note} if note else {})}
+
+
+def test_chat_replies_in_the_language_asked_for(client, model):
+    first = [{"role": "user", "content": "What is in the picture?"}]
+    response = post_chat(client, first, language="zh")
+    assert response.status_code == 200, response.text
+    reply = response.json()["reply"]
+    assert reply == model.chat(SCENE, first, language="zh")
+    assert not any("a" <= ch.lower() <= "z" for ch in reply)  # an English question, a reply without Latin letters
+    assert post_chat(client, first, language="fr").status_code == 422
 
 
 def test_a_long_dialogue_loses_its_oldest_turns_with_a_note(client, model):

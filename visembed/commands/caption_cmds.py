@@ -51,13 +51,28 @@ def _read(path: Path):
         raise ValueError(f"cannot read image {path}: {err}") from None
 
 
-def _load_captioner(folder: Path):
-    import visembed
+VOCABULARY_HELP = ("Names the hints may come from besides the training captions (repeatable): emoji (CLDR emoji "
+                   "names, the default), cedict (CC-CEDICT's ~64,000 English senses and ~94,000 Chinese words), a "
+                   "UTF-8 file with one name a line, or none. Their vectors are computed once per model and cached.")
 
+
+def _load_captioner(folder: Path, vocabulary: list[str] | None = None):
+    import visembed
+    from visembed.models.inference import CaptionerModel
+    from visembed.models.vocabulary import check_sources
+
+    check_sources(vocabulary or [])  # a wrong name or file fails before the model loads
     model = visembed.load(folder)
-    if not hasattr(model, "caption"):
+    if not isinstance(model, CaptionerModel):
         raise ValueError(f"{folder} holds a dual encoder, not a captioner (train one with `visembed train-captioner`)")
+    if vocabulary:
+        model.use_vocabulary(vocabulary)
     return model
+
+
+def _check_language(language: str | None) -> None:
+    if language not in (None, "en", "zh"):
+        raise ValueError(f"--language must be en or zh, not {language!r}")
 
 
 def caption_cmd(
@@ -71,13 +86,13 @@ def caption_cmd(
                                              help="Captions proposed per image (beam search); the one the dual "
                                                   "encoder puts closest to the image is printed. 1: greedy, fastest. "
                                                   "Default: the model's model.captioner.candidates (8)."),
+    vocabulary: list[str] = typer.Option([], "--vocabulary", metavar="SOURCE", help=VOCABULARY_HELP),
 ) -> None:
-    """Alt text for images: one short sentence each (hedged when the model is unsure)."""
+    """Alt text for images: one short sentence each, in one language (hedged when the model is unsure)."""
     with friendly_errors():
-        if language not in ("en", "zh"):
-            raise ValueError(f"--language must be en or zh, not {language!r}")
+        _check_language(language)
         pictures = [_read(path) for path in images]  # an unreadable file stops here, named
-        model = _load_captioner(folder)
+        model = _load_captioner(folder, list(vocabulary))
         captions = model.caption(pictures, language=language, detail=detail, max_new_tokens=max_new_tokens,
                                  candidates=candidates)
     if as_json:
@@ -93,15 +108,20 @@ def chat_cmd(
     image: Path = typer.Option(..., "--image", help="The image to talk about."),
     message: Optional[str] = typer.Option(None, "--message", help="Ask this, print the reply and exit (else: an interactive session)."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, max=512, help="Longest reply, in tokens."),
+    language: Optional[str] = typer.Option(None, "--language", help="en or zh: the replies' language (default: "
+                                                                    "that of your first message)."),
+    vocabulary: list[str] = typer.Option([], "--vocabulary", metavar="SOURCE", help=VOCABULARY_HELP),
 ) -> None:
     """Answer questions about an image: one reply with --message, else a dialogue (empty line or Ctrl-D ends it)."""
     with friendly_errors():
+        _check_language(language)
         picture = _read(image)
         if message is not None and not message.strip():
             raise ValueError("--message is empty")
-        model = _load_captioner(folder)
+        model = _load_captioner(folder, list(vocabulary))
         if message is not None:
-            reply, note = model.reply(picture, [{"role": "user", "content": message}], max_new_tokens=max_new_tokens)
+            reply, note = model.reply(picture, [{"role": "user", "content": message}], max_new_tokens=max_new_tokens,
+                                      language=language)
             if note:
                 print(f"note: {note}", file=sys.stderr)
             typer.echo(reply)
@@ -115,7 +135,7 @@ def chat_cmd(
             if not text:
                 break
             messages.append({"role": "user", "content": text})
-            reply, note = model.reply(picture, messages, max_new_tokens=max_new_tokens)
+            reply, note = model.reply(picture, messages, max_new_tokens=max_new_tokens, language=language)
             if note:
                 print(f"note: {note}", file=sys.stderr)
             messages.append({"role": "assistant", "content": reply or "…"})

@@ -14,6 +14,7 @@ from visembed.commands.errors import friendly_errors
 
 SHOWN_QUERIES = 6  # held-out names searched for in the printout, spread over the test split
 SHOWN_CAPTIONS = 5  # held-out emoji the captioner describes in the printout
+SHOWN_STYLE = 3  # trained concepts in the other art style it describes
 NAMES_CREDIT = "Names: Unicode CLDR (English, Chinese) via the `emoji` package."
 
 
@@ -82,30 +83,53 @@ def _train_captioner(model_dir: Path, data: str, steps: int | None) -> Path:
     return out
 
 
-def _show_captions(captioner_dir: Path, data: str) -> None:
-    """Alt text in English and Chinese for held-out emoji, and a short dialogue about one of them."""
+def _show_captions(captioner_dir: Path, data: str, image_size: int, noto_trained: bool) -> None:
+    """Alt text in English and Chinese for held-out emoji (concepts never trained on) and for trained
+    concepts drawn in the other art style (Noto), and a short dialogue about one of the latter that
+    asks what the model was taught (its name and group), so what is printed shows both what
+    transfers and what does not."""
     import visembed
-    from visembed.data import open_dataset
+    from visembed.data import DataError, open_dataset
     from visembed.data.conversations import QUESTIONS
+    from visembed.data.emoji import emoji_spec
 
     model = visembed.load(captioner_dir)
     test = open_dataset(data, "test", language="en")
     plain = [s for s in test if "skin tone" not in s.caption]
     picks = [plain[round(j * (len(plain) - 1) / (SHOWN_CAPTIONS - 1))] for j in range(SHOWN_CAPTIONS)]
-    images = [s.image for s in picks]
-    english, chinese = model.caption(images, language="en"), model.caption(images, language="zh")
-    _say("\nAlt text for held-out emoji (concepts never trained on), English and Chinese:")
-    for sample, en, zh in zip(picks, english, chinese):
-        _say(f"  {sample.meta.get('emoji', '')} {sample.caption!r:34} -> {en!r} / {zh!r}")
-    sample = picks[len(picks) // 2]
-    _say(f"\nA short dialogue about {sample.meta.get('emoji', '')} ({sample.caption}):")
+    _say("\nAlt text for held-out emoji (concepts never trained on; their names come from the open vocabulary of "
+         "CLDR names), English and Chinese:")
+    _show_alt_texts(model, picks)
+    try:  # trained concepts in the other art style: the model saw the concept, never this picture
+        other = open_dataset(emoji_spec(image_size, style="noto"), "train", language="en")
+    except DataError as err:
+        _say(f"\n(no Noto art: {err})")
+        return
+    plain = [s for s in other if "skin tone" not in s.caption]
+    if not plain:
+        return
+    noto = [plain[round(j * (len(plain) - 1) / (SHOWN_STYLE - 1))] for j in range(SHOWN_STYLE)]
+    seen = ("the captioner trained on this style too" if noto_trained
+            else "a style the captioner never saw")
+    _say(f"\nAlt text for trained concepts in Noto Color Emoji art ({seen}):")
+    _show_alt_texts(model, noto)
+    sample = noto[0]
+    _say(f"\nA short dialogue about {sample.meta.get('emoji', '')} ({sample.caption}, Noto art), asking what the "
+         "model was taught:")
     for language in ("en", "zh"):
         messages: list[dict] = []
         for question in (QUESTIONS[language]["name"], QUESTIONS[language]["group"]):
             messages.append({"role": "user", "content": question})
-            reply = model.chat(sample.image, messages)
+            reply = model.chat(sample.image, messages, language=language)
             messages.append({"role": "assistant", "content": reply or "…"})
             _say(f"  you> {question}\n  visembed> {reply}")
+
+
+def _show_alt_texts(model, samples: list) -> None:
+    images = [s.image for s in samples]
+    english, chinese = model.caption(images, language="en"), model.caption(images, language="zh")
+    for sample, en, zh in zip(samples, english, chinese):
+        _say(f"  {sample.meta.get('emoji', '')} {sample.caption!r:34} -> {en!r} / {zh!r}")
 
 
 def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "127.0.0.1", port: int = 8000,
@@ -147,7 +171,8 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
     captioner = None
     if caption_steps != 0:
         captioner = _train_captioner(out, cfg.data.train, caption_steps)
-        _show_captions(captioner, spec)
+        trained = open_dataset(cfg.data.train, "train", language=cfg.data.language)
+        _show_captions(captioner, spec, cfg.model.vision.image_size, "noto" in getattr(trained, "styles", ()))
         _say(f"Captioner folder: {captioner} (visembed caption {captioner} IMAGE; visembed chat {captioner} --image IMAGE)")
 
     from visembed.index import build_index

@@ -40,7 +40,10 @@ class Captioner(nn.Module):
                  hint_bank: dict[str, list[str]] | None = None):
         super().__init__()
         self.hint_bank = hint_bank or {}  # {language: captions}; no hints without one
-        self._hint_vectors: dict[str, torch.Tensor] = {}  # the bank in the encoder's space, made when first needed
+        self.vocabulary: dict[str, list[str]] = {}  # names beyond the bank (`use_vocabulary`), at inference
+        self.vocabulary_cache = None  # where the vocabulary's vectors are kept (None: made in memory)
+        self._hint_vectors: dict[str, tuple[list[str], torch.Tensor]] = {}  # bank + vocabulary, when first needed
+        self._known_names: dict[str, set[str]] = {}  # the bank's captions as a set, per language
         self.cfg = cfg
         self.encoder = encoder.requires_grad_(False).eval()
         self.lm = lm
@@ -101,26 +104,50 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def hints_for(self, features: torch.Tensor, languages: list[str],
-                  exclude: list[set[str]] | None = None) -> list[list[str]]:
-        """The `hints` bank captions closest to each image (most similar first), in each row's language,
-        leaving out the row's `exclude` texts (in training: the image's own captions, as for a concept
-        never seen)."""
+                  exclude: list[set[str]] | None = None, count: int | None = None,
+                  seen_margin: float = 0.0) -> list[list[str]]:
+        """The `hints` (or `count`) bank captions and vocabulary names closest to each image (most
+        similar first), in each row's language, leaving out the row's `exclude` texts (in training:
+        the image's own captions, as for a concept never seen). `seen_margin` is taken off the
+        cosine of every training caption: calibrated stacking (Chao et al., 2016), since a dual
+        encoder scores the captions it was trained on higher than names it never saw."""
         embedding = features[:, : self.cfg.embed_dim]
+        count = self.hints if count is None or not self.hints else count
         out = []
         for b, language in enumerate(languages):
             bank = self.hint_bank.get(language) or []
-            if not self.hints or not bank:
+            if not count or not bank:
                 out.append([])
                 continue
             skip = exclude[b] if exclude else set()
-            scores = self._bank_vectors(language).to(embedding) @ embedding[b]
-            top = scores.topk(min(len(bank), self.hints + len(skip))).indices.tolist()
-            out.append([bank[i] for i in top if bank[i] not in skip][: self.hints])
+            texts, vectors = self.hint_pool(language)
+            scores = vectors.to(embedding) @ embedding[b]
+            if seen_margin:
+                scores[: len(bank)] -= seen_margin  # the pool is the bank, then the vocabulary's other names
+            top = scores.topk(min(len(texts), count + len(skip))).indices.tolist()
+            out.append([texts[i] for i in top if texts[i] not in skip][:count])
         return out
 
-    def _bank_vectors(self, language: str) -> torch.Tensor:
+    def use_vocabulary(self, names: dict[str, list[str]], cache_dir: str | Path | None = None) -> None:
+        """Draw hints from `names` ({language: names}, see `models.vocabulary`) besides the training
+        captions; their vectors are kept in `cache_dir` (made once per model and vocabulary)."""
+        self.vocabulary = {language: list(texts) for language, texts in names.items()}
+        self.vocabulary_cache = Path(cache_dir) if cache_dir is not None else None
+        self._hint_vectors = {}
+
+    def hint_pool(self, language: str) -> tuple[list[str], torch.Tensor]:
+        """(texts, (T, D) vectors) a hint in `language` is chosen from: the bank, then the vocabulary."""
         if language not in self._hint_vectors:  # the encoder is frozen: the same vectors every time
-            self._hint_vectors[language] = self._text_vectors(self.hint_bank[language])
+            bank = self.hint_bank[language]
+            known = set(bank)
+            extra = [t for t in self.vocabulary.get(language, []) if t not in known]
+            vectors = self._text_vectors(bank)
+            if extra:
+                from visembed.models.vocabulary import cached_vectors, text_side_digest
+
+                digest = text_side_digest(self.encoder) if self.vocabulary_cache is not None else ""
+                vectors = torch.cat([vectors, cached_vectors(extra, digest, self._text_vectors, self.vocabulary_cache)])
+            self._hint_vectors[language] = (bank + extra, vectors)
         return self._hint_vectors[language]
 
     @torch.no_grad()
@@ -178,11 +205,20 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def generate_candidates(self, pixels: torch.Tensor, prompts: list[Encoded], max_new_tokens: int, n: int,
-                            features: torch.Tensor | None = None,
-                            no_repeat: int | None = None) -> list[list[tuple[str, float]]]:
+                            features: torch.Tensor | None = None, no_repeat: int | None = None,
+                            rules: DecodingRules | None = None) -> list[list[tuple[str, float]]]:
         """The `n` best answers to each prompt by beam search of width `n` (greedy for 1), the LM's
         favourite first: [[(text, mean probability of its tokens)] * n]. `no_repeat`: no run of that
-        many tokens twice in an answer (a small LM's beams otherwise loop: "The The The ...")."""
+        many tokens twice in an answer (a small LM's beams otherwise loop: "The The The ...");
+        `rules`: copy the hinted names, keep to one script (`models.caption_constraints`)."""
+        processors = None
+        if rules is not None:
+            from transformers import LogitsProcessorList
+
+            from visembed.models.caption_constraints import CopyAndScript
+
+            processors = LogitsProcessorList([CopyAndScript(self.tokenizer, rules.languages, rules.names, n,
+                                                            rules.copy_bonus, rules.start_bonus)])
         embeds, mask, _ = self._spliced(self.visual_prefix(pixels, features), prompts, left_pad=True)
         positions = getattr(self.lm.config, "max_position_embeddings", None)
         if positions:  # a learnt position table ends somewhere
@@ -191,7 +227,7 @@ class Captioner(nn.Module):
             warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds")
             out = self.lm.generate(inputs_embeds=embeds.to(self.lm.dtype), attention_mask=mask, do_sample=False,
                                    num_beams=n, num_return_sequences=n, max_new_tokens=max_new_tokens,
-                                   no_repeat_ngram_size=no_repeat or 0,
+                                   no_repeat_ngram_size=no_repeat or 0, logits_processor=processors,
                                    eos_token_id=self.eos, pad_token_id=self.pad, output_scores=True,
                                    return_dict_in_generate=True)
         steps = len(out.scores)
@@ -207,15 +243,32 @@ class Captioner(nn.Module):
             results.append((self.tokenizer.decode(ids[:length], skip_special_tokens=True).strip(), confidence))
         return [results[b * n : (b + 1) * n] for b in range(len(prompts))]
 
+    def with_hints_swapped_in(self, candidates: list[tuple[str, float]], hints: list[str],
+                              language: str) -> list[tuple[str, float]]:
+        """`candidates` and, for each, its name slot filled with each of `hints` (see
+        `caption_constraints.with_names_swapped`; the known names are the bank's in `language`)."""
+        from visembed.models.caption_constraints import with_names_swapped
+
+        if language not in self._known_names:
+            self._known_names[language] = set(self.hint_bank.get(language) or [])
+        return with_names_swapped(candidates, hints, self._known_names[language] | set(hints))
+
     @torch.no_grad()
-    def closest_texts(self, features: torch.Tensor, texts: list[list[str]]) -> list[int]:
+    def closest_texts(self, features: torch.Tensor, texts: list[list[str]], names: list[list[str]] | None = None,
+                      name_bonus: float = 0.0) -> list[int]:
         """For each image, the index of the text among its `texts` that the dual encoder puts closest
-        to it (how a caption is chosen among candidates: the contrastive space judges the fit)."""
+        to it (how a caption is chosen among candidates: the contrastive space judges the fit);
+        `names`: each image's hinted names, a text that names one verbatim scoring `name_bonus` more."""
+        from visembed.models.caption_constraints import contains_hint
+
         embedding = features[:, : self.cfg.embed_dim]
         vectors = self._text_vectors([t for group in texts for t in group]).to(embedding)
         best, start = [], 0
         for b, group in enumerate(texts):  # each group non-empty: one text per candidate
-            best.append(int((vectors[start : start + len(group)] @ embedding[b]).argmax()))
+            scores = vectors[start : start + len(group)] @ embedding[b]
+            if names and name_bonus:
+                scores = scores + name_bonus * torch.tensor([contains_hint(t, names[b]) for t in group]).to(scores)
+            best.append(int(scores.argmax()))
             start += len(group)
         return best
 
@@ -238,6 +291,16 @@ class Captioner(nn.Module):
         save_lm_assets(self.lm, self.tokenizer, out_dir)
         if self.hint_bank:
             save_hint_bank(self.hint_bank, out_dir)
+
+
+@dataclasses.dataclass
+class DecodingRules:
+    """What `generate_candidates` enforces per prompt (see `models.caption_constraints`)."""
+
+    languages: list[str | None]  # the script of each answer ("en", "zh"; None: either)
+    names: list[list[str]]  # the names each prompt hinted, to be copied verbatim
+    copy_bonus: float = 0.0  # added to the log-probability of a started name's next token
+    start_bonus: float = 0.0  # added to that of a name's first token
 
 
 def save_hint_bank(bank: dict[str, list[str]], out_dir: str | Path) -> None:

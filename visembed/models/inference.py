@@ -88,30 +88,59 @@ _IMAGE_OF = re.compile(r"^(an? |the )?(image|picture|photo|photograph) of (an? )
 
 class CaptionerModel(Model):
     """A captioner (`visembed train-captioner`): describes images and answers questions about them;
-    it is also the dual encoder it was built on (`encode_image`, `encode_text`)."""
+    it is also the dual encoder it was built on (`encode_image`, `encode_text`). Its hints come from
+    the training captions and an open vocabulary (`use_vocabulary`; default: CLDR emoji names)."""
+
+    def __init__(self, module: torch.nn.Module, config, device: str | torch.device | None = None):
+        from visembed.models.caption_constraints import Naming
+        from visembed.models.vocabulary import DEFAULT
+
+        super().__init__(module, config, device)
+        self.naming = Naming()
+        self.use_vocabulary(DEFAULT)
+
+    def use_vocabulary(self, sources) -> None:
+        """Hints from these names besides the training captions: "emoji", "cedict", files of names
+        (see `models.vocabulary`); ["none"]: the training captions alone. Vectors are cached per model."""
+        from visembed.models.vocabulary import read_vocabulary
+        from visembed.paths import cache_root
+
+        if self.module.hints:
+            self.module.use_vocabulary(read_vocabulary(list(sources)), cache_root() / "vocabulary")
 
     def _answer(self, images: Sequence, conversations: list[list[dict]], max_new_tokens: int, candidates: int = 1,
-                no_repeat: int | None = None):
+                no_repeat: int | None = None, language: str | None = None):
         """[(text, confidence)] of the model's next turn in each conversation about its image (the
-        prompt naming the training captions closest to the image where the model was trained so).
-        `candidates` > 1: that many answers by beam search, and the one the dual encoder puts
-        closest to the image is kept (the LM proposes, the contrastive space judges the fit);
-        `no_repeat`: see `Captioner.generate_candidates`."""
+        prompt naming the captions and vocabulary names closest to the image where the model was
+        trained with hints). `candidates` > 1: that many answers by beam search, and the one the
+        dual encoder puts closest to the image is kept (the LM proposes, the contrastive space judges
+        the fit; one naming a hint verbatim is preferred); `no_repeat`: see
+        `Captioner.generate_candidates`. The answer keeps to the script of `language` (default: the
+        conversation's) and copies hinted names (`self.naming`)."""
         from visembed.data.conversations import conversation_language
+        from visembed.models.captioner import DecodingRules
         from visembed.models.chat_format import encode_with_hints
 
         limit = self.config.model.captioner.max_tokens
         pixels = self.pixels(images).to(self.device)
+        languages = [conversation_language(t) for t in conversations]
+        naming = self.naming
         with self._autocast():
             features = self.module.features(pixels)
-            hints = self.module.hints_for(features, [conversation_language(t) for t in conversations])
+            hints = self.module.hints_for(features, languages, count=naming.hints, seen_margin=naming.seen_margin)
             prompts = [encode_with_hints(self.module.tokenizer, turns, texts, limit, prompt=True)
                        for turns, texts in zip(conversations, hints)]
+            rules = DecodingRules([language or lang for lang in languages], hints, naming.copy_bonus,
+                                  naming.start_bonus) if naming.rules else None
             found = self.module.generate_candidates(pixels, prompts, max_new_tokens, candidates, features=features,
-                                                    no_repeat=no_repeat)
+                                                    no_repeat=no_repeat, rules=rules)
             if candidates == 1:
                 return [group[0] for group in found]
-            best = self.module.closest_texts(features, [[text for text, _ in group] for group in found])
+            if naming.rules and naming.swap_names:  # each candidate's name slot filled with each hint
+                found = [self.module.with_hints_swapped_in(group, names, language)
+                         for group, names, language in zip(found, hints, languages)]
+            best = self.module.closest_texts(features, [[text for text, _ in group] for group in found], hints,
+                                             naming.name_bonus)
             return [group[i] for group, i in zip(found, best)]
 
     @torch.no_grad()
@@ -136,29 +165,33 @@ class CaptionerModel(Model):
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            answers = self._answer(chunk, [turns] * len(chunk), max_new_tokens, candidates, CAPTION_NO_REPEAT)
+            answers = self._answer(chunk, [turns] * len(chunk), max_new_tokens, candidates, CAPTION_NO_REPEAT, language)
             out.extend(_alt_text(text, confidence, language, detail) for text, confidence in answers)
         return out
 
     @torch.no_grad()
-    def reply(self, image, messages: list[dict], *, max_new_tokens: int = 48) -> tuple[str, str | None]:
-        """(the assistant's next reply, a note when the oldest turns were dropped to fit the context)."""
+    def reply(self, image, messages: list[dict], *, max_new_tokens: int = 48,
+              language: str | None = None) -> tuple[str, str | None]:
+        """(the assistant's next reply, a note when the oldest turns were dropped to fit the context);
+        `language` ("en", "zh"): the reply's script (default: that of the first message)."""
         from visembed.models.chat_format import fit_dialogue
 
+        if language not in (None, "en", "zh"):
+            raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
         turns = chat_turns(messages)
         limit = self.config.model.captioner.max_tokens
         turns, dropped = fit_dialogue(self.module.tokenizer, turns, limit)
-        (text, _), = self._answer([image], [turns], max_new_tokens)
+        (text, _), = self._answer([image], [turns], max_new_tokens, language=language)
         note = f"the dialogue was too long: its oldest {dropped} turn(s) were left out" if dropped else None
         return text, note
 
-    def chat(self, image, messages: list[dict], *, max_new_tokens: int = 48) -> str:
+    def chat(self, image, messages: list[dict], *, max_new_tokens: int = 48, language: str | None = None) -> str:
         """The assistant's reply to `messages` ([{"role": "user" | "assistant", "content": str}],
-        ending with the user's) about `image`. Over-long dialogues lose their oldest turns (with a
-        warning)."""
+        ending with the user's) about `image`, in `language`'s script (default: the first message's).
+        Over-long dialogues lose their oldest turns (with a warning)."""
         import warnings
 
-        text, note = self.reply(image, messages, max_new_tokens=max_new_tokens)
+        text, note = self.reply(image, messages, max_new_tokens=max_new_tokens, language=language)
         if note:
             warnings.warn(note, stacklevel=2)
         return text

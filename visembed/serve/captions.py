@@ -11,7 +11,7 @@ short bounded queue, 503 beyond it).
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 
@@ -62,13 +62,15 @@ def chat(request: Request, captioner: CaptionerDep, file: Upload,
          messages: Annotated[str, Form(max_length=MAX_CHAT_CHARS, description=(
              'the dialogue so far as a JSON list: [{"role": "user" | "assistant", "content": str}, ...], '
              "alternating, starting and ending with the user's"))],
+         language: Annotated[Optional[Literal["en", "zh"]], Form(
+             description="language of the reply (default: that of the first message)")] = None,
          ) -> ChatResponse:
     """The assistant's reply to the last message, about the image; `note` says when the oldest turns
     were left out to fit the model. 503 with `Retry-After` when the server is busy."""
     dialogue = checked_messages(messages)  # before the upload is decoded: the cheap check first
     image = uploaded_image(request, file, captioner.image_size)
     with request.app.state.generation.turn():
-        reply, note = captioner.reply(image, dialogue)
+        reply, note = captioner.reply(image, dialogue, language=language)
     return ChatResponse(reply=reply, note=note)
 
 
