@@ -235,11 +235,13 @@ def lm_params(model) -> float:
 
 def namings(chosen: list[str]) -> dict[str, tuple[list[str], object]]:
     """name -> (vocabulary sources, Naming): "closed" is the captioner as it was before open
-    vocabularies (training captions as hints, the LM's beams as they come); "open" today's default."""
+    vocabularies (training captions as hints, the LM's beams as they come); "open" the CLDR emoji
+    names as well (`--vocabulary emoji`), with the decoding rules on (today's default has the rules,
+    without the open vocabulary)."""
     import dataclasses
 
     from visembed.models.caption_constraints import Naming
-    from visembed.models.vocabulary import DEFAULT
+    from visembed.models.vocabulary import OPEN as DEFAULT
 
     table = {"closed": (["none"], Naming(rules=False, seen_margin=0.0)), "open": (list(DEFAULT), Naming()),
              "open+cedict": ([*DEFAULT, "cedict"], Naming()),

@@ -89,7 +89,7 @@ _IMAGE_OF = re.compile(r"^(an? |the )?(image|picture|photo|photograph) of (an? )
 class CaptionerModel(Model):
     """A captioner (`visembed train-captioner`): describes images and answers questions about them;
     it is also the dual encoder it was built on (`encode_image`, `encode_text`). Its hints come from
-    the training captions and an open vocabulary (`use_vocabulary`; default: CLDR emoji names)."""
+    the training captions and, when asked (`use_vocabulary(["emoji"])`), an open vocabulary of names."""
 
     def __init__(self, module: torch.nn.Module, config, device: str | torch.device | None = None):
         from visembed.models.caption_constraints import Naming
