@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, text_argument
 
 
 def register(app: typer.Typer) -> None:
@@ -97,6 +97,7 @@ def chat_cmd(
     """Answer questions about an image: one reply with --message, else a dialogue (empty line or Ctrl-D ends it)."""
     with friendly_errors():
         picture = _read(image)
+        text_argument(message, "--message")
         if message is not None and not message.strip():
             raise ValueError("--message is empty")
         model = _load_captioner(folder)

@@ -25,7 +25,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder for the demo model and its index."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Stop after building the index."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (loopback by default)."),
-    port: int = typer.Option(8000, "--port", help="Port to serve on."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to serve on."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the demo preset's)."),
     caption_steps: Optional[int] = typer.Option(None, "--caption-steps", help="Captioner training steps (0: no captioner)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value, repeatable."),

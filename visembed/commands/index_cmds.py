@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, text_argument
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +32,7 @@ def build(
     exact_below: int = typer.Option(20_000, "--exact-below", help="auto: exact search below this many items."),
     large_kind: str = typer.Option("hnsw", "--large-kind", help="auto: hnsw or ivfpq above the threshold."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard (the unit of resumption)."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per embedding shard (the unit of resumption)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     forget_deletions: bool = typer.Option(False, "--forget-deletions", help="Bring back items removed with `index delete`."),
 ) -> None:
@@ -59,7 +59,7 @@ def add(
     model: Path = typer.Option(None, "--model", help="Model folder (default: the one recorded in the index; same weights only)."),
     language: str = typer.Option("en", "--language", help="Caption language for multilingual data."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per embedding shard."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Embed new images with the index's model and append them to the index (no rebuild)."""
@@ -102,6 +102,7 @@ def search(
     from visembed.index.searcher import Searcher
 
     with friendly_errors():
+        text_argument(text, "TEXT")
         if not text.strip() and image is None:
             raise ValueError("give a query TEXT, an --image, or both")
         example = None
@@ -178,6 +179,8 @@ def serve(
     from visembed.serve.app import run_server
 
     with friendly_errors():
+        if not 0.001 <= max_upload_mb <= 100_000:  # (inf and nan too)
+            raise ValueError(f"--max-upload-mb must be a number of megabytes from 0.001 to 100000, not {max_upload_mb}")
         run_server(index_dir, host, port, model_dir=model, captioner_dir=captioner, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                    allowed_hosts=list(allowed_hosts) or None)
 

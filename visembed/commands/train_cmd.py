@@ -15,6 +15,16 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
 
 
+def check_init(init: Path, cfg) -> None:
+    """`--init` must hold a model of the run's architecture (its weights are loaded over the new model)."""
+    from visembed.checkpoint import read_config
+
+    kind = read_config(init).model.architecture
+    if kind != cfg.model.architecture:
+        hint = " (to caption with its vision side, use `visembed train-captioner --vision`)" if kind == "captioner" else ""
+        raise ValueError(f"--init {init} holds a {kind}, but this run trains a {cfg.model.architecture}{hint}")
+
+
 def train(
     data: Optional[str] = typer.Option(None, "--data", help="Data spec: builtin:emoji, builtin:shapes, a manifest, a folder or WebDataset shards."),
     out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, metrics.jsonl, final model)."),
@@ -43,6 +53,8 @@ def train(
         from visembed.train.loop import train as run_training
 
         init = resolve_model(init) if init is not None else None
+        if init is not None:
+            check_init(init, cfg)
         metrics = run_training(cfg, out, init=init, resume=resume, progress=not no_progress)
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
 
