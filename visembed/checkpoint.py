@@ -70,15 +70,15 @@ def parse_json(text: str, where: str) -> Any:
 
 
 def _check_finite(data: Any, where: str) -> None:
-    stack = [data]
+    stack = [("", data)]
     while stack:
-        item = stack.pop()
+        key, item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"{where} holds a number too large for a float ({item})")
+            raise ValueError(f"{where}: {key or 'a value'} holds a number too large for a float ({item})")
         if isinstance(item, dict):
-            stack.extend(item.values())
+            stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in item.items())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((f"{key}[{i}]", v) for i, v in enumerate(item))
 
 
 def read_json(path: str | Path, error: type[Exception] | None = None) -> Any:

@@ -285,7 +285,9 @@ def _read_pickled_state(path: Path) -> dict[str, torch.Tensor]:
     import pickle
 
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # ("Detected pickle protocol 4": torch's, about a file we refuse anyway)
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:  # torch's text goes on to advise weights_only=False: never that
         raise ModelFolderError(f"{path} holds Python objects besides tensors; visembed never unpickles them "
                                "(convert the checkpoint to safetensors)") from None

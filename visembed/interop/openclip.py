@@ -197,8 +197,12 @@ def read_openclip_state_dict(path: Path) -> dict[str, torch.Tensor]:
     else:
         import pickle
 
+        import warnings
+
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # ("Detected pickle protocol 4": torch's, about a file we may refuse)
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:  # torch's text goes on to advise weights_only=False: never that
             raise OpenCLIPImportError(f"{path} holds Python objects besides tensors; visembed never unpickles them "
                                       "(convert the checkpoint to safetensors)") from None

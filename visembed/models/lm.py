@@ -116,7 +116,9 @@ def read_lm_tokenizer(local: Path):
 
     from visembed.checkpoint import ModelFolderError, read_json
 
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+    if (local / "config.json").exists():  # transformers reads it with the tokenizer
+        check_lm_config(local / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
         if (local / name).exists():
             read_json(local / name)  # syntax, size, depth and duplicate keys, before transformers parses it
     try:
@@ -126,18 +128,25 @@ def read_lm_tokenizer(local: Path):
                                f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
 
 
+def check_lm_config(path: Path) -> None:
+    """`lm/config.json` read strictly: a JSON object with a model_type, or a ModelFolderError naming it."""
+    from visembed.checkpoint import ModelFolderError, read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ModelFolderError(f"{path} is not a transformers config (a JSON object with a model_type)")
+
+
 def read_lm_config(local: Path):
     """The LM's transformers config in a captioner's `lm/config.json`, read strictly first (a
     damaged or tampered file is a ModelFolderError naming it; its sizes are checked against the
     weights when the model is built, `checkpoint.build_fitting`)."""
     from transformers import AutoConfig
 
-    from visembed.checkpoint import ModelFolderError, read_json
+    from visembed.checkpoint import ModelFolderError
 
     path = local / "config.json"
-    data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
-        raise ModelFolderError(f"{path} is not a transformers config (a JSON object with a model_type)")
+    check_lm_config(path)
     try:
         return AutoConfig.from_pretrained(local, local_files_only=True)
     except (ValueError, KeyError, TypeError, OSError) as err:  # unknown model_type, wrong field types
