@@ -408,7 +408,7 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def hostile_cli(*args, cwd: Path, timeout: float = 180, pythonpath: str | None = None) -> tuple[subprocess.CompletedProcess, int]:
+def hostile_cli(*args, cwd: Path, timeout: float = 120, pythonpath: str | None = None) -> tuple[subprocess.CompletedProcess, int]:
     """`visembed ARGS` under an address-space cap; -> (process, its peak RSS in KB, 0 when unknown).
     Arguments may be bytes (invalid UTF-8 reaches the program as the OS passes it)."""
     rss = cwd / f".rss-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
@@ -835,6 +835,9 @@ def main() -> None:
                 results[name] = runs[name]()
             except Exception as exc:  # a probe that cannot run is a finding too
                 results[name] = [Case(f"{name} probe itself", False, f"{type(exc).__name__}: {exc}"[:150])]
+            cases = results[name]  # as each category ends (a long run cut short keeps what it found)
+            print(f"[{name}: {sum(c.passed for c in cases)}/{len(cases)} passed, {time.monotonic() - started:.0f} s]",
+                  file=sys.stderr, flush=True)
 
     print(f"visembed trust probe: {TREE}  ({time.monotonic() - started:.0f} s)")
     print(f"| {'category':<14} | {'tried':>5} | {'passed':>6} |")
