@@ -130,10 +130,10 @@ def check_fits(expected: Mapping[str, torch.Tensor], path: str | Path) -> None:
                                    "in the file (was it saved with a different config?)")
         dtype, shape = saved[name]
         if shape != tuple(tensor.shape):
-            raise ModelFolderError(f"weight {name} in {path} has shape {list(shape)} but the config makes it "
-                                   f"{list(tensor.shape)}: the config and the weights do not belong together")
+            raise ModelFolderError(f"weights in {path} do not fit the model its config describes: {name} has shape "
+                                   f"{list(shape)} but the config makes it {list(tensor.shape)}")
         if tensor.is_floating_point() and dtype not in FLOAT_DTYPES:
-            raise ModelFolderError(f"weight {name} in {path} is stored as {dtype}, not a float: visembed does not "
+            raise ModelFolderError(f"weights in {path}: {name} is stored as {dtype}, not a float; visembed does not "
                                    "cast integer or bool weights into a float model")
 
 
