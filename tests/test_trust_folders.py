@@ -73,7 +73,7 @@ def test_integer_weights_in_a_model_folder_are_refused(tiny_model_dir, tmp_path)
     name = next(n for n, t in state.items() if t.is_floating_point() and t.dim() == 2)
     state[name] = state[name].to(torch.int8)
     save_file(state, folder / "model.safetensors")
-    with pytest.raises(ModelFolderError, match=rf"{name} is stored as I8, not a float"):
+    with pytest.raises(ModelFolderError, match=rf"{name} is stored as int8, not a float"):
         load_model_folder(folder)
 
 

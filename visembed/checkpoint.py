@@ -45,6 +45,8 @@ class ModelFolderError(FileNotFoundError):
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # a config or tokenizer file beyond this is not one
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}  # safetensors' names
+OTHER_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
+                "U32": "uint32", "I64": "int64", "U64": "uint64"}  # (torch's names, for messages)
 
 
 def parse_json(text: str, where: str) -> Any:
@@ -133,7 +135,7 @@ def check_fits(expected: Mapping[str, torch.Tensor], path: str | Path) -> None:
             raise ModelFolderError(f"weights in {path} do not fit the model its config describes: {name} has shape "
                                    f"{list(shape)} but the config makes it {list(tensor.shape)}")
         if tensor.is_floating_point() and dtype not in FLOAT_DTYPES:
-            raise ModelFolderError(f"weights in {path}: {name} is stored as {dtype}, not a float; visembed does not "
+            raise ModelFolderError(f"weights in {path}: {name} is stored as {OTHER_DTYPES.get(dtype, dtype)}, not a float; visembed does not "
                                    "cast integer or bool weights into a float model")
 
 
