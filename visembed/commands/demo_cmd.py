@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, output_folder
 
 SHOWN_QUERIES = 6  # held-out names searched for in the printout, spread over the test split
 SHOWN_CAPTIONS = 5  # held-out emoji the captioner describes in the printout
@@ -32,6 +32,7 @@ def demo(
 ) -> None:
     """Train on built-in emoji (English + Chinese names) on the CPU, evaluate on held-out concepts, show searches, train a captioner, index and serve."""
     with friendly_errors():
+        output_folder(out)  # before training, not after
         run_demo(out, serve=not no_serve, host=host, port=port, steps=steps, caption_steps=caption_steps,
                  overrides=list(overrides))
 

@@ -36,8 +36,8 @@ def _out_of_memory(err: BaseException) -> str | None:
         return None
     wanted = re.search(r"allocate (\d+) bytes", str(err))
     size = f" ({int(wanted.group(1)) / 1e9:,.1f} GB for one tensor)" if wanted else ""
-    return (f"out of memory{size}: the model's sizes (widths, depths, vocabulary) are too large for this machine; "
-            "check the config and --set values")
+    return (f"out of memory{size}: the model's sizes are too large for this machine; check the config and --set "
+            "values of model.*.width, depth, heads and vocab_size")
 
 
 def describe(err: BaseException) -> str:
@@ -49,6 +49,17 @@ def describe(err: BaseException) -> str:
                   FileExistsError: "it already exists"}[type(err)]
         return f"cannot use {err.filename}: {reason}"
     return " ".join(str(err).split("\n")) if "\n" in str(err) else str(err)
+
+
+def output_folder(path, option: str = "--out") -> None:
+    """Fail before any work when `path` cannot become a folder: a part of it is an existing file."""
+    from pathlib import Path
+
+    for parent in [Path(path), *Path(path).parents]:
+        if parent.exists():
+            if not parent.is_dir() and parent != Path(path):
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            return
 
 
 def text_argument(value: str | None, option: str) -> str | None:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, output_folder
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +44,7 @@ def train(
     from visembed.config import apply_overrides, load_preset
 
     with friendly_errors():
+        output_folder(out)
         cfg = load_preset(preset)
         flags = {"data.train": data, "train.steps": steps, "train.epochs": epochs, "train.batch_size": batch_size,
                  "train.checkpoint_every": checkpoint_every, "train.seed": seed}
