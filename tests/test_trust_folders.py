@@ -44,9 +44,9 @@ def test_json_is_read_strictly(tmp_path):
         parse_json('{"a": 1, "a": 2}', "x.json")
     with pytest.raises(ValueError, match="nests too deep"):
         parse_json("[" * 100_000 + "]" * 100_000, "x.json")
-    with pytest.raises(ValueError, match="too large for a float"):
+    with pytest.raises(ValueError, match="not a finite number"):
         parse_json('{"w": 1e400}', "x.json")
-    with pytest.raises(ValueError, match="not a JSON number"):
+    with pytest.raises(ValueError, match="w holds nan, not a finite number"):
         parse_json('{"w": NaN}', "x.json")
     (tmp_path / "zero.json").symlink_to("/dev/zero")
     with pytest.raises(ModelFolderError, match="not a regular file"):
@@ -188,7 +188,8 @@ def test_load_image_names_an_impossible_path(tmp_path):
     (["train", "--data", "builtin:shapes?size=0", "--out", "{tmp}/r", "--steps", "1"], ["builtin:shapes: size must"]),
     (["train", "--out", "{tmp}/file.txt/run", "--steps", "1"], ["file.txt", "is a file, not a folder"]),
     (["train", "--init", "{captioner}", "--out", "{tmp}/r", "--steps", "1"], ["--init", "holds a captioner"]),
-    (["train", "--set", "model.vision.width=1000000", "--out", "{tmp}/r", "--steps", "1"], ["out of memory"]),
+    (["train", "--set", "model.vision.width=1000000", "--out", "{tmp}/r", "--steps", "1"],
+     ["model.vision.width=1000000 is beyond"]),
     (["serve", "{tmp}", "--max-upload-mb", "inf"], ["--max-upload-mb"]),
     (["export", "{model}", "--format", "hf", "--out", "{tmp}/file.txt/x"], ["file.txt"]),
     (["merge", "{model}", "{model}", "--out", "{tmp}/file.txt/x"], ["file.txt"]),

@@ -58,11 +58,11 @@ def parse_json(text: str, where: str) -> Any:
             raise ValueError(f"{where} has the key {twice!r} twice (which one counts is ambiguous)")
         return dict(pairs)
 
-    def refuse_constant(name):
-        raise ValueError(f"{where} holds {name}, which is not a JSON number")
+    def constant(name):  # NaN, Infinity: kept for _check_finite, which names the key
+        return float(name.replace("Infinity", "inf"))
 
     try:
-        data = json.loads(text, object_pairs_hook=unique, parse_constant=refuse_constant)
+        data = json.loads(text, object_pairs_hook=unique, parse_constant=constant)
     except json.JSONDecodeError as err:
         raise ValueError(f"{where} is not valid JSON ({err})") from None
     except RecursionError:  # the parser recurses per level: 100,000 `[` exhaust the stack
@@ -76,7 +76,7 @@ def _check_finite(data: Any, where: str) -> None:
     while stack:
         key, item = stack.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"{where}: {key or 'a value'} holds a number too large for a float ({item})")
+            raise ValueError(f"{where}: {key or 'a value'} holds {item}, not a finite number")
         if isinstance(item, dict):
             stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in item.items())
         elif isinstance(item, list):

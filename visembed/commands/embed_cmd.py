@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, output_folder
 
 
 def register(app: typer.Typer) -> None:
@@ -27,6 +27,7 @@ def embed(
     from visembed.eval.run import embed_images
 
     with friendly_errors():
+        output_folder(Path(out).parent)  # (OUT is a prefix) before embedding, not after
         model = visembed.load(folder)
         ds = open_dataset(data, split)
         skipped = SkipCounter()

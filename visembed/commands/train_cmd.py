@@ -15,6 +15,20 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
 
 
+SIZE_CAPS = {"width": 1 << 16, "depth": 1 << 10, "heads": 1 << 10, "vocab_size": 1 << 20, "context_length": 1 << 16,
+             "image_size": 1 << 14}  # far beyond any model trained here; a typo of 10^6 or 10^9 is caught before work
+
+
+def check_sizes(cfg) -> None:
+    """The towers' sizes within SIZE_CAPS (a BPE trainer asked for 10^9 tokens aborts the process in Rust)."""
+    for tower in ("vision", "text"):
+        section = getattr(cfg.model, tower)
+        for name, cap in SIZE_CAPS.items():
+            value = getattr(section, name, None)
+            if isinstance(value, int) and value > cap:
+                raise ValueError(f"model.{tower}.{name}={value} is beyond what visembed trains (at most {cap:,})")
+
+
 def check_init(init: Path, cfg) -> None:
     """`--init` must hold a model of the run's architecture (its weights are loaded over the new model)."""
     from visembed.checkpoint import read_config
@@ -50,6 +64,7 @@ def train(
                  "train.checkpoint_every": checkpoint_every, "train.seed": seed}
         cli = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
         cfg = apply_overrides(cfg, cli + list(overrides))
+        check_sizes(cfg)
         from visembed.interop.cache import resolve_model
         from visembed.train.loop import train as run_training
 
