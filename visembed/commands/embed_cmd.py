@@ -27,7 +27,7 @@ def embed(
     from visembed.eval.run import embed_images
 
     with friendly_errors():
-        output_folder(Path(out).parent)  # (OUT is a prefix) before embedding, not after
+        output_folder(out, "--out")  # (a prefix: its folders must be folders) before embedding, not after
         model = visembed.load(folder)
         ds = open_dataset(data, split)
         skipped = SkipCounter()
