@@ -720,6 +720,16 @@ def probe_arguments(work: Path, model: Path, manifest: Path, index: Path) -> lis
     return [Case(name, *refused(result, key)) for (name, _, key, _), result in zip(jobs, results)]
 
 
+def skipped_count(text: str) -> int | None:
+    """The items a command's summary says it skipped: "skipped 2 (...)" or "skipped: a=0, b=1"."""
+    line = next((line for line in text.splitlines() if "skipped" in line), None)
+    if line is None:
+        return None
+    tail = line[line.index("skipped"):]
+    total = re.match(r"skipped (\d+)", tail)
+    return int(total.group(1)) if total else sum(int(n) for n in re.findall(r"=(\d+)", tail))
+
+
 def probe_data_files(work: Path, model: Path, manifest: Path) -> list[Case]:
     """Data files with hostile entries: bad paths are skipped and counted, a broken file is one line."""
     folder = manifest.parent
@@ -741,8 +751,7 @@ def probe_data_files(work: Path, model: Path, manifest: Path) -> list[Case]:
             proc, _ = hostile_cli("index", "build", model, "--data", data, "--out", work / "data-index" / f"{kind}{n}",
                                   cwd=work)
             text = proc.stdout + proc.stderr
-            counted = re.search(r"skipped\D{0,40}\b1\b", text)  # "skipped 1 (bad_path 1)", "skipped: bad_path=1"
-            ok = proc.returncode == 0 and "Traceback" not in text and counted is not None
+            ok = proc.returncode == 0 and "Traceback" not in text and skipped_count(text) == 1
             cases.append(Case(f"{kind}: {name}: skipped and counted", ok,
                               (text.strip().splitlines() or [""])[-1][:100]))
     nested = folder / "nested.json"
