@@ -19,6 +19,20 @@ Categories and what "passed" means:
                  `index add` killed mid-way then rebuild, `index build` killed mid-way then rerun
   memory         peak RSS of a real `visembed serve` process under 6 concurrent uploads of a
                  ~40-megapixel RGBA PNG (~170 KB): peak growth <= 1 GiB and held growth <= 0.5 GiB
+  imports        `hf:` / `openclip:` folders an attacker prepared (malformed and huge sizes, infinite and
+                 duplicate JSON keys, shard indexes naming /etc/passwd or ../, pickles, no tokenizer,
+                 int8 weights, a crop of another size, symlinks), under `visembed eval`
+  tampered       visembed model and captioner folders edited after training (a config larger than its
+                 weights, lm/config.json saying llama, garbage or 100,000-deep JSON, /dev/zero configs)
+  arguments      values no user means (invalid UTF-8, `{x}` templates, --out under a file, inf, 0 shard
+                 sizes, ports out of range, builtin:shapes options, widths of 10^6, no onnxruntime)
+  data-files     LLaVA files and manifests with hostile paths (5,000 characters, NUL, lone surrogates,
+                 300 `../`): skipped and counted; 100,000-deep JSON: one line
+  export-merge   export into the model folder itself or a non-empty folder, stale `.OUT.PID.tmp`
+                 folders of dead processes, merging captioners whose LM tokenizers differ
+  In the last five, "passed" means a one-line refusal naming the problem (click's usage error for an
+  option out of range counts), within 1.5 GB peak RSS under a 4 GiB address-space cap (a memory bomb
+  that is not refused fails there, not on the machine).
 
 Everything runs in a temporary folder on a tiny generated manifest and a 2-step `tiny` model.
 """
@@ -29,6 +43,7 @@ import argparse
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -378,6 +393,419 @@ def probe_memory(work: Path, index: Path) -> list[Case]:
 
 # ---- main ------------------------------------------------------------------------------------
 
+# ---- hostile imports, tampered folders, arguments, data files, export and merge (issue #21) -----
+
+MEMORY_LIMIT = 4 * GiB  # address-space cap of each hostile case (a memory bomb fails there, not on the machine)
+MEMORY_BUDGET_KB = 1_500_000  # peak RSS a refused bomb may reach (torch + transformers alone are ~0.6 GB)
+_RSS_WRAPPER = ("import atexit, os, resource\n"
+                "atexit.register(lambda: open(os.environ['PROBE_RSS'], 'w').write(str(resource.getrusage("
+                "resource.RUSAGE_SELF).ru_maxrss)))\n"
+                "from visembed.cli import main; main()")
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def hostile_cli(*args, cwd: Path, timeout: float = 120, pythonpath: str | None = None) -> tuple[subprocess.CompletedProcess, int]:
+    """`visembed ARGS` under an address-space cap; -> (process, its peak RSS in KB, 0 when unknown).
+    Arguments may be bytes (invalid UTF-8 reaches the program as the OS passes it)."""
+    rss = cwd / f".rss-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+    env = {**os.environ, "PYTHONPATH": pythonpath or str(TREE), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PROBE_RSS": str(rss), "VISEMBED_CACHE": str(cwd / "import-cache")}
+    command = [sys.executable, "-c", _RSS_WRAPPER, *(a if isinstance(a, bytes) else str(a) for a in args)]
+    try:
+        proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, timeout=timeout, preexec_fn=_limit_memory)
+        proc = subprocess.CompletedProcess(command, proc.returncode, proc.stdout.decode(errors="replace"),
+                                           proc.stderr.decode(errors="replace"))
+    except subprocess.TimeoutExpired:
+        proc = subprocess.CompletedProcess(command, -9, "", f"timed out after {timeout} s")
+    peak = int(rss.read_text()) if rss.is_file() else 0
+    rss.unlink(missing_ok=True)
+    return proc, peak
+
+
+def usage_error(proc: subprocess.CompletedProcess, must_name: str | None) -> bool:
+    """click's own refusal of an option out of its range: exit 2, "Invalid value for" the option."""
+    return (proc.returncode == 2 and "Traceback" not in proc.stderr and "Invalid value for" in proc.stderr
+            and (must_name is None or must_name in proc.stderr))
+
+
+def refused(proc_rss, must_name: str | None = None, forbidden: str | None = None) -> tuple[bool, str]:
+    """A clean one-line failure (`clean_failure`, or click's usage error) within the memory budget,
+    without `forbidden` text."""
+    proc, peak = proc_rss
+    ok, note = clean_failure(proc, must_name)
+    if not ok and usage_error(proc, must_name):
+        ok, note = True, [line for line in proc.stderr.splitlines() if "Invalid value" in line][0].strip()[:100]
+    if ok and peak > MEMORY_BUDGET_KB:
+        return False, f"peak RSS {peak / 1e6:.1f} GB before refusing"
+    if ok and forbidden and forbidden in proc.stdout + proc.stderr:
+        return False, f"says {forbidden!r}"
+    return ok, note
+
+
+def _edited(source: Path, target: Path, edit) -> Path:
+    import shutil
+
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("checkpoints", "align"))
+    edit(target)
+    return target
+
+
+def _json_edit(name: str, change):
+    def edit(folder: Path) -> None:
+        data = json.loads((folder / name).read_text())
+        change(data)
+        (folder / name).write_text(json.dumps(data))
+    return edit
+
+
+def _write(name: str, data: bytes | str):
+    def edit(folder: Path) -> None:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    return edit
+
+
+def _both(*edits):
+    def edit(folder: Path) -> None:
+        for one in edits:
+            one(folder)
+    return edit
+
+
+def _tiny_hf_clip(folder: Path) -> Path:
+    """A random 2-layer transformers CLIPModel folder with its tokenizer and image processor."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab.update({ch + "</w>": len(alphabet) + i for i, ch in enumerate(alphabet)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    common = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = CLIPConfig(text_config={**common, "vocab_size": len(tokenizer), "max_position_embeddings": 16,
+                                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                                     "pad_token_id": tokenizer.pad_token_id},
+                        vision_config={**common, "image_size": 32, "patch_size": 8}, projection_dim=24)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def _int8_weight(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    name = next(n for n in state if n.endswith("position_embedding.weight"))
+    state[name] = state[name].to(torch_dtype("int8"))
+    save_file(state, folder / "model.safetensors")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _pickle_bin(folder: Path) -> None:
+    import pickle
+
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(print))  # a global: torch's weights_only refuses it
+
+
+def _sharded(weight_map) -> callable:
+    def edit(folder: Path) -> None:
+        (folder / "model.safetensors").rename(folder / "shard-1.safetensors")
+        index = {"metadata": {}} if weight_map is None else {"weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return edit
+
+
+def _no_tokenizer(folder: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def probe_imports(work: Path, manifest: Path) -> list[Case]:
+    """`hf:` and `openclip:` folders an attacker prepared, under `visembed eval` (which converts them)."""
+    hf = _tiny_hf_clip(work / "hf-clip")
+    tc = lambda key, value: _json_edit("config.json", lambda d: d["text_config"].__setitem__(key, value))  # noqa: E731
+    vc = lambda key, value: _json_edit("config.json", lambda d: d["vision_config"].__setitem__(key, value))  # noqa: E731
+    hf_cases = {
+        "hf: text_config.hidden_size 0": (tc("hidden_size", 0), "hidden_size"),
+        "hf: text_config.hidden_size null": (tc("hidden_size", None), "hidden_size"),
+        "hf: text_config a list": (_json_edit("config.json", lambda d: d.__setitem__("text_config", [1, 2])), "text_config"),
+        "hf: processor_config.json not JSON": (_write("processor_config.json", "{ nope"), "processor_config.json"),
+        "hf: processor_config.json a list": (_write("processor_config.json", "[1, 2]"), "processor_config.json"),
+        "hf: shard index without weight_map": (_sharded(None), "weight_map"),
+        "hf: weight_map names /etc/passwd": (_sharded({"x": "/etc/passwd"}), "/etc/passwd"),
+        "hf: weight_map names ../x.safetensors": (_sharded({"x": "../x.safetensors"}), "../x.safetensors"),
+        "hf: pytorch_model.bin with a pickled global": (_pickle_bin, "pytorch_model.bin"),
+        "hf: vocab_size 3e7 over a small weights file": (tc("vocab_size", 30_000_000), None),
+        "hf: vision width 4096 x 8 layers": (_both(vc("hidden_size", 4096), vc("intermediate_size", 16384),
+                                                   vc("num_hidden_layers", 8), vc("num_attention_heads", 16)), None),
+        "hf: text width 10**12": (tc("hidden_size", 10**12), None),
+        "hf: hidden_size 1e400 (infinite JSON number)": (_write("config.json", (hf / "config.json").read_text().replace(
+            '"hidden_size": 32', '"hidden_size": 1e400', 1)), "hidden_size"),
+        "hf: config.json nested 100,000 deep": (_write("config.json", _nested(100_000)), "config.json"),
+        "hf: config.json with model_type twice": (_write("config.json", (hf / "config.json").read_text().replace(
+            '"model_type": "clip"', '"model_type": "clip", "model_type": "siglip"', 1)), "model_type"),
+        "hf: no tokenizer files": (_no_tokenizer, "tokenizer"),
+        "hf: an int8 weight": (_int8_weight, "int8"),
+        "hf: crop_size 999 for a 32 px tower": (_json_edit("processor_config.json", lambda d: d["image_processor"].__setitem__(
+            "crop_size", {"height": 999, "width": 999})), "999"),
+        "hf: model.safetensors a symlink to /etc/passwd": (lambda f: ((f / "model.safetensors").unlink(),
+                                                                     (f / "model.safetensors").symlink_to("/etc/passwd")), None),
+    }
+    oc = FIXTURES / "openclip"
+    mc = lambda section, key, value: _json_edit("open_clip_config.json",  # noqa: E731
+                                                lambda d: d["model_cfg"][section].__setitem__(key, value))
+    openclip_cases = {
+        "openclip: vision head_width 0": (mc("vision_cfg", "head_width", 0), "head_width"),
+        "openclip: vision_cfg a number": (_json_edit("open_clip_config.json", lambda d: d["model_cfg"].__setitem__(
+            "vision_cfg", 7)), "vision_cfg"),
+        "openclip: model_cfg a list": (_json_edit("open_clip_config.json", lambda d: d.__setitem__("model_cfg", [1])),
+                                       "model_cfg"),
+        "openclip: text width a string": (mc("text_cfg", "width", "wide"), "width"),
+        "openclip: vision width 4096 x 48 layers": (_both(mc("vision_cfg", "width", 4096), mc("vision_cfg", "layers", 48),
+                                                          mc("vision_cfg", "head_width", 64)), None),
+        "openclip: vocab_size 3e7": (mc("text_cfg", "vocab_size", 30_000_000), None),
+    }
+    jobs = []
+    for n, (name, (edit, key)) in enumerate(hf_cases.items()):
+        jobs.append((name, "hf:" + str(_edited(hf, work / "hostile-hf" / str(n), edit)), key))
+    for n, (name, (edit, key)) in enumerate(openclip_cases.items()):
+        jobs.append((name, "openclip:" + str(_edited(oc, work / "hostile-openclip" / str(n), edit)), key))
+
+    def run(job):
+        return hostile_cli("eval", job[1], "--data", manifest, "--split", "test", cwd=work)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, jobs))
+    return [Case(name, *refused(result, key, forbidden="weights_only=False")) for (name, _, key), result in zip(jobs, results)]
+
+
+FIXTURES = TREE / "tests" / "fixtures"
+
+
+def _cjk_free_captioner(work: Path, manifest: Path, model: Path) -> Path | None:
+    out = work / "captioner"
+    if (out / "model.safetensors").is_file():
+        return out
+    sets = ["model.captioner.vocab_size=300", "model.captioner.width=32", "model.captioner.depth=1",
+            "model.captioner.heads=2", "model.captioner.projector_hidden=32", "model.captioner.max_tokens=32",
+            "train.batch_size=8", "train.warmup_steps=1"]
+    proc = cli("train-captioner", "--vision", model, "--data", manifest, "--out", out, "--steps", "2", "--no-progress",
+               *[x for s in sets for x in ("--set", s)], cwd=work, timeout=400)
+    return out if proc.returncode == 0 else None
+
+
+def probe_tampered(work: Path, model: Path, manifest: Path) -> list[Case]:
+    """Model folders edited by someone else (a download), under `eval` / `caption`."""
+    captioner = _cjk_free_captioner(work, manifest, model)
+    image = manifest.parent / "img-1.png"
+    model_cases = {
+        "config.json nested 100,000 deep": (_write("config.json", _nested(100_000)), "config.json"),
+        "config.json with a key twice": (_write("config.json", (model / "config.json").read_text().replace(
+            '"model": {', '"model": {"architecture": "captioner", ', 1)), "config.json"),
+        "config.json width 1e400": (_json_edit("config.json", lambda d: d["model"]["vision"].__setitem__("width", 1e400)),
+                                    "width"),
+        "vision width 4096 x 8 layers over the same weights": (_json_edit("config.json", lambda d: d["model"]["vision"].update(
+            width=4096, depth=8, heads=16)), None),
+        "text vocab_size 3e7 over the same weights": (_json_edit("config.json", lambda d: d["model"]["text"].update(
+            vocab_size=30_000_000)), None),
+        "garbage tokenizer.json": (_write("tokenizer.json", os.urandom(2000)), "tokenizer.json"),
+        "tokenizer.json nested 100,000 deep": (_write("tokenizer.json", _nested(100_000)), "tokenizer.json"),
+        "config.json a symlink to /dev/zero": (lambda f: ((f / "config.json").unlink(),
+                                                          (f / "config.json").symlink_to("/dev/zero")), "config.json"),
+        "model.safetensors an int8 weight": (lambda f: _int8_model(f), "int8"),
+    }
+    jobs = [(name, ("eval", _edited(model, work / "tampered" / f"m{n}", edit), "--data", manifest, "--split", "test"), key)
+            for n, (name, (edit, key)) in enumerate(model_cases.items())]
+    if captioner is not None:
+        cap_cases = {
+            "captioner lm/config.json not JSON": (_write("lm/config.json", "{ no"), "config.json"),
+            "captioner lm/config.json says llama (default size)": (_write("lm/config.json", '{"model_type": "llama"}'), None),
+            "captioner lm/config.json vocab_size 3e7": (_json_edit("lm/config.json", lambda d: d.__setitem__(
+                "vocab_size", 30_000_000)), None),
+            "captioner lm/config.json nested 100,000 deep": (_write("lm/config.json", _nested(100_000)), "config.json"),
+            "captioner garbage lm/tokenizer.json": (_write("lm/tokenizer.json", os.urandom(3000)), "tokenizer"),
+            "captioner hints.json nested 100,000 deep": (_write("hints.json", _nested(100_000)), "hints.json"),
+            "captioner hints.json a dict of dicts": (_write("hints.json", '{"en": {"a": 1}}'), "hints.json"),
+        }
+        jobs += [(name, ("caption", _edited(captioner, work / "tampered" / f"c{n}", edit), image), key)
+                 for n, (name, (edit, key)) in enumerate(cap_cases.items())]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda job: hostile_cli(*job[1], cwd=work), jobs))
+    cases = [Case(name, *refused(result, key)) for (name, _, key), result in zip(jobs, results)]
+    if captioner is None:
+        cases.append(Case("a probe captioner trains", False, "train-captioner failed"))
+    return cases
+
+
+def _int8_model(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    name = next(n for n in state if n.endswith("pos_embed") or "pos" in n)
+    state[name] = (state[name] * 100).to(torch_dtype("int8"))
+    save_file(state, folder / "model.safetensors")
+
+
+def probe_arguments(work: Path, model: Path, manifest: Path, index: Path) -> list[Case]:
+    """Values no user means: each must be one line naming the option (click's usage error counts)."""
+    captioner = _cjk_free_captioner(work, manifest, model) or work / "captioner"
+    a_file = work / "a-file.txt"
+    a_file.write_text("x")
+    under = a_file / "out"
+    bad_utf8 = b"a red \xff\xfe blob"
+    no_onnx = work / "no-onnx"
+    no_onnx.mkdir(exist_ok=True)
+    (no_onnx / "onnxruntime.py").write_text("raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')\n")
+    train = ("train", "--data", manifest, "--preset", "tiny", "--steps", "1", "--no-progress")
+    jobs = [
+        ("train --init CAPTIONER", (*train, "--init", captioner, "--out", work / "args-out" / "init-cap"), "--init", None),
+        ("train --out under a file", (*train, "--out", under), "a-file.txt", None),
+        ("index build --out under a file", ("index", "build", model, "--data", manifest, "--out", under, "--quiet"),
+         "a-file.txt", None),
+        ("embed --out under a file", ("embed", model, "--data", manifest, "--out", under), "a-file.txt", None),
+        ("demo --out under a file", ("demo", "--out", under, "--no-serve"), "a-file.txt", None),
+        ("export --out under a file", ("export", model, "--format", "hf", "--out", under), "a-file.txt", None),
+        ("merge --out under a file", ("merge", model, model, "--out", under), "a-file.txt", None),
+        ("search with invalid UTF-8", ("search", index, bad_utf8), "UTF-8", None),
+        ("chat with invalid UTF-8", ("chat", captioner, "--image", manifest.parent / "img-1.png", "--message", bad_utf8),
+         "UTF-8", None),
+        ("eval --template with invalid UTF-8", ("eval", model, "--data", manifest, "--template", b"a \xff {}"), "UTF-8", None),
+        ("eval --template '{x}'", ("eval", model, "--data", manifest, "--template", "{x}"), "--template", None),
+        ("eval --template without {}", ("eval", model, "--data", manifest, "--template", "a photo"), "--template", None),
+        ("serve --max-upload-mb inf", ("serve", index, "--max-upload-mb", "inf"), "--max-upload-mb", None),
+        ("serve --max-upload-mb nan", ("serve", index, "--max-upload-mb", "nan"), "--max-upload-mb", None),
+        ("index build --shard-size 0", ("index", "build", model, "--data", manifest, "--out", work / "args-out" / "ix0",
+                                        "--shard-size", "0", "--quiet"), "--shard-size", None),
+        ("index add --shard-size 0", ("index", "add", index, "--data", manifest, "--shard-size", "0"), "--shard-size", None),
+        ("builtin:shapes?n=abc", (*train[:1], "--data", "builtin:shapes?n=abc", *train[3:], "--out",
+                                  work / "args-out" / "nabc"), "n", None),
+        ("builtin:shapes?size=0", (*train[:1], "--data", "builtin:shapes?size=0", *train[3:], "--out",
+                                   work / "args-out" / "size0"), "size", None),
+        ("builtin:shapes?n=-5", (*train[:1], "--data", "builtin:shapes?n=-5", *train[3:], "--out",
+                                 work / "args-out" / "nneg"), "n", None),
+        ("--set model.vision.width=1000000", (*train, "--set", "model.vision.width=1000000", "--out",
+                                              work / "args-out" / "wide"), "width", None),
+        ("--set model.text.vocab_size=1000000000", (*train, "--set", "model.text.vocab_size=1000000000", "--out",
+                                                    work / "args-out" / "vocab"), "vocab_size", None),
+        ("export --format onnx without onnxruntime", ("export", model, "--format", "onnx", "--out",
+                                                      work / "args-out" / "onnx"), "onnx", f"{no_onnx}:{TREE}"),
+        ("demo --port -1 (fails before training)", ("demo", "--out", work / "args-out" / "demo", "--port", "-1"),
+         "--port", None),
+        ("demo --port 70000", ("demo", "--out", work / "args-out" / "demo2", "--port", "70000"), "--port", None),
+        ("merge --alpha nan", ("merge", model, model, "--alpha", "nan", "--out", work / "args-out" / "merged"), "alpha",
+         None),
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda job: hostile_cli(*job[1], cwd=work, timeout=90, pythonpath=job[3]), jobs))
+    return [Case(name, *refused(result, key)) for (name, _, key, _), result in zip(jobs, results)]
+
+
+def skipped_count(text: str) -> int | None:
+    """The items a command's summary says it skipped: "skipped 2 (...)" or "skipped: a=0, b=1"."""
+    line = next((line for line in text.splitlines() if "skipped" in line), None)
+    if line is None:
+        return None
+    tail = line[line.index("skipped"):]
+    total = re.match(r"skipped (\d+)", tail)
+    return int(total.group(1)) if total else sum(int(n) for n in re.findall(r"=(\d+)", tail))
+
+
+def probe_data_files(work: Path, model: Path, manifest: Path) -> list[Case]:
+    """Data files with hostile entries: bad paths are skipped and counted, a broken file is one line."""
+    folder = manifest.parent
+    good = [{"image": f"img-{i}.png", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
+                                                         {"from": "gpt", "value": f"a blob {i}"}]} for i in range(8)]
+    bad_paths = {"a 5,000-character path": "x" * 5000 + ".png", "a NUL byte in a path": "img-1\x00.png",
+                 "a lone surrogate in a path": "img-\ud800.png", "a path through a file": "img-1.png/x.png",
+                 "a 300-level ../ path": "../" * 300 + "etc/passwd"}
+    cases = []
+    for n, (name, path) in enumerate(bad_paths.items()):
+        entry = {**good[0], "image": path}
+        llava = folder / f"hostile-{n}.json"
+        llava.write_text(json.dumps([*good, entry]))
+        rows = [json.dumps({"image": f"img-{i}.png", "caption": f"blob {i}"}) for i in range(8)]
+        rows.append(json.dumps({"image": path, "caption": "bad"}))
+        jsonl = folder / f"hostile-{n}.jsonl"
+        jsonl.write_text("\n".join(rows) + "\n")
+        for kind, data in (("LLaVA", llava), ("manifest", jsonl)):
+            proc, _ = hostile_cli("index", "build", model, "--data", data, "--out", work / "data-index" / f"{kind}{n}",
+                                  cwd=work)
+            text = proc.stdout + proc.stderr
+            ok = proc.returncode == 0 and "Traceback" not in text and skipped_count(text) == 1
+            cases.append(Case(f"{kind}: {name}: skipped and counted", ok,
+                              (text.strip().splitlines() or [""])[-1][:100]))
+    nested = folder / "nested.json"
+    nested.write_text(_nested(100_000))
+    deep_entry = folder / "deep-entry.json"
+    deep_entry.write_text("[" + json.dumps(good[0]) + ", {\"conversations\": " + _nested(100_000) + "}]")
+    for name, path in (("LLaVA JSON nested 100,000 deep", nested), ("LLaVA entry nested 100,000 deep", deep_entry)):
+        cases.append(Case(name, *refused(hostile_cli("index", "build", model, "--data", path, "--out",
+                                                     work / "data-index" / path.stem, cwd=work), path.name)))
+    return cases
+
+
+def probe_export_merge(work: Path, model: Path, manifest: Path) -> list[Case]:
+    """Export and merge must never write over the source, into a non-empty folder, or leave litter."""
+    import shutil
+
+    cases = []
+    source = work / "export-source"
+    shutil.rmtree(source, ignore_errors=True)
+    shutil.copytree(model, source, ignore=shutil.ignore_patterns("checkpoints"))
+    before = {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+    result = hostile_cli("export", source, "--format", "onnx", "--out", source, cwd=work)
+    after = {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+    ok, note = refused(result, "--out")
+    cases.append(Case("export --format onnx --out the model folder itself", ok and before == after,
+                      note if before == after else "the model folder was changed"))
+    full = work / "full-folder"
+    full.mkdir(exist_ok=True)
+    (full / "notes.txt").write_text("mine")
+    for fmt in ("onnx", "hf"):
+        result = hostile_cli("export", source, "--format", fmt, "--out", full, cwd=work)
+        ok, note = refused(result, "full-folder")
+        cases.append(Case(f"export --format {fmt} into a non-empty folder", ok and (full / "notes.txt").read_text() == "mine"
+                          and len(list(full.iterdir())) == 1, note))
+    stale = work / ".exported.999999999.deadbeef.tmp"
+    stale.mkdir(exist_ok=True)
+    (stale / "half.onnx").write_bytes(b"x" * 100)
+    result, _ = hostile_cli("export", source, "--format", "hf", "--out", work / "exported", cwd=work)
+    cases.append(Case("export removes a stale .OUT.PID.tmp of a dead process", result.returncode == 0 and not stale.exists(),
+                      f"exit {result.returncode}, stale {'left' if stale.exists() else 'removed'}"))
+    stale = work / ".merged.999999999.deadbeef.tmp"
+    stale.mkdir(exist_ok=True)
+    result, _ = hostile_cli("merge", source, source, "--out", work / "merged", cwd=work)
+    cases.append(Case("merge removes a stale .OUT.PID.tmp of a dead process", result.returncode == 0 and not stale.exists(),
+                      f"exit {result.returncode}, stale {'left' if stale.exists() else 'removed'}"))
+    captioner = _cjk_free_captioner(work, manifest, model)
+    if captioner is not None:
+        other = _edited(captioner, work / "captioner-other-lm-tokenizer", _json_edit(
+            "lm/tokenizer.json", lambda d: d["model"]["vocab"].__setitem__("zzzz", max(d["model"]["vocab"].values()) + 1)))
+        result = hostile_cli("merge", captioner, other, "--out", work / "merged-captioners", cwd=work)
+        cases.append(Case("merge of captioners with different LM tokenizers", *refused(result, "tokenizer")))
+    return cases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated categories (default: all)")
@@ -385,7 +813,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="the http category alone (as --only http): does it run")
     args = parser.parse_args()
     wanted = [c for c in ("http" if args.smoke else args.only).split(",") if c] or ["http", "model-folders", "configs",
-                                                                                     "kill-rebuild", "memory"]
+                                                                                     "kill-rebuild", "memory", "imports", "tampered",
+                                                                                     "arguments", "data-files",
+                                                                                     "export-merge"]
 
     started = time.monotonic()
     results: dict[str, list[Case]] = {}
@@ -405,12 +835,20 @@ def main() -> None:
                 "model-folders": lambda: probe_model_folders(work, model, manifest),
                 "configs": lambda: probe_configs(work, manifest),
                 "kill-rebuild": lambda: probe_kill_rebuild(work, model),
-                "memory": lambda: probe_memory(work, index)}
+                "memory": lambda: probe_memory(work, index),
+                "imports": lambda: probe_imports(work, manifest),
+                "tampered": lambda: probe_tampered(work, model, manifest),
+                "arguments": lambda: probe_arguments(work, model, manifest, index),
+                "data-files": lambda: probe_data_files(work, model, manifest),
+                "export-merge": lambda: probe_export_merge(work, model, manifest)}
         for name in wanted:
             try:
                 results[name] = runs[name]()
             except Exception as exc:  # a probe that cannot run is a finding too
                 results[name] = [Case(f"{name} probe itself", False, f"{type(exc).__name__}: {exc}"[:150])]
+            cases = results[name]  # as each category ends (a long run cut short keeps what it found)
+            print(f"[{name}: {sum(c.passed for c in cases)}/{len(cases)} passed, {time.monotonic() - started:.0f} s]",
+                  file=sys.stderr, flush=True)
 
     print(f"visembed trust probe: {TREE}  ({time.monotonic() - started:.0f} s)")
     print(f"| {'category':<14} | {'tried':>5} | {'passed':>6} |")

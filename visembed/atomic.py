@@ -105,12 +105,46 @@ def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
     return final_dir
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process, or no pid at all
+        return 0 < pid < 1 << 22
+    return True
+
+
+def remove_stale_temporaries(final: str | os.PathLike) -> int:
+    """Remove what killed writers left beside `final`: `.NAME.PID.HEX.tmp` folders and files
+    (`temporary_path`) of processes that no longer run on this machine; -> how many went."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return 0
+    removed = 0
+    prefix = f".{final.name}."
+    for entry in final.parent.iterdir():
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        parts = name[len(prefix):-len(".tmp")].split(".")
+        if len(parts) != 2 or not parts[0].isdigit() or _process_alive(int(parts[0])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def new_dir(final_dir: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
     """A hidden folder beside `final_dir` to fill; when the block ends without an error it becomes
     `final_dir` (absent or empty; with `replace`, whatever was there goes), else it is removed."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final_dir)  # a killed writer's half folder (its process is gone)
     tmp = temporary_path(final_dir)
     tmp.mkdir()
     try:
@@ -123,4 +157,4 @@ def new_dir(final_dir: str | os.PathLike, *, replace: bool = False) -> Iterator[
 
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_npy", "atomic_write_text",
-           "fsync_dir", "new_dir", "replace_dir", "temporary_path"]
+           "fsync_dir", "new_dir", "remove_stale_temporaries", "replace_dir", "temporary_path"]

@@ -7,15 +7,24 @@ Every file goes to a temporary name first, is flushed to disk and moved into pla
 fsynced (`visembed.atomic`), and a checkpoint folder appears under its final name only once complete:
 a killed run, or a power cut, never leaves a half-written file where a reader would look. A damaged
 file met on reading is a `ModelFolderError` that names it, never a traceback from a library.
+
+A folder may come from someone else, so nothing is allocated on its config's word: `build_fitting`
+first builds the model on torch's meta device (shapes, no memory), compares every weight with the
+names, shapes and dtypes in the safetensors header (`read_header`, a few KB), and only then builds it
+for real. A config that claims more than its weights file holds (a vocabulary of 3e7 over a 4 KB
+file, a Llama at its default size where a 1-layer GPT-2 was trained) is one line, before any
+allocation. `read_json` reads the folder's JSON files strictly: a size cap, no duplicate keys, no
+nesting that exhausts the stack, no NaN or infinite numbers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -32,6 +41,112 @@ CHECKPOINT_DIR = "checkpoints"
 
 class ModelFolderError(FileNotFoundError):
     """A model or run folder that cannot be used: missing, corrupt, or for another model."""
+
+
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a config or tokenizer file beyond this is not one
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}  # safetensors' names
+OTHER_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
+                "U32": "uint32", "I64": "int64", "U64": "uint64"}  # (torch's names, for messages)
+
+
+def parse_json(text: str, where: str) -> Any:
+    """`text` as JSON, strictly; any problem is a ValueError that starts with `where`."""
+    def unique(pairs):
+        keys = [key for key, _ in pairs]
+        twice = next((key for key in keys if keys.count(key) > 1), None)
+        if twice is not None:
+            raise ValueError(f"{where} has the key {twice!r} twice (which one counts is ambiguous)")
+        return dict(pairs)
+
+    def constant(name):  # NaN, Infinity: kept for _check_finite, which names the key
+        return float(name.replace("Infinity", "inf"))
+
+    try:
+        data = json.loads(text, object_pairs_hook=unique, parse_constant=constant)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON ({err})") from None
+    except RecursionError:  # the parser recurses per level: 100,000 `[` exhaust the stack
+        raise ValueError(f"{where} nests too deep to be a config or tokenizer file") from None
+    _check_finite(data, where)
+    return data
+
+
+def _check_finite(data: Any, where: str) -> None:
+    stack = [("", data)]
+    while stack:
+        key, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{where}: {key or 'a value'} holds {item}, not a finite number")
+        if isinstance(item, dict):
+            stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{key}[{i}]", v) for i, v in enumerate(item))
+
+
+def read_json(path: str | Path, error: type[Exception] | None = None) -> Any:
+    """A JSON file of a model folder, strictly (`parse_json`), at most MAX_JSON_BYTES; problems are
+    `error` (ModelFolderError by default) naming the file."""
+    error = error or ModelFolderError
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise error(f"{path} does not exist or is not a regular file")
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise error(f"{path} is {path.stat().st_size:,} bytes: too large for a JSON config or tokenizer file")
+        text = path.read_text(encoding="utf-8")
+        return parse_json(text, str(path))
+    except OSError as err:
+        raise error(f"{path} cannot be read ({err.strerror or err})") from None
+    except ValueError as err:  # bad UTF-8, or parse_json's
+        message = str(err) if str(err).startswith(str(path)) else f"{path} is not valid JSON ({err})"
+        raise error(message) from None
+
+
+def read_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (safetensors dtype such as "F32", shape) of every tensor in `path`, from its header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}
+    except FileNotFoundError:
+        raise ModelFolderError(f"{path} does not exist") from None
+    except (SafetensorError, OSError) as err:
+        raise ModelFolderError(f"{path} is corrupt (not a complete safetensors file: {err}); "
+                               "copy or train it again") from None
+
+
+def _saved_name(name: str) -> str:
+    """A LoRA checkpoint's name of a base weight -> the plain model's (`q.base_layer.weight` -> `q.weight`)."""
+    return name.replace(".base_layer.", ".")
+
+
+def check_fits(expected: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Every tensor of `expected` (a model's state dict, on the meta device or not) must be in the
+    safetensors file `path` with its shape, and a float weight must be stored as a float (an int8 or
+    bool tensor would be cast silently): else a ModelFolderError naming the first that is not."""
+    saved = {_saved_name(name): entry for name, entry in read_header(path).items() if ".lora_" not in name}
+    for name, tensor in expected.items():
+        if name not in saved:
+            raise ModelFolderError(f"weights in {path} do not fit the model its config describes: no {name!r} "
+                                   "in the file (was it saved with a different config?)")
+        dtype, shape = saved[name]
+        if shape != tuple(tensor.shape):
+            raise ModelFolderError(f"weights in {path} do not fit the model its config describes: {name} has shape "
+                                   f"{list(shape)} but the config makes it {list(tensor.shape)}")
+        if tensor.is_floating_point() and dtype not in FLOAT_DTYPES:
+            raise ModelFolderError(f"weights in {path}: {name} is stored as {OTHER_DTYPES.get(dtype, dtype)}, not a float; visembed does not "
+                                   "cast integer or bool weights into a float model")
+
+
+def build_fitting(build: Callable[[], torch.nn.Module], path: str | Path) -> torch.nn.Module:
+    """`build()` once on the meta device (shapes only), checked against the weights in `path`
+    (`check_fits`), then for real: a config never allocates more than its weights file holds."""
+    with torch.device("meta"):
+        planned = build()
+    check_fits(unwrap(planned).state_dict(), path)
+    del planned
+    return build()
 
 
 def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -99,12 +214,9 @@ def save_model_folder(model: torch.nn.Module, cfg: RunConfig, out_dir: str | Pat
 
 def read_config(folder: str | Path) -> RunConfig:
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
+    if not path.exists():
         raise ModelFolderError(f"{folder} is not a visembed model or run folder (no {CONFIG_FILE})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-        raise ModelFolderError(f"{path} is not valid JSON ({err}); the folder's config is damaged") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ModelFolderError(f"{path} is not a visembed config (a JSON object is expected)")
     try:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, text_argument
 
 
 def register(app: typer.Typer) -> None:
@@ -116,6 +116,7 @@ def chat_cmd(
     with friendly_errors():
         _check_language(language)
         picture = _read(image)
+        text_argument(message, "--message")
         if message is not None and not message.strip():
             raise ValueError("--message is empty")
         model = _load_captioner(folder, list(vocabulary))

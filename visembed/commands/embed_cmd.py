@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, output_folder
 from visembed.commands.options import BACKEND_OPTION
 
 FORMATS = ("npy", "clip-retrieval")
@@ -43,6 +43,7 @@ def embed(
     with friendly_errors():
         if out_format not in FORMATS:
             raise ValueError(f"--format {out_format!r}: choose {' or '.join(FORMATS)}")
+        output_folder(out, "--out")  # (a prefix or a folder: its folders must be folders) before embedding, not after
         rank, world = distributed.init_distributed()[:2]
         if text and (world > 1 or out_format != "npy"):
             raise ValueError("--text embeds captions in one process, to .npy only")

@@ -9,11 +9,23 @@ from typing import Optional
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, text_argument
 
 
 def register(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
+
+
+def check_template(template: str) -> None:
+    """A zero-shot template: UTF-8 text with one `{}` where the class name goes (nothing else in braces)."""
+    text_argument(template, "--template")
+    try:
+        filled = template.format("\0")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"--template {template!r} must hold one {{}} for the class name and no other braces "
+                         f"({type(err).__name__}: {err}); write {{{{ and }}}} for literal braces") from None
+    if filled.count("\0") != 1:
+        raise ValueError(f"--template {template!r} must hold one {{}} for the class name")
 
 
 def eval_cmd(
@@ -33,6 +45,8 @@ def eval_cmd(
     from visembed.interop.cache import resolve_model
 
     with friendly_errors():
+        for template in templates:
+            check_template(template)
         metrics = evaluate_folder(resolve_model(folder), data, split, language=language, templates=tuple(templates) or DEFAULT_TEMPLATES,
                                   limit=limit)
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))

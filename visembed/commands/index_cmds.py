@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, text_argument
 from visembed.commands.options import BACKEND_OPTION
 
 
@@ -39,7 +39,7 @@ def build(
                                    "(Milvus: hnsw, ivf_flat or ivf_sq8; auto turns to ivf_sq8 past 50M items)."),
     milvus_timeout: float = typer.Option(10.0, "--milvus-timeout", min=0.1, help="Seconds to reach a Milvus server."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard (the unit of resumption)."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per embedding shard (the unit of resumption)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     model_backend: str = BACKEND_OPTION,
     forget_deletions: bool = typer.Option(False, "--forget-deletions", help="Bring back items removed with `index delete`."),
@@ -103,7 +103,7 @@ def add(
     model: Path = typer.Option(None, "--model", help="Model folder (default: the one recorded in the index; same weights only)."),
     language: str = typer.Option("en", "--language", help="Caption language for multilingual data."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    shard_size: int = typer.Option(1000, "--shard-size", help="Images per embedding shard."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per embedding shard."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     model_backend: str = BACKEND_OPTION,
 ) -> None:
@@ -155,6 +155,7 @@ def search(
     from visembed.index.searcher import Searcher
 
     with friendly_errors():
+        text_argument(text, "TEXT")
         if not text.strip() and image is None:
             raise ValueError("give a query TEXT, an --image, or both")
         example = None
@@ -239,6 +240,8 @@ def serve(
     from visembed.serve.app import run_server
 
     with friendly_errors():
+        if not 0.001 <= max_upload_mb <= 100_000:  # (inf and nan too)
+            raise ValueError(f"--max-upload-mb must be a number of megabytes from 0.001 to 100000, not {max_upload_mb}")
         run_server(index_dir, host, port, model_dir=model, captioner_dir=captioner, classifier_dir=classifier,
                    max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                    allowed_hosts=list(allowed_hosts) or None, data_roots=list(data_roots),

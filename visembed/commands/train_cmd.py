@@ -8,11 +8,35 @@ from typing import Optional
 
 import typer
 
-from visembed.commands.errors import friendly_errors
+from visembed.commands.errors import friendly_errors, output_folder
 
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
+
+
+SIZE_CAPS = {"width": 1 << 16, "depth": 1 << 10, "heads": 1 << 10, "vocab_size": 1 << 20, "context_length": 1 << 16,
+             "image_size": 1 << 14}  # far beyond any model trained here; a typo of 10^6 or 10^9 is caught before work
+
+
+def check_sizes(cfg) -> None:
+    """The towers' sizes within SIZE_CAPS (a BPE trainer asked for 10^9 tokens aborts the process in Rust)."""
+    for tower in ("vision", "text"):
+        section = getattr(cfg.model, tower)
+        for name, cap in SIZE_CAPS.items():
+            value = getattr(section, name, None)
+            if isinstance(value, int) and value > cap:
+                raise ValueError(f"model.{tower}.{name}={value} is beyond what visembed trains (at most {cap:,})")
+
+
+def check_init(init: Path, cfg) -> None:
+    """`--init` must hold a model of the run's architecture (its weights are loaded over the new model)."""
+    from visembed.checkpoint import read_config
+
+    kind = read_config(init).model.architecture
+    if kind != cfg.model.architecture:
+        hint = " (to caption with its vision side, use `visembed train-captioner --vision`)" if kind == "captioner" else ""
+        raise ValueError(f"--init {init} holds a {kind}, but this run trains a {cfg.model.architecture}{hint}")
 
 
 def train(
@@ -34,15 +58,19 @@ def train(
     from visembed.config import apply_overrides, load_preset
 
     with friendly_errors():
+        output_folder(out)
         cfg = load_preset(preset)
         flags = {"data.train": data, "train.steps": steps, "train.epochs": epochs, "train.batch_size": batch_size,
                  "train.checkpoint_every": checkpoint_every, "train.seed": seed}
         cli = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in flags.items() if v is not None]
         cfg = apply_overrides(cfg, cli + list(overrides))
+        check_sizes(cfg)
         from visembed.interop.cache import resolve_model
         from visembed.train.loop import train as run_training
 
         init = resolve_model(init) if init is not None else None
+        if init is not None:
+            check_init(init, cfg)
         metrics = run_training(cfg, out, init=init, resume=resume, progress=not no_progress)
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
 

@@ -85,6 +85,18 @@ def _upright_rgb(img: Image.Image) -> Image.Image:
         raise BadImage("unreadable", f"{type(e).__name__}: {e}") from e
 
 
+def image_file(folder: Path, name: str) -> tuple[str | None, str]:
+    """(absolute path, "") of the image file `name` names relative to `folder`, or (None, reason) for a
+    name no file can have or that names no file: "bad_path" (a NUL byte, a lone surrogate, a name too
+    long for the file system) or "missing_file". Data files are hostile: this never raises."""
+    try:
+        path = (folder / name).resolve()
+        os.fsencode(path)  # a lone surrogate (JSON "\\ud800") has no bytes
+        return (str(path), "") if path.is_file() else (None, "missing_file")
+    except (ValueError, OSError):  # ValueError: NUL byte, UnicodeEncodeError; OSError: ENAMETOOLONG, ELOOP
+        return None, "bad_path"
+
+
 @contextlib.contextmanager
 def _opened(src, max_bytes: int | None) -> Iterator[BinaryIO]:
     """A binary file object over `src` after the checks that need no decoding (exists, size)."""
@@ -105,6 +117,8 @@ def _opened(src, max_bytes: int | None) -> Iterator[BinaryIO]:
             raise FileNotFoundError(src)
     except OSError:
         raise BadImage("missing_file", str(path)) from None
+    except ValueError:  # a NUL byte or a lone surrogate: no file has that name
+        raise BadImage("bad_path", repr(str(path))[:200]) from None
     if size == 0:
         raise BadImage("empty_file", str(path))
     if max_bytes is not None and size > max_bytes:

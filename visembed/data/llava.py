@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from .conversations import IMAGE_TOKEN, conversation_problem, with_image
-from .images import SkipCounter
+from .images import SkipCounter, image_file
 from .manifest import rows_of_split
 from .sample import DataError, ListDataset, Sample
 
@@ -50,7 +50,9 @@ def open_llava(path: str | Path, split: str = "train", *, language: str = "en") 
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:  # the parser recurses per level: 100,000 `[` exhaust the stack
+        raise DataError(f"{path}: the JSON nests too deep to be a LLaVA file") from None
     if entries == []:
         raise DataError(f"{path}: the file is an empty list (no conversations)")
     if not isinstance(entries, list) or not any(isinstance(e, dict) and "conversations" in e for e in entries):
@@ -74,10 +76,11 @@ def open_llava(path: str | Path, split: str = "train", *, language: str = "en") 
         if isinstance(conversation, str):
             skipped.add(conversation)
             continue
-        file_path = str((path.parent / image).resolve())
-        if not Path(file_path).is_file():
-            skipped.add("missing_file")
-            first_missing = first_missing or file_path
+        file_path, problem = image_file(path.parent, image)
+        if file_path is None:
+            skipped.add(problem)
+            if problem == "missing_file":
+                first_missing = first_missing or str(path.parent / image)
             continue
         base_id = str(row.get("id") or image)
         count = seen.get(base_id, 0)

@@ -12,7 +12,7 @@ import csv
 import json
 from pathlib import Path
 
-from .images import SkipCounter
+from .images import SkipCounter, image_file
 from .sample import DataError, ListDataset, Sample
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -84,7 +84,10 @@ def _image_source(value, folder: Path):
         value = value.get("path")
     if not value:
         return None, None
-    path = (folder / str(value)).resolve()
+    try:
+        path = (folder / str(value)).resolve()
+    except ValueError:  # a NUL byte or a lone surrogate: no file has that name
+        return None, "bad_path"
     return str(path), str(path)
 
 
@@ -143,7 +146,10 @@ def open_manifest(
         cell = row.get(image_key)
         image, file_path = _image_source(cell, folder)
         if image is None:
-            skipped.add("missing_image")
+            skipped.add("bad_path" if file_path == "bad_path" else "missing_image")
+            continue
+        if file_path is not None and image_file(Path(file_path).parent, Path(file_path).name)[1] == "bad_path":
+            skipped.add("bad_path")  # a NUL byte, a lone surrogate, a name too long for the file system
             continue
         if file_path is not None and not Path(file_path).is_file():
             # counted once per row here, not once per draw while training

@@ -49,7 +49,10 @@ class ShapesDataset:
             raise DataError(f"builtin:shapes has splits {', '.join(SPLIT_RANGES)}, not {split!r}")
         if language not in ("en", "both"):
             raise DataError("builtin:shapes has English captions only (language='en')")
-        if not 1 <= max_objects <= 3:
+        for name, value, low_, high_ in (("n", n, 1, 10**9), ("size", size, 16, 4096), ("seed", seed, 0, 2**63)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low_ <= value <= high_:
+                raise DataError(f"builtin:shapes: {name} must be a whole number from {low_} to {high_}, not {value!r}")
+        if max_objects not in (1, 2, 3) or isinstance(max_objects, bool):
             raise DataError("builtin:shapes: max_objects must be 1, 2 or 3")
         low, high = SPLIT_RANGES[split]
         self.start, self.stop = round(n * low), round(n * high)

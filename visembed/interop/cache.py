@@ -33,14 +33,23 @@ def is_foreign(spec: str | os.PathLike) -> bool:
     return str(spec).startswith(PREFIXES)
 
 
+def source_files(path: Path) -> list[Path]:
+    """The files a converter may read: a checkpoint file and the JSON files beside it, or every file
+    of a folder, subfolders included (a sharded folder may keep its shards there), except hidden
+    ones and other frameworks' weights."""
+    if path.is_file():
+        return [path] + sorted(path.parent.glob("*.json"))
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(_SKIPPED_SUFFIXES)
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
 def source_digest(kind: str, path: Path) -> str:
-    """sha256 over the names and bytes of the files a converter reads (a folder's top level, or one file)."""
+    """sha256 over the relative names and bytes of the files a converter reads (`source_files`)."""
     digest = hashlib.sha256(f"{kind}:{CONVERTER_VERSION}".encode())
-    # a checkpoint file is read with the JSON (and tokenizer) files beside it
-    files = [path] + sorted(path.parent.glob("*.json")) if path.is_file() else sorted(
-        p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_SKIPPED_SUFFIXES))
-    for file in files:
-        digest.update(f"\0{file.name}\0{file.stat().st_size}\0".encode())
+    base = path.parent if path.is_file() else path
+    for file in source_files(path):
+        name = file.relative_to(base).as_posix()
+        digest.update(f"\0{name}\0{file.stat().st_size}\0".encode("utf-8", "surrogateescape"))
         with open(file, "rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)

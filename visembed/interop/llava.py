@@ -143,11 +143,12 @@ def _tokenizer(model):
 
 def export_llava(model_dir: Path, cfg: RunConfig, out: Path) -> None:
     """Write the LLaVA folder of the captioner in `model_dir` into `out` (an empty folder)."""
-    from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     from visembed.models import load_model_folder
+    from visembed.models.lm import read_lm_config
 
-    _check_lm(cfg, AutoConfig.from_pretrained(model_dir / LM_DIR))
+    _check_lm(cfg, read_lm_config(model_dir / LM_DIR))  # strict: a damaged lm/config.json is one line
     model, cfg = load_model_folder(model_dir, "cpu")
     tokenizer = _tokenizer(model)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)

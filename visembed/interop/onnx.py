@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visembed.atomic import atomic_write, atomic_write_json, atomic_write_text
+from visembed.atomic import atomic_write, atomic_write_json, atomic_write_text, new_dir
+from visembed.interop.hf_folder import ExportError
 
 IMAGE_GRAPH = "image_encoder.onnx"
 TEXT_GRAPH = "text_encoder.onnx"
@@ -88,9 +89,15 @@ def export_onnx(model_dir: str | Path, out: str | Path) -> None:
         return export_classifier_onnx(model_dir, out)
     _require_runtime()
     model_dir, out = Path(model_dir), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # the model folder itself among them
+        raise ExportError(f"{out} already exists and is not empty; choose a new --out")
     model, cfg = load_model_folder(model_dir, "cpu")  # (feature cache off: a Python-side cache cannot be traced)
     model = getattr(model, "encoder", model)  # a captioner: its dual encoder (the causal LM is not exported)
-    out.mkdir(parents=True, exist_ok=True)
+    with new_dir(out) as tmp:  # complete or absent: a killed export leaves no half folder under --out
+        _write_graphs(model, cfg, model_dir, tmp)
+
+
+def _write_graphs(model: nn.Module, cfg, model_dir: Path, out: Path) -> None:
     size = cfg.model.vision.image_size
 
     pixels = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -239,12 +246,16 @@ def run_graph(path: str | Path, inputs: dict) -> "numpy.ndarray":  # noqa: F821
     return session.run(None, inputs)[0]
 
 
+class MissingRuntime(ExportError, ImportError):
+    """onnx or onnxruntime is not installed (the `onnx` extra): an ExportError, so the CLI says it in one line."""
+
+
 def _require_runtime() -> None:
     try:
         import onnx  # noqa: F401  (the exporter serialises through it)
         import onnxruntime  # noqa: F401  (every export is checked with it)
     except ImportError as err:
-        raise ImportError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): "
+        raise MissingRuntime(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): "
                           "pip install 'visembed[onnx]'") from None
 
 

@@ -104,8 +104,11 @@ def convert_openclip(path: str | Path, out_dir: str | Path) -> None:
         raise FileExistsError(f"{out_dir} is not empty; convert into a new folder")
     with new_dir(out_dir) as tmp:
         tokenizer.save(tmp)  # the text tower reads it from its folder
+        with torch.device("meta"):  # shapes only: a config claiming more than the weights hold allocates nothing
+            planned = build_model(cfg.model, tokenizer_dir=tmp, pretrained=False)
+        converted = convert_state_dict(state, planned.state_dict(), checkpoint)
         model = build_model(cfg.model, tokenizer_dir=tmp, pretrained=False)
-        model.load_state_dict(convert_state_dict(state, model.state_dict(), checkpoint), strict=True)
+        model.load_state_dict(converted, strict=True)
         save_model_folder(model, cfg, tmp)
         atomic_write_text(tmp / "README.md", _card(cfg, checkpoint, config_file, tokenizer_source))
 
@@ -144,17 +147,45 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
 
 def read_openclip_config(path: Path) -> tuple[dict, dict]:
     """(model config, preprocess config) from a model-config JSON or a published open_clip_config.json."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise OpenCLIPImportError(f"cannot read the OpenCLIP config {path}: {err}") from None
+    from visembed.checkpoint import read_json
+
+    data = read_json(path, OpenCLIPImportError)  # strict: size, depth, duplicate keys, finite numbers
     if not isinstance(data, dict):
         raise OpenCLIPImportError(f"{path} is not an OpenCLIP model config (a JSON object is expected)")
     model_cfg, preprocess_cfg = (data["model_cfg"], data.get("preprocess_cfg") or {}) if "model_cfg" in data else (data, {})
+    if not isinstance(model_cfg, dict):
+        raise OpenCLIPImportError(f"{path}: model_cfg is a {type(model_cfg).__name__}, a JSON object is expected")
+    if not isinstance(preprocess_cfg, dict):
+        raise OpenCLIPImportError(f"{path}: preprocess_cfg is a {type(preprocess_cfg).__name__}, a JSON object is "
+                                  "expected")
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in model_cfg:
             raise OpenCLIPImportError(f"{path} is not an OpenCLIP model config: no {key!r}")
+    for key in ("vision_cfg", "text_cfg"):
+        if not isinstance(model_cfg[key], dict):
+            raise OpenCLIPImportError(f"{path}: {key} is a {type(model_cfg[key]).__name__}, a JSON object is expected")
     return model_cfg, preprocess_cfg
+
+
+MAX_SIZE = 1 << 20  # no width, vocabulary, length or depth of a real CLIP comes near this
+
+
+def _size(section: dict, key: str, default, where: str) -> int:
+    """A size option (a whole number from 1 to MAX_SIZE), or an OpenCLIPImportError naming it."""
+    value = section.get(key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+        raise OpenCLIPImportError(f"OpenCLIP option {where}{key} is {value!r:.40}; a whole number from 1 to "
+                                  f"{MAX_SIZE:,} is expected")
+    return value
+
+
+def _ratio(section: dict, key: str, where: str) -> float:
+    value = section.get(key, 4.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 64:
+        raise OpenCLIPImportError(f"OpenCLIP option {where}{key} is {value!r:.40}; a positive number is expected")
+    return float(value)
 
 
 def read_openclip_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -164,8 +195,17 @@ def read_openclip_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         state = read_tensors(path)
     else:
+        import pickle
+
+        import warnings
+
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # ("Detected pickle protocol 4": torch's, about a file we may refuse)
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # torch's text goes on to advise weights_only=False: never that
+            raise OpenCLIPImportError(f"{path} holds Python objects besides tensors; visembed never unpickles them "
+                                      "(convert the checkpoint to safetensors)") from None
         except Exception as err:  # pickle, zip and torch errors alike: one line that names the file
             raise OpenCLIPImportError(f"cannot read {path} with torch.load(weights_only=True): "
                                       f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
@@ -206,25 +246,31 @@ def visembed_config(model_cfg: dict, preprocess_cfg: dict, has_logit_bias: bool 
         raise OpenCLIPImportError("OpenCLIP vision_cfg.layers is a list (a ModifiedResNet image tower): only ViT towers import")
     size = v.get("image_size", 224)
     if isinstance(size, (list, tuple)):
-        if len(set(size)) != 1:
+        if len(set(map(str, size))) != 1 or not size:
             raise OpenCLIPImportError(f"OpenCLIP vision_cfg.image_size={size} is not square: visembed's ViT is")
-        size = size[0]
-    width = v.get("width", 768)
-    head_width = v.get("head_width", 64)
+        v["image_size"] = size[0]
+    size = _size(v, "image_size", 224, "vision_cfg.")
+    width = _size(v, "width", 768, "vision_cfg.")
+    head_width = _size(v, "head_width", 64, "vision_cfg.")
+    sizes = {"embed_dim": _size(model_cfg, "embed_dim", None, ""), "patch_size": _size(v, "patch_size", 16, "vision_cfg."),
+             "vision_depth": _size(v, "layers", 12, "vision_cfg."), "vocab_size": _size(t, "vocab_size", 49408, "text_cfg."),
+             "context_length": _size(t, "context_length", 77, "text_cfg."), "text_width": _size(t, "width", 512, "text_cfg."),
+             "text_depth": _size(t, "layers", 12, "text_cfg."), "text_heads": _size(t, "heads", 8, "text_cfg."),
+             "vision_mlp": _ratio(v, "mlp_ratio", "vision_cfg."), "text_mlp": _ratio(t, "mlp_ratio", "text_cfg.")}
     if width % head_width:
         raise OpenCLIPImportError(f"OpenCLIP vision_cfg.width {width} is not a multiple of head_width {head_width}")
     cfg = to_dict(RunConfig())
     cfg["model"].update({
-        "embed_dim": model_cfg["embed_dim"],
+        "embed_dim": sizes["embed_dim"],
         "loss": "siglip" if has_logit_bias else "clip",
-        "vision": {**cfg["model"]["vision"], "kind": "vit", "image_size": size, "patch_size": v.get("patch_size", 16),
-                   "width": width, "depth": v.get("layers", 12), "heads": width // head_width,
-                   "mlp_ratio": float(v.get("mlp_ratio", 4.0)), "head": "linear",
+        "vision": {**cfg["model"]["vision"], "kind": "vit", "image_size": size, "patch_size": sizes["patch_size"],
+                   "width": width, "depth": sizes["vision_depth"], "heads": width // head_width,
+                   "mlp_ratio": sizes["vision_mlp"], "head": "linear",
                    "mean": [float(x) for x in _channels(preprocess_cfg.get("mean", OPENAI_MEAN))],
                    "std": [float(x) for x in _channels(preprocess_cfg.get("std", OPENAI_STD))]},
-        "text": {**cfg["model"]["text"], "kind": "transformer", "vocab_size": t.get("vocab_size", 49408),
-                 "context_length": t.get("context_length", 77), "width": t.get("width", 512), "depth": t.get("layers", 12),
-                 "heads": t.get("heads", 8), "mlp_ratio": float(t.get("mlp_ratio", 4.0))},
+        "text": {**cfg["model"]["text"], "kind": "transformer", "vocab_size": sizes["vocab_size"],
+                 "context_length": sizes["context_length"], "width": sizes["text_width"], "depth": sizes["text_depth"],
+                 "heads": sizes["text_heads"], "mlp_ratio": sizes["text_mlp"]},
     })
     if model_cfg.get("quick_gelu", False):  # OpenAI's own weights: x * sigmoid(1.702 x) in every MLP
         if "activation" not in cfg["model"]["vision"]:
@@ -305,6 +351,9 @@ def convert_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.T
     if missing:
         raise OpenCLIPImportError(f"{source} lacks {len(missing)} weight(s) the model needs, first {missing[0]!r}")
     for key, tensor in out.items():
+        if target[key].is_floating_point() and not tensor.is_floating_point():
+            raise OpenCLIPImportError(f"weight {key!r} from {source} is {str(tensor.dtype)[6:]}, not a float: visembed "
+                                      "does not cast integer or bool weights into a float model")
         if tensor.shape != target[key].shape:
             raise OpenCLIPImportError(f"weight {key!r} from {source} has shape {tuple(tensor.shape)}, the config asks "
                                       f"for {tuple(target[key].shape)}")

@@ -52,11 +52,12 @@ def build_model(cfg: ModelConfig, tokenizer_dir: str | Path | None = None, pretr
 
 def load_model_folder(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig]:
     """(model in eval mode on `device`, RunConfig) from a model or run folder."""
-    from visembed.checkpoint import load_weights, read_config, weights_path
+    from visembed.checkpoint import build_fitting, load_weights, read_config, weights_path
 
     cfg = read_config(folder)
-    model = build_model(cfg.model, tokenizer_dir=folder, pretrained=False)
     weights, adapters = weights_path(folder), False
+    # shapes checked against the weights file before anything is allocated (a tampered config)
+    model = build_fitting(lambda: build_model(cfg.model, tokenizer_dir=folder, pretrained=False), weights)
     if cfg.model.architecture == "captioner":
         from visembed.models.captioner import check_fits
         from visembed.models.lora import add_adapters, holds_adapters

@@ -61,10 +61,19 @@ class BPETokenizer:
         """A `tokenizer.json` file, or a folder holding one (a model folder)."""
         from tokenizers import Tokenizer
 
+        from visembed.checkpoint import ModelFolderError, read_json
+
         path = Path(path)
         if path.is_dir():
             path = path / FILE_NAME
-        return cls(Tokenizer.from_file(str(path)))
+        if path.exists():
+            read_json(path)  # strict first (size, depth, duplicate keys): a model folder may come from anyone
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
+            if not path.exists():
+                raise
+            raise ModelFolderError(f"{path} is not a tokenizers file ({str(err).splitlines()[0][:160]})") from None
 
     def save(self, path: str | Path) -> Path:
         """Save to a file, or into a folder as `tokenizer.json`; returns the file."""

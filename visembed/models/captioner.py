@@ -316,7 +316,7 @@ def read_hint_bank(folder: str | Path) -> dict[str, list[str]]:
         return {}
     try:
         bank = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: JSON nested 100,000 deep
         raise ValueError(f"{path} is not a hint bank ({err}); train the captioner again") from None
     if not isinstance(bank, dict) or not all(isinstance(v, list) and all(isinstance(t, str) for t in v)
                                              for v in bank.values()):

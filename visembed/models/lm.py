@@ -85,17 +85,17 @@ def build_lm(cfg: CaptionerConfig, asset_dir: Path, pretrained: bool, prefix_tok
     """(causal LM, tokenizer). `pretrained`: start from the source (a fresh run); otherwise the
     architecture comes from `asset_dir/lm/config.json` and the weights from the model folder.
     `prefix_tokens`: the visual prefix's length (a "gpt2" LM's positions must cover it)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     _quiet_transformers()
     local = Path(asset_dir) / LM_DIR
     if not local.is_dir():
         raise FileNotFoundError(f"{asset_dir} has no {LM_DIR}/ folder (the captioner's tokenizer and LM config)")
-    tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+    tokenizer = read_lm_tokenizer(local)
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         raise ValueError(f"the tokenizer in {local} has no {IMAGE_TOKEN} token: it was not prepared for a captioner")
-    if not pretrained and (local / "config.json").is_file():
-        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(local), dtype=torch.float32)
+    if not pretrained and (local / "config.json").exists():
+        lm = AutoModelForCausalLM.from_config(read_lm_config(local), dtype=torch.float32)
     elif cfg.lm == "gpt2":
         lm = GPT2LMHeadModel(GPT2Config(
             vocab_size=len(tokenizer), n_positions=cfg.max_tokens + prefix_tokens + GENERATED_TOKENS, n_embd=cfg.width, n_layer=cfg.depth,
@@ -108,6 +108,50 @@ def build_lm(cfg: CaptionerConfig, asset_dir: Path, pretrained: bool, prefix_tok
     if lm.get_input_embeddings().num_embeddings < len(tokenizer):  # IMAGE_TOKEN was added
         lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     return lm, tokenizer
+
+
+def read_lm_tokenizer(local: Path):
+    """The tokenizer saved in a captioner's `lm/`; a damaged one is a ModelFolderError naming it."""
+    from transformers import AutoTokenizer
+
+    from visembed.checkpoint import ModelFolderError, read_json
+
+    if (local / "config.json").exists():  # transformers reads it with the tokenizer
+        check_lm_config(local / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (local / name).exists():
+            read_json(local / name)  # syntax, size, depth and duplicate keys, before transformers parses it
+    try:
+        return AutoTokenizer.from_pretrained(local, local_files_only=True)
+    except Exception as err:  # tokenizers and transformers raise many kinds (even bare Exception) for bad files
+        raise ModelFolderError(f"{local}: the captioner's tokenizer cannot be loaded ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
+
+
+def check_lm_config(path: Path) -> None:
+    """`lm/config.json` read strictly: a JSON object with a model_type, or a ModelFolderError naming it."""
+    from visembed.checkpoint import ModelFolderError, read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ModelFolderError(f"{path} is not a transformers config (a JSON object with a model_type)")
+
+
+def read_lm_config(local: Path):
+    """The LM's transformers config in a captioner's `lm/config.json`, read strictly first (a
+    damaged or tampered file is a ModelFolderError naming it; its sizes are checked against the
+    weights when the model is built, `checkpoint.build_fitting`)."""
+    from transformers import AutoConfig
+
+    from visembed.checkpoint import ModelFolderError
+
+    path = local / "config.json"
+    check_lm_config(path)
+    try:
+        return AutoConfig.from_pretrained(local, local_files_only=True)
+    except (ValueError, KeyError, TypeError, OSError) as err:  # unknown model_type, wrong field types
+        raise ModelFolderError(f"{path} is not a usable language model config ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
 
 
 def save_lm_assets(lm, tokenizer, out_dir: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from visembed.atomic import atomic_write_text, new_dir
-from visembed.checkpoint import read_config, read_tensors, save_model_folder, weights_path
+from visembed.checkpoint import build_fitting, read_config, read_tensors, save_model_folder, weights_path
 from visembed.config import to_dict
 
 
@@ -33,9 +33,10 @@ def first_difference(a, b, prefix: str = "model") -> str | None:
 
 
 def _asset_files(folder: Path) -> dict[str, bytes]:
-    """Tokenizer files and the hf tower's config: what must be equal for the weights to mean the same."""
+    """Tokenizer files, the hf tower's config and a captioner's LM (`lm/`: its tokenizer and config):
+    what must be equal for the weights to mean the same."""
     files = {}
-    for path in sorted([folder / "tokenizer.json", *(folder / "text_encoder").glob("*")]):
+    for path in sorted([folder / "tokenizer.json", *(folder / "text_encoder").glob("*"), *(folder / "lm").glob("*")]):
         if path.is_file():
             files[str(path.relative_to(folder))] = path.read_bytes()
     return files
@@ -65,7 +66,7 @@ def merge_models(a: str | Path, b: str | Path, alpha: float, out: str | Path) ->
     from visembed.models.card import model_card
 
     a, b, out = Path(a), Path(b), Path(out)
-    if not 0.0 <= alpha <= 1.0:
+    if not 0.0 <= alpha <= 1.0:  # (NaN too)
         raise MergeError(f"--alpha must be in [0, 1] (0 gives A, 1 gives B), got {alpha}")
     cfg_a, cfg_b = read_config(a), read_config(b)
     difference = first_difference(to_dict(cfg_a.model), to_dict(cfg_b.model))
@@ -79,7 +80,7 @@ def merge_models(a: str | Path, b: str | Path, alpha: float, out: str | Path) ->
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MergeError(f"{out} already exists and is not empty; choose a new --out")
     merged = interpolate(read_tensors(weights_path(a)), read_tensors(weights_path(b)), alpha)
-    model = build_model(cfg_a.model, tokenizer_dir=a, pretrained=False)
+    model = build_fitting(lambda: build_model(cfg_a.model, tokenizer_dir=a, pretrained=False), weights_path(a))
     model.load_state_dict(merged, strict=True)
     with new_dir(out) as tmp:
         save_model_folder(model, cfg_b, tmp)  # the config of the fine-tuned run; the model section is A's too
