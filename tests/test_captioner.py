@@ -62,8 +62,18 @@ def test_an_overlong_dialogue_loses_its_oldest_turns_and_keeps_the_image(tokeniz
     turns = _turns(*["a large blue square left of a green triangle"] * 7)
     last_three = _turns(*[t["content"] for t in turns[4:]])
     limit = len(encode(tokenizer, last_three, 10**6, prompt=True).ids)
-    kept, dropped = fit_dialogue(tokenizer, turns, limit)
-    assert kept == last_three and dropped == 4
+    kept, dropped, cut = fit_dialogue(tokenizer, turns, limit)
+    assert kept == last_three and dropped == 4 and not cut
+
+
+def test_one_question_longer_than_the_context_keeps_its_beginning_and_the_reply_cue(tokenizer):
+    question = " ".join(["a large blue square left of a green triangle"] * 40)
+    turns = _turns(question)
+    kept, dropped, cut = fit_dialogue(tokenizer, turns, 48)
+    assert cut and dropped == 0 and len(kept) == 1
+    assert turns[0]["content"].startswith(kept[0]["content"]) and len(kept[0]["content"]) < len(turns[0]["content"])
+    prompt = encode(tokenizer, kept, 10**6, prompt=True)
+    assert len(prompt.ids) <= 48 and tokenizer.decode(prompt.ids[prompt.image_at:]).strip().endswith("ASSISTANT:")
 
 
 def test_a_trained_captioner_loads_and_describes_answers_and_still_embeds(tiny_captioner_dir):

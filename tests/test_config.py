@@ -221,3 +221,12 @@ def test_rules_of_a_kind_live_on_its_class():
         apply_overrides(load_preset("demo"), ["data.augment.enabled=true"])
     with pytest.raises(ConfigError, match="model.text.mask_padding"):
         apply_overrides(load_preset("tiny"), ["model.text.mask_padding=true"])
+
+
+@pytest.mark.parametrize("override, says", [("model.captioner.candidates=1000000", "model.captioner.candidates: must be at most 64"),
+                                            ("model.captioner.hints=100000", "model.captioner.hints: must be at most 32")])
+def test_captioner_search_sizes_are_capped(override, says):
+    from visembed.config import load_preset
+
+    with pytest.raises(ConfigError, match=says):
+        apply_overrides(load_preset("tiny"), ["model.architecture=captioner", override])

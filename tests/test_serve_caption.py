@@ -99,6 +99,23 @@ def test_a_long_dialogue_loses_its_oldest_turns_with_a_note(client, model):
     assert post_chat(client, long).json() == {"reply": reply, "note": note}
 
 
+def test_a_single_question_longer_than_the_model_reads_is_answered_with_a_note(client, model):
+    question = [{"role": "user", "content": "tell me about the red square and the blue circle " * 12}]
+    response = post_chat(client, question)
+    assert response.status_code == 200, response.text
+    assert "only its beginning was read" in response.json()["note"]
+
+
+@pytest.mark.parametrize("raw", [
+    '[{"role": "user", "content": "<ima<image>ge> what is this?"}]',  # a placeholder hidden in one
+    '[{"role": "user", "content": "\\ud800"}]',  # a lone surrogate: no tokenizer takes it
+    "[" * 1500 + "]" * 1500,  # deeper than Python recurses
+])
+def test_hostile_messages_never_get_a_500(client, raw):
+    response = post_chat(client, raw)
+    assert response.status_code in (200, 422), (raw[:40], response.text[:300])
+
+
 def test_capabilities(client, plain_client):
     assert client.get("/capabilities").json() == {"captioner": True}
     assert plain_client.get("/capabilities").json() == {"captioner": False}

@@ -580,6 +580,9 @@ LEGACY_KEYS = {
 # value checks: the one place where a config's values are judged
 
 
+MAX_CANDIDATES = 64  # beam width of a caption
+MAX_HINTS = 32  # names shown in a captioner's prompt
+
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key}: must be {rule}, got {value!r}")
@@ -619,6 +622,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         _at_least(c, "model.captioner", 8, "max_tokens")
         _at_least(c, "model.captioner", 0, "hints", "lora_rank", "lora_alpha")
         _at_least(c, "model.captioner", 1, "candidates")
+        # beams and hints are held per image and searched per token: a tampered config must not make
+        # every caption a memory error (candidates 1,000,000 loaded, then each request failed)
+        _require(c.candidates <= MAX_CANDIDATES, "model.captioner.candidates", f"at most {MAX_CANDIDATES}", c.candidates)
+        _require(c.hints <= MAX_HINTS, "model.captioner.hints", f"at most {MAX_HINTS}", c.hints)
     _require(m.max_logit_scale > 0, "model.max_logit_scale", "more than 0", m.max_logit_scale)
 
     a = cfg.data.augment

@@ -346,6 +346,11 @@ def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -
         prefix = cfg.captioner.embedding_tokens + encoder.image_tokens(torch.zeros(1, 3, size, size)).shape[1]
     lm, tokenizer = build_lm(cfg.captioner, Path(asset_dir), pretrained, prefix_tokens=prefix)
     bank = read_hint_bank(asset_dir) if cfg.captioner.hints else {}
+    if cfg.captioner.hints and not bank and not pretrained:
+        import sys
+
+        print(f"note: {Path(asset_dir) / HINTS_FILE} is missing or empty although model.captioner.hints is "
+              f"{cfg.captioner.hints}: captions are written without hints", file=sys.stderr, flush=True)
     return Captioner(cfg, encoder, lm, tokenizer, bank)
 
 

@@ -77,16 +77,28 @@ def encode(tokenizer, turns: list[dict], max_tokens: int, *, prompt: bool = Fals
     return Encoded(ids[:max_tokens], labels[:max_tokens], image_at)
 
 
-def fit_dialogue(tokenizer, turns: list[dict], max_tokens: int) -> tuple[list[dict], int]:
+def fit_dialogue(tokenizer, turns: list[dict], max_tokens: int) -> tuple[list[dict], int, bool]:
     """Drop the oldest exchanges until the prompt fits `max_tokens`; the image stays with the first
-    remaining user turn. Returns (turns, number of turns dropped)."""
+    remaining user turn. A last question longer than the context on its own keeps its beginning:
+    cutting the encoded prompt instead would cut off the `ASSISTANT:` cue the reply follows.
+    Returns (turns, number of turns dropped, whether the question was cut)."""
+
+    def fits(candidate: list[dict]) -> bool:
+        return len(encode(tokenizer, candidate, 10**9, prompt=True).ids) <= max_tokens
+
     dropped = 0
-    while True:
-        if len(encode(tokenizer, turns, 10**9, prompt=True).ids) <= max_tokens or len(turns) <= 1:
-            return turns, dropped
+    while not fits(turns):
+        if len(turns) <= 1:
+            content = turns[0]["content"]
+            low, high = len(IMAGE_TOKEN) + 1, len(content)  # the longest beginning that fits
+            while low < high:
+                middle = (low + high + 1) // 2
+                low, high = (middle, high) if fits([{"role": "user", "content": content[:middle]}]) else (low, middle - 1)
+            return [{"role": "user", "content": content[:low].rstrip()}], dropped, True
         rest = turns[2:]
         rest[0] = {"role": "user", "content": IMAGE_TOKEN + "\n" + rest[0]["content"].replace(IMAGE_TOKEN, "").strip()}
         turns, dropped = rest, dropped + 2
+    return turns, dropped, False
 
 
 def encode_with_hints(tokenizer, turns: list[dict], hints: list[str], max_tokens: int, *,

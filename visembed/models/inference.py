@@ -180,9 +180,11 @@ class CaptionerModel(Model):
             raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
         turns = chat_turns(messages)
         limit = self.config.model.captioner.max_tokens
-        turns, dropped = fit_dialogue(self.module.tokenizer, turns, limit)
+        turns, dropped, cut = fit_dialogue(self.module.tokenizer, turns, limit)
         (text, _), = self._answer([image], [turns], max_new_tokens, language=language)
-        note = f"the dialogue was too long: its oldest {dropped} turn(s) were left out" if dropped else None
+        notes = [f"the dialogue was too long: its oldest {dropped} turn(s) were left out"] if dropped else []
+        notes += ["the question was too long for the model: only its beginning was read"] if cut else []
+        note = "; ".join(notes) or None
         return text, note
 
     def chat(self, image, messages: list[dict], *, max_new_tokens: int = 48, language: str | None = None) -> str:
@@ -208,7 +210,10 @@ def chat_turns(messages) -> list[dict]:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str) or \
                 message.get("role") not in ("user", "assistant"):
             raise ValueError(f"message {i + 1} must be {{'role': 'user' | 'assistant', 'content': str}}")
-        content = message["content"].replace(IMAGE_TOKEN, "").strip()
+        content = message["content"]
+        while IMAGE_TOKEN in content:  # "<ima<image>ge>" holds another once the inner one is gone
+            content = content.replace(IMAGE_TOKEN, "")
+        content = content.strip()
         if not content:
             raise ValueError(f"message {i + 1} is empty")
         expected = "user" if i % 2 == 0 else "assistant"
