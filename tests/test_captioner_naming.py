@@ -14,7 +14,7 @@ import torch
 import visembed
 from visembed.data import open_dataset
 from visembed.models.caption_constraints import CopyAndScript, Naming, contains_hint, name_pieces
-from visembed.models.vocabulary import VocabularyError, cached_vectors, emoji_names, file_names, read_vocabulary
+from visembed.models.vocabulary import DEFAULT, VocabularyError, cached_vectors, emoji_names, file_names, read_vocabulary
 
 REPO = Path(visembed.__file__).resolve().parents[1]
 SHAPES = "builtin:shapes?n=256"
@@ -103,7 +103,7 @@ def test_hints_come_from_the_open_vocabulary_as_well(model, tmp_path, monkeypatc
         scores = model.encode_text(opened) @ model.encode_image([image])[0]  # the dual encoder's own ranking
         assert np.all(np.diff(scores) <= 1e-3)  # most similar first
     finally:
-        model.use_vocabulary(["emoji"])
+        model.use_vocabulary(list(DEFAULT))  # as loaded
 
 
 def test_a_chinese_caption_has_no_latin_word_and_an_english_one_no_chinese(model):

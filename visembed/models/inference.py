@@ -130,7 +130,9 @@ class CaptionerModel(Model):
             hints = self.module.hints_for(features, languages, count=naming.hints, seen_margin=naming.seen_margin)
             prompts = [encode_with_hints(self.module.tokenizer, turns, texts, limit, prompt=True)
                        for turns, texts in zip(conversations, hints)]
-            rules = DecodingRules([language or lang for lang in languages], hints, naming.copy_bonus,
+            # a hinted name may be copied in another script only when the answer is in the hints' language
+            exempt = [names if (language or lang) == lang else [] for names, lang in zip(hints, languages)]
+            rules = DecodingRules([language or lang for lang in languages], exempt, naming.copy_bonus,
                                   naming.start_bonus) if naming.rules else None
             found = self.module.generate_candidates(pixels, prompts, max_new_tokens, candidates, features=features,
                                                     no_repeat=no_repeat, rules=rules)
