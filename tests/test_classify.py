@@ -170,6 +170,7 @@ def test_post_classify_answers_labels_and_4xx_on_bad_input(tiny_model_dir, probe
         assert [x["label"] for x in labels] == [x["label"] for x in expected]
         assert np.allclose([x["probability"] for x in labels], [x["probability"] for x in expected], atol=1e-4)
         assert client.get("/classifier").json()["classes"] == ["circle", "square", "triangle"]
+        assert client.get("/capabilities").json()["classifier"] is True  # what the page asks before showing labels
         assert client.post("/classify", files={"file": ("a.png", b"nope", "image/png")}).status_code in (415, 422)
         assert client.post("/classify", files={"file": ("a.png", image, "image/png")}, data={"k": "0"}).status_code == 422
         assert client.post("/classify").status_code == 422

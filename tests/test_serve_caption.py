@@ -117,8 +117,8 @@ def test_hostile_messages_never_get_a_500(client, raw):
 
 
 def test_capabilities(client, plain_client):
-    assert client.get("/capabilities").json() == {"captioner": True}
-    assert plain_client.get("/capabilities").json() == {"captioner": False}
+    assert client.get("/capabilities").json() == {"captioner": True, "classifier": False}
+    assert plain_client.get("/capabilities").json() == {"captioner": False, "classifier": False}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/caption", "/chat", "/capabilities"} <= set(paths)
 

@@ -40,7 +40,8 @@ Upload = Annotated[UploadFile, File(description="an image")]
 @router.get("/capabilities", response_model=Capabilities, tags=["service"])
 def capabilities(request: Request) -> Capabilities:
     """What this server can do beyond search (the web page shows its caption and chat parts by it)."""
-    return Capabilities(captioner=request.app.state.captioner is not None)
+    return Capabilities(captioner=request.app.state.captioner is not None,
+                        classifier=request.app.state.classifier is not None)
 
 
 @router.post("/caption", response_model=CaptionResponse, tags=["captions"],

@@ -41,6 +41,7 @@ class RecommendRequest(BaseModel):
 
 class Capabilities(BaseModel):
     captioner: bool = Field(description="a captioner is loaded: POST /caption and POST /chat answer")
+    classifier: bool = Field(False, description="a classifier is loaded: POST /classify answers")
 
 
 class CaptionResponse(BaseModel):

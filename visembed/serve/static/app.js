@@ -144,8 +144,9 @@ async function describe(file, serial) {
   caption.dataset.state = "done";
 }
 
-// Labels of an uploaded image: shown only when the server has a classifier (GET /classifier answers).
-const classifier = call("/classifier").then(() => true, () => false);
+// Labels of an uploaded image: shown only when the server has a classifier (GET /capabilities says;
+// probing GET /classifier would log a 404 in the console of every server without one).
+const classifier = captioner.then(() => call("/capabilities")).then((body) => body.classifier, () => false);
 
 async function label(file, serial) {
   const labels = $("example-labels");
