@@ -22,7 +22,10 @@ Semantics every backend keeps (`tests/test_index_backends.py` checks them on eac
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -136,3 +139,28 @@ def checked_items(ids: Sequence[str], vectors: np.ndarray, meta: Sequence[dict],
             raise ValueError(f"metadata of {item_id!r} names another id ({fields['id']!r})")
         items.append({"id": item_id, **{k: v for k, v in fields.items() if k != "id"}})
     return items
+
+
+def read_index_file(directory: Path, name: str, fmt: str, what: str) -> dict:
+    """The JSON file `name` that names a store's committed state (FAISS `index.json`, Milvus
+    `store.json`): IndexNotFound when absent, CorruptIndex when it is not `what` of format `fmt`."""
+    path = Path(directory) / name
+    if not path.is_file():
+        raise IndexNotFound(f"no index at {directory}: {name} is missing (build one with `visembed index build`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptIndex(f"{path} is not valid JSON ({exc}); rebuild the index") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise CorruptIndex(f"{path} is not {what} (expected format {fmt!r})")
+    return data
+
+
+def file_stamp(path: Path) -> tuple | None:
+    """(inode, size, mtime) of a file replaced atomically on each commit (a new inode), None when absent:
+    how a reader notices another process's commit without reading the file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,7 +27,8 @@ import numpy as np
 
 from visembed.atomic import atomic_write, atomic_write_json, atomic_write_npy, atomic_write_text
 from visembed.index.backends.base import (
-    CorruptIndex, IndexNotFound, IndexStoreError, Matches, UnknownItem, checked_items, checked_vectors,
+    CorruptIndex, IndexNotFound, IndexStoreError, Matches, UnknownItem, checked_items, checked_vectors, file_stamp,
+    read_index_file,
 )
 from visembed.index.backends.faiss_kinds import IndexSettings, new_faiss_index, search_params
 
@@ -300,26 +300,13 @@ def _info(manifest: dict) -> dict:
 
 
 def _manifest_stamp(directory: Path) -> tuple | None:
-    try:
-        st = os.stat(directory / "index.json")
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns  # index.json is replaced atomically: a new inode
+    return file_stamp(directory / "index.json")
 
 
 def _read_manifest(directory: Path) -> dict:
-    path = directory / "index.json"
     if not directory.is_dir():
         raise IndexNotFound(f"no index at {directory}: the folder does not exist (build one with `visembed index build`)")
-    if not path.is_file():
-        raise IndexNotFound(f"no index at {directory}: index.json is missing (build one with `visembed index build`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptIndex(f"{path} is not valid JSON ({exc}); rebuild the index") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CorruptIndex(f"{path} is not a visembed index (expected format {FORMAT!r})")
-    return manifest
+    return read_index_file(directory, "index.json", FORMAT, "a visembed index")
 
 
 def _remove_stale_generations(directory: Path, keep: set[str]) -> None:

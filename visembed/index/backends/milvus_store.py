@@ -46,7 +46,8 @@ import numpy as np
 
 from visembed.atomic import atomic_write_json
 from visembed.index.backends.base import (
-    CorruptIndex, IndexNotFound, IndexStoreError, Matches, UnknownItem, checked_items, checked_vectors,
+    CorruptIndex, IndexStoreError, Matches, UnknownItem, checked_items, checked_vectors, file_stamp,
+    read_index_file,
 )
 
 POINTER = "store.json"
@@ -465,21 +466,8 @@ def _info(pointer: dict) -> dict:
 
 
 def _pointer_stamp(directory: Path) -> tuple | None:
-    try:
-        st = os.stat(directory / POINTER)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
+    return file_stamp(Path(directory) / POINTER)
 
 
 def read_pointer(directory: Path) -> dict:
-    path = Path(directory) / POINTER
-    if not path.is_file():
-        raise IndexNotFound(f"no index at {directory}: {POINTER} is missing (build one with `visembed index build`)")
-    try:
-        pointer = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptIndex(f"{path} is not valid JSON ({exc}); rebuild the index") from None
-    if not isinstance(pointer, dict) or pointer.get("format") != FORMAT:
-        raise CorruptIndex(f"{path} is not a visembed Milvus index (expected format {FORMAT!r})")
-    return pointer
+    return read_index_file(directory, POINTER, FORMAT, "a visembed Milvus index")
