@@ -10,6 +10,10 @@ Categories and what "passed" means:
   http           ~35 hostile requests (NaN/Infinity/1e400 JSON, bad multipart, huge k, unknown and
                  traversing ids, decompression bomb, foreign Host header, a deletion while serving):
                  the documented 4xx (never 5xx), no heap addresses or tracebacks in the body
+  serve          a real server on loopback: POSTs from other sites' pages (Origin, Sec-Fetch-Site) refused
+                 with 403, a body trickled a byte at a time cut at its deadline, data rows naming files
+                 outside their data's folder (`../`, absolute) not sent, JSON nested deep or holding a
+                 lone surrogate answered 422
   model-folders  truncated / random / empty / oversized-header model.safetensors, broken or
                  wrong-typed config.json, under `visembed eval` and `visembed index build`:
                  non-zero exit, one line on stderr, no traceback
@@ -199,6 +203,101 @@ def probe_http(work: Path, model: Path, index: Path) -> list[Case]:
         hits = [r["id"] for r in client.get("/search", params={"q": "a red blob", "k": 100}).json()["results"]]
         cases.append(Case("deleted while serving: gone from /search and /healthz", gone.returncode == 0
                           and after == before - 1 and ids[1] not in hits, f"items {before} -> {after}"))
+    return cases
+
+
+def _exposing_index(work: Path, model: Path) -> tuple[Path, list[str]]:
+    """An index of a manifest whose rows name a file beside the data folder (`../`) and one by its
+    absolute path: (the index, the ids of those two rows)."""
+    private = work / "private-photos"
+    private.mkdir(exist_ok=True)
+    Image.new("RGB", (32, 32), "purple").save(private / "holiday.png")
+    data = work / "exposing-data"
+    write_manifest(data, 4, prefix="own")
+    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    rows += [{"id": "up", "image": "../private-photos/holiday.png", "caption": "a purple square", "split": "train"},
+             {"id": "absolute", "image": str(private / "holiday.png"), "caption": "a purple square", "split": "train"}]
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index = work / "exposing-index"
+    built = cli("index", "build", model, "--data", data / "manifest.jsonl", "--out", index, "--quiet", cwd=work)
+    if built.returncode != 0:
+        raise RuntimeError(f"index build failed: {built.stderr.strip()[-200:]}")
+    return index, ["up", "absolute"]
+
+
+def _trickle(url: str, path: str, seconds: float) -> float:
+    """POST a body that announces 1 MB and sends one byte every 0.2 s; how long until the server
+    closed the connection (or `seconds`, if it never did)."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=seconds) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: 1000000\r\n\r\n".encode())
+        try:
+            while time.monotonic() - started < seconds:
+                sock.sendall(b" ")
+                sock.settimeout(0.2)
+                try:
+                    if sock.recv(4096) == b"":
+                        break  # closed by the server
+                except socket.timeout:
+                    pass
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    return time.monotonic() - started
+
+
+def probe_serve(work: Path, model: Path, index: Path) -> list[Case]:
+    """A real uvicorn server on loopback (as `visembed serve` runs it): foreign origins, trickled
+    bodies, files outside the data's folders, deeply nested and surrogate JSON."""
+    import httpx
+
+    from visembed.serve.app import create_app, make_server
+    from visembed.serve.connection import bind_socket
+
+    cases: list[Case] = []
+    exposing, outside = _exposing_index(work, model)
+    sock = bind_socket("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        server = make_server(create_app(exposing), body_timeout=3.0)
+    except TypeError as exc:  # a tree whose server has no body deadline
+        cases.append(Case("a trickled body is cut at the body deadline", False, f"no setting: {exc}"[:90]))
+        server = make_server(create_app(exposing))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            body = {"liked": ["own-1"], "k": 2}
+            same = client.post("/recommend", json=body)
+            cases.append(Case("a POST from the page's own origin is served", same.status_code == 200, str(same.status_code)))
+            for name, headers in [("Origin: https://evil.example", {"origin": "https://evil.example"}),
+                                  ("Sec-Fetch-Site: cross-site", {"sec-fetch-site": "cross-site"}),
+                                  ("Origin: null (a sandboxed page)", {"origin": "null"})]:
+                foreign = client.post("/recommend", json=body, headers=headers)
+                cases.append(Case(f"a POST with {name} is refused", foreign.status_code == 403,
+                                  f"{foreign.status_code} {foreign.text[:60]}"))
+            for item in outside:
+                got = client.get(f"/items/{item}/image")
+                cases.append(Case(f"an item whose file lies outside the data's folder ({item}) is not sent",
+                                  got.status_code == 404 and b"PNG" not in got.content[:8], str(got.status_code)))
+            own = client.get("/items/own-1/image")
+            cases.append(Case("an item inside the data's folder is still sent", own.status_code == 200, str(own.status_code)))
+            for name, raw in [("JSON nested 1,500 deep", "[" * 1500 + "]" * 1500),
+                              ("a lone surrogate in JSON", '{"liked": ["\\ud800"]}'),
+                              ("JSON nested 100,000 deep", "[" * 100_000 + "]" * 100_000)]:
+                got = client.post("/recommend", content=raw.encode(), headers={"content-type": "application/json"})
+                cases.append(Case(f"POST /recommend: {name}", got.status_code == 422, f"{got.status_code} {got.text[:60]}"))
+        if not any(c.name.startswith("a trickled body") for c in cases):
+            took = _trickle(url, "/recommend", 12.0)
+            cases.append(Case("a trickled body (a byte every 0.2 s) is cut at the body deadline (3 s)", took < 6.0,
+                              f"closed after {took:.1f} s"))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
     return cases
 
 
@@ -812,7 +911,7 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="list every case, not only the table")
     parser.add_argument("--smoke", action="store_true", help="the http category alone (as --only http): does it run")
     args = parser.parse_args()
-    wanted = [c for c in ("http" if args.smoke else args.only).split(",") if c] or ["http", "model-folders", "configs",
+    wanted = [c for c in ("http" if args.smoke else args.only).split(",") if c] or ["http", "serve", "model-folders", "configs",
                                                                                      "kill-rebuild", "memory", "imports", "tampered",
                                                                                      "arguments", "data-files",
                                                                                      "export-merge"]
@@ -832,6 +931,7 @@ def main() -> None:
         if built.returncode != 0:
             sys.exit(f"cannot build the probe's index: {built.stderr.strip()[-300:]}")
         runs = {"http": lambda: probe_http(work, model, index),
+                "serve": lambda: probe_serve(work, model, index),
                 "model-folders": lambda: probe_model_folders(work, model, manifest),
                 "configs": lambda: probe_configs(work, manifest),
                 "kill-rebuild": lambda: probe_kill_rebuild(work, model),

@@ -67,6 +67,18 @@ def test_a_tampered_config_is_refused_before_the_model_is_built(tiny_model_dir, 
         load_model_folder(folder)
 
 
+def test_train_captioner_refuses_a_tampered_vision_folder_before_building(tiny_model_dir, tmp_path):
+    """`train-captioner --vision DIR` builds the dual encoder of DIR's config: checked against DIR's
+    weights first, as every model folder is (before: a 4096-wide config was built, then failed)."""
+    folder = copy_of(tiny_model_dir, tmp_path / "m")
+    data = json.loads((folder / "config.json").read_text())
+    data["model"]["vision"].update(width=4096, depth=8, heads=16)
+    (folder / "config.json").write_text(json.dumps(data))
+    result = visembed("train-captioner", "--vision", folder, "--data", "builtin:shapes?n=16", "--out", tmp_path / "cap",
+                      "--steps", "1", "--no-progress")
+    one_line(result, "the config makes it")
+
+
 def test_integer_weights_in_a_model_folder_are_refused(tiny_model_dir, tmp_path):
     folder = copy_of(tiny_model_dir, tmp_path / "m")
     state = load_file(folder / "model.safetensors")

@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
 def export(
     folder: Path = typer.Argument(..., help="Run or model folder to export."),
     fmt: ExportFormat = typer.Option(..., "--format", help="hf: a transformers CLIPModel (or VisionTextDualEncoderModel) "
-                                     "folder, or for a captioner a LlavaForConditionalGeneration folder; onnx: image "
+                                     "folder; for the demo kind (EfficientNet-Lite + a Hugging Face text encoder) a "
+                                     "sentence-transformers folder; for a captioner a LlavaForConditionalGeneration folder; onnx: image "
                                      "and text encoder graphs for onnxruntime."),
     out: Path = typer.Option(..., "--out", help="Folder to write (new or empty)."),
 ) -> None:

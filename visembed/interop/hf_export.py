@@ -3,6 +3,8 @@
 - ViT + BPE text transformer -> `CLIPModel` + `CLIPProcessor` (CLIPImageProcessor + a fast tokenizer).
 - ViT + pretrained HF text tower (the LiT set-up) -> `VisionTextDualEncoderModel` + its processor.
 - a captioner (ViT, `embedding_tokens=0`) -> `LlavaForConditionalGeneration` + `LlavaProcessor` (llava.py).
+- EfficientNet-Lite + a pretrained HF text tower (the `demo` kind) -> a sentence-transformers folder
+  whose image route is transformers' `EfficientNetModel` (sentence_transformers_export.py).
 
 Weight names come from `hf_names.py`; the pieces shared with the LLaVA export (strict saving, CLIP's
 vision config and image processor, the transformers 4.x patch) from `hf_folder.py`.
@@ -36,20 +38,26 @@ from visembed.interop.hf_folder import (ExportError, image_processor, readable_b
                                         vision_config, vision_differences)
 from visembed.interop.hf_names import to_hf_name
 from visembed.interop.llava import check_captioner, export_llava, llava_card_notes
+from visembed.interop import sentence_transformers_export as st_export
 from visembed.models import load_model_folder
 
 ONNX_HINT = "use `visembed export DIR --format onnx` instead"
 
 
 def check_exportable(cfg: RunConfig) -> str:
-    """'clip', 'dual_encoder' or 'llava' (the transformers class the model maps onto), or an ExportError."""
+    """'clip', 'dual_encoder', 'llava' (the transformers class the model maps onto) or 'sentence_transformers',
+    or an ExportError."""
     v, t = cfg.model.vision, cfg.model.text
     if cfg.model.architecture == "captioner":
         check_captioner(cfg)
         return "llava"
+    if v.kind == "efficientnet_lite":
+        st_export.check_exportable(cfg)
+        return "sentence_transformers"
     if v.kind != "vit":
         raise ExportError(f"model.vision.kind is {v.kind!r}: transformers has no image tower equivalent to visembed's "
-                          f"{v.kind} (only the ViT maps onto CLIP's vision model); {ONNX_HINT}")
+                          f"{v.kind} (the ViT maps onto CLIP's vision model, EfficientNet-Lite onto EfficientNet); "
+                          f"{ONNX_HINT}")
     if v.head != "linear":
         raise ExportError(f"model.vision.head is {v.head!r}: transformers' CLIP projects with one bias-free linear layer; "
                           f"{ONNX_HINT}")
@@ -182,6 +190,8 @@ def export_card(cfg: RunConfig, model_dir: Path, kind: str) -> str:
                "`<eos>` has the largest token id, so every transformers release pools the same position visembed does."]
     elif kind == "llava":
         use = llava_card_notes(cfg)
+    elif kind == "sentence_transformers":
+        use = st_export.card_notes(cfg)
     else:
         use = ["```python", "import torch.nn.functional as F",
                "from transformers import VisionTextDualEncoderModel, AutoProcessor",
@@ -194,7 +204,8 @@ def export_card(cfg: RunConfig, model_dir: Path, kind: str) -> str:
                "```", "",
                "`get_text_features` projects BERT's pooler output ([CLS] through a tanh layer) instead: not the "
                "embedding this model was trained with."]
-    notes = ["", "## Use with transformers", "", *use, "",
+    title = "sentence-transformers and transformers" if kind == "sentence_transformers" else "transformers"
+    notes = ["", f"## Use with {title}", "", *use, "",
              "Images: `CLIPImageProcessor` resizes the shorter side (bicubic) and centre-crops, as visembed does; the "
              "pixels are the same with its PIL backend (the one transformers picks without torchvision)."]
     if cfg.model.loss == "siglip":
@@ -226,6 +237,8 @@ def export_hf(model_dir: str | Path, out: str | Path) -> Path:
             warnings.simplefilter("ignore")
             if kind == "clip":
                 _export_clip(model, cfg, tmp)
+            elif kind == "sentence_transformers":
+                st_export.export_sentence_transformers(model, cfg, tmp)
             else:
                 _export_dual_encoder(model, cfg, model_dir, tmp)
         atomic_write_text(tmp / "README.md", export_card(cfg, model_dir, kind))

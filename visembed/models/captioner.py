@@ -332,15 +332,21 @@ def learnt_tokens(rows: list[Encoded]) -> int:
 def build_captioner(cfg: ModelConfig, asset_dir: str | Path, pretrained: bool) -> Captioner:
     """A captioner of `cfg`; `pretrained`: the dual encoder's weights from `cfg.captioner.vision` and
     the LM from its source (a fresh run), else both come from a model folder afterwards."""
-    from visembed.checkpoint import load_weights, weights_path
+    from visembed.checkpoint import build_fitting, load_weights, weights_path
     from visembed.models.towers import build_text, build_vision
 
     if asset_dir is None:
         raise ValueError("a captioner needs its asset folder (tokenizers, LM config)")
     encoder_cfg = dataclasses.replace(cfg, architecture="dual_encoder")
-    encoder = DualEncoder(encoder_cfg, build_vision(encoder_cfg, pretrained=False), build_text(encoder_cfg, asset_dir))
-    if pretrained:
+
+    def build_encoder() -> DualEncoder:
+        return DualEncoder(encoder_cfg, build_vision(encoder_cfg, pretrained=False), build_text(encoder_cfg, asset_dir))
+
+    if pretrained:  # the --vision folder's config checked against its weights before anything is allocated
+        encoder = build_fitting(build_encoder, weights_path(cfg.captioner.vision))
         load_weights(encoder, weights_path(cfg.captioner.vision))
+    else:
+        encoder = build_encoder()
     with torch.no_grad():  # the visual prefix's length: the tower's cells and the embedding
         size = cfg.vision.image_size
         prefix = cfg.captioner.embedding_tokens + encoder.image_tokens(torch.zeros(1, 3, size, size)).shape[1]

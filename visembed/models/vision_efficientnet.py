@@ -91,6 +91,20 @@ def round_channels(channels: int, width_mult: float) -> int:
     return rounded + 8 if rounded < 0.9 * scaled else rounded
 
 
+def scaled_stages(variant: str) -> list[tuple[int, int, int, int, int, int]]:
+    """STAGES of `variant`: (repeats, kernel, stride, expand ratio, in channels, out channels) per stage,
+    channels and repeats scaled as the variant's width and depth multipliers say."""
+    width_mult, depth_mult, _, _ = VARIANTS[_check_variant(variant)]
+    stages = []
+    for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(STAGES):
+        c_in = STEM_CHANNELS if i == 0 else round_channels(c_in, width_mult)
+        c_out = round_channels(c_out, width_mult)
+        if 0 < i < len(STAGES) - 1:  # Lite keeps the first and last stage at one block
+            repeats = math.ceil(repeats * depth_mult)
+        stages.append((repeats, kernel, stride, expand, c_in, c_out))
+    return stages
+
+
 class ConvBN(nn.Module):
     """Conv (no bias) -> BatchNorm -> ReLU6 (unless act=False), with TF 'SAME' padding."""
 
@@ -155,17 +169,12 @@ class EfficientNetLite(VisionTowerBase):
 
     def __init__(self, variant: str = "lite0", pretrained: bool = True, drop_connect_rate: float = 0.0):
         super().__init__()
-        width_mult, depth_mult, _, _ = VARIANTS[_check_variant(variant)]
-        self.variant = variant
+        self.variant = _check_variant(variant)
         self.width = HEAD_CHANNELS
         self.preprocessing = preprocessing(variant)
 
         specs = []  # one (c_in, c_out, kernel, stride, expand) per block
-        for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(STAGES):
-            c_in = STEM_CHANNELS if i == 0 else round_channels(c_in, width_mult)
-            c_out = round_channels(c_out, width_mult)
-            if 0 < i < len(STAGES) - 1:  # Lite keeps the first and last stage at one block
-                repeats = math.ceil(repeats * depth_mult)
+        for repeats, kernel, stride, expand, c_in, c_out in scaled_stages(variant):
             for r in range(repeats):
                 specs.append((c_in if r == 0 else c_out, c_out, kernel, stride if r == 0 else 1, expand))
 
