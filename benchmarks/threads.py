@@ -6,7 +6,8 @@
 Each setting runs in a fresh process (OpenMP reads OMP_WAIT_POLICY and the thread count once, when
 torch loads): torch threads 1 or 2, OMP_WAIT_POLICY unset (libgomp spins a while at each barrier)
 or PASSIVE (threads sleep at once), and visembed's own choice (`visembed.threads`: what the CLI
-does at start, the `auto` of `--threads` / VISEMBED_THREADS). Each is timed alone, then beside a
+does at start, the `auto` of `--threads` / VISEMBED_THREADS: OMP_WAIT_POLICY=PASSIVE when other
+processes keep half a core busy, torch's thread count). Each is timed alone, then beside a
 busy single-threaded process (`while True: pass`, started here and stopped after) — the two
 conditions back to back, so that load from elsewhere on a shared machine hits both alike.
 
@@ -39,7 +40,8 @@ def worker(widths: list[int], steps: int, use_policy: bool) -> dict:
     if use_policy:
         from visembed.threads import configure_threads
 
-        chosen = configure_threads(None)  # before torch loads, as `visembed` does
+        choice = configure_threads(None)  # before torch loads, as `visembed` does
+        chosen = f"wait {choice.wait_policy or 'unset'} (busy elsewhere {choice.busy_elsewhere:.1f} cores)"
     import contextlib
     import random
     import tempfile
@@ -165,6 +167,9 @@ def main() -> None:
             cells += [f"{alone[w]:.4f}", f"{beside[w]:.4f}", f"{beside[w] / alone[w]:.2f}x",
                       f"{alone[w] / baseline[w]:.2f}x"]
         print("| " + " | ".join(cells) + " |")
+    auto = results.get((None, None))
+    if auto:
+        print(f"\nvisembed auto chose: alone {auto[False]['chosen']}; beside the busy process {auto[True]['chosen']}")
     print("\nvs today's default beside a busy process (default alone = 1.00):")
     for (threads, wait), pair in results.items():
         name = "visembed auto" if threads is None else f"{threads} threads, wait {wait or 'unset'}"

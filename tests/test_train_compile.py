@@ -32,6 +32,7 @@ def _captions(rng, lengths):
     return [" ".join(rng.choice(WORDS) for _ in range(n)) for n in lengths]
 
 
+@pytest.mark.slow  # compiles (~1 min on 2 cores)
 def test_compiled_towers_match_eager_and_trace_once_per_bucket(tmp_path):
     from torch._dynamo.utils import counters
 
@@ -66,6 +67,7 @@ def test_compiled_towers_match_eager_and_trace_once_per_bucket(tmp_path):
     assert len(seen) >= 2
 
 
+@pytest.mark.slow  # compiles (~1-3 min on 2 cores)
 def test_a_compiled_run_trains_close_to_the_eager_run(tmp_path):
     overrides = ["train.steps=6", "train.checkpoint_every=6", "train.log_every=1", "data.train=builtin:shapes?n=128"]
     weights, losses = {}, {}

@@ -1,28 +1,44 @@
-"""How many CPU threads torch takes: all the cores this process may use, less the ones busy elsewhere.
+"""Sharing the machine: how torch's OpenMP threads wait, and how many there are.
 
-torch starts one OpenMP thread per core and every parallel operation waits for all of them. On a
-machine where another process keeps a core busy, the thread that shares that core gets half of it
-and the others wait at each barrier: measured on 2 cores (benchmarks/threads.py), a small training
-step ran 3.3-4.0x slower beside one busy single-threaded process, not the 2x a fair share explains.
-With one thread fewer the step keeps the free core to itself.
+torch starts one OpenMP thread per core and every parallel operation ends at a barrier where the
+threads wait for each other; libgomp's default is to spin there for a while before sleeping. Beside
+a process that keeps one core busy, the thread sharing that core is descheduled for whole time
+slices while its partner spins: a small training step ran 3.3-4.0x slower on 2 cores, not the 2x a
+fair share explains (`benchmarks/threads.py` measures it). Waiting passively (OMP_WAIT_POLICY=PASSIVE:
+sleep at once) gives the core back, but costs a wake-up at every barrier, 11-26 % of a small step
+on a quiet machine.
 
-So the `visembed` command decides, before torch loads (`configure_threads`, called by `cli.main`):
-the cores in its affinity mask, less the cores other processes are using right now (from the idle
-time the kernel counts in /proc/stat over a quarter of a second; the one-minute load average where
-there is no /proc), at least one. Alone, that is every core, as torch's default. `--threads N`
-(or VISEMBED_THREADS=N) fixes the count; `auto` is the default. OMP_NUM_THREADS set by the caller
-(torchrun sets 1 per worker) is kept. The choice is made once, at start: a process started later
-beside a running one decides for itself.
+So `visembed` (`cli.py`, before torch loads) looks at the machine first: when other processes keep
+at least half a core busy (idle time counted by the kernel in /proc/stat over a quarter of a second;
+the one-minute load average where there is no /proc), it sets OMP_WAIT_POLICY=PASSIVE; on a quiet
+machine it changes nothing. The thread count stays torch's (every usable core): the number of
+threads changes how sums are split, so it changes trained weights in their last bits, and a run
+resumed with another count would not end where an uninterrupted one does. The wait policy changes
+only when a thread sleeps, never what it computes.
+
+`--threads N` / VISEMBED_THREADS=N fixes the count (resume such a run with the same N); `auto`, the
+default, is the above. A caller's own OMP_WAIT_POLICY or OMP_NUM_THREADS (torchrun sets 1 per
+worker) is kept. The choice is made once, at start: OpenMP reads it when torch loads. A process
+started by visembed decides again for itself.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 ENV = "VISEMBED_THREADS"
-_CHOSEN = "VISEMBED_THREADS_CHOSEN"  # marks an OMP_NUM_THREADS this module set (a child decides again)
+_OURS = "VISEMBED_THREADS_SET"  # "name=value,...": what this module set, so that a child decides again
 SAMPLE_SECONDS = 0.25
+BUSY_CORES = 0.5  # cores busy elsewhere from which threads wait passively
+
+
+@dataclass
+class ThreadChoice:
+    threads: int | None  # OMP_NUM_THREADS set here (None: torch's default or the caller's)
+    wait_policy: str | None  # OMP_WAIT_POLICY set here (None: libgomp's default or the caller's)
+    busy_elsewhere: float | None  # cores other processes kept busy when looked at (None: not looked)
 
 
 def usable_cores() -> int:
@@ -55,40 +71,38 @@ def cores_busy_elsewhere(seconds: float = SAMPLE_SECONDS) -> float:
             return 0.0
     time.sleep(seconds)
     after = _busy_jiffies()
-    total = after[1] - before[1]
+    total = after[1] - before[1] if after is not None else 0
     if total <= 0:
         return 0.0
     return (after[0] - before[0]) / total * (os.cpu_count() or 1)
-
-
-def auto_threads() -> int:
-    """The usable cores less those busy elsewhere (rounded), at least 1."""
-    cores = usable_cores()
-    return max(1, min(cores, round(cores - cores_busy_elsewhere())))
 
 
 def parse_threads(value: str | int | None) -> int | None:
     """"auto" / None / "" -> None (decide); a positive count -> it; anything else: ValueError."""
     if value is None or str(value).strip().lower() in ("", "auto"):
         return None
-    try:
-        count = int(str(value).strip())
-    except ValueError:
-        count = 0
-    if count < 1:
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
         raise ValueError(f"--threads / {ENV} must be a positive number of threads or auto, not {value!r}")
-    return count
+    return int(text)
 
 
-def configure_threads(value: str | int | None = None) -> int:
-    """Set OMP_NUM_THREADS (read when torch loads) for this process: `value` (or VISEMBED_THREADS)
-    when given, else kept as the caller set it, else `auto_threads()`. -> the count. Call it before
-    torch is imported."""
+def configure_threads(value: str | int | None = None) -> ThreadChoice:
+    """Set OMP_NUM_THREADS / OMP_WAIT_POLICY for this process as the module docstring says: `value`
+    (else VISEMBED_THREADS) a count or "auto". Call it before torch is imported."""
     fixed = parse_threads(value if value is not None else os.environ.get(ENV))
-    given = os.environ.get("OMP_NUM_THREADS")
-    if fixed is None and given and os.environ.get(_CHOSEN) != given:
-        return int(given) if given.strip().isdigit() and int(given) > 0 else usable_cores()  # the caller's (torchrun's)
-    count = fixed if fixed is not None else auto_threads()
-    os.environ["OMP_NUM_THREADS"] = str(count)
-    os.environ[_CHOSEN] = str(count)
-    return count
+    ours = dict(item.split("=", 1) for item in os.environ.get(_OURS, "").split(",") if "=" in item)
+    for name, set_here in ours.items():  # a parent visembed's choice: decide again
+        if os.environ.get(name) == set_here:
+            del os.environ[name]
+    choice = ThreadChoice(None, None, None)
+    if fixed is not None:
+        choice.threads = fixed
+        os.environ["OMP_NUM_THREADS"] = str(fixed)
+    if "OMP_WAIT_POLICY" not in os.environ:
+        choice.busy_elsewhere = cores_busy_elsewhere()
+        if choice.busy_elsewhere >= BUSY_CORES:
+            os.environ["OMP_WAIT_POLICY"] = choice.wait_policy = "PASSIVE"
+    os.environ[_OURS] = ",".join(f"{name}={value}" for name, value in
+                                 (("OMP_NUM_THREADS", choice.threads), ("OMP_WAIT_POLICY", choice.wait_policy)) if value)
+    return choice
