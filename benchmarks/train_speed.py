@@ -13,7 +13,8 @@ Rows, all in this process on this machine (samples/s after warm-up, median of th
   (`--source-size` px, so each image is decoded and resized as real data is), logging every step;
   the rate is the loop's own `samples_per_s` per step (loading, augmentation, step).
 - eager and compiled (`train.compile=on`, `visembed/train/compile.py`); a compiled row also gives
-  the seconds its first steps spent compiling (what a run pays once).
+  the seconds its first steps spent compiling (what a run pays once). Step rows alternate step by
+  step after their warm-up, so load from elsewhere on a shared machine hits them alike.
 - OpenCLIP's `CLIP` of the same architecture with its `ClipLoss` (eager, and `torch.compile`d),
   where `open_clip` imports; where it does not, its rows say why (PyPI's torchvision does not import
   beside the CPU torch wheel: see `benchmarks/train_throughput.py` for the venv where it does).
@@ -128,23 +129,30 @@ def openclip_step(cfg, batch: int, device: torch.device, compiled: bool):
     return step, forward_backward
 
 
-def time_steps(step, device: torch.device, steps: int, warmup: int) -> tuple[float, float]:
-    """(median seconds per step after warm-up, seconds the warm-up took beyond `warmup` such steps:
-    compiling, for a compiled step)."""
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    warm = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
+def time_steps(steps: dict, device: torch.device, rounds: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """{name: (median seconds per step, seconds the warm-up took beyond `warmup` such steps: compiling,
+    for a compiled step)}. Each step warms up on its own, then the steps alternate round by round, so
+    that load from other processes on a shared machine hits every row alike."""
+    warm = {}
+    for name, step in steps.items():
         sync(device)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return median, max(0.0, warm - warmup * median)
+        start = time.perf_counter()
+        for _ in range(warmup):
+            step()
+        sync(device)
+        warm[name] = time.perf_counter() - start
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    out = {}
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        out[name] = (median, max(0.0, warm[name] - warmup * median))
+    return out
 
 
 def counted_flops(forward_backward) -> float:
@@ -247,13 +255,16 @@ def main() -> None:
 
     flops = None
     if "step" in groups:
+        steps = {}
         for compiled in modes:
             torch.manual_seed(0)
             step, forward_backward = visembed_step(cfg, args.batch_size, device, compiled)
-            seconds, extra = time_steps(step, device, args.steps, args.warmup)
             if flops is None:
-                flops = counted_flops(forward_backward)
-            add(f"visembed {'compiled' if compiled else 'eager'}", "step", seconds, extra, flops)
+                flops = counted_flops(forward_backward)  # (eager: the compiled graph does the same work)
+            steps[f"visembed {'compiled' if compiled else 'eager'}"] = step
+        for name, (seconds, extra) in time_steps(steps, device, args.steps, args.warmup).items():
+            add(name, "step", seconds, extra, flops)
+        del steps
     if "loop" in groups:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -271,12 +282,15 @@ def main() -> None:
         except Exception as exc:  # ImportError, or torchvision's operator registration failing
             not_run = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:80]
         else:
+            steps, openclip_flops = {}, None
             for compiled in modes:
                 torch.manual_seed(0)
                 step, forward_backward = openclip_step(cfg, args.batch_size, device, compiled)
-                seconds, extra = time_steps(step, device, args.steps, args.warmup)
-                add(f"OpenCLIP {'compiled' if compiled else 'eager'}", "step", seconds, extra,
-                    counted_flops(forward_backward))
+                if openclip_flops is None:
+                    openclip_flops = counted_flops(forward_backward)
+                steps[f"OpenCLIP {'compiled' if compiled else 'eager'}"] = step
+            for name, (seconds, extra) in time_steps(steps, device, args.steps, args.warmup).items():
+                add(name, "step", seconds, extra, openclip_flops)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.preset}, batch {args.batch_size}, {size} px, {name}, torch {torch.__version__}; median of "
