@@ -71,3 +71,25 @@ def test_bad_thread_settings_are_one_clear_line(args, env, tmp_path):
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
     assert proc.returncode == 2 and "positive number of threads or auto" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+TRAIN = ("import hashlib, sys; from safetensors.torch import load_file; from visembed.config import apply_overrides, "
+         "load_preset; from visembed.train.loop import train; "
+         "train(apply_overrides(load_preset('tiny'), ['train.steps=3', 'train.checkpoint_every=3', "
+         "'data.train=builtin:shapes?n=96']), sys.argv[1], progress=False); "
+         "w = load_file(sys.argv[1] + '/model.safetensors'); "
+         "print(hashlib.sha256(b''.join(w[k].numpy().tobytes() for k in sorted(w))).hexdigest())")
+
+
+@pytest.mark.slow  # two short trainings in fresh processes
+def test_the_passive_wait_policy_trains_the_same_bits(tmp_path):
+    """What `auto` changes beside a busy process (OMP_WAIT_POLICY) never changes what is computed."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "VISEMBED_THREADS"))}
+    digests = []
+    for policy in (None, "PASSIVE"):
+        env = {**clean, "OMP_NUM_THREADS": "2", **({"OMP_WAIT_POLICY": policy} if policy else {})}
+        proc = subprocess.run([sys.executable, "-c", TRAIN, str(tmp_path / str(policy))], capture_output=True,
+                              text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests.append(proc.stdout.strip().splitlines()[-1])
+    assert digests[0] == digests[1]
