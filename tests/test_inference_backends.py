@@ -160,3 +160,10 @@ def test_caption_command_takes_the_backend(tiny_captioner_dir, cache, tmp_path):
     proc = _cli("caption", tiny_captioner_dir, image, "--backend", "tensorrt", cache=cache)
     assert proc.returncode != 0 and "backend must be one of torch, onnx, auto" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_int8_captioner_quantises_its_features_graph_too(tiny_captioner_dir, cache):
+    model = visembed.load(tiny_captioner_dir, backend="onnx", quantize="int8")
+    assert (model.graphs / "captioner_image_features.onnx").is_file() and model.graphs.name.endswith("-int8")
+    caption, = model.caption(shapes_images(1), candidates=1)
+    assert isinstance(caption, str) and caption
