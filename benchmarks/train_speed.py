@@ -265,6 +265,8 @@ def main() -> None:
         for name, (seconds, extra) in time_steps(steps, device, args.steps, args.warmup).items():
             add(name, "step", seconds, extra, flops)
         del steps
+    if "loop" in groups and flops is None:  # (run alone: the step's FLOPs still give the loop's TFLOP/s)
+        flops = counted_flops(visembed_step(cfg, args.batch_size, device, False)[1])
     if "loop" in groups:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
