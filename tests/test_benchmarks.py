@@ -30,10 +30,13 @@ SMOKE = {
     "probe.py": [],
     "search.py": [],
     "ssl_pretraining.py": [],
+    "threads.py": [],
+    "train_speed.py": [],
     "train_throughput.py": [],
     "wise_ft.py": ["--work", "{tmp}/runs"],
 }
-SLOW = {"caption_quality.py", "cjk_student.py", "fewshot.py", "milvus.py", "ssl_pretraining.py", "wise_ft.py"}  # > ~20 s each on 2 cores (pyproject's `slow`)
+SLOW = {"caption_quality.py", "cjk_student.py", "fewshot.py", "milvus.py", "ssl_pretraining.py", "wise_ft.py",
+        "threads.py", "train_speed.py"}  # > ~20 s each on 2 cores (pyproject's `slow`)
 HELP_ONLY = {"cuda_smoke.py": "needs a CUDA device"}
 TWO_STEPS = {"hf_versions.py": "make --smoke, then check, in this venv"}  # tested on its own below
 LIBRARIES = {"emoji_search.py", "markdown_table.py"}  # imported by the benchmarks, not run
@@ -89,3 +92,13 @@ def test_every_smoke_flag_is_documented():
         text = (BENCHMARKS / script).read_text(encoding="utf-8")
         docstring = text.split('"""')[1]
         assert "--smoke" in docstring, script
+
+
+@pytest.mark.slow
+def test_device_check_script_runs_its_cpu_smoke(tmp_path):
+    """benchmarks/device_check.sh (the prepared GPU check) is wired up: SMOKE=1 runs it on the CPU."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "SMOKE": "1", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "benchmarks/device_check.sh", str(tmp_path / "out")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert_ok(proc, table=True)
+    assert TABLE_RULE.search((tmp_path / "out" / "device_check.md").read_text(encoding="utf-8"))

@@ -99,3 +99,71 @@ def test_commands_take_the_backend(tiny_model_dir, cache, tmp_path):
     result = runner.invoke(cli, ["embed", str(tiny_model_dir), "--data", "builtin:shapes?n=64", "--out",
                                  str(tmp_path / "x"), "--backend", "tensorrt"])
     assert result.exit_code == 2 and "backend must be one of torch, onnx, auto" in result.output
+
+
+def _cli(*args, cache):
+    import os
+    import subprocess
+
+    env = {**os.environ, "VISEMBED_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "visembed.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_eval_through_onnx_gives_the_torch_metrics(tiny_model_dir, cache, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)  # eval writes eval_test.json into the folder
+    data = "builtin:shapes?n=64"
+    metrics = {}
+    for backend in ("torch", "onnx"):
+        proc = _cli("eval", folder, "--data", data, "--backend", backend, cache=cache)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        metrics[backend] = json.loads(proc.stdout)
+    assert list(cache.glob("onnx/*/image_encoder.onnx"))  # the graphs really ran
+    numbers = {k: v for k, v in metrics["torch"].items() if isinstance(v, float)}
+    assert "text_to_image_R@1" in numbers
+    items = len(list(open_dataset(data, "test")))
+    for name, value in numbers.items():  # vectors within 1e-4: at most one item may swap rank
+        assert abs(metrics["onnx"][name] - value) <= 1.0 / items + 1e-9, (name, value, metrics["onnx"][name])
+
+
+def test_a_captioners_image_side_runs_in_onnxruntime_and_writes_the_torch_captions(tiny_captioner_dir, cache):
+    import torch
+
+    torch_model = visembed.load(tiny_captioner_dir)
+    onnx_model = visembed.load(tiny_captioner_dir, backend="onnx")
+    graph = onnx_model.graphs / "captioner_image_features.onnx"
+    assert graph.is_file()
+    pixels = torch_model.pixels(shapes_images(4))
+    with torch.no_grad():
+        expected = torch_model.module.features(pixels)
+    got = onnx_model.torch_model.image_features(pixels)
+    assert onnx_model.torch_model.feature_runner is not None
+    assert got.shape == expected.shape and float((got - expected).abs().max()) <= 1e-4
+    images = shapes_images(6)
+    assert onnx_model.caption(images, candidates=2) == torch_model.caption(images, candidates=2)
+
+
+def test_caption_command_takes_the_backend(tiny_captioner_dir, cache, tmp_path):
+    image = tmp_path / "shape.png"
+    shapes_images(1)[0].save(image)
+    out = {}
+    for backend in ("torch", "onnx"):
+        proc = _cli("caption", tiny_captioner_dir, image, "--backend", backend, "--candidates", "2", cache=cache)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[backend] = proc.stdout
+    assert out["onnx"] == out["torch"] and out["onnx"].strip()
+    assert list(cache.glob("onnx/*/captioner_image_features.onnx"))
+    proc = _cli("caption", tiny_captioner_dir, image, "--backend", "tensorrt", cache=cache)
+    assert proc.returncode != 0 and "backend must be one of torch, onnx, auto" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_int8_captioner_quantises_its_features_graph_too(tiny_captioner_dir, cache):
+    model = visembed.load(tiny_captioner_dir, backend="onnx", quantize="int8")
+    assert (model.graphs / "captioner_image_features.onnx").is_file() and model.graphs.name.endswith("-int8")
+    caption, = model.caption(shapes_images(1), candidates=1)
+    assert isinstance(caption, str) and caption

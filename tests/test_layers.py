@@ -14,7 +14,7 @@ import visembed
 PACKAGE = Path(visembed.__file__).parent
 # lowest first; a module may import its own layer and the layers below it
 LAYERS = {
-    "config": 0, "atomic": 0, "checkpoint": 0, "paths": 0,
+    "config": 0, "atomic": 0, "checkpoint": 0, "paths": 0, "threads": 0,
     "data": 1,
     "distributed": 2, "losses": 2,
     "models": 3,

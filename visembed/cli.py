@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from visembed.commands import (caption_cmds, classify_cmd, data_cmds, demo_cmd, embed_cmd, eval_cmd, export_cmd, index_cmds,
@@ -13,6 +15,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _before_every_command(
+    threads: Optional[str] = typer.Option(
+        None, "--threads", metavar="N|auto",
+        help="CPU threads torch may use (also VISEMBED_THREADS). auto (the default): the cores free now, so that "
+             "visembed beside another busy process slows by its share, not 3-4x (docs/speed.md)."),
+) -> None:
+    from visembed.commands.errors import friendly_errors
+    from visembed.threads import configure_threads
+
+    with friendly_errors():
+        configure_threads(threads)  # before torch loads (every command imports it later)
+
+
 for module in (train_cmd, caption_cmds, eval_cmd, embed_cmd, data_cmds, demo_cmd, index_cmds, export_cmd, merge_cmd,
                classify_cmd):
     module.register(app)

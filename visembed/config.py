@@ -454,6 +454,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # torch.compile of the towers (visembed/train/compile.py); auto: only on device types where it
+    # measured faster end to end (none yet: not on 2 CPU cores, unmeasured on CUDA; docs/speed.md)
+    compile: Literal["auto", "on", "off"] = "auto"
     # the tasks' own sections (each read by its task only)
     contrastive: ContrastiveTaskConfig = field(default_factory=ContrastiveTaskConfig)
     simclr: SimCLRTaskConfig = field(default_factory=SimCLRTaskConfig)

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from visembed.commands.errors import friendly_errors, text_argument
+from visembed.commands.options import BACKEND_OPTION
 
 
 def register(app: typer.Typer) -> None:
@@ -35,18 +36,21 @@ def eval_cmd(
     language: str = typer.Option("en", "--language", help="Caption language of the plain metric names."),
     templates: list[str] = typer.Option([], "--template", help="Zero-shot prompt template with {} (repeatable)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N items."),
+    model_backend: str = BACKEND_OPTION,
 ) -> None:
     """Retrieval Recall@1/5/10, mean rank and zero-shot accuracy; JSON to stdout and FOLDER/eval_<split>.json.
     An image-only model (train.task=simclr) reports linear-probe and kNN top-1 instead, fitted on the
     labelled train split of --data."""
+    import visembed
     from visembed.eval.run import evaluate_folder
     from visembed.eval.zeroshot import DEFAULT_TEMPLATES
-
     from visembed.interop.cache import resolve_model
 
     with friendly_errors():
         for template in templates:
             check_template(template)
-        metrics = evaluate_folder(resolve_model(folder), data, split, language=language, templates=tuple(templates) or DEFAULT_TEMPLATES,
-                                  limit=limit)
+        model_dir = resolve_model(folder)
+        model = None if model_backend == "torch" else visembed.load(model_dir, backend=model_backend)
+        metrics = evaluate_folder(model_dir, data, split, model=model, language=language,
+                                  templates=tuple(templates) or DEFAULT_TEMPLATES, limit=limit)
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))

@@ -80,11 +80,14 @@ def evaluate(model, spec: str, split: str = "test", *, language: str = "en", tem
     return metrics
 
 
-def evaluate_folder(folder: str | Path, spec: str, split: str = "test", **kwargs) -> dict:
-    """Load a model folder, evaluate, and save `eval_<split>.json` beside the weights (atomically)."""
+def evaluate_folder(folder: str | Path, spec: str, split: str = "test", *, model=None, **kwargs) -> dict:
+    """Load a model folder (or take `model`, that folder already loaded: `visembed.load(folder,
+    backend=...)`, as `visembed eval --backend` does), evaluate, and save `eval_<split>.json` beside
+    the weights (atomically)."""
     from visembed.models.inference import Model
 
-    model = Model.from_folder(Path(folder))  # a plain folder: `hf:` specs are resolved above eval (commands, api)
+    if model is None:
+        model = Model.from_folder(Path(folder))  # a plain folder: `hf:` specs are resolved above eval (commands, api)
     if hasattr(model, "caption"):  # a captioner: its generated alt text, beside the nearest-neighbour baseline
         from visembed.eval.captioning import evaluate_captioner
 

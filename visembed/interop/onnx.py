@@ -47,6 +47,7 @@ from visembed.interop.hf_folder import ExportError
 IMAGE_GRAPH = "image_encoder.onnx"
 TEXT_GRAPH = "text_encoder.onnx"
 CJK_TEXT_GRAPH = "text_encoder_cjk.onnx"
+CAPTIONER_FEATURES_GRAPH = "captioner_image_features.onnx"  # a captioner's frozen image side (runtime cache only)
 TOKENIZER_FILE = "tokenizer.json"
 CJK_TOKENIZER_FILE = "tokenizer_cjk.json"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -154,6 +155,30 @@ def export_classifier_onnx(classifier_dir: str | Path, out: str | Path) -> None:
         "import json, numpy as np, onnxruntime", f"classes = json.load(open('{CLASSES_FILE}'))",
         f"probs = onnxruntime.InferenceSession('{CLASSIFIER_GRAPH}').run(None, {{'pixels': pixels}})[0]",
         "print(classes[int(probs[0].argmax())])", "```", ""]))
+
+
+class CaptionerFeaturesGraph(nn.Module):
+    """pixels (N, 3, S, S) in [0, 1] -> a captioner's frozen image features (N, D + cells * W): the
+    L2-normalised embedding, then the tower's cells, flat (what `Captioner.features` computes)."""
+
+    def __init__(self, captioner: nn.Module):
+        super().__init__()
+        self.captioner = captioner
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.captioner.features(pixels)  # (a loaded captioner has no feature cache: it traces)
+
+
+def export_captioner_features(model_dir: str | Path, out: str | Path) -> None:
+    """Write `CAPTIONER_FEATURES_GRAPH` of a captioner folder into the folder `out` (checked against
+    torch like every graph here): what the onnx backend runs of a captioner's image side."""
+    from visembed.models import load_model_folder
+
+    _require_runtime()
+    model, cfg = load_model_folder(Path(model_dir), "cpu")
+    size = cfg.model.vision.image_size
+    pixels = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    _export(CaptionerFeaturesGraph(model), (pixels,), Path(out) / CAPTIONER_FEATURES_GRAPH, ["pixels"], "features")
 
 
 # --- graphs --------------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ image graph slower in onnxruntime (ConvInteger) and cut text->image R@10 from 0.
 matrix products alone keep it (0.543). It changes the vectors, so its recall is measured in the
 same benchmark, not assumed; it pays off on transformer towers (ViT, MiniLM), not on ConvNets.
 
+A captioner's image side (the frozen encoder's embedding and cells, the LM's prefix) runs the same
+way: one more graph, `captioner_image_features.onnx`, exported into the same cache folder on first
+use and checked against torch; generation itself stays in torch.
+
 `backend="auto"` takes onnx on a CPU when onnxruntime is installed and the export succeeds (its
 check included), and torch otherwise, saying why on stderr once; on a GPU it is torch.
 """
@@ -28,9 +32,9 @@ from typing import Sequence
 
 import numpy as np
 
-from visembed.interop.onnx import (CJK_TEXT_GRAPH, CJK_TOKENIZER_FILE, IMAGE_GRAPH, TEXT_GRAPH, TOKENIZER_FILE,
-                                   export_onnx)
-from visembed.models.inference import Model
+from visembed.interop.onnx import (CAPTIONER_FEATURES_GRAPH, CJK_TEXT_GRAPH, CJK_TOKENIZER_FILE, IMAGE_GRAPH,
+                                   TEXT_GRAPH, TOKENIZER_FILE, export_captioner_features, export_onnx)
+from visembed.models.inference import CaptionerModel, Model
 
 BACKENDS = ("torch", "onnx", "auto")
 QUANTIZE = (None, "int8")
@@ -85,6 +89,9 @@ class OnnxModel(Model):
         self._text = _TextGraph(graphs / TEXT_GRAPH, graphs / TOKENIZER_FILE)
         self._text_cjk = (_TextGraph(graphs / CJK_TEXT_GRAPH, graphs / CJK_TOKENIZER_FILE)
                           if (graphs / CJK_TEXT_GRAPH).is_file() else None)
+        if isinstance(torch_model, CaptionerModel):  # its captions read the image side through onnxruntime too
+            features = _session(captioner_graph(Path(folder), graphs))
+            torch_model.run_image_side_with(lambda pixels: features.run(None, {"pixels": pixels})[0])
 
     def __getattr__(self, name):  # a captioner's caption/reply/chat: the torch model's own
         if name == "torch_model":
@@ -160,25 +167,50 @@ def graph_folder(folder: Path, quantize: str | None = None) -> Path:
     return quantized
 
 
-def _quantize_folder(source: Path, out: Path) -> None:
-    import contextlib
-    import io
-    import logging
-    import shutil
+def captioner_graph(folder: Path, graphs: Path) -> Path:
+    """A captioner's image-features graph beside its cached encoder graphs (exported once, checked
+    against torch; the int8 cache quantises it too)."""
+    from visembed.atomic import atomic_write
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    path = graphs / CAPTIONER_FEATURES_GRAPH
+    if path.is_file():
+        return path
+    if graphs.name.endswith("-int8"):
+        float_graph = captioner_graph(folder, graphs.with_name(graphs.name[: -len("-int8")]))
+        atomic_write(path, lambda tmp: _quantize_graph(float_graph, Path(tmp)))
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=graphs.parent) as tmp:
+            export_captioner_features(folder, tmp)
+            os.replace(Path(tmp) / CAPTIONER_FEATURES_GRAPH, path)
+    return path
+
+
+def _quantize_folder(source: Path, out: Path) -> None:
+    import shutil
 
     for item in source.iterdir():
         if item.suffix == ".onnx":
-            # onnxruntime logs advice (and dumps graph pieces) through the root logger while quantising
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                logging.disable(logging.WARNING)
-                try:
-                    quantize_dynamic(str(item), str(out / item.name), weight_type=QuantType.QInt8, per_channel=True,
-                                     op_types_to_quantize=QUANTIZED_OPS)
-                finally:
-                    logging.disable(logging.NOTSET)
+            _quantize_graph(item, out / item.name)
         else:
             shutil.copy2(item, out / item.name)
-    for leftover in out.glob("*-opt.onnx"):  # onnxruntime's pre-processing copy, where it leaves one
+
+
+def _quantize_graph(source: Path, out: Path) -> None:
+    import contextlib
+    import io
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # onnxruntime logs advice (and dumps graph pieces) through the root logger while quantising
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        logging.disable(logging.WARNING)
+        try:
+            quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=QUANTIZED_OPS)
+        finally:
+            logging.disable(logging.NOTSET)
+    for leftover in out.parent.glob("*-opt.onnx"):  # onnxruntime's pre-processing copy, where it leaves one
         os.remove(leftover)

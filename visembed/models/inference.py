@@ -98,6 +98,19 @@ class CaptionerModel(Model):
         super().__init__(module, config, device)
         self.naming = Naming()
         self.use_vocabulary(DEFAULT)
+        self.feature_runner = None  # numpy pixels -> numpy features, where the image side runs elsewhere
+
+    def run_image_side_with(self, runner) -> None:
+        """Compute the frozen image features with `runner` (float32 pixels (B, 3, S, S) in [0, 1] ->
+        float32 (B, D + cells * W), as `Captioner.features`) instead of the torch tower: the onnx
+        backend hands its exported graph here (`visembed.interop.onnx_runtime`)."""
+        self.feature_runner = runner
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, S, S) in [0, 1] -> the frozen encoder's features (`Captioner.features`)."""
+        if self.feature_runner is None:
+            return self.module.features(pixels)
+        return torch.from_numpy(self.feature_runner(pixels.float().cpu().numpy())).to(self.device)
 
     def use_vocabulary(self, sources) -> None:
         """Hints from these names besides the training captions: "emoji", "cedict", files of names
@@ -126,7 +139,7 @@ class CaptionerModel(Model):
         languages = [conversation_language(t) for t in conversations]
         naming = self.naming
         with self._autocast():
-            features = self.module.features(pixels)
+            features = self.image_features(pixels)
             hints = self.module.hints_for(features, languages, count=naming.hints, seen_margin=naming.seen_margin)
             prompts = [encode_with_hints(self.module.tokenizer, turns, texts, limit, prompt=True)
                        for turns, texts in zip(conversations, hints)]

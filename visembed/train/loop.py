@@ -30,6 +30,7 @@ from visembed.atomic import atomic_write_text
 from visembed.models.card import model_card
 from visembed.models.text_hf import ENCODER_DIR
 from visembed.train.batch import MicroBatch, view_keys
+from visembed.train.compile import compile_towers, wants_compile
 from visembed.train.loader import StepLoader
 from visembed.train.metrics_log import MetricsLog
 from visembed.train.optim import build_optimizer
@@ -106,6 +107,8 @@ def _train(cfg, out, init, resume, progress, task, rank, world, local_rank, devi
     if main:
         checkpoint.write_model_metadata(model, cfg, out)  # config + tokenizer: the folder loads mid-run
     barrier()
+    if wants_compile(tc.compile, device):  # after the task's preparation (distillation, caches): eager
+        compile_towers(model)
 
     ddp = model
     if world > 1:
