@@ -21,8 +21,9 @@ app = typer.Typer(
 def _before_every_command(
     threads: Optional[str] = typer.Option(
         None, "--threads", metavar="N|auto",
-        help="CPU threads torch may use (also VISEMBED_THREADS). auto (the default): the cores free now, so that "
-             "visembed beside another busy process slows by its share, not 3-4x (docs/speed.md)."),
+        help="CPU threads torch may use (also VISEMBED_THREADS). auto (the default): every core, waiting passively "
+             "when other processes keep the cores busy, so that visembed beside them slows by its share, not 3-4x "
+             "(docs/speed.md)."),
 ) -> None:
     from visembed.commands.errors import friendly_errors
     from visembed.threads import configure_threads
