@@ -11,7 +11,8 @@ decoding is a fraction of the cost and the files are what OpenCLIP and img2datas
 Keys are img2dataset's: shard number times 10^digits(shard_size) plus the row's place in its shard,
 zero-padded, so a key names the input row. A row whose image is missing is `failed_to_download`, one
 that does not decode `failed_to_resize` (img2dataset's statuses): it has a parquet row, no tar
-member, and is counted by reason.
+member, and is counted by reason. Rows the source leaves out itself (a manifest row naming a missing
+file) are counted in the report, without a key.
 
 Input row `i` always goes to shard `i // shard_size`, and a shard's three files are written to
 temporary names and moved into place, `_stats.json` last: a shard with its stats is finished, and a
@@ -75,6 +76,9 @@ def write_shards(spec: str, out: str | os.PathLike, *, size: int = 256, shard_si
                      bar)
         report.written += 1
     bar.close()
+    source_skips = getattr(dataset, "skipped", None)  # rows the source itself left out (a manifest's missing files)
+    if source_skips is not None:
+        report.skipped.update(source_skips)
     if report.shards == 0:
         raise ValueError(f"{spec}: no rows to write")
     return report
