@@ -26,6 +26,7 @@ SMOKE = {
     "export_speed.py": [],
     "fewshot.py": [],
     "inference_backends.py": [],
+    "loader_speed.py": [],
     "milvus.py": [],
     "probe.py": [],
     "search.py": [],

@@ -103,6 +103,10 @@ def test_every_shard_sample_is_loaded_once_per_epoch_across_2_ranks_x_2_workers(
     one = _loaded_ids(open_dataset(str(tmp_path)), cfg, 0, 1, steps)[0]
     assert [[r0 + r1 for r0, r1 in zip(b0, b1)] for b0, b1 in zip(*ranks)] == one
     assert [i for batch in one for micro in batch for i in micro] == ids  # in stream order, as streamed before
+    shuffled = _loaded_ids(open_dataset(str(tmp_path)), _cfg("train.batch_size=16", "data.shard_order=shuffled"), 0, 1,
+                           steps)[0]
+    order = [i for batch in shuffled for micro in batch for i in micro]
+    assert sorted(order) == sorted(ids) and order != ids
 
 
 # ---- worker processes keep the guarantees -------------------------------------------------------
@@ -259,3 +263,20 @@ def test_torchrun_two_ranks_with_workers_on_shards_train_like_one_process(tmp_pa
     two = load_file(str(tmp_path / "two" / "model.safetensors"))
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_broken_images_decoded_in_workers_reach_the_run_s_summary_and_the_weights_do_not_change(
+        tmp_path, capsys, monkeypatch):
+    from visembed.train import loop
+
+    broken = _with_broken_images(40)
+    monkeypatch.setattr(loop, "open_dataset", lambda *args, **options: broken)  # the training data
+    runs = {}
+    for workers in (0, 2):
+        cfg = _cfg("train.steps=3", "train.warmup_steps=1", "train.batch_size=16", "train.checkpoint_every=100",
+                   f"data.num_workers={workers}")
+        runs[workers] = loop.train(cfg, tmp_path / str(workers), progress=False)
+    assert runs[2]["skipped"] == runs[0]["skipped"] and runs[2]["skipped_total"] >= 4
+    assert f"skipped {runs[2]['skipped_total']} input(s)" in capsys.readouterr().out
+    a, b = load_file(str(tmp_path / "0" / "model.safetensors")), load_file(str(tmp_path / "2" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

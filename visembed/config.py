@@ -358,6 +358,7 @@ class DataConfig:
     num_workers: int = 0  # loader worker processes (0: load each step in the training process when it is due)
     prefetch: int = 2  # steps each worker prepares ahead (with num_workers > 0)
     jpeg_decode: Literal["auto", "cpu"] = "auto"  # auto: JPEGs decoded on the GPU when training on CUDA with torchvision
+    shard_order: Literal["stream", "shuffled"] = "stream"  # WebDataset shards: as streamed, or shuffled each epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -11,8 +11,9 @@ see exactly what an uninterrupted single process sees. Samples skipped in a work
 there and travel back with the step's batch.
 
 WebDataset shards are read through their index (`data/shard_index.py`): the samples in the order
-the shards stream, but each rank and worker reads only the members of the samples it trains on,
-so every sample is read once per epoch across ranks and workers.
+the shards stream (or, with `data.shard_order=shuffled`, shuffled each epoch like any map-style
+data), but each rank and worker reads only the members of the samples it trains on, so every
+sample is read once per epoch across ranks and workers.
 
 Nothing here draws random numbers: what is drawn per step (augmentations, a captioner's choice of
 conversation) is drawn in the step, from the step's seeded RNG. The DataLoader is given its own
@@ -59,7 +60,7 @@ class StepBatches:
         if getattr(dataset, "streaming", False):  # some other stream: read in order, in this process
             self.stream, self.plan = StreamPlan(dataset, position), None
         else:
-            order = stream_order if _is_index(dataset) else epoch_order
+            order = stream_order if _is_index(dataset) and cfg.data.shard_order == "stream" else epoch_order
             self.stream, self.plan = None, MapPlan(len(dataset), tc.seed, order)
         self.need, self.fields = task.needs.sample, task.fields
         self.encoded_jpegs = encoded_jpegs
