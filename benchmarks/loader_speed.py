@@ -5,8 +5,9 @@ that `visembed shards` wrote.
     .venv/bin/python benchmarks/loader_speed.py [--images 2048] [--steps 12] [--rounds 2]
     .venv/bin/python benchmarks/loader_speed.py --smoke       # tiny sizes, one round: does it run (CI)
 
-Rows, all in this process, on this machine, in rounds (each round runs every row once, so a change
-of machine load hits every row alike; the median over rounds is shown):
+Rows, all in this process, on this machine, in rounds (each round runs every row once, every other
+round in reverse order, so a steady rise or fall of the machine's load hits every row alike; the
+median over rounds is shown):
 
 - **model-only step**: `train()` whose loader hands out the first step's micro-batches again and
   again (augmentation, forward, backward, clipping and AdamW; no reading or decoding);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -147,7 +149,8 @@ def main() -> None:
         rows[f"old loader, {n} decode thread(s)"] = ("old", OldThreadLoader, n)
     measured: dict[str, list[float]] = {name: [] for name in rows}
     for round_ in range(args.rounds):
-        for name, (_, loader_class, workers) in rows.items():
+        order = list(rows.items()) if round_ % 2 == 0 else list(rows.items())[::-1]  # drift in load cancels out
+        for name, (_, loader_class, workers) in order:
             cfg = apply_overrides(load_preset("clip-tiny"), [*base, f"data.num_workers={workers}"])
             measured[name].append(rate(cfg, work / f"run-{round_}-{len(measured[name])}-{abs(hash(name))}",
                                        loader_class))
@@ -160,6 +163,7 @@ def main() -> None:
     print(f"\nclip-tiny, batch {args.batch_size}, {args.images} images of 64 px in shards; torch threads "
           f"{torch.get_num_threads()}, cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at the end")
     print_table(table, ["run", "samples/s", "of model-only step", "rounds"])
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
