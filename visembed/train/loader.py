@@ -23,6 +23,7 @@ generator, so starting it leaves the global RNG untouched.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 
 import numpy as np
@@ -44,7 +45,8 @@ def stream_order(n: int, seed: int, epoch: int) -> np.ndarray:
 class StepBatches:
     """`batches[step]` -> (step, this rank's micro-batches, the samples skipped while loading them).
 
-    Map-style over steps (`DataLoader` workers get steps from its sampler), picklable by fork."""
+    Map-style over steps (`DataLoader` workers get step numbers from its sampler). Workers are
+    forked, so the dataset and the task reach them as they are, never pickled."""
 
     def __init__(self, dataset, cfg: RunConfig, rank: int, world: int, position: int, task, encoded_jpegs: bool):
         tc = cfg.train
@@ -93,6 +95,11 @@ class StepBatches:
         return step, batch, counter
 
 
+# fork where there is one (Linux; Python 3.14 makes forkserver the default, which would pickle the
+# dataset and the task): the platform's default elsewhere
+_FORK = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+
+
 def _is_index(dataset) -> bool:
     from visembed.data.shard_index import ShardIndex
 
@@ -118,7 +125,8 @@ class StepLoader:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             loader = DataLoader(self.batches, batch_size=None, sampler=itertools.count(self.first),
                                 num_workers=workers, prefetch_factor=cfg.data.prefetch,
-                                pin_memory=device is not None, generator=torch.Generator())
+                                pin_memory=device is not None, generator=torch.Generator(),
+                                multiprocessing_context=_FORK)
             self.steps = iter(loader)
 
     def prefetch(self, step: int) -> None:
