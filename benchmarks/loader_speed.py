@@ -18,6 +18,11 @@ median over rounds is shown):
 
 samples/s is the loop's own figure (`metrics.jsonl`, over `--steps` / 3 steps per interval), the
 first interval (start-up, the first step's load) left out. Preset `clip-tiny` (ViT 64 px, batch 128).
+
+A second table needs no quiet machine: CPU seconds (`time.process_time`, all threads of this
+process) per sample of loading a step in this process (read, decode, resize, tokenise) against the
+model step (augmentation, forward, backward, AdamW), from shards of 64 and of 256 px. Loading's
+share of the CPU work bounds what in-process loading (0 workers) can cost the loop on a CPU.
 """
 
 from __future__ import annotations
@@ -123,6 +128,47 @@ def rate(cfg, out: Path, loader_class) -> float:
     return statistics.mean(rates[1:]) if len(rates) > 1 else rates[0]
 
 
+def cpu_share(work: Path, images: int, px: int, batch_size: int, steps: int) -> dict:
+    """CPU-ms per sample of loading (0 workers) and of the model step, from shards of `px` pixels."""
+    import contextlib
+    import time
+
+    from visembed.data import build_train_augment, open_dataset
+    from visembed.train.optim import build_optimizer
+    from visembed.train.tasks import build_task
+
+    shards = work / f"cpu-{px}"
+    write_shards(f"builtin:shapes?n={images * 5 // 4}&size={px}", shards, size=px, shard_size=512, progress=False)
+    cfg = apply_overrides(load_preset("clip-tiny"), [f"data.train={shards}", f"train.batch_size={batch_size}"])
+    task = build_task(cfg, 0, 1)
+    dataset = open_dataset(str(shards), "train", need=task.needs.sample)
+    task.prepare_assets(dataset, shards)
+    model = task.build_model(cfg, shards, pretrained=True)
+    task.configure(model)
+    model.train()
+    optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.layer_decay)
+    augment = build_train_augment(cfg.data.augment)
+    loader = StepLoader(dataset, cfg, 0, 1, 0, task)
+    load_s = step_s = 0.0
+    samples = 0
+    for step in range(steps):
+        start = time.process_time()
+        batch = loader.load(step, SkipCounter())
+        load_s += time.process_time() - start
+        start = time.process_time()
+        torch.manual_seed(step)
+        with torch.no_grad():
+            batch = [{**micro, "pixels": augment(micro["pixels"].float() / 255)} for micro in batch]
+        optimizer.zero_grad(set_to_none=True)
+        task.backward(model, batch, contextlib.nullcontext)
+        optimizer.step()
+        step_s += time.process_time() - start
+        samples += sum(len(micro["pixels"]) for micro in batch)
+    return {"shards": f"{px} px", "loading CPU-ms/sample": round(1000 * load_s / samples, 2),
+            "model step CPU-ms/sample": round(1000 * step_s / samples, 2),
+            "loading's share": f"{load_s / (load_s + step_s):.1%}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2048, help="images in the shards")
@@ -160,9 +206,12 @@ def main() -> None:
         median = statistics.median(values)
         table.append({"run": name, "samples/s": round(median, 1), "of model-only step": f"{median / model_only:.0%}",
                       "rounds": ", ".join(f"{v:.1f}" for v in values)})
+    shares = [cpu_share(work, args.images, px, args.batch_size, max(2, args.steps * 2 // 3)) for px in (64, 256)]
     print(f"\nclip-tiny, batch {args.batch_size}, {args.images} images of 64 px in shards; torch threads "
           f"{torch.get_num_threads()}, cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at the end")
     print_table(table, ["run", "samples/s", "of model-only step", "rounds"])
+    print("\nCPU work per sample, loading in this process vs the model step (robust to machine load):")
+    print_table(shares, ["shards", "loading CPU-ms/sample", "model step CPU-ms/sample", "loading's share"])
     shutil.rmtree(work, ignore_errors=True)
 
 
