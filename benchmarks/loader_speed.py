@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="every row once per round; the median is shown")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--preset", default="clip-tiny", help="e.g. vit-b16 on a GPU node")
+    parser.add_argument("--px", type=int, default=64, help="shorter side of the shards' images")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round (CI)")
     args = parser.parse_args()
     if args.smoke:
@@ -184,7 +186,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="loader-speed-"))
     shards = work / "shards"
     # builtin:shapes keeps 80 % of its scenes for train: ask for enough
-    write_shards(f"builtin:shapes?n={args.images * 5 // 4}&size=64", shards, size=64, shard_size=512, progress=False)
+    write_shards(f"builtin:shapes?n={args.images * 5 // 4}&size={args.px}", shards, size=args.px, shard_size=512,
+                 progress=False)
     base = ["data.train=" + str(shards), f"train.batch_size={args.batch_size}", f"train.steps={args.steps}",
             f"train.log_every={max(1, args.steps // 3)}", "train.eval_every=0", "train.checkpoint_every=0",
             "train.warmup_steps=1", "data.val=builtin:shapes?n=40"]
@@ -197,7 +200,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         order = list(rows.items()) if round_ % 2 == 0 else list(rows.items())[::-1]  # drift in load cancels out
         for name, (_, loader_class, workers) in order:
-            cfg = apply_overrides(load_preset("clip-tiny"), [*base, f"data.num_workers={workers}"])
+            cfg = apply_overrides(load_preset(args.preset), [*base, f"data.num_workers={workers}"])
             measured[name].append(rate(cfg, work / f"run-{round_}-{len(measured[name])}-{abs(hash(name))}",
                                        loader_class))
     model_only = statistics.median(measured["model-only step"])
@@ -207,10 +210,10 @@ def main() -> None:
         table.append({"run": name, "samples/s": round(median, 1), "of model-only step": f"{median / model_only:.0%}",
                       "rounds": ", ".join(f"{v:.1f}" for v in values)})
     shares = [cpu_share(work, args.images, px, args.batch_size, max(2, args.steps * 2 // 3)) for px in (64, 256)]
-    print(f"\nclip-tiny, batch {args.batch_size}, {args.images} images of 64 px in shards; torch threads "
+    print(f"\n{args.preset}, batch {args.batch_size}, {args.images} images of {args.px} px in shards; torch threads "
           f"{torch.get_num_threads()}, cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at the end")
     print_table(table, ["run", "samples/s", "of model-only step", "rounds"])
-    print("\nCPU work per sample, loading in this process vs the model step (robust to machine load):")
+    print("\nCPU work per sample (clip-tiny on the CPU), loading in this process vs the model step:")
     print_table(shares, ["shards", "loading CPU-ms/sample", "model step CPU-ms/sample", "loading's share"])
     shutil.rmtree(work, ignore_errors=True)
 
