@@ -26,6 +26,7 @@ SMOKE = {
     "export_speed.py": [],
     "fewshot.py": [],
     "inference_backends.py": [],
+    "loader_speed.py": [],
     "milvus.py": [],
     "probe.py": [],
     "search.py": [],
@@ -35,8 +36,8 @@ SMOKE = {
     "train_throughput.py": [],
     "wise_ft.py": ["--work", "{tmp}/runs"],
 }
-SLOW = {"caption_quality.py", "cjk_student.py", "fewshot.py", "milvus.py", "ssl_pretraining.py", "wise_ft.py",
-        "threads.py", "train_speed.py"}  # > ~20 s each on 2 cores (pyproject's `slow`)
+SLOW = {"caption_quality.py", "cjk_student.py", "fewshot.py", "loader_speed.py", "milvus.py", "ssl_pretraining.py",
+        "wise_ft.py", "threads.py", "train_speed.py"}  # > ~20 s each on 2 cores (pyproject's `slow`)
 HELP_ONLY = {"cuda_smoke.py": "needs a CUDA device"}
 TWO_STEPS = {"hf_versions.py": "make --smoke, then check, in this venv"}  # tested on its own below
 LIBRARIES = {"emoji_search.py", "markdown_table.py"}  # imported by the benchmarks, not run

@@ -36,11 +36,11 @@ def test_accumulated_micro_batches_train_like_one_big_batch(tmp_path):
         torch.testing.assert_close(accum[name], big[name], atol=2e-5, rtol=1e-4, msg=name)
 
 
-def test_background_loading_threads_feed_the_same_batches(tmp_path):
+def test_loader_worker_processes_feed_the_same_batches(tmp_path):
     train(_cfg("train.batch_size=16"), tmp_path / "plain", progress=False)
-    train(_cfg("train.batch_size=16", "data.num_workers=2"), tmp_path / "threads", progress=False)
-    plain, threads = _weights(tmp_path / "plain"), _weights(tmp_path / "threads")
-    assert all(torch.equal(plain[k], threads[k]) for k in plain)
+    train(_cfg("train.batch_size=16", "data.num_workers=2"), tmp_path / "workers", progress=False)
+    plain, workers = _weights(tmp_path / "plain"), _weights(tmp_path / "workers")
+    assert all(torch.equal(plain[k], workers[k]) for k in plain)
 
 
 def test_siglip_run_logs_metrics_evaluates_and_checkpoints(tmp_path):

@@ -355,7 +355,10 @@ class DataConfig:
     language: Literal["en", "zh", "both"] = "en"  # caption language for multilingual data
     caption_column: str = "caption"
     image_column: str = "image"
-    num_workers: int = 0
+    num_workers: int = 0  # loader worker processes (0: load each step in the training process when it is due)
+    prefetch: int = 2  # steps each worker prepares ahead (with num_workers > 0)
+    jpeg_decode: Literal["auto", "cpu"] = "auto"  # auto: JPEGs decoded on the GPU when training on CUDA with torchvision
+    shard_order: Literal["stream", "shuffled"] = "stream"  # WebDataset shards: as streamed, or shuffled each epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -641,6 +644,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         _require(0 <= getattr(a, name) <= 1, f"data.augment.{name}", "a probability in [0, 1]", getattr(a, name))
     _at_least(a, "data.augment", 0, "rotation_degrees", "brightness", "contrast", "saturation", "hue")
     _at_least(cfg.data, "data", 0, "num_workers")
+    _at_least(cfg.data, "data", 1, "prefetch")
 
     tc = cfg.train
     _at_least(tc, "train", 1, "batch_size", "accum_steps")

@@ -8,6 +8,7 @@
                                              (root/<class>/*.jpg), or an HF imagefolder
                                              (metadata.jsonl/.csv/.parquet)
     path/to/shards/{00000..00009}.tar        WebDataset shards, streamed (a single .tar too)
+    path/to/shards/                          a folder of .tar shards (`visembed shards`, img2dataset)
 
 Options after `?` are `key=value` pairs; numbers and true/false are converted. Keyword options
 given to `open_dataset` win over the spec's, except `language`, where the spec's (more specific)
@@ -38,7 +39,7 @@ SPEC_FORMS = (
     "builtin:shapes or builtin:emoji (options: builtin:NAME?key=value&...), "
     "a manifest path/to/data.jsonl|.csv|.parquet, LLaVA conversations path/to/data.json, "
     "a folder of images with .txt captions, "
-    "or WebDataset shards path/to/{00000..00009}.tar"
+    "or WebDataset shards path/to/{00000..00009}.tar (or their folder)"
 )
 
 
@@ -95,6 +96,10 @@ def open_dataset(
         return _call(spec, open_manifest, path, split, **columns, **options)
     if path.suffix.lower() == ".json":
         return _call(spec, open_llava, path, split, language=language, **options)
+    if path.is_dir() and is_shard_folder(path):
+        from .webdataset_source import WebDatasetSource
+
+        return _call(spec, WebDatasetSource, spec, split, language=language, need=need, **options)
     if path.is_dir():
         for suffix in MANIFEST_SUFFIXES:  # a Hugging Face imagefolder
             metadata = path / f"metadata{suffix}"
@@ -104,6 +109,12 @@ def open_dataset(
     if not path.exists() and (path.suffix or "/" in spec):
         raise DataError(f"data spec {spec!r}: no such file or folder. A data spec is one of: {SPEC_FORMS}")
     raise DataError(f"cannot read data spec {spec!r}. A data spec is one of: {SPEC_FORMS}")
+
+
+def is_shard_folder(path: Path) -> bool:
+    """A folder of WebDataset shards (`visembed shards`, img2dataset): .tar files and no images."""
+    names = [p.suffix.lower() for p in path.iterdir() if p.is_file()]
+    return ".tar" in names and not any(s in (".jpg", ".jpeg", ".png", ".webp") for s in names)
 
 
 def spec_roots(spec: str) -> list[str]:

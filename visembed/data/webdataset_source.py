@@ -4,8 +4,10 @@
 bytes: `load_image` decodes them later, so a broken image is skipped and counted where it is used.
 Samples without image, or without caption when the caller needs captions (`need="caption"`), are
 skipped here and counted in `skipped`; otherwise a sample without `.txt` has an empty caption.
-Local files only.
-Shards carry no split: every split requested streams all of them.
+Local files only. A folder holding `*.tar` files (what `visembed shards` or img2dataset writes)
+names all of them, in name order.
+Shards carry no split: every split requested streams all of them. Training reads them through
+`indexed()` (`shard_index.py`): the same samples in the same order, each read only where needed.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from .images import SkipCounter
 from .sample import DataError, Sample
-
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+from .shard_index import IMAGE_KEYS, ShardIndex
 
 
 class WebDatasetSource:
@@ -31,12 +32,21 @@ class WebDatasetSource:
 
     def __init__(self, pattern: str, split: str = "train", *, language: str = "en", need: str = "caption"):
         self.pattern, self.need = pattern, need
-        self.urls = expand_urls(pattern)  # brace expansion: "{00000..00009}.tar" -> 10 names
+        if Path(pattern).is_dir():  # a folder of shards
+            self.urls = sorted(str(p) for p in Path(pattern).glob("*.tar") if p.is_file())
+            if not self.urls:
+                raise DataError(f"{pattern}: a folder without .tar shards")
+        else:
+            self.urls = expand_urls(pattern)  # brace expansion: "{00000..00009}.tar" -> 10 names
         missing = [url for url in self.urls if not Path(url).is_file()]
         if missing:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise DataError(f"{pattern}: {len(missing)} of {len(self.urls)} shards not found ({shown})")
         self.skipped = SkipCounter()
+
+    def indexed(self) -> ShardIndex:
+        """The same samples as a map-style dataset (read where they lie); skips count into `skipped`."""
+        return ShardIndex(self.urls, need=self.need, skipped=self.skipped)
 
     def _broken_shard(self, error: Exception) -> bool:
         """webdataset's handler hook: count a corrupt tar (or member) and keep streaming."""
