@@ -55,6 +55,8 @@ DATA = "builtin:emoji?style=all&size=96"
 CONFIGS = {  # name -> (--lm, --set overrides)
     "gpt2": ("gpt2", []),  # a small GPT-2 from scratch (the config's width/depth), lr 1e-3, 3 hints in the prompt
     "gpt2-no-hints": ("gpt2", ["model.captioner.hints=0"]),  # the same without retrieved captions in the prompt
+    # the same, with the image's own name among its hints in half the training prompts (copying)
+    "gpt2-own-hints": ("gpt2", ["model.captioner.own_hint_rate=0.5"]),
     "minilm": ("minilm", ["train.lr=0.0001"]),  # all-MiniLM-L6-v2 as a decoder: pretrained, a smaller lr
 }
 # --smoke: a 2-step tiny dual encoder (unless --vision), a 1-layer GPT-2 trained 2 steps, 16 emoji a split
