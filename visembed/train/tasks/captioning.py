@@ -173,7 +173,7 @@ class CaptioningTask:
                 hints = plain.hints_for(features, languages, exclude=[set(c.own.values()) for c in candidates])
                 rate = self.cfg.model.captioner.own_hint_rate
                 if rate > 0:  # (no draw at 0: runs without it keep their random stream)
-                    hints = [_with_own(texts, c.own.get(language), rate) for texts, c, language
+                    hints = [with_own_hint(texts, c.own.get(language), rate) for texts, c, language
                              in zip(hints, candidates, languages)]
                 rows = [_row(plain.tokenizer, c.id, t, texts, limit) for c, t, texts in zip(candidates, turns, hints)]
             else:
@@ -213,7 +213,7 @@ class CaptioningTask:
         return {f"val_{k}": v for k, v in result.items() if isinstance(v, float)}
 
 
-def _with_own(hints: list[str], own: str | None, rate: float) -> list[str]:
+def with_own_hint(hints: list[str], own: str | None, rate: float) -> list[str]:
     """`hints` with the image's `own` caption put in at a random place (replacing the last hint) with
     probability `rate`, drawn from the step's seeded RNG (so resumes are exact)."""
     if not hints or own is None or float(torch.rand(())) >= rate:
