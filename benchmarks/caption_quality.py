@@ -24,7 +24,8 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     image decoding and the image tower included: the feature cache is off), p50 over 50 images,
     and batched throughput (images/s at batch 32, same settings).
 
-    python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-no-hints, minilm
+    python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-no-hints, gpt2-own-hints, minilm
+    python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 gpt2-own-hints --split val   # copying names
     python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 --steps 300 --split val
     python benchmarks/caption_quality.py --model runs/cap-gpt2 runs/cap-minilm --json caption.json
     python benchmarks/caption_quality.py --model runs/demo/captioner --data "builtin:emoji?style=noto&size=96" --no-chat
