@@ -24,7 +24,8 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     image decoding and the image tower included: the feature cache is off), p50 over 50 images,
     and batched throughput (images/s at batch 32, same settings).
 
-    python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-no-hints, minilm
+    python benchmarks/caption_quality.py --vision runs/demo                  # trains gpt2, gpt2-no-hints, gpt2-own-hints, minilm
+    python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 gpt2-own-hints --split val   # copying names
     python benchmarks/caption_quality.py --vision runs/demo --configs gpt2 --steps 300 --split val
     python benchmarks/caption_quality.py --model runs/cap-gpt2 runs/cap-minilm --json caption.json
     python benchmarks/caption_quality.py --model runs/demo/captioner --data "builtin:emoji?style=noto&size=96" --no-chat
@@ -55,6 +56,8 @@ DATA = "builtin:emoji?style=all&size=96"
 CONFIGS = {  # name -> (--lm, --set overrides)
     "gpt2": ("gpt2", []),  # a small GPT-2 from scratch (the config's width/depth), lr 1e-3, 3 hints in the prompt
     "gpt2-no-hints": ("gpt2", ["model.captioner.hints=0"]),  # the same without retrieved captions in the prompt
+    # the same, with the image's own name among its hints in half the training prompts (copying)
+    "gpt2-own-hints": ("gpt2", ["model.captioner.own_hint_rate=0.5"]),
     "minilm": ("minilm", ["train.lr=0.0001"]),  # all-MiniLM-L6-v2 as a decoder: pretrained, a smaller lr
 }
 # --smoke: a 2-step tiny dual encoder (unless --vision), a 1-layer GPT-2 trained 2 steps, 16 emoji a split

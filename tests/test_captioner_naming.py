@@ -159,3 +159,25 @@ def test_slot_filling_puts_each_hinted_name_where_the_lm_wrote_a_known_one():
 def test_a_latin_name_counts_as_whole_words_only():
     assert not contains_hint("The catholic church.", ["cat"]) and contains_hint("A cat, sitting.", ["cat"])
     assert contains_hint("一个“狗脸”表情符号", ["狗脸"])
+
+
+def test_own_hint_rate_puts_the_images_own_name_among_its_training_hints():
+    from visembed.config import ConfigError, apply_overrides, load_preset
+    from visembed.train.tasks.captioning import with_own_hint
+
+    hints = ["dog face", "cat face", "wolf"]
+    assert with_own_hint(hints, "fox", 0.0) == hints  # the default: a concept never seen
+    torch.manual_seed(0)
+    drawn = [with_own_hint(hints, "fox", 1.0) for _ in range(60)]
+    assert all(len(d) == 3 and "fox" in d for d in drawn)
+    assert {d.index("fox") for d in drawn} == {0, 1, 2}  # anywhere: the LM must find it by the image
+    assert all([h for h in d if h != "fox"] == [h for h in hints if h in d] for d in drawn)  # the rest keep their order
+    torch.manual_seed(0)
+    half = sum("fox" in with_own_hint(hints, "fox", 0.5) for _ in range(400))
+    assert 160 < half < 240
+    torch.manual_seed(0)
+    again = [with_own_hint(hints, "fox", 1.0) for _ in range(60)]
+    assert again == drawn  # from the step's seeded RNG: resumes are exact
+    assert with_own_hint([], "fox", 1.0) == [] and with_own_hint(hints, None, 1.0) == hints
+    with pytest.raises(ConfigError, match="own_hint_rate"):
+        apply_overrides(load_preset("tiny"), ["model.architecture=captioner", "model.captioner.own_hint_rate=1.5"])

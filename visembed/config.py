@@ -310,6 +310,11 @@ class CaptionerConfig:
     # training captions closest to the image shown in the prompt (SmallCap's retrieval augmentation;
     # the bank is the training data's captions, kept in the model folder); 0: none (measured in docs/benchmarks.md)
     hints: int = 3
+    # share of training prompts whose hints hold the image's own name, at a random place among them:
+    # the LM learns to copy a hinted name that fits the image, which an open vocabulary
+    # (`--vocabulary`) offers for concepts never trained on; 0: never (its own captions are left out,
+    # as for a concept never seen)
+    own_hint_rate: float = 0.0
     # captions proposed per image when captioning (beam search), the one the dual encoder puts
     # closest to the image kept; 1: greedy (measured in docs/benchmarks.md)
     candidates: int = 8
@@ -632,6 +637,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         # every caption a memory error (candidates 1,000,000 loaded, then each request failed)
         _require(c.candidates <= MAX_CANDIDATES, "model.captioner.candidates", f"at most {MAX_CANDIDATES}", c.candidates)
         _require(c.hints <= MAX_HINTS, "model.captioner.hints", f"at most {MAX_HINTS}", c.hints)
+        _require(0 <= c.own_hint_rate <= 1, "model.captioner.own_hint_rate", "between 0 and 1", c.own_hint_rate)
     _require(m.max_logit_scale > 0, "model.max_logit_scale", "more than 0", m.max_logit_scale)
 
     a = cfg.data.augment

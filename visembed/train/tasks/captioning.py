@@ -42,7 +42,7 @@ class Candidates:
 
     id: str
     conversations: list[list[dict]]
-    own: set[str]  # the sample's own captions: never among its hints
+    own: dict[str, str]  # the sample's own captions by language: among its hints at `own_hint_rate` only
     rows: list | None = None  # each conversation tokenised (or the DataError it raises); None: left to the step
 
 
@@ -126,7 +126,7 @@ class CaptioningTask:
         conversations = conversations_of(sample)
         if not self.instruct:
             conversations = [c for c in conversations if len(c) == 2] or conversations
-        return Candidates(sample.id, conversations, set(hint_texts_of(sample).values()))
+        return Candidates(sample.id, conversations, hint_texts_of(sample))
 
     def fields(self, samples: list) -> dict:
         """{"candidates": [Candidates]}, each conversation tokenised here unless the model shows
@@ -169,8 +169,12 @@ class CaptioningTask:
             features = plain.features(pixels)
             if any(c.rows is None for c in candidates):  # tokenised here, with the hints of each image
                 turns = [c.conversations[k] for c, k in zip(candidates, chosen)]
-                hints = plain.hints_for(features, [conversation_language(t) for t in turns],
-                                        exclude=[c.own for c in candidates])
+                languages = [conversation_language(t) for t in turns]
+                hints = plain.hints_for(features, languages, exclude=[set(c.own.values()) for c in candidates])
+                rate = self.cfg.model.captioner.own_hint_rate
+                if rate > 0:  # (no draw at 0: runs without it keep their random stream)
+                    hints = [with_own_hint(texts, c.own.get(language), rate) for texts, c, language
+                             in zip(hints, candidates, languages)]
                 rows = [_row(plain.tokenizer, c.id, t, texts, limit) for c, t, texts in zip(candidates, turns, hints)]
             else:
                 rows = [_drawn(c.rows[k]) for c, k in zip(candidates, chosen)]
@@ -207,6 +211,15 @@ class CaptioningTask:
         finally:
             model.train(was_training)
         return {f"val_{k}": v for k, v in result.items() if isinstance(v, float)}
+
+
+def with_own_hint(hints: list[str], own: str | None, rate: float) -> list[str]:
+    """`hints` with the image's `own` caption put in at a random place (replacing the last hint) with
+    probability `rate`, drawn from the step's seeded RNG (so resumes are exact)."""
+    if not hints or own is None or float(torch.rand(())) >= rate:
+        return hints
+    place = int(torch.randint(len(hints), ()))
+    return [*hints[:place], own, *hints[place:]][: len(hints)]
 
 
 def _row(tokenizer, sample_id: str, turns: list[dict], hints: list[str], limit: int):
