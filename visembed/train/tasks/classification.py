@@ -37,7 +37,7 @@ RUN_FOLDER = "run"
 FINETUNE_STEPS = 60
 FINETUNE_LR = 1e-4
 FINETUNE_BATCH = 32
-WISE_ALPHA = 0.5  # default weight of the fine-tuned model (WiSE-FT's middle; not yet measured on our data)
+WISE_ALPHA = 1.0  # default weight of the fine-tuned model: measured best of 0.25, 0.5, 0.75, 1 (docs/classify.md)
 
 
 class ClassificationTask:
