@@ -159,3 +159,13 @@ def test_block_normalised_head_is_the_same_in_torch_and_survives_the_folder(tmp_
     assert again.block_norm and np.allclose(again.logits(test), expected, atol=1e-5)
     del config["head"]["block_norm"]  # a folder written before block normalisation reads as standardised
     assert not read_head(tmp_path, config).block_norm
+    from safetensors.numpy import load_file, save_file
+
+    from visembed.classify.folder import ClassifierFolderError
+
+    arrays = load_file(str(tmp_path / "head.safetensors"))
+    del arrays["mean"]
+    save_file(arrays, str(tmp_path / "head.safetensors"))
+    config["head"]["block_norm"] = True
+    with pytest.raises(ClassifierFolderError, match="block_norm without mean"):
+        read_head(tmp_path, config)

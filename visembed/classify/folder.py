@@ -119,6 +119,8 @@ def _check_shapes(head: Head, folder: Path) -> None:
         problems.append("weight/bias")
     if head.weight is not None and head.mean is not None and head.mean.shape != (head.weight.shape[1],):
         problems.append("mean")
+    if head.weight is not None and head.block_norm and head.mean is None:
+        problems.append("block_norm without mean")
     if head.keys is not None and (head.values is None or head.values.shape != (len(head.keys), c)):
         problems.append("keys/values")
     if head.weight is None and head.zs_weight is None:
