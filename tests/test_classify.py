@@ -64,6 +64,7 @@ def test_fit_writes_a_classifier_folder_with_a_card(probe_dir):
     config = json.loads((probe_dir / "classifier.json").read_text())
     assert config["method"] == "probe" and config["classes"] == ["circle", "square", "triangle"]
     assert config["fit"]["shots"] == 8 and config["fit"]["images_used"] == 24
+    assert config["head"]["block_norm"] is True  # the probe's default (each feature block centred, L2-normalised)
     assert "top1" in config["fit"]["eval"]  # measured on the data's test split at fit time
     card = (probe_dir / "README.md").read_text()
     assert "probe" in card and "top-1" in card
@@ -233,3 +234,25 @@ def test_class_folders_fit_and_eval(tiny_model_dir, tmp_path):
     result = cli("classify", "eval", out, "--data", tmp_path / "root", "--no-progress")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["num_images"] > 0
+
+
+def test_finetune_starts_from_a_copy_without_the_feature_cache(tiny_model_dir, tmp_path):
+    """The demo model keeps a locked tower's feature cache; its fine-tuning run (augmented, cache off)
+    must still resume and merge (WiSE-FT), so it starts from a copy of the model with the cache off
+    (a `vit` like the tiny model's cannot have a cache, so the folder is checked as files)."""
+    import shutil
+
+    from visembed.train.tasks.classification import init_without_feature_cache
+
+    assert init_without_feature_cache(tiny_model_dir, tmp_path / "work") == tiny_model_dir  # no cache: as it is
+    cached = tmp_path / "cached-model"
+    shutil.copytree(tiny_model_dir, cached)
+    config = json.loads((cached / "config.json").read_text())
+    config["model"]["vision"]["feature_cache"] = 1000
+    (cached / "config.json").write_text(json.dumps(config))
+    init = init_without_feature_cache(cached, tmp_path / "work")
+    assert init == tmp_path / "work" / "init"
+    assert json.loads((init / "config.json").read_text())["model"]["vision"]["feature_cache"] == 0
+    assert json.loads((cached / "config.json").read_text())["model"]["vision"]["feature_cache"] == 1000  # untouched
+    assert (init / "model.safetensors").read_bytes() == (cached / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in init.iterdir()) == sorted(p.name for p in cached.iterdir())

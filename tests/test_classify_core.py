@@ -26,11 +26,36 @@ def test_probe_learns_clusters_and_chooses_C_on_held_back_shots():
     head = M.fit_probe(x, y, 5, features="pooled", seed=0)
     acc = (head.logits({"embedding": embt, "pooled": xt}).argmax(1) == yt).mean()
     assert acc > 0.9
-    assert head.info["C"] in M.PROBE_CS and set(head.info["val_accuracy"]) == set(M.PROBE_CS)
+    assert head.info["C"] in M.PROBE_BLOCK_CS and set(head.info["val_accuracy"]) == set(M.PROBE_BLOCK_CS)
     # the validation shots come from the shots only, at most 4 a class, never all of a class
     fit, val = M.split_shots(y, 4, seed=0)
     assert set(fit) | set(val) == set(range(len(y))) and not set(fit) & set(val)
     assert all((y[val] == c).sum() == 4 for c in range(5))
+
+
+def _narrow_signal_wide_noise(seed, per_class, n_classes=6):
+    """8 informative columns ("embedding") beside 400 columns of loud noise ("pooled")."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(n_classes, 8)).astype(np.float32)
+    y = np.repeat(np.arange(n_classes), per_class)
+    feats = {"embedding": (centres[y] + 0.5 * rng.normal(size=(len(y), 8))).astype(np.float32),
+             "pooled": (3 * rng.normal(size=(len(y), 400))).astype(np.float32)}
+    return feats, y
+
+
+def test_probe_default_normalises_each_feature_block_so_a_wide_block_cannot_drown_a_narrow_one():
+    shots, y = _narrow_signal_wide_noise(0, per_class=2)
+    test, yt = _narrow_signal_wide_noise(1, per_class=50)
+    x = np.concatenate([shots["embedding"], shots["pooled"]], axis=1)
+    widths = M.block_widths(shots, "both")
+    assert widths == [8, 400]
+    default = M.fit_probe(x, y, 6, features="both", widths=widths)
+    standardised = M.fit_probe(x, y, 6, features="both", widths=widths, normalize="standardize")
+    assert default.block_norm and not standardised.block_norm
+    acc = {name: (h.logits(test).argmax(1) == yt).mean() for name, h in (("blocks", default), ("std", standardised))}
+    assert acc["blocks"] > 0.85 and acc["std"] < 0.5, acc
+    with pytest.raises(ValueError, match="add up"):
+        M.fit_probe(x, y, 6, features="both", widths=[8, 8])
 
 
 def test_probe_on_one_shot_and_missing_classes():
@@ -111,3 +136,36 @@ def _dataset(spec):
     from visembed.data import open_dataset
 
     return open_dataset(spec, "train")
+
+
+def test_block_normalised_head_is_the_same_in_torch_and_survives_the_folder(tmp_path):
+    import torch
+
+    from visembed.classify.folder import read_head, save_classifier
+    from visembed.classify.torch_head import HeadModule
+
+    shots, y = _narrow_signal_wide_noise(0, per_class=3)
+    x = np.concatenate([shots["embedding"], shots["pooled"]], axis=1)
+    head = M.fit_probe(x, y, 6, features="both", widths=M.block_widths(shots, "both"))
+    test, _ = _narrow_signal_wide_noise(2, per_class=4)
+    expected = head.logits(test)
+    got = HeadModule(head)({k: torch.from_numpy(v) for k, v in test.items()}).numpy()
+    assert np.allclose(got, expected, atol=1e-4)
+    save_classifier(tmp_path, head, [f"c{i}" for i in range(6)], "model", method="probe", fit_info={}, card="")
+    import json
+
+    config = json.loads((tmp_path / "classifier.json").read_text())
+    again = read_head(tmp_path, config)
+    assert again.block_norm and np.allclose(again.logits(test), expected, atol=1e-5)
+    del config["head"]["block_norm"]  # a folder written before block normalisation reads as standardised
+    assert not read_head(tmp_path, config).block_norm
+    from safetensors.numpy import load_file, save_file
+
+    from visembed.classify.folder import ClassifierFolderError
+
+    arrays = load_file(str(tmp_path / "head.safetensors"))
+    del arrays["mean"]
+    save_file(arrays, str(tmp_path / "head.safetensors"))
+    config["head"]["block_norm"] = True
+    with pytest.raises(ClassifierFolderError, match="block_norm without mean"):
+        read_head(tmp_path, config)

@@ -16,7 +16,7 @@ import numpy as np
 
 from visembed.classify.features import FeatureSet, dataset_features
 from visembed.classify.fit import DEFAULT_FEATURES, fit_head, needs_text
-from visembed.classify.methods import knn_scores
+from visembed.classify.methods import PROBE_NORMALIZE, knn_scores
 from visembed.classify.metrics import classification_metrics
 from visembed.classify.run import model_scale, say
 from visembed.classify.shots import check_classes, class_index, draw_shots
@@ -46,7 +46,7 @@ def curve_data(model, model_dir, spec: str, *, train_split: str = "train", test_
 def few_shot_curve(model, model_dir, spec: str, *, shots=(0, 1, 2, 4, 8, 16), seeds: int = 3,
                    methods=CURVE_METHODS, features: dict[str, str] | None = None,
                    templates: tuple[str, ...] | None = None, train_split: str = "train", test_split: str = "test",
-                   progress: bool = True, **data_options) -> dict:
+                   probe_normalize: str = PROBE_NORMALIZE, progress: bool = True, **data_options) -> dict:
     """{"classes", "test_images", "methods": {method: {shots: {"mean", "std", "runs"}}}, "seconds"}."""
     unknown = [m for m in methods if m not in CURVE_METHODS]
     if unknown:
@@ -60,7 +60,7 @@ def few_shot_curve(model, model_dir, spec: str, *, shots=(0, 1, 2, 4, 8, 16), se
     started = time.perf_counter()
     out: dict = {"data": spec, "train_split": train_split, "test_split": test_split, "classes": len(classes),
                  "test_images": int(len(y_test)), "seeds": seeds, "features": {m: features[m] for m in methods},
-                 "methods": {}, "fit_seconds": {}}
+                 "probe_normalize": probe_normalize, "methods": {}, "fit_seconds": {}}
     zero = None
     if class_weights is not None:
         zs_head = fit_head("zeroshot", None, y_train[:0], len(classes), class_weights=class_weights, zs_scale=scale)
@@ -83,7 +83,7 @@ def few_shot_curve(model, model_dir, spec: str, *, shots=(0, 1, 2, 4, 8, 16), se
             scores = knn_scores(train.subset(idx).select(kind), y_train[idx], test.select(kind), len(classes))
         else:
             head = fit_head(method, train.subset(idx), y_train[idx], len(classes), class_weights=class_weights,
-                            features=features[method], seed=seed, zs_scale=scale)
+                            features=features[method], seed=seed, zs_scale=scale, normalize=probe_normalize)
             scores = head.logits(test_arrays)
         out["fit_seconds"].setdefault(method, []).append(round(time.perf_counter() - t, 3))
         runs.append(classification_metrics(scores, y_test, classes)["top1"])

@@ -22,9 +22,10 @@ def needs_text(method: str) -> bool:
 
 def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: int, *,
              class_weights: np.ndarray | None = None, features: str | None = None, seed: int = 0,
-             zs_scale: float = M.ZS_SCALE) -> M.Head:
+             zs_scale: float = M.ZS_SCALE, normalize: str = M.PROBE_NORMALIZE) -> M.Head:
     """Fit `method` on the shots (`y`: their class indices). `class_weights` (C, D): the class text
-    vectors (`templates.class_vectors`), needed by the methods that start from zero-shot."""
+    vectors (`templates.class_vectors`), needed by the methods that start from zero-shot.
+    `normalize`: how the probe treats its features (`methods.fit_probe`)."""
     if method not in FEATURE_METHODS:
         raise ValueError(f"method must be one of {', '.join(FEATURE_METHODS)}, not {method!r}")
     features = features or DEFAULT_FEATURES[method]
@@ -37,7 +38,8 @@ def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: in
         head.zs_scale = zs_scale
         return head
     if method == "probe":
-        return M.fit_probe(shots.select(features), y, n_classes, features=features, seed=seed)
+        return M.fit_probe(shots.select(features), y, n_classes, features=features, seed=seed, normalize=normalize,
+                           widths=M.block_widths(shots.arrays(), features))
     if method == "zs-probe":
         return M.fit_zs_probe(shots.select(features), shots.embedding, y, class_weights, features=features,
                               seed=seed, zs_scale=zs_scale)

@@ -26,7 +26,7 @@ HEAD_FILE = "head.safetensors"
 FORMAT = "visembed-classifier"
 VERSION = 1
 ARRAYS = ("zs_weight", "weight", "bias", "mean", "scale", "keys", "values")
-SCALARS = ("n_classes", "features", "zs_scale", "alpha", "beta")
+SCALARS = ("n_classes", "features", "zs_scale", "alpha", "beta", "block_norm")
 MAX_CLASSES = 100_000
 MAX_CONFIG_BYTES = 16 << 20
 
@@ -102,6 +102,7 @@ def read_head(folder: Path, config: dict) -> Head:
     try:
         head = Head(int(scalars["n_classes"]), features=str(scalars["features"]), zs_scale=float(scalars["zs_scale"]),
                     alpha=float(scalars["alpha"]), beta=float(scalars["beta"]), info=config.get("head_info") or {},
+                    block_norm=bool(scalars.get("block_norm", False)),  # folders written before it: standardised
                     **{name: arrays[name].astype(np.float32) for name in arrays})
     except (KeyError, TypeError, ValueError) as exc:
         raise ClassifierFolderError(f"{folder / CLASSIFIER_FILE}: damaged head settings ({exc})") from None
@@ -118,6 +119,8 @@ def _check_shapes(head: Head, folder: Path) -> None:
         problems.append("weight/bias")
     if head.weight is not None and head.mean is not None and head.mean.shape != (head.weight.shape[1],):
         problems.append("mean")
+    if head.weight is not None and head.block_norm and head.mean is None:
+        problems.append("block_norm without mean")
     if head.keys is not None and (head.values is None or head.values.shape != (len(head.keys), c)):
         problems.append("keys/values")
     if head.weight is None and head.zs_weight is None:

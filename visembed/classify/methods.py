@@ -18,8 +18,12 @@ Stable API:
 A `Head` is one formula (each method fills in some of its parts):
 
     logits = zs_scale * emb @ zs_weight.T                     # zero-shot prior (class text vectors)
-           + ((x - mean) / scale) @ weight.T + bias           # linear part on `features` (x)
+           + norm(x) @ weight.T + bias                        # linear part on `features` (x)
            + alpha * exp(-beta * (1 - emb @ keys.T)) @ values # Tip-Adapter cache of the shots
+
+where norm(x) is (x - mean) / scale (standardised, `block_norm` False) or, with `block_norm`, each
+feature block of x ("embedding", "pooled", "layout") centred on its mean and L2-normalised apart,
+so that every block weighs the same whatever its width (SimpleShot's "CL2N", per block).
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from visembed.classify.features import select_features
+from visembed.classify.features import feature_parts, select_features
 
 ZS_SCALE = 100.0  # CLIP's logit scale for zero-shot logits (and Tip-Adapter's)
 PROBE_CS = (0.01, 0.1, 1.0)  # inverse regularisation strengths tried (standardised features)
+PROBE_BLOCK_CS = (1.0, 3.0, 10.0)  # the same for block-normalised features (grid chosen on training concepts)
+PROBE_NORMALIZE = "blocks"  # the probe's default: blocks (measured better: docs/classify.md) | standardize
 PROBE_VAL_PER_CLASS = 4  # shots held back per class to choose C (at most; CoOp's lpclip)
 TIP_ALPHA, TIP_BETA = 10.0, 5.5  # cache weight and sharpness where nothing is held back (1 shot a class)
 TIP_GRID = ((1.0, 5.5), (3.0, 5.5), (10.0, 5.5), (30.0, 5.5), (10.0, 1.0), (30.0, 1.0))  # (alpha, beta) tried
@@ -54,6 +60,7 @@ class Head:
     values: np.ndarray | None = None  # (K, C) one-hot labels of the keys
     alpha: float = TIP_ALPHA
     beta: float = TIP_BETA
+    block_norm: bool = False  # x centred (mean) and each feature block L2-normalised, instead of / scale
     info: dict = field(default_factory=dict)  # how it was fitted (chosen C, shots, ...)
 
     def logits(self, feats: dict[str, np.ndarray]) -> np.ndarray:
@@ -63,7 +70,9 @@ class Head:
             out += self.zs_scale * emb @ self.zs_weight.T
         if self.weight is not None:
             x = select_features(feats, self.features)
-            if self.mean is not None:
+            if self.block_norm:
+                x = normalize_blocks(x - self.mean, block_widths(feats, self.features))
+            elif self.mean is not None:
                 x = (x - self.mean) / self.scale
             out += x @ self.weight.T + self.bias
         if self.keys is not None:
@@ -84,6 +93,21 @@ def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     sc = StandardScaler().fit(x)
     return sc.mean_.astype(np.float32), sc.scale_.astype(np.float32)
+
+
+def block_widths(feats: dict[str, np.ndarray], kind: str) -> list[int]:
+    """Widths of the feature blocks `select_features(feats, kind)` joins, in order."""
+    return [feats[part].shape[1] for part in feature_parts(kind)]
+
+
+def normalize_blocks(x: np.ndarray, widths: list[int]) -> np.ndarray:
+    """Each block of columns (of `widths`) L2-normalised per row (a zero block stays zero)."""
+    out, start = [], 0
+    for width in widths:
+        block = x[:, start : start + width]
+        out.append(block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12))
+        start += width
+    return np.concatenate(out, axis=1).astype(np.float32) if len(out) > 1 else out[0].astype(np.float32)
 
 
 def zeroshot_head(class_weights: np.ndarray, *, zs_scale: float = ZS_SCALE) -> Head:
@@ -128,15 +152,29 @@ def _logistic(x: np.ndarray, y: np.ndarray, n_classes: int, C: float, seed: int)
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, *, features: str = "embedding", C: float | None = None,
-              Cs=PROBE_CS, val_per_class: int = PROBE_VAL_PER_CLASS, seed: int = 0) -> Head:
-    """A linear probe (CLIP's protocol): L2-regularised logistic regression on standardised features,
-    C chosen among `Cs` on up to `val_per_class` shots per class held back from the shots (never the
-    test data), then refitted on all shots. With one shot per class there is nothing to hold back:
-    the middle C is used. `x` holds the `features` kind of the shots."""
+              Cs=None, val_per_class: int = PROBE_VAL_PER_CLASS, seed: int = 0, normalize: str = PROBE_NORMALIZE,
+              widths: list[int] | None = None) -> Head:
+    """A linear probe (CLIP's protocol): L2-regularised logistic regression, C chosen among `Cs` on up
+    to `val_per_class` shots per class held back from the shots (never the test data), then refitted
+    on all shots. With one shot per class there is nothing to hold back: the middle C is used. `x`
+    holds the `features` kind of the shots; `widths` its blocks' widths (`block_widths`; None: one
+    block). `normalize`: "blocks" (default: each block centred on the shots' mean and L2-normalised,
+    `Cs` default `PROBE_BLOCK_CS`) or "standardize" (per column, `Cs` default `PROBE_CS`)."""
+    if normalize not in ("blocks", "standardize"):
+        raise ValueError(f"normalize must be blocks or standardize, not {normalize!r}")
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int64)
+    blocks = normalize == "blocks"
+    Cs = tuple(Cs or (PROBE_BLOCK_CS if blocks else PROBE_CS))
     mean, scale = standardizer(x)
-    xs = (x - mean) / scale
+    if blocks:
+        widths = list(widths or [x.shape[1]])
+        if sum(widths) != x.shape[1]:
+            raise ValueError(f"block widths {widths} do not add up to the {x.shape[1]} feature columns")
+        scale = None
+        xs = normalize_blocks(x - mean, widths)
+    else:
+        xs = (x - mean) / scale
     scores = {}
     if C is None:
         fit, val = split_shots(y, val_per_class, seed)
@@ -148,8 +186,8 @@ def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, *, features: str = "
         else:
             C = Cs[len(Cs) // 2]
     weight, bias = _logistic(xs, y, n_classes, C, seed)
-    return Head(n_classes, features=features, weight=weight, bias=bias, mean=mean, scale=scale,
-                info={"method": "probe", "C": C, "val_accuracy": scores})
+    return Head(n_classes, features=features, weight=weight, bias=bias, mean=mean, scale=scale, block_norm=blocks,
+                info={"method": "probe", "C": C, "normalize": normalize, "val_accuracy": scores})
 
 
 def knn_scores(keys: np.ndarray, key_labels: np.ndarray, queries: np.ndarray, n_classes: int, *, k: int = 20,

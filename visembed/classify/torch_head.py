@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from visembed.classify.features import feature_parts, pixel_features
@@ -23,6 +24,7 @@ class HeadModule(nn.Module):
         super().__init__()
         self.parts = feature_parts(head.features)
         self.zs_scale, self.alpha, self.beta = float(head.zs_scale), float(head.alpha), float(head.beta)
+        self.block_norm = bool(head.block_norm)
         wrap = (lambda t: None if t is None else nn.Parameter(t)) if trainable else (lambda t: t)
         for name in ("zs_weight", "weight", "bias"):
             tensor = wrap(_buffer(getattr(head, name)))
@@ -40,7 +42,10 @@ class HeadModule(nn.Module):
             logits = logits + self.zs_scale * emb @ self.zs_weight.T
         if self.weight is not None:
             x = torch.cat([feats[p] for p in self.parts], dim=1) if len(self.parts) > 1 else feats[self.parts[0]]
-            if self.mean is not None:
+            if self.block_norm:  # `methods.normalize_blocks`
+                blocks = torch.split(x - self.mean, [feats[p].shape[1] for p in self.parts], dim=1)
+                x = torch.cat([F.normalize(b, dim=1, eps=1e-12) for b in blocks], dim=1)
+            elif self.mean is not None:
                 x = (x - self.mean) / self.scale
             logits = logits + x @ self.weight.T + self.bias
         if self.keys is not None:

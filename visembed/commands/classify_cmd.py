@@ -48,7 +48,7 @@ def fit(
     features: Optional[str] = typer.Option(None, "--features", help=FEATURES_HELP),
     templates: Optional[Path] = typer.Option(None, "--templates", help="Prompt templates file (one a line, {} for the class name); default: built-in English and Chinese lists."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Manifests: the column holding the label."),
-    wise_alpha: Optional[float] = typer.Option(None, "--wise-alpha", help="finetune: weight of the fine-tuned model in the WiSE-FT interpolation with the zero-shot model (default 0.5, the middle of WiSE-FT's range; not yet measured here)."),
+    wise_alpha: Optional[float] = typer.Option(None, "--wise-alpha", help="finetune: weight of the fine-tuned model in the WiSE-FT interpolation with the zero-shot model (default 1: the fine-tuned model alone measured best on emoji subgroups, docs/classify.md)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="finetune: optimiser steps."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:

@@ -37,7 +37,7 @@ RUN_FOLDER = "run"
 FINETUNE_STEPS = 60
 FINETUNE_LR = 1e-4
 FINETUNE_BATCH = 32
-WISE_ALPHA = 0.5  # default weight of the fine-tuned model (WiSE-FT's middle; not yet measured on our data)
+WISE_ALPHA = 1.0  # default weight of the fine-tuned model: measured best of 0.25, 0.5, 0.75, 1 (docs/classify.md)
 
 
 class ClassificationTask:
@@ -145,7 +145,8 @@ def finetune_classifier(model_dir, spec: str, out, *, shots: int = 16, seed: int
                                 "train.epochs=0", "model.vision.feature_cache=0", "data.augment.enabled=true"])
     run_dir = work / RUN_FOLDER
     task = ClassificationTask(cfg)
-    metrics = train(cfg, run_dir, init=model_dir, resume=run_dir.exists(), progress=progress, task=task)
+    init = init_without_feature_cache(model_dir, work)
+    metrics = train(cfg, run_dir, init=init, resume=run_dir.exists(), progress=progress, task=task)
     head = task.trained_head
     if head is None:
         raise RuntimeError("fine-tuning ended without a head")
@@ -157,7 +158,7 @@ def finetune_classifier(model_dir, spec: str, out, *, shots: int = 16, seed: int
             "wise_alpha": alpha, "images_used": lp_config["fit"]["images_used"], "fit_seconds": None,
             "notes": lp_config["fit"].get("notes", []), "final_train_loss": metrics.get("loss")}
     with new_dir(out) as tmp:
-        merge_models(model_dir, run_dir, alpha, tmp / "model")
+        merge_models(init, run_dir, alpha, tmp / "model")
         save_classifier(tmp, head, lp_config["classes"], "model", method="finetune", fit_info=info,
                         card=model_card("finetune", head.features, lp_config["classes"], {**info, "fit_seconds": "-"},
                                         model_dir))
@@ -176,6 +177,41 @@ def finetune_classifier(model_dir, spec: str, out, *, shots: int = 16, seed: int
             pass
     return {"out": str(out), "method": "finetune", "features": head.features, "classes": len(lp_config["classes"]),
             **info}
+
+
+def init_without_feature_cache(model_dir: Path, work: Path) -> Path:
+    """The folder fine-tuning starts from. A model whose locked tower keeps a feature cache (the demo
+    model's: 50,000 images) is copied to `work/init` with the cache off: the training loop takes the
+    init folder's architecture, and a feature cache beside augmentation is a config the check refuses
+    when the run is resumed or merged (WiSE-FT); the run trains without it anyway (`configure`). The
+    weights are hard-linked where the file system allows (else copied)."""
+    import os
+    import shutil
+
+    from visembed.atomic import atomic_write_json
+
+    raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    vision = raw.get("model", {}).get("vision", {})
+    if not vision.get("feature_cache"):
+        return model_dir
+    init = work / "init"
+    if (init / "config.json").is_file():
+        return init
+    shutil.rmtree(init, ignore_errors=True)
+    init.mkdir(parents=True)
+    for item in model_dir.iterdir():
+        if item.name == "config.json":
+            continue
+        if item.is_dir():
+            shutil.copytree(item, init / item.name)
+            continue
+        try:
+            os.link(item, init / item.name)
+        except OSError:
+            shutil.copy2(item, init / item.name)
+    vision["feature_cache"] = 0
+    atomic_write_json(init / "config.json", raw)  # written last: its presence says the copy is whole
+    return init
 
 
 def _write_shots(model, model_dir, spec, split, shots, seed, path: Path, data_options: dict) -> None:
