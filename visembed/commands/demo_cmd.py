@@ -199,6 +199,7 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
     if caption_steps != 0:
         background = _start_captioner(out, cfg.data.train, caption_steps, spec, cfg.model.vision.image_size,
                                       started, serve)
+    ended_by_signal = _end_cleanly_on_sigterm()
     try:
         if serve:
             from visembed.serve import run_server
@@ -211,4 +212,19 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
     finally:
         if background is not None:
             background.stop()  # a child still training ends with the demo (its checkpoints stay)
+        ended_by_signal()
     return metrics
+
+
+def _end_cleanly_on_sigterm():
+    """SIGTERM ends the demo through its `finally` (which stops the captioner's child) rather than
+    at once: uvicorn re-raises the SIGTERM it caught after its shutdown. -> a function restoring
+    the previous handler. Only the main thread may set handlers; elsewhere this does nothing."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return lambda: signal.signal(signal.SIGTERM, previous)
