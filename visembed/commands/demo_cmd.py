@@ -26,14 +26,14 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder for the demo model and its index."),
-    no_serve: bool = typer.Option(False, "--no-serve", help="Stop after building the index."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Do not serve: end when the index and the captioner are done."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (loopback by default)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to serve on."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the demo preset's)."),
     caption_steps: Optional[int] = typer.Option(None, "--caption-steps", help="Captioner training steps (0: no captioner)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value, repeatable."),
 ) -> None:
-    """Train on built-in emoji (English + Chinese names) on the CPU, evaluate on held-out concepts, show searches, train a captioner, index and serve."""
+    """Train on built-in emoji (English + Chinese names) on the CPU, evaluate on held-out concepts, show searches, index and serve; a captioner trains meanwhile in the background and joins the running server."""
     with friendly_errors():
         output_folder(out)  # before training, not after
         run_demo(out, serve=not no_serve, host=host, port=port, steps=steps, caption_steps=caption_steps,
