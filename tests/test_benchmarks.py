@@ -25,6 +25,7 @@ SMOKE = {
     "emoji_quality.py": ["--out", "{tmp}/runs"],
     "export_speed.py": [],
     "fewshot.py": [],
+    "first_search.py": [],
     "inference_backends.py": [],
     "loader_speed.py": [],
     "milvus.py": [],
@@ -36,8 +37,8 @@ SMOKE = {
     "train_throughput.py": [],
     "wise_ft.py": ["--work", "{tmp}/runs"],
 }
-SLOW = {"caption_quality.py", "cjk_student.py", "fewshot.py", "loader_speed.py", "milvus.py", "ssl_pretraining.py",
-        "wise_ft.py", "threads.py", "train_speed.py"}  # > ~20 s each on 2 cores (pyproject's `slow`)
+SLOW = {"caption_quality.py", "cjk_student.py", "fewshot.py", "first_search.py", "loader_speed.py", "milvus.py",
+        "ssl_pretraining.py", "wise_ft.py", "threads.py", "train_speed.py"}  # > ~20 s each on 2 cores (pyproject's `slow`)
 HELP_ONLY = {"cuda_smoke.py": "needs a CUDA device"}
 TWO_STEPS = {"hf_versions.py": "make --smoke, then check, in this venv"}  # tested on its own below
 LIBRARIES = {"emoji_search.py", "markdown_table.py"}  # imported by the benchmarks, not run

@@ -217,3 +217,39 @@ def test_an_empty_question_is_not_sent(caption_page):
     caption_page.get_by_role("button", name="Send").click()
     assert "Type a question" in caption_page.locator("#chat-status").inner_text()
     assert caption_page.locator("#dialogue li").count() == 0
+
+
+# ---- a captioner that arrives while the page is open (as `visembed demo` serves one) ------------
+
+
+def test_the_page_says_when_captions_arrive_and_switches_them_on_without_a_reload(browser, tiny_model_dir,
+                                                                                tiny_captioner_dir, tmp_path_factory):
+    from visembed.serve.captioner_slot import CaptionerSlot
+
+    slot = CaptionerSlot()
+    slot.progress(150, 600, 420.0, "training the captioner: step 150 of 600, about 7 min left")
+    app = create_app(shapes_index(tiny_model_dir, tmp_path_factory), captioner_slot=slot)
+    with serve_in_thread(app) as url, fresh_page(browser, url) as page:
+        page.wait_for_function("document.body.dataset.captioner === 'training'")
+        notice = page.locator("#captions-status")
+        assert notice.is_visible()
+        assert "captions arrive in about 7 min" in notice.inner_text() and "step 150 of 600" in notice.inner_text()
+        page.fill("#q", "a red circle")  # search works meanwhile
+        page.press("#q", "Enter")
+        wait_for_results(page, "“a red circle”")
+        page.set_input_files("#file", files=[{"name": "scene.png", "mimeType": "image/png", "buffer": SCENE_PNG}])
+        wait_for_results(page, "Like the example")
+        assert not page.locator("#example-caption").is_visible() and not page.locator("#chat").is_visible()
+
+        slot.ready(visembed_load(tiny_captioner_dir))  # the captioner arrives: the page asks again by itself
+        page.wait_for_function("document.body.dataset.captioner === 'on'", timeout=60_000)
+        page.wait_for_selector("#example-caption[data-state=done]")  # the picture on show gets described
+        assert page.locator("#example-caption").inner_text() == api(url, "/caption")["caption"]
+        assert page.locator("#chat").is_visible() and not notice.is_visible()
+        assert page.locator("#caption-tagline").is_visible()
+
+
+def visembed_load(folder):
+    import visembed
+
+    return visembed.load(folder)

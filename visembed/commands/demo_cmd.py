@@ -1,6 +1,8 @@
 """`visembed demo`, the main job: train on the built-in emoji data on a CPU, evaluate on held-out
-concepts, show search results in English and Chinese, train a captioner on the model and let it
-describe and discuss held-out emoji, then index every emoji and serve the page."""
+concepts, show search results in English and Chinese, index every emoji and serve the page; then
+train a captioner on the model in the background (`BackgroundCaptioner`: a child process at lower
+CPU priority) and, when it is ready, let it describe and discuss held-out emoji and hand it to the
+running server (the page says when captions arrive; no restart)."""
 
 from __future__ import annotations
 
@@ -24,14 +26,14 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder for the demo model and its index."),
-    no_serve: bool = typer.Option(False, "--no-serve", help="Stop after building the index."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Do not serve: end when the index and the captioner are done."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (loopback by default)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to serve on."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the demo preset's)."),
     caption_steps: Optional[int] = typer.Option(None, "--caption-steps", help="Captioner training steps (0: no captioner)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value, repeatable."),
 ) -> None:
-    """Train on built-in emoji (English + Chinese names) on the CPU, evaluate on held-out concepts, show searches, train a captioner, index and serve."""
+    """Train on built-in emoji (English + Chinese names) on the CPU, evaluate on held-out concepts, show searches, index and serve; a captioner trains meanwhile in the background and joins the running server."""
     with friendly_errors():
         output_folder(out)  # before training, not after
         run_demo(out, serve=not no_serve, host=host, port=port, steps=steps, caption_steps=caption_steps,
@@ -73,28 +75,44 @@ def _show_searches(model, data: str) -> None:
             _say(f"  {query!r:34} [{rank:>3}] -> {shown}")
 
 
-def _train_captioner(model_dir: Path, data: str, steps: int | None) -> Path:
-    """A captioner on the demo model's image features (both stages), resumed where a run left it."""
-    from visembed.train.captioner_run import captioner_config, train_captioner
+def _start_captioner(model_dir: Path, train_data: str, steps: int | None, spec: str, image_size: int,
+                     started: float, serve: bool):
+    """A captioner on the demo model's image features (both stages), resumed where a run left it,
+    trained in a child process; its alt texts are printed when it is ready."""
+    from visembed.commands.background_captioner import BackgroundCaptioner
+    from visembed.data import open_dataset
 
-    out = model_dir / "captioner"
-    _say(f"\nTeaching a small language model to describe what the image tower sees (captioner: {out}) ...")
-    cfg = captioner_config(model_dir, data, steps=steps)
-    train_captioner(cfg, out, stage="both", resume=out.is_dir())
-    return out
+    noto_trained = "noto" in getattr(open_dataset(train_data, "train"), "styles", ())
+
+    def ready(model, folder: Path) -> None:
+        _say(f"\nCaptioner ready after {time.time() - started:.0f} s: {folder}")
+        _show_captions(model, spec, image_size, noto_trained)
+        _say(f"Captioner folder: {folder} (visembed caption {folder} IMAGE; visembed chat {folder} --image IMAGE)")
+        if serve:
+            _say("The page now writes alt text for pictures you add, and answers questions about them.")
+
+    log = model_dir / "captioner.log" if serve else None
+    background = BackgroundCaptioner(model_dir, train_data, steps, on_ready=ready, log=log)
+    if background.complete:
+        return background.start()
+    where = f"; progress in {log}" if log is not None else ""
+    _say(f"\nTeaching a small language model to describe what the image tower sees (captioner: "
+         f"{background.final}), in the background at lower priority{where} ...")
+    background.start()
+    if serve:
+        _say(f"(captioner training: process {background.pid}; the page and GET /capabilities say when captions arrive)")
+    return background
 
 
-def _show_captions(captioner_dir: Path, data: str, image_size: int, noto_trained: bool) -> None:
+def _show_captions(model, data: str, image_size: int, noto_trained: bool) -> None:
     """Alt text in English and Chinese for held-out emoji (concepts never trained on) and for trained
     concepts drawn in the other art style (Noto), and a short dialogue about one of the latter that
     asks what the model was taught (its name and group), so what is printed shows both what
     transfers and what does not."""
-    import visembed
     from visembed.data import DataError, open_dataset
     from visembed.data.conversations import QUESTIONS
     from visembed.data.emoji import emoji_spec
 
-    model = visembed.load(captioner_dir)
     test = open_dataset(data, "test", language="en")
     plain = [s for s in test if "skin tone" not in s.caption]
     picks = [plain[round(j * (len(plain) - 1) / (SHOWN_CAPTIONS - 1))] for j in range(SHOWN_CAPTIONS)]
@@ -170,21 +188,43 @@ def run_demo(out: str | Path = "runs/demo", *, serve: bool = True, host: str = "
             _say(f"  {key:24} {value:.3f}" if isinstance(value, float) else f"  {key:24} {value}")
     _show_searches(model, spec)
     _say(f"\nModel folder: {out} (load it with visembed.load({str(out)!r}); model card: {out / 'README.md'})")
-    captioner = None
-    if caption_steps != 0:
-        captioner = _train_captioner(out, cfg.data.train, caption_steps)
-        trained = open_dataset(cfg.data.train, "train", language=cfg.data.language)
-        _show_captions(captioner, spec, cfg.model.vision.image_size, "noto" in getattr(trained, "styles", ()))
-        _say(f"Captioner folder: {captioner} (visembed caption {captioner} IMAGE; visembed chat {captioner} --image IMAGE)")
 
     from visembed.index import build_index
 
     index_dir = out / "index"
     build_index(out, spec, index_dir, split="all")
     _say(f"Index of every emoji: {index_dir}")
-    _say(f"Total time {time.time() - started:.0f} s.")
-    if serve:
-        from visembed.serve import run_server
+    _say(f"Search ready after {time.time() - started:.0f} s.")
+    background = None
+    if caption_steps != 0:
+        background = _start_captioner(out, cfg.data.train, caption_steps, spec, cfg.model.vision.image_size,
+                                      started, serve)
+    ended_by_signal = _end_cleanly_on_sigterm()
+    try:
+        if serve:
+            from visembed.serve import run_server
 
-        run_server(index_dir, host=host, port=port, captioner_dir=captioner)  # uploads get alt text and a chat box
+            # uploads get alt text and a chat box once the captioner has arrived through its slot
+            run_server(index_dir, host=host, port=port, captioner_slot=background.slot if background else None)
+        elif background is not None:
+            background.wait()
+            _say(f"Total time {time.time() - started:.0f} s.")
+    finally:
+        if background is not None:
+            background.stop()  # a child still training ends with the demo (its checkpoints stay)
+        ended_by_signal()
     return metrics
+
+
+def _end_cleanly_on_sigterm():
+    """SIGTERM ends the demo through its `finally` (which stops the captioner's child) rather than
+    at once: uvicorn re-raises the SIGTERM it caught after its shutdown. -> a function restoring
+    the previous handler. Only the main thread may set handlers; elsewhere this does nothing."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return lambda: signal.signal(signal.SIGTERM, previous)

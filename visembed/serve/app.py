@@ -53,13 +53,15 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
                captioner_dir: str | Path | None = None, captioner=None,
                generation_slots: GenerationSlots | None = None, data_roots: list[str | Path] = (),
                allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch",
-               classifier_dir: str | Path | None = None, classifier=None) -> FastAPI:
+               classifier_dir: str | Path | None = None, classifier=None, captioner_slot=None) -> FastAPI:
     """The service over one index. `searcher` (an opened `Searcher`) skips loading in the lifespan.
 
     `captioner_dir`: a captioner folder for /caption and /chat (default: the index's model, when it
     is a captioner); `captioner` (a loaded `CaptionerModel`) skips loading it. `generation_slots`:
     how many generation requests may queue (default `GenerationSlots()`). `classifier_dir`: a
-    classifier folder for /classify (`classifier`: one loaded already).
+    classifier folder for /classify (`classifier`: one loaded already). `captioner_slot`: a
+    `CaptionerSlot` through which a captioner still training arrives later (without one loaded, the
+    caption endpoints answer 503 with Retry-After until it does).
 
     `allowed_hosts`: Host header names answered (a port is ignored; "*" allows any, "*.example.com"
     a domain); default `LOOPBACK_HOSTS`. `decode_budget_pixels`: pixels decoded at once across all
@@ -76,7 +78,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
     async def lifespan(app: FastAPI):
         if getattr(app.state, "searcher", None) is None:
             app.state.searcher = await run_in_threadpool(Searcher.open, index_dir, model_dir, model_backend)
-        if app.state.captioner is None:
+        if app.state.captioner is None and captioner_slot is None:
             app.state.captioner = await run_in_threadpool(find_captioner, app.state.searcher, captioner_dir)
         if app.state.classifier is None and classifier_dir is not None:
             app.state.classifier = await run_in_threadpool(load_classifier, classifier_dir)
@@ -90,6 +92,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
                   description="Search and recommendation over visual embeddings (images and text in one space); "
                               "with a captioner, captions and questions about uploaded images.")
     app.state.searcher, app.state.captioner, app.state.classifier = searcher, captioner, classifier
+    app.state.captioner_slot = captioner_slot
     app.state.generation = generation_slots or GenerationSlots()
     budget = decode_budget_pixels or 2 * max_pixels
     app.state.limits = Limits(max_upload_bytes, max_pixels, budget, decode_wait_s)
@@ -140,14 +143,16 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
                classifier_dir: str | Path | None = None, max_upload_bytes: int = Limits.max_upload_bytes,
                allowed_hosts: list[str] | tuple[str, ...] | None = None, timeout_keep_alive: int = KEEP_ALIVE_S,
                header_timeout: float = HEADER_TIMEOUT_S, data_roots: list[str | Path] = (),
-               allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch") -> None:
+               allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch",
+               captioner_slot=None) -> None:
     """Bind the port, load the index and model, print the URL, serve until interrupted.
 
     A taken port raises `PortUnavailable` (one line, before anything is announced or loaded).
     `allowed_hosts` extends the default (loopback names and `host`); pass the names the service
     is reached by when it listens on 0.0.0.0. `captioner_dir`: a captioner folder for /caption and
     /chat (default: the index's model, when it is a captioner). `data_roots`, `allowed_origins`: as
-    for `create_app` (a missing data root is a ValueError before anything is loaded)."""
+    for `create_app` (a missing data root is a ValueError before anything is loaded).
+    `captioner_slot`: as for `create_app` (`visembed demo` trains its captioner while serving)."""
     from visembed.index.searcher import Searcher
 
     for root in data_roots:
@@ -156,12 +161,12 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     sock = bind_socket(host, port)
     try:
         searcher = Searcher.open(index_dir, model_dir, model_backend)  # raises IndexStoreError with a clear message
-        captioner = find_captioner(searcher, captioner_dir)  # a dual encoder there: ValueError
+        captioner = None if captioner_slot is not None else find_captioner(searcher, captioner_dir)  # a dual encoder there: ValueError
         classifier = load_classifier(classifier_dir) if classifier_dir is not None else None
         hosts = default_allowed_hosts(host) + list(allowed_hosts or [])
         app = create_app(index_dir, model_dir, max_upload_bytes=max_upload_bytes, searcher=searcher,
                          allowed_hosts=hosts, captioner=captioner, data_roots=data_roots,
-                         allowed_origins=allowed_origins, classifier=classifier)
+                         allowed_origins=allowed_origins, classifier=classifier, captioner_slot=captioner_slot)
         server = make_server(app, timeout_keep_alive=timeout_keep_alive, header_timeout=header_timeout)
         shown = f"[{host}]" if ":" in host else host
         bound_port = sock.getsockname()[1]
@@ -170,6 +175,9 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
         if captioner is not None:
             print(f"captions and image chat: POST /caption, POST /chat (captioner {captioner_dir or 'of the index'})",
                   flush=True)
+        elif captioner_slot is not None:
+            print("captions and image chat: POST /caption, POST /chat once the captioner has trained "
+                  "(503 with Retry-After until then; GET /capabilities says how far it is)", flush=True)
         if classifier is not None:
             print(f"labels of uploaded images: POST /classify (classifier {classifier_dir}, "
                   f"{len(classifier.classes)} classes)", flush=True)

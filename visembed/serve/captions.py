@@ -5,7 +5,8 @@ image and the whole history.
 
 Uploads are decoded as for search (`uploaded_image`: the same size, pixel and memory limits), and
 the messages checked, before a request queues for generation (`GenerationSlots`: one at a time, a
-short bounded queue, 503 beyond it).
+short bounded queue, 503 beyond it). A captioner still training for this server (`CaptionerSlot`,
+as `visembed demo` serves one) is answered 503 with Retry-After until it arrives.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 
 from visembed.models.inference import CaptionerModel, chat_turns
 from visembed.serve.routes import uploaded_image
-from visembed.serve.schemas import MAX_CHAT_CHARS, MAX_CHAT_MESSAGES, Capabilities, CaptionResponse, ChatResponse, problems
+from visembed.serve.schemas import (MAX_CHAT_CHARS, MAX_CHAT_MESSAGES, Capabilities, CaptionResponse, CaptionsStatus,
+                                    ChatResponse, problems)
 from visembed.serve.strict_json import StrictJSONRoute, strict_loads
 
 router = APIRouter(route_class=StrictJSONRoute)
@@ -27,10 +29,38 @@ NO_CAPTIONER = ("this server has no captioner: start it with `visembed serve IND
 
 
 def get_captioner(request: Request) -> CaptionerModel:
-    captioner = request.app.state.captioner
-    if captioner is None:
-        raise HTTPException(404, NO_CAPTIONER)
-    return captioner
+    """The loaded captioner; while one is training for this server (`CaptionerSlot`), 503 with
+    Retry-After; after its training failed, or with none at all, 404 saying so."""
+    captioner = current_captioner(request.app)
+    if captioner is not None:
+        return captioner
+    slot = request.app.state.captioner_slot
+    if slot is not None:
+        status = slot.status()
+        if status.state == "training":
+            raise HTTPException(503, f"captions are not ready yet: {status.detail}",
+                                headers={"Retry-After": str(slot.retry_after_s())})
+        if status.state == "failed":
+            raise HTTPException(404, f"this server has no captioner: {status.detail}")
+    raise HTTPException(404, NO_CAPTIONER)
+
+
+def current_captioner(app) -> CaptionerModel | None:
+    """The captioner loaded at start, else the one a `CaptionerSlot` has handed over since."""
+    if app.state.captioner is None and app.state.captioner_slot is not None:
+        app.state.captioner = app.state.captioner_slot.model  # None until it is ready
+    return app.state.captioner
+
+
+def captions_status(app) -> CaptionsStatus:
+    if current_captioner(app) is not None:
+        return CaptionsStatus(state="ready", detail="POST /caption and POST /chat answer")
+    slot = app.state.captioner_slot
+    if slot is None:
+        return CaptionsStatus(state="none", detail="this server has no captioner")
+    status = slot.status()
+    eta = None if status.eta_s is None else round(status.eta_s, 1)
+    return CaptionsStatus(state=status.state, step=status.step, total=status.total, eta_s=eta, detail=status.detail)
 
 
 CaptionerDep = Annotated[CaptionerModel, Depends(get_captioner)]
@@ -40,8 +70,9 @@ Upload = Annotated[UploadFile, File(description="an image")]
 @router.get("/capabilities", response_model=Capabilities, tags=["service"])
 def capabilities(request: Request) -> Capabilities:
     """What this server can do beyond search (the web page shows its caption and chat parts by it)."""
-    return Capabilities(captioner=request.app.state.captioner is not None,
-                        classifier=request.app.state.classifier is not None)
+    captions = captions_status(request.app)
+    return Capabilities(captioner=captions.state == "ready", classifier=request.app.state.classifier is not None,
+                        captions=captions)
 
 
 @router.post("/caption", response_model=CaptionResponse, tags=["captions"],

@@ -39,9 +39,22 @@ class RecommendRequest(BaseModel):
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0, description="1 = pure relevance; lower = more varied results")
 
 
+class CaptionsStatus(BaseModel):
+    state: str = Field(description='"ready" (POST /caption and /chat answer), "training" (a captioner is being '
+                                   'trained for this server: they answer 503 with Retry-After until it is loaded), '
+                                   '"failed" (its training stopped; no captions) or "none" (no captioner)')
+    step: int | None = Field(None, description="training: steps done so far (none before the first)")
+    total: int | None = Field(None, description="training: steps planned")
+    eta_s: float | None = Field(None, description="training: estimated seconds until captions arrive, from the "
+                                                  "steps timed so far (none while there is no estimate)")
+    detail: str = Field("", description="a sentence for people")
+
+
 class Capabilities(BaseModel):
     captioner: bool = Field(description="a captioner is loaded: POST /caption and POST /chat answer")
     classifier: bool = Field(False, description="a classifier is loaded: POST /classify answers")
+    captions: CaptionsStatus = Field(default_factory=lambda: CaptionsStatus(state="none"),
+                                     description="whether captions are available, on their way, or not")
 
 
 class CaptionResponse(BaseModel):

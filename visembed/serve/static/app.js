@@ -118,9 +118,50 @@ async function recommend() {
   }
 }
 
-// Captions and chat: shown only when the server has a captioner.
-const captioner = call("/capabilities").then((body) => body.captioner, () => false);
-captioner.then((on) => { $("caption-tagline").hidden = !on; document.body.dataset.captioner = on ? "on" : "off"; });
+// Captions and chat: shown only when the server has a captioner. A captioner still training for
+// this server (GET /capabilities: captions.state "training") is announced with its ETA, asked
+// about again, and switched on when it arrives, without reloading the page.
+const CAPTIONS_POLL_MS = { min: 5000, max: 60000 };
+const capabilities = { captioner: false, classifier: false, loaded: false };
+
+function captionsNotice(captions) {
+  if (captions.state === "training") {
+    const when = captions.eta_s == null ? "soon (no estimate yet)"
+      : captions.eta_s < 90 ? "in about a minute" : `in about ${Math.round(captions.eta_s / 60)} min`;
+    const progress = captions.step ? ` (step ${captions.step} of ${captions.total})` : "";
+    return `The captioner is still training${progress}: captions arrive ${when}. Search works now.`;
+  }
+  if (captions.state === "failed") return `No captions on this server: ${captions.detail}`;
+  return "";
+}
+
+function applyCapabilities(body) {
+  const captions = body.captions || { state: body.captioner ? "ready" : "none" };
+  const was = capabilities.captioner;
+  capabilities.captioner = Boolean(body.captioner);
+  capabilities.classifier = Boolean(body.classifier);
+  $("caption-tagline").hidden = !capabilities.captioner;
+  const notice = captionsNotice(captions);
+  $("captions-status").textContent = notice;
+  $("captions-status").hidden = !notice;
+  document.body.dataset.captioner = capabilities.captioner ? "on" : captions.state === "training" ? "training" : "off";
+  // arrived while a picture is shown (a later answer than the first): describe it now
+  if (capabilities.captioner && !was && capabilities.loaded && state.example) {
+    resetChat(true);
+    describe(state.example, state.exampleSerial);
+  }
+  capabilities.loaded = true;
+  if (captions.state === "training") {
+    const wait = captions.eta_s == null ? CAPTIONS_POLL_MS.min : Math.min(1000 * captions.eta_s / 4, CAPTIONS_POLL_MS.max);
+    setTimeout(loadCapabilities, Math.max(wait, CAPTIONS_POLL_MS.min));
+  }
+}
+
+function loadCapabilities() {
+  return call("/capabilities").then(applyCapabilities, () => applyCapabilities({ captioner: false, classifier: false }));
+}
+
+const capabilitiesLoaded = loadCapabilities();
 
 async function describe(file, serial) {
   const caption = $("example-caption");
@@ -146,7 +187,6 @@ async function describe(file, serial) {
 
 // Labels of an uploaded image: shown only when the server has a classifier (GET /capabilities says;
 // probing GET /classifier would log a 404 in the console of every server without one).
-const classifier = captioner.then(() => call("/capabilities")).then((body) => body.classifier, () => false);
 
 async function label(file, serial) {
   const labels = $("example-labels");
@@ -246,9 +286,10 @@ function useExample(file) {
   $("example").hidden = false;
   resetChat(false);
   search();
-  classifier.then((on) => { if (on && serial === state.exampleSerial) label(file, serial); });
-  captioner.then((on) => {
-    if (!on || serial !== state.exampleSerial) return;
+  capabilitiesLoaded.then(() => {
+    if (serial !== state.exampleSerial) return;
+    if (capabilities.classifier) label(file, serial);
+    if (!capabilities.captioner) return;
     resetChat(true);
     describe(file, serial);
   });
