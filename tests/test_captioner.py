@@ -368,7 +368,7 @@ def test_a_captioner_trained_without_hints_has_no_bank(tiny_model_dir, tmp_path)
     module = visembed.load(tmp_path / "cap").module
     assert module.hints == 0 and module.hints_for(module.features(torch.zeros(1, 3, 32, 32)), ["en"]) == [[]]
     sample = open_dataset("builtin:shapes?n=64", "train")[0]
-    assert CaptioningTask(cfg).candidates(sample).own == {sample.caption}  # left out of its own hints
+    assert CaptioningTask(cfg).candidates(sample).own == {"en": sample.caption}  # left out of its own hints
 
 
 def test_a_caption_is_the_candidate_the_dual_encoder_puts_closest_to_the_image(tiny_captioner_dir):
