@@ -34,14 +34,13 @@ import torch
 from visembed.atomic import atomic_write_text, new_dir
 from visembed.checkpoint import read_config
 from visembed.config import RunConfig
-from visembed.interop.hf_folder import (ExportError, image_processor, readable_by_transformers_4, save_hf_model,
+from visembed.interop.hf_folder import (ONNX_HINT, ExportError, image_processor, readable_by_transformers_4, save_hf_model,
                                         vision_config, vision_differences)
 from visembed.interop.hf_names import to_hf_name
 from visembed.interop.llava import check_captioner, export_llava, llava_card_notes
 from visembed.interop import sentence_transformers_export as st_export
 from visembed.models import load_model_folder
 
-ONNX_HINT = "use `visembed export DIR --format onnx` instead"
 
 
 def check_exportable(cfg: RunConfig) -> str:

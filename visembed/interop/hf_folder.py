@@ -19,6 +19,9 @@ import torch
 from visembed.config import RunConfig
 
 
+ONNX_HINT = "use `visembed export DIR --format onnx` instead"  # where a model has no equivalent in a format
+
+
 class ExportError(ValueError):
     """A model that has no equivalent in the requested format."""
 

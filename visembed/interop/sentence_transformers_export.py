@@ -39,10 +39,9 @@ import torch
 from torch import nn
 
 from visembed.config import RunConfig
-from visembed.interop.hf_folder import ExportError, image_processor
+from visembed.interop.hf_folder import ONNX_HINT, ExportError, image_processor
 from visembed.models.vision_efficientnet import scaled_stages
 
-ONNX_HINT = "use `visembed export DIR --format onnx` instead"
 INSTALL_HINT = "exporting this model needs sentence-transformers: pip install 'visembed[sentence-transformers]'"
 GATE_OPEN = 100.0  # sigmoid(100) == 1.0 exactly in float32: an SE gate that passes its input unchanged
 # our block parts -> transformers' EfficientNetBlock parts (conv, batch norm)

@@ -124,6 +124,16 @@ def checked_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     return vectors
 
 
+def checked_queries(queries: np.ndarray, dim: int, k: int) -> np.ndarray:
+    """`queries` as a C-contiguous float32 (Q, dim) matrix; ValueError for another shape or k < 1."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"expected queries of shape (Q, {dim}), got {queries.shape}")
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    return queries
+
+
 def checked_items(ids: Sequence[str], vectors: np.ndarray, meta: Sequence[dict], live) -> list[dict]:
     """One metadata dict per id with `"id"` first (a copy), after checking that counts match,
     that no id repeats and that none is live already (`live`: a container of live ids)."""

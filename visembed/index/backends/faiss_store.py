@@ -27,8 +27,8 @@ import numpy as np
 
 from visembed.atomic import atomic_write, atomic_write_json, atomic_write_npy, atomic_write_text
 from visembed.index.backends.base import (
-    CorruptIndex, IndexNotFound, IndexStoreError, Matches, UnknownItem, checked_items, checked_vectors, file_stamp,
-    read_index_file,
+    CorruptIndex, IndexNotFound, IndexStoreError, Matches, UnknownItem, checked_items, checked_queries, checked_vectors,
+    file_stamp, read_index_file,
 )
 from visembed.index.backends.faiss_kinds import IndexSettings, new_faiss_index, search_params
 
@@ -217,11 +217,7 @@ class FaissStore:
     # ---- search -------------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int, exclude_ids: Sequence[str] = ()) -> list[Matches]:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self._dim:
-            raise ValueError(f"expected queries of shape (Q, {self._dim}), got {queries.shape}")
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        queries = checked_queries(queries, self._dim, k)
         hidden = self._deleted.union(self._row_of[i] for i in exclude_ids if i in self)
         scores, rows = self._search_rows(queries, k, hidden)
         found = rows >= 0  # (Q, k); the hits come first, -1 pads the rest

@@ -46,7 +46,7 @@ import numpy as np
 
 from visembed.atomic import atomic_write_json
 from visembed.index.backends.base import (
-    CorruptIndex, IndexStoreError, Matches, UnknownItem, checked_items, checked_vectors, file_stamp,
+    CorruptIndex, IndexStoreError, Matches, UnknownItem, checked_items, checked_queries, checked_vectors, file_stamp,
     read_index_file,
 )
 
@@ -316,11 +316,7 @@ class MilvusStore:
     # ---- search -------------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int, exclude_ids: Sequence[str] = ()) -> list[Matches]:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self._dim:
-            raise ValueError(f"expected queries of shape (Q, {self._dim}), got {queries.shape}")
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        queries = checked_queries(queries, self._dim, k)
         excluded = set(exclude_ids)
         hidden = self._committed.keys() & (self._removed | self._pending.keys() | excluded)  # in Milvus, not answers
         answers = [([], []) for _ in queries]
