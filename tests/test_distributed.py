@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +20,6 @@ from visembed.losses import ContrastiveLoss
 
 
 KINDS = ("clip", "siglip")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PairEncoder(nn.Module):
@@ -69,9 +62,10 @@ def _grads(model):
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def _worker(rank: int, world: int, port: int, queue) -> None:
+def _worker(rank: int, world: int, store: str, queue) -> None:
     torch.set_num_threads(1)  # two processes on two cores
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file store, not tcp://: rank 0 would host a TCP store whose server thread outlives the group
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         # gather: rank order, unequal sizes (rank 0 has 2 rows, rank 1 has 3), gradient to the local rows
         local = torch.full((2 + rank, 3), float(rank), requires_grad=True)
@@ -96,13 +90,20 @@ def _worker(rank: int, world: int, port: int, queue) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # The results are in the queue; leave without interpreter teardown. Twice in CI (f370063, stop 27) a rank
+    # aborted after its work was done: "terminate called without an active exception", a C++ thread of
+    # torch's distributed runtime destroyed while joinable at exit. That is torch's exit, not our code.
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
-def two_process_results():
+def two_process_results(tmp_path_factory):
     """Per rank: (gathered, gradient of the local rows, {kind: (loss, parameter gradients)}, reduced numbers)."""
     queue = mp.get_context("spawn").Queue()
-    mp.spawn(_worker, args=(2, _free_port(), queue), nprocs=2, join=True)
+    store = tmp_path_factory.mktemp("gloo") / "store"
+    mp.spawn(_worker, args=(2, str(store), queue), nprocs=2, join=True)
     results = {}
     for _ in range(2):
         rank, gathered, local_grad, steps, numbers = queue.get(timeout=60)
