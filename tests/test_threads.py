@@ -65,6 +65,27 @@ def test_a_child_of_visembed_decides_again(monkeypatch):
     assert os.environ.get("OMP_WAIT_POLICY") == choice.wait_policy  # PASSIVE again only if the machine is busy now
 
 
+def test_help_does_not_look_at_the_machine(monkeypatch):
+    """`visembed CMD --help` loads no torch: it skips the quarter second of /proc/stat sampling."""
+    from typer.testing import CliRunner
+
+    import visembed.threads
+    from visembed.cli import app
+
+    def no_sampling(*_):
+        raise AssertionError("sampled the machine for --help")
+
+    monkeypatch.setattr(visembed.threads, "cores_busy_elsewhere", no_sampling)
+    for name in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "VISEMBED_THREADS", "VISEMBED_THREADS_SET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "argv", ["visembed", "train", "--help"])
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0 and "--preset" in result.output, result.output
+    monkeypatch.setattr(sys, "argv", ["visembed", "eval", "missing-folder"])  # a command: the machine is looked at
+    result = CliRunner().invoke(app, ["eval", "missing-folder"])
+    assert isinstance(result.exception, AssertionError) and "sampled the machine" in str(result.exception)
+
+
 @pytest.mark.parametrize("args, env", [(["--threads", "0"], {}), ([], {"VISEMBED_THREADS": "many"})])
 def test_bad_thread_settings_are_one_clear_line(args, env, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "visembed.cli", *args, "eval", str(tmp_path), "--data", "builtin:shapes"],

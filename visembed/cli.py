@@ -25,9 +25,14 @@ def _before_every_command(
              "when other processes keep the cores busy, so that visembed beside them slows by its share, not 3-4x "
              "(docs/speed.md)."),
 ) -> None:
+    import sys
+
     from visembed.commands.errors import friendly_errors
     from visembed.threads import configure_threads
 
+    args = sys.argv[1:]
+    if "--help" in (args[:args.index("--")] if "--" in args else args):
+        return  # help text only: no torch to prepare, and no quarter second spent looking at the machine
     with friendly_errors():
         configure_threads(threads)  # before torch loads (every command imports it later)
 
