@@ -3,6 +3,7 @@ name verbatim, one script per answer, and `--language` / `--vocabulary` in the c
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 import torch
 
 import visembed
+from visembed.checkpoint import ModelFolderError
 from visembed.data import open_dataset
 from visembed.models.caption_constraints import CopyAndScript, Naming, contains_hint, name_pieces
-from visembed.models.vocabulary import DEFAULT, VocabularyError, cached_vectors, emoji_names, file_names, read_vocabulary
+from visembed.models.vocabulary import VocabularyError, cached_vectors, emoji_names, file_names, read_vocabulary
 
 REPO = Path(visembed.__file__).resolve().parents[1]
 SHAPES = "builtin:shapes?n=256"
@@ -103,7 +105,28 @@ def test_hints_come_from_the_open_vocabulary_as_well(model, tmp_path, monkeypatc
         scores = model.encode_text(opened) @ model.encode_image([image])[0]  # the dual encoder's own ranking
         assert np.all(np.diff(scores) <= 1e-3)  # most similar first
     finally:
-        model.use_vocabulary(list(DEFAULT))  # as loaded
+        model.use_vocabulary(model.config.model.captioner.vocabulary)  # as loaded
+
+
+def test_a_captioner_folder_names_its_open_vocabulary_and_no_file(tiny_captioner_dir, tmp_path):
+    """`model.captioner.vocabulary` (the demo's captioner: ["emoji"]) is what a loaded captioner
+    draws hints from; `--vocabulary` replaces it; a folder's config may not name a file to read."""
+    assert visembed.load(tiny_captioner_dir).module.vocabulary == {}  # the default: training captions alone
+    folder = tmp_path / "captioner"
+    shutil.copytree(tiny_captioner_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["captioner"]["vocabulary"] = ["emoji"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = visembed.load(folder)
+    names = loaded.module.vocabulary
+    assert "dog face" in names["en"] and "狗脸" in names["zh"]
+    loaded.use_vocabulary(["none"])
+    assert loaded.module.vocabulary == {}
+    for bad in (["/etc/passwd"], [], ["emoji", "names.txt"]):
+        config["model"]["captioner"]["vocabulary"] = bad
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ModelFolderError, match="model.captioner.vocabulary"):
+            visembed.load(folder)
 
 
 def test_a_chinese_caption_has_no_latin_word_and_an_english_one_no_chinese(model):

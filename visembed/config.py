@@ -318,6 +318,11 @@ class CaptionerConfig:
     # captions proposed per image when captioning (beam search), the one the dual encoder puts
     # closest to the image kept; 1: greedy (measured in docs/benchmarks.md)
     candidates: int = 8
+    # built-in open vocabularies the hints also draw names from when the captioner is loaded ("emoji",
+    # "cedict"; `models/vocabulary.py`); ["none"]: the training captions alone. `--vocabulary` replaces
+    # it for one run and is where a file of names is given (a model folder names no file to read).
+    # The demo's captioner uses ["emoji"] (docs/captions.md measures both)
+    vocabulary: list[str] = field(default_factory=lambda: ["none"])
     # the instruct stage: 0 trains the whole LM; R > 0 freezes it and trains LoRA adapters of rank R on
     # its linear layers (needs peft), merged into its weights in the final folder (models/lora.py)
     lora_rank: int = 0
@@ -593,6 +598,7 @@ LEGACY_KEYS = {
 
 MAX_CANDIDATES = 64  # beam width of a caption
 MAX_HINTS = 32  # names shown in a captioner's prompt
+CAPTIONER_VOCABULARIES = ("none", "emoji", "cedict")  # what a config may name (models/vocabulary.SOURCES + none)
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
     if not ok:
@@ -638,6 +644,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         _require(c.candidates <= MAX_CANDIDATES, "model.captioner.candidates", f"at most {MAX_CANDIDATES}", c.candidates)
         _require(c.hints <= MAX_HINTS, "model.captioner.hints", f"at most {MAX_HINTS}", c.hints)
         _require(0 <= c.own_hint_rate <= 1, "model.captioner.own_hint_rate", "between 0 and 1", c.own_hint_rate)
+        _require(bool(c.vocabulary) and set(c.vocabulary) <= set(CAPTIONER_VOCABULARIES), "model.captioner.vocabulary",
+                 f"a list of {', '.join(map(repr, CAPTIONER_VOCABULARIES))}", c.vocabulary)
     _require(m.max_logit_scale > 0, "model.max_logit_scale", "more than 0", m.max_logit_scale)
 
     a = cfg.data.augment

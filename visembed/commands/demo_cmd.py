@@ -116,9 +116,9 @@ def _show_captions(model, data: str, image_size: int, noto_trained: bool) -> Non
     test = open_dataset(data, "test", language="en")
     plain = [s for s in test if "skin tone" not in s.caption]
     picks = [plain[round(j * (len(plain) - 1) / (SHOWN_CAPTIONS - 1))] for j in range(SHOWN_CAPTIONS)]
-    _say("\nAlt text for held-out emoji (concepts never trained on: the captioner can only describe them with "
-         "the names it learnt; `visembed caption --vocabulary emoji` adds CLDR names to its hints), English and "
-         "Chinese:")
+    _say("\nAlt text for held-out emoji (concepts never trained on: the captioner's hints hold every CLDR emoji "
+         "name, which the dual encoder ranks against the image; `--vocabulary none`: the training names alone), "
+         "English and Chinese:")
     _show_alt_texts(model, picks)
     try:  # trained concepts in the other art style: the model saw the concept, never this picture
         other = open_dataset(emoji_spec(image_size, style="noto"), "train", language="en")

@@ -89,15 +89,15 @@ _IMAGE_OF = re.compile(r"^(an? |the )?(image|picture|photo|photograph) of (an? )
 class CaptionerModel(Model):
     """A captioner (`visembed train-captioner`): describes images and answers questions about them;
     it is also the dual encoder it was built on (`encode_image`, `encode_text`). Its hints come from
-    the training captions and, when asked (`use_vocabulary(["emoji"])`), an open vocabulary of names."""
+    the training captions and the open vocabularies its config names (`model.captioner.vocabulary`;
+    `use_vocabulary` changes them)."""
 
     def __init__(self, module: torch.nn.Module, config, device: str | torch.device | None = None):
         from visembed.models.caption_constraints import Naming
-        from visembed.models.vocabulary import DEFAULT
 
         super().__init__(module, config, device)
         self.naming = Naming()
-        self.use_vocabulary(DEFAULT)
+        self.use_vocabulary(config.model.captioner.vocabulary)
         self.feature_runner = None  # numpy pixels -> numpy features, where the image side runs elsewhere
 
     def run_image_side_with(self, runner) -> None:

@@ -24,12 +24,6 @@ import numpy as np
 import torch
 
 SOURCES = ("emoji", "cedict")  # built-in vocabularies; anything else is a file
-# What a captioner with hints uses unless told: the training captions alone. The open vocabulary
-# ("emoji") puts the right name among the hints far more often, but the demo captioner's LM never saw
-# its own name among its hints in training and does not copy it: on 40 held-out test images its
-# captions named nothing either way and CIDEr fell from 0.287 to 0.150 (docs/captions.md). Opt in
-# with --vocabulary emoji until captioners are trained with names among their hints.
-DEFAULT = ("none",)
 OPEN = ("emoji",)  # the open vocabulary the benchmark's "open" rows use
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a user's list larger than this is refused
 MAX_NAME_CHARS = 100
