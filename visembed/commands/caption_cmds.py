@@ -53,8 +53,9 @@ def _read(path: Path):
 
 
 VOCABULARY_HELP = ("Names the hints may come from besides the training captions (repeatable): emoji (CLDR emoji "
-                   "names, the default), cedict (CC-CEDICT's ~64,000 English senses and ~94,000 Chinese words), a "
-                   "UTF-8 file with one name a line, or none. Their vectors are computed once per model and cached.")
+                   "names), cedict (CC-CEDICT's ~64,000 English senses and ~94,000 Chinese words), a "
+                   "UTF-8 file with one name a line, or none. Default: the captioner's model.captioner.vocabulary (the demo's: "
+                   "emoji; otherwise none). Their vectors are computed once per model and cached.")
 
 
 def _load_captioner(folder: Path, vocabulary: list[str] | None = None, backend: str = "torch"):
