@@ -745,6 +745,10 @@ def probe_tampered(work: Path, model: Path, manifest: Path) -> list[Case]:
             "captioner garbage lm/tokenizer.json": (_write("lm/tokenizer.json", os.urandom(3000)), "tokenizer"),
             "captioner hints.json nested 100,000 deep": (_write("hints.json", _nested(100_000)), "hints.json"),
             "captioner hints.json a dict of dicts": (_write("hints.json", '{"en": {"a": 1}}'), "hints.json"),
+            "captioner config.json vocabulary names /etc/passwd": (_json_edit("config.json", lambda d: d["model"][
+                "captioner"].__setitem__("vocabulary", ["/etc/passwd"])), "vocabulary"),
+            "captioner config.json vocabulary emoji x 1,000,000": (_json_edit("config.json", lambda d: d["model"][
+                "captioner"].__setitem__("vocabulary", ["emoji"] * 1_000_000)), "vocabulary"),
         }
         jobs += [(name, ("caption", _edited(captioner, work / "tampered" / f"c{n}", edit), image), key)
                  for n, (name, (edit, key)) in enumerate(cap_cases.items())]

@@ -122,7 +122,7 @@ def test_a_captioner_folder_names_its_open_vocabulary_and_no_file(tiny_captioner
     assert "dog face" in names["en"] and "狗脸" in names["zh"]
     loaded.use_vocabulary(["none"])
     assert loaded.module.vocabulary == {}
-    for bad in (["/etc/passwd"], [], ["emoji", "names.txt"]):
+    for bad in (["/etc/passwd"], [], ["emoji", "names.txt"], ["emoji"] * 1_000_000):
         config["model"]["captioner"]["vocabulary"] = bad
         (folder / "config.json").write_text(json.dumps(config))
         with pytest.raises(ModelFolderError, match="model.captioner.vocabulary"):

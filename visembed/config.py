@@ -644,8 +644,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         _require(c.candidates <= MAX_CANDIDATES, "model.captioner.candidates", f"at most {MAX_CANDIDATES}", c.candidates)
         _require(c.hints <= MAX_HINTS, "model.captioner.hints", f"at most {MAX_HINTS}", c.hints)
         _require(0 <= c.own_hint_rate <= 1, "model.captioner.own_hint_rate", "between 0 and 1", c.own_hint_rate)
-        _require(bool(c.vocabulary) and set(c.vocabulary) <= set(CAPTIONER_VOCABULARIES), "model.captioner.vocabulary",
-                 f"a list of {', '.join(map(repr, CAPTIONER_VOCABULARIES))}", c.vocabulary)
+        # distinct names: a tampered list of a million "emoji" must not read the emoji names a million times
+        vocabulary = c.vocabulary
+        _require(0 < len(vocabulary) == len(set(vocabulary)) and set(vocabulary) <= set(CAPTIONER_VOCABULARIES),
+                 "model.captioner.vocabulary", f"a list of distinct names among {', '.join(map(repr, CAPTIONER_VOCABULARIES))}",
+                 vocabulary if len(vocabulary) <= len(CAPTIONER_VOCABULARIES) else f"a list of {len(vocabulary)} names")
     _require(m.max_logit_scale > 0, "model.max_logit_scale", "more than 0", m.max_logit_scale)
 
     a = cfg.data.augment
