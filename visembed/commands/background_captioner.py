@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 from visembed.checkpoint import MODEL_FILE
-from visembed.commands.captioner_child import FINAL, PARTIAL
+from visembed.commands.captioner_child import FINAL, PARTIAL, demo_captioner_config
 from visembed.serve.captioner_slot import CaptionerSlot
-from visembed.train.captioner_run import ALIGN_SHARE, captioner_config
+from visembed.train.captioner_run import ALIGN_SHARE
 
 POLL_S = 2.0
 STOP_WAIT_S = 15.0
@@ -74,7 +74,7 @@ class BackgroundCaptioner:
         self.model_dir = Path(model_dir)
         self.data, self.steps, self.on_ready, self.log = data, steps, on_ready, log
         self.final, self.partial = self.model_dir / FINAL, self.model_dir / PARTIAL
-        self.total = captioner_config(self.model_dir, data, steps=steps).train.steps
+        self.total = demo_captioner_config(self.model_dir, data, steps).train.steps  # as the child trains it
         self.align_steps = max(1, round(self.total * ALIGN_SHARE))
         self.slot = CaptionerSlot("the captioner's training is starting (no estimate yet)")
         self.process: subprocess.Popen | None = None

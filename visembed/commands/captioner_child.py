@@ -48,16 +48,22 @@ def end_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
+def demo_captioner_config(model_dir: Path, data: str, steps: int | None):
+    """The config of the demo's captioner (what this process trains; the parent reads its step count)."""
+    from visembed.train.captioner_run import captioner_config
+
+    # the CLDR emoji names as hints besides the training captions: on held-out emoji (val) they named
+    # more and scored higher than the training captions alone (docs/captions.md)
+    return captioner_config(model_dir, data, steps=steps, overrides=['model.captioner.vocabulary=["emoji"]'])
+
+
 def train(model_dir: Path, data: str, steps: int | None) -> Path:
     """Train (or resume) the captioner into MODEL_DIR/captioner.partial, then commit it."""
     from visembed.atomic import replace_dir
-    from visembed.train.captioner_run import captioner_config, train_captioner
+    from visembed.train.captioner_run import train_captioner
 
     partial, final = model_dir / PARTIAL, model_dir / FINAL
-    # the CLDR emoji names as hints besides the training captions: on held-out emoji (val) they named
-    # more and scored higher than the training captions alone (docs/captions.md)
-    cfg = captioner_config(model_dir, data, steps=steps, overrides=['model.captioner.vocabulary=["emoji"]'])
-    train_captioner(cfg, partial, stage="both", resume=partial.is_dir())
+    train_captioner(demo_captioner_config(model_dir, data, steps), partial, stage="both", resume=partial.is_dir())
     replace_dir(partial, final)
     return final
 
