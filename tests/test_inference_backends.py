@@ -167,3 +167,60 @@ def test_an_int8_captioner_quantises_its_features_graph_too(tiny_captioner_dir, 
     assert (model.graphs / "captioner_image_features.onnx").is_file() and model.graphs.name.endswith("-int8")
     caption, = model.caption(shapes_images(1), candidates=1)
     assert isinstance(caption, str) and caption
+
+
+def test_commands_take_int8_and_an_index_keeps_its_vectors_one_kind(tiny_model_dir, cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from visembed.cli import app as cli
+    from visembed.index import open_store
+    from visembed.index.searcher import Searcher
+
+    runner = CliRunner()
+    data = "builtin:shapes?n=64"
+
+    def embed(name, *options):
+        result = runner.invoke(cli, ["embed", str(tiny_model_dir), "--data", data, "--out", str(tmp_path / name),
+                                     *options])
+        assert result.exit_code == 0, result.output
+        return np.load(tmp_path / f"{name}.npy")
+
+    float_vectors = embed("float", "--backend", "onnx")
+    int8_vectors = embed("int8", "--backend", "onnx", "--quantize", "int8")
+    assert not np.array_equal(float_vectors, int8_vectors)  # the quantised graphs really ran
+    assert float((float_vectors * int8_vectors).sum(1).min()) > 0.9
+    assert list(cache.glob("onnx/*-int8/image_encoder.onnx"))
+    for options, message in ((["--quantize", "int8"], "needs the onnx backend"),
+                             (["--backend", "onnx", "--quantize", "int4"], "quantize must be int8")):
+        result = runner.invoke(cli, ["embed", str(tiny_model_dir), "--data", data, "--out", str(tmp_path / "x"),
+                                     *options])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+    index = tmp_path / "index"
+    result = runner.invoke(cli, ["index", "build", str(tiny_model_dir), "--data", data, "--split", "train",
+                                 "--out", str(index), "--quiet", "--backend", "onnx", "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert open_store(index).info["quantize"] == "int8"
+    result = runner.invoke(cli, ["index", "add", str(index), "--data", data, "--split", "test", "--quiet"])
+    assert result.exit_code != 0 and "holds int8 vectors" in result.output  # float items would not be alike
+    result = runner.invoke(cli, ["index", "add", str(index), "--data", data, "--split", "test", "--quiet",
+                                 "--backend", "onnx", "--quantize", "int8"])
+    assert result.exit_code == 0 and "added" in result.output, result.output
+    result = runner.invoke(cli, ["index", "build", str(tiny_model_dir), "--data", data, "--split", "train",
+                                 "--out", str(index), "--quiet"])  # float shards into the int8 folder: refused
+    assert result.exit_code != 0 and "another model or dataset" in result.output, result.output
+    searcher = Searcher.open(index, model_backend="onnx", model_quantize="int8")
+    assert searcher.model.quantize == "int8" and searcher.search_text("a red circle", k=3)
+
+
+def test_caption_command_takes_int8(tiny_captioner_dir, cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from visembed.cli import app as cli
+
+    image = tmp_path / "shape.png"
+    shapes_images(1)[0].save(image)
+    result = CliRunner().invoke(cli, ["caption", str(tiny_captioner_dir), str(image), "--candidates", "1",
+                                      "--backend", "onnx", "--quantize", "int8"])
+    assert result.exit_code == 0 and result.output.strip(), result.output
+    assert list(cache.glob("onnx/*-int8/captioner_image_features.onnx"))

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from visembed.commands.errors import friendly_errors, text_argument
-from visembed.commands.options import BACKEND_OPTION
+from visembed.commands.options import BACKEND_OPTION, QUANTIZE_OPTION
 
 
 def register(app: typer.Typer) -> None:
@@ -58,14 +58,15 @@ VOCABULARY_HELP = ("Names the hints may come from besides the training captions 
                    "emoji; otherwise none). Their vectors are computed once per model and cached.")
 
 
-def _load_captioner(folder: Path, vocabulary: list[str] | None = None, backend: str = "torch"):
+def _load_captioner(folder: Path, vocabulary: list[str] | None = None, backend: str = "torch",
+                    quantize: str | None = None):
     import visembed
     from visembed.interop.onnx_runtime import OnnxModel
     from visembed.models.inference import CaptionerModel
     from visembed.models.vocabulary import check_sources
 
     check_sources(vocabulary or [])  # a wrong name or file fails before the model loads
-    model = visembed.load(folder, backend=backend)
+    model = visembed.load(folder, backend=backend, quantize=quantize)
     if not isinstance(model, CaptionerModel) and not (isinstance(model, OnnxModel)
                                                       and isinstance(model.torch_model, CaptionerModel)):
         raise ValueError(f"{folder} holds a dual encoder, not a captioner (train one with `visembed train-captioner`)")
@@ -92,12 +93,13 @@ def caption_cmd(
                                                   "Default: the model's model.captioner.candidates (8)."),
     vocabulary: list[str] = typer.Option([], "--vocabulary", metavar="SOURCE", help=VOCABULARY_HELP),
     model_backend: str = BACKEND_OPTION,
+    model_quantize: Optional[str] = QUANTIZE_OPTION,
 ) -> None:
     """Alt text for images: one short sentence each, in one language (hedged when the model is unsure)."""
     with friendly_errors():
         _check_language(language)
         pictures = [_read(path) for path in images]  # an unreadable file stops here, named
-        model = _load_captioner(folder, list(vocabulary), model_backend)
+        model = _load_captioner(folder, list(vocabulary), model_backend, model_quantize)
         captions = model.caption(pictures, language=language, detail=detail, max_new_tokens=max_new_tokens,
                                  candidates=candidates)
     if as_json:
@@ -117,6 +119,7 @@ def chat_cmd(
                                                                     "that of your first message)."),
     vocabulary: list[str] = typer.Option([], "--vocabulary", metavar="SOURCE", help=VOCABULARY_HELP),
     model_backend: str = BACKEND_OPTION,
+    model_quantize: Optional[str] = QUANTIZE_OPTION,
 ) -> None:
     """Answer questions about an image: one reply with --message, else a dialogue (empty line or Ctrl-D ends it)."""
     with friendly_errors():
@@ -125,7 +128,7 @@ def chat_cmd(
         text_argument(message, "--message")
         if message is not None and not message.strip():
             raise ValueError("--message is empty")
-        model = _load_captioner(folder, list(vocabulary), model_backend)
+        model = _load_captioner(folder, list(vocabulary), model_backend, model_quantize)
         if message is not None:
             reply, note = model.reply(picture, [{"role": "user", "content": message}], max_new_tokens=max_new_tokens,
                                       language=language)

@@ -10,11 +10,12 @@ the output once every shard is there.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from visembed.commands.errors import friendly_errors, output_folder
-from visembed.commands.options import BACKEND_OPTION
+from visembed.commands.options import BACKEND_OPTION, QUANTIZE_OPTION
 
 FORMATS = ("npy", "clip-retrieval")
 
@@ -35,6 +36,7 @@ def embed(
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per shard (sharded runs: the unit of "
                                    "resumption and of work per process)."),
     model_backend: str = BACKEND_OPTION,
+    model_quantize: Optional[str] = QUANTIZE_OPTION,
 ) -> None:
     """Write image (or caption) embeddings as .npy with their ids, one per line, or in clip-retrieval's
     layout. Runs across processes under `torchrun --nproc_per_node N -m visembed.cli embed ...`."""
@@ -49,22 +51,24 @@ def embed(
             raise ValueError("--text embeds captions in one process, to .npy only")
         try:
             if world == 1 and out_format == "npy":
-                message = _embed_in_one_pass(folder, data, out, split, text, model_backend)
+                message = _embed_in_one_pass(folder, data, out, split, text, model_backend, model_quantize)
             else:
-                message = _embed_in_shards(folder, data, out, split, out_format, shard_size, rank, model_backend)
+                message = _embed_in_shards(folder, data, out, split, out_format, shard_size, rank,
+                                           model_backend, model_quantize)
         finally:
             distributed.cleanup()
     if rank == 0:
         typer.echo(message)
 
 
-def _embed_in_one_pass(folder: Path, data: str, out: Path, split: str, text: bool, model_backend: str) -> str:
+def _embed_in_one_pass(folder: Path, data: str, out: Path, split: str, text: bool, model_backend: str,
+                       model_quantize: str | None) -> str:
     import visembed
     from visembed.atomic import atomic_write_npy, atomic_write_text
     from visembed.data import SkipCounter, open_dataset
     from visembed.eval.run import embed_images
 
-    model = visembed.load(folder, backend=model_backend)
+    model = visembed.load(folder, backend=model_backend, quantize=model_quantize)
     ds = open_dataset(data, split, need="caption" if text else "nothing")
     skipped = SkipCounter()
     if text:
@@ -83,19 +87,20 @@ def _embed_in_one_pass(folder: Path, data: str, out: Path, split: str, text: boo
 
 
 def _embed_in_shards(folder: Path, data: str, out: Path, split: str, out_format: str, shard_size: int,
-                     rank: int, model_backend: str) -> str:
+                     rank: int, model_backend: str, model_quantize: str | None) -> str:
     import visembed
     from visembed import distributed
     from visembed.atomic import atomic_write_npy, atomic_write_text
     from visembed.data import open_dataset
-    from visembed.index.build import weights_sha256
+    from visembed.index.build import quantized, weights_sha256
     from visembed.index.embed import embed_dataset, read_shards, write_clip_retrieval
     from visembed.interop.cache import resolve_model
 
     model_dir = resolve_model(folder).resolve()
     work = out / "visembed-shards" if out_format == "clip-retrieval" else Path(f"{out}.shards")
-    source = {"weights_sha256": weights_sha256(model_dir), "data_spec": data, "split": split, "language": "en"}
-    model = visembed.load(model_dir, backend=model_backend)
+    model = visembed.load(model_dir, backend=model_backend, quantize=model_quantize)
+    source = {"weights_sha256": weights_sha256(model_dir), "data_spec": data, "split": split, "language": "en",
+              **quantized(model)}
     dataset = open_dataset(data, split, need="nothing")
     report = embed_dataset(model, dataset, work, source=source, shard_size=shard_size, progress=rank == 0,
                            rank=rank, world=distributed.world_size())

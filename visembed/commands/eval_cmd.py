@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from visembed.commands.errors import friendly_errors, text_argument
-from visembed.commands.options import BACKEND_OPTION
+from visembed.commands.options import BACKEND_OPTION, QUANTIZE_OPTION
 
 
 def register(app: typer.Typer) -> None:
@@ -37,6 +37,7 @@ def eval_cmd(
     templates: list[str] = typer.Option([], "--template", help="Zero-shot prompt template with {} (repeatable)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N items."),
     model_backend: str = BACKEND_OPTION,
+    model_quantize: Optional[str] = QUANTIZE_OPTION,
 ) -> None:
     """Retrieval Recall@1/5/10, mean rank and zero-shot accuracy; JSON to stdout and FOLDER/eval_<split>.json.
     An image-only model (train.task=simclr) reports linear-probe and kNN top-1 instead, fitted on the
@@ -50,7 +51,8 @@ def eval_cmd(
         for template in templates:
             check_template(template)
         model_dir = resolve_model(folder)
-        model = None if model_backend == "torch" else visembed.load(model_dir, backend=model_backend)
+        model = (None if model_backend == "torch" and model_quantize is None
+                 else visembed.load(model_dir, backend=model_backend, quantize=model_quantize))
         metrics = evaluate_folder(model_dir, data, split, model=model, language=language,
                                   templates=tuple(templates) or DEFAULT_TEMPLATES, limit=limit)
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from visembed.commands.errors import friendly_errors, text_argument
-from visembed.commands.options import BACKEND_OPTION
+from visembed.commands.options import BACKEND_OPTION, QUANTIZE_OPTION
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +43,7 @@ def build(
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per embedding shard (the unit of resumption)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     model_backend: str = BACKEND_OPTION,
+    model_quantize: Optional[str] = QUANTIZE_OPTION,
     forget_deletions: bool = typer.Option(False, "--forget-deletions", help="Bring back items removed with `index delete`."),
 ) -> None:
     """Embed every image of a dataset (sharded, resumable) and build a FAISS index (or fill a Milvus
@@ -59,7 +61,7 @@ def build(
         try:
             build_index(model, data, out, split=split, progress=not quiet, settings=settings, language=language,
                         shard_size=shard_size, batch_size=batch_size, keep_deletions=not forget_deletions,
-                        backend=backend, model_backend=model_backend)
+                        backend=backend, model_backend=model_backend, model_quantize=model_quantize)
         finally:
             distributed.cleanup()
         if rank != 0:
@@ -106,6 +108,7 @@ def add(
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per embedding shard."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     model_backend: str = BACKEND_OPTION,
+    model_quantize: Optional[str] = QUANTIZE_OPTION,
 ) -> None:
     """Embed new images with the index's model and append them to the index (no rebuild)."""
     from visembed.index.build import add_to_index
@@ -113,7 +116,7 @@ def add(
     with friendly_errors():
         report = add_to_index(index_dir, data, split=split, model_dir=model, language=language,
                               shard_size=shard_size, batch_size=batch_size, progress=not quiet,
-                              model_backend=model_backend)
+                              model_backend=model_backend, model_quantize=model_quantize)
     skipped = ", ".join(f"{reason}={n}" for reason, n in report.skipped.as_dict().items()) or "none"
     deleted = f", {report.still_deleted} deleted earlier and left out" if report.still_deleted else ""
     typer.echo(f"added {report.added} items to {index_dir} ({report.already_indexed} already there{deleted}; "
@@ -234,6 +237,7 @@ def serve(
     allowed_origins: list[str] = typer.Option([], "--allowed-origin", help="A web origin (https://example.com) whose "
                                               "pages may POST to the service (repeatable; its own page always may)."),
     model_backend: str = BACKEND_OPTION,
+    model_quantize: Optional[str] = QUANTIZE_OPTION,
 ) -> None:
     """Serve the web page and the HTTP API (search, upload, recommend, thumbnails, /docs; captions and
     image chat with a captioner); picks up index changes (`index add`, `index delete`, rebuilds) on the next request."""
@@ -245,7 +249,8 @@ def serve(
         run_server(index_dir, host, port, model_dir=model, captioner_dir=captioner, classifier_dir=classifier,
                    max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                    allowed_hosts=list(allowed_hosts) or None, data_roots=list(data_roots),
-                   allowed_origins=list(allowed_origins), model_backend=model_backend)
+                   allowed_origins=list(allowed_origins), model_backend=model_backend,
+                   model_quantize=model_quantize)
 
 
 def _print_hits(hits, as_json: bool) -> None:

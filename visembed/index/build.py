@@ -33,10 +33,21 @@ def weights_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def quantized(model) -> dict:
+    """{"quantize": "int8"} for a model whose encoders run quantised graphs, else {}: recorded with
+    the vectors (a shard's source, an index's info) only then, so float indexes read as before."""
+    kind = getattr(model, "quantize", None)
+    return {"quantize": kind} if kind else {}
+
+
+def _vector_kind(quantize: str | None) -> str:
+    return f"{quantize} vectors (--quantize {quantize})" if quantize else "float vectors (no --quantize)"
+
+
 def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, split: str | None = None,
                 progress: bool = True, settings=None, language: str = "en",
                 shard_size: int = SHARD_SIZE, batch_size: int = 64, keep_deletions: bool = True,
-                backend: str = "faiss", model_backend: str = "torch") -> Path:
+                backend: str = "faiss", model_backend: str = "torch", model_quantize: str | None = None) -> Path:
     """Embed every image of `data_spec` (split "all" unless told otherwise) with the model in
     `model_dir` and write an index to `out_dir`.
 
@@ -51,7 +62,8 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
     `MilvusSettings`). Under `torchrun` every rank embeds its own shards (shard i on rank
     i mod world, into the same `out_dir`: a shared folder across machines) and rank 0 alone builds
     the store once all shards are there; the other ranks return then (torchrun ends when rank 0 has
-    committed)."""
+    committed). `model_backend` / `model_quantize`: how the encoders run (`visembed.load`'s
+    `backend` / `quantize`); int8 vectors are recorded as such and never mixed with float ones."""
     import visembed
     from visembed import distributed
     from visembed.data import open_dataset
@@ -67,8 +79,9 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
 
         connect(settings)
     previous = _committed_index(out_dir, fingerprint, backend) if rank == 0 else None  # Milvus Lite: one process
-    model = visembed.load(model_dir, backend=model_backend)  # torch, onnx or auto: see visembed.api.load
-    source = {"weights_sha256": fingerprint, "data_spec": data_spec, "split": split, "language": language}
+    model = visembed.load(model_dir, backend=model_backend, quantize=model_quantize)  # see visembed.api.load
+    source = {"weights_sha256": fingerprint, "data_spec": data_spec, "split": split, "language": language,
+              **quantized(model)}
     dataset = open_dataset(data_spec, split, language=language, need="nothing")  # captions optional
     report = embed_dataset(model, dataset, out_dir, source=source, shard_size=shard_size,
                            batch_size=batch_size, progress=progress and rank == 0, rank=rank, world=world)
@@ -88,7 +101,7 @@ def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, s
         raise IndexStoreError(f"no usable images in {data_spec!r} ({skipped.summary()})")
     info = {"model_dir": str(model_dir), "weights_sha256": fingerprint, "data_spec": data_spec, "split": split,
             "language": language, "skipped": skipped.as_dict(), "reused_shards": reused,
-            "data_roots": data_roots(data_spec), "data_roots_from": "specs"}
+            "data_roots": data_roots(data_spec), "data_roots_from": "specs", **quantized(model)}
     info["unserved_files"] = unserved_files(items, info["data_roots"])
     if previous is not None and previous.info.get("added"):
         info["added"] = previous.info["added"]
@@ -184,7 +197,7 @@ class AddReport:
 
 def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = None, model_dir: str | Path | None = None,
                  language: str = "en", shard_size: int = SHARD_SIZE, batch_size: int = 64,
-                 progress: bool = True, model_backend: str = "torch") -> AddReport:
+                 progress: bool = True, model_backend: str = "torch", model_quantize: str | None = None) -> AddReport:
     """Embed the samples of `data_spec` whose ids the index does not hold yet, with the index's own
     model, store them as new shards (thumbnails included) and append them to the index. Ids deleted
     from the index stay deleted (as on a rebuild)."""
@@ -201,7 +214,11 @@ def add_to_index(index_dir: str | Path, data_spec: str, *, split: str | None = N
     if recorded and weights_sha256(model_dir) != recorded:
         raise IndexStoreError(f"the weights in {model_dir} are not the ones this index was built with; "
                               "new items would not be comparable: rebuild the index with this model")
-    model = visembed.load(model_dir, backend=model_backend)
+    model = visembed.load(model_dir, backend=model_backend, quantize=model_quantize)
+    made, recorded_kind = quantized(model).get("quantize"), index.info.get("quantize")
+    if made != recorded_kind:
+        raise IndexStoreError(f"this index holds {_vector_kind(recorded_kind)}; new items must be made the same way, "
+                              f"not as {_vector_kind(made)}")
     if model.embed_dim != index.dim:
         raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {index.dim}-d ones")
 

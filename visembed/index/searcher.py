@@ -45,7 +45,8 @@ class Searcher:
         self._reload_lock = threading.Lock()
 
     @classmethod
-    def open(cls, index_dir: str | Path, model_dir: str | Path | None = None, model_backend: str = "torch") -> Searcher:
+    def open(cls, index_dir: str | Path, model_dir: str | Path | None = None, model_backend: str = "torch",
+             model_quantize: str | None = None) -> Searcher:
         store = open_store(index_dir)
         model_dir = Path(model_dir or store.info.get("model_dir") or "")
         if not str(model_dir) or not model_dir.is_dir():
@@ -53,7 +54,7 @@ class Searcher:
                                   "pass the model folder explicitly (--model)")
         import visembed
 
-        model = visembed.load(model_dir, backend=model_backend)  # torch, onnx or auto: see visembed.api.load
+        model = visembed.load(model_dir, backend=model_backend, quantize=model_quantize)  # see visembed.api.load
         if model.embed_dim != store.dim:
             raise IndexStoreError(f"model {model_dir} makes {model.embed_dim}-d vectors but the index holds {store.dim}-d ones")
         return cls(store, model, index_dir)

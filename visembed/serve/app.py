@@ -53,6 +53,7 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
                captioner_dir: str | Path | None = None, captioner=None,
                generation_slots: GenerationSlots | None = None, data_roots: list[str | Path] = (),
                allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch",
+               model_quantize: str | None = None,
                classifier_dir: str | Path | None = None, classifier=None, captioner_slot=None) -> FastAPI:
     """The service over one index. `searcher` (an opened `Searcher`) skips loading in the lifespan.
 
@@ -70,14 +71,15 @@ def create_app(index_dir: str | Path, model_dir: str | Path | None = None, *,
 
     `data_roots`: folders, besides those of the data the index was built from, whose image files
     may be sent as items' originals. `allowed_origins`: web origins ("https://example.com") whose
-    pages may POST to the service besides its own. `model_backend`: how the model's encoders run
-    (torch, onnx or auto; see `visembed.api.load`)."""
+    pages may POST to the service besides its own. `model_backend` / `model_quantize`: how the model's
+    encoders run (torch, onnx or auto; int8 or None; see `visembed.api.load`)."""
     from visembed.index.searcher import Searcher
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if getattr(app.state, "searcher", None) is None:
-            app.state.searcher = await run_in_threadpool(Searcher.open, index_dir, model_dir, model_backend)
+            app.state.searcher = await run_in_threadpool(Searcher.open, index_dir, model_dir, model_backend,
+                                                           model_quantize)
         if app.state.captioner is None and captioner_slot is None:
             app.state.captioner = await run_in_threadpool(find_captioner, app.state.searcher, captioner_dir)
         if app.state.classifier is None and classifier_dir is not None:
@@ -144,6 +146,7 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
                allowed_hosts: list[str] | tuple[str, ...] | None = None, timeout_keep_alive: int = KEEP_ALIVE_S,
                header_timeout: float = HEADER_TIMEOUT_S, data_roots: list[str | Path] = (),
                allowed_origins: list[str] | tuple[str, ...] = (), model_backend: str = "torch",
+               model_quantize: str | None = None,
                captioner_slot=None) -> None:
     """Bind the port, load the index and model, print the URL, serve until interrupted.
 
@@ -160,7 +163,7 @@ def run_server(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
             raise ValueError(f"--data-root {root}: no such folder")
     sock = bind_socket(host, port)
     try:
-        searcher = Searcher.open(index_dir, model_dir, model_backend)  # raises IndexStoreError with a clear message
+        searcher = Searcher.open(index_dir, model_dir, model_backend, model_quantize)  # raises IndexStoreError with a clear message
         captioner = None if captioner_slot is not None else find_captioner(searcher, captioner_dir)  # a dual encoder there: ValueError
         classifier = load_classifier(classifier_dir) if classifier_dir is not None else None
         hosts = default_allowed_hosts(host) + list(allowed_hosts or [])
