@@ -16,8 +16,8 @@ text whose embedding is closest to the image: retrieval can only repeat a traini
     the commonest group / subgroup among the images, for scale);
   * naming (docs/captions.md): one row per `--naming` setting, "closed" (hints from the training
     captions, the LM's beams as they come: the captioner before open vocabularies) and "open" (the
-    default: CLDR emoji names as well, calibrated stacking, one script per answer), measured in one
-    run; `vocab_coverage`: the share of the images' names in the hint pool (the ceiling of copying),
+    default: CLDR emoji names as well, calibrated stacking, one script per answer, each hinted name
+    put in the beams' name slot), measured in one run ("open-no-swap": without that slot filling); `vocab_coverage`: the share of the images' names in the hint pool (the ceiling of copying),
     `hint_R@1` / `hint_R@k`: image -> name recall over the whole pool (the true name first among /
     among the prompt's hints), `zh_latin`: Chinese captions with a Latin word outside the name;
   * CPU cost: latency of one caption (at most 16 new tokens, per candidates setting, KV cache;
@@ -239,21 +239,25 @@ def lm_params(model) -> float:
 def namings(chosen: list[str]) -> dict[str, tuple[list[str], object]]:
     """name -> (vocabulary sources, Naming): "closed" is the captioner as it was before open
     vocabularies (training captions as hints, the LM's beams as they come); "open" the CLDR emoji
-    names as well (`--vocabulary emoji`), with the decoding rules on (today's default has the rules,
-    without the open vocabulary)."""
+    names as well (`--vocabulary emoji`), with today's `Naming()` (decoding rules, slot filling,
+    re-ranking bonus); "open-no-swap" the same before slot filling."""
     import dataclasses
 
     from visembed.models.caption_constraints import Naming
     from visembed.models.vocabulary import OPEN as DEFAULT
 
-    table = {"closed": (["none"], Naming(rules=False, seen_margin=0.0)), "open": (list(DEFAULT), Naming()),
+    no_swap = dataclasses.replace(Naming(), swap_names=False, name_bonus=0.0)  # the open naming before slot filling
+    table = {"closed": (["none"], Naming(rules=False, seen_margin=0.0)),
+             "open": (list(DEFAULT), Naming()),
+             "open-no-swap": (list(DEFAULT), no_swap),
              "open+cedict": ([*DEFAULT, "cedict"], Naming()),
-             "open+copy": (list(DEFAULT), dataclasses.replace(Naming(), copy_bonus=4.0, name_bonus=0.1)),
+             "open+copy": (list(DEFAULT), dataclasses.replace(no_swap, copy_bonus=4.0, name_bonus=0.1)),
+             "open-no-bonus": (list(DEFAULT), dataclasses.replace(Naming(), name_bonus=0.0)),
              "open-no-margin": (list(DEFAULT), dataclasses.replace(Naming(), seen_margin=0.0))}
     return {name: table[name] for name in chosen}
 
 
-NAMINGS = ["closed", "open", "open+cedict", "open+copy", "open-no-margin"]
+NAMINGS = ["closed", "open", "open-no-swap", "open+cedict", "open+copy", "open-no-bonus", "open-no-margin"]
 
 
 def measure(folder: Path, spec: str, split: str, limit: int | None, timing: dict | None,

@@ -172,11 +172,28 @@ def test_commands_take_language_and_vocabulary(tiny_captioner_dir, model, tmp_pa
 def test_slot_filling_puts_each_hinted_name_where_the_lm_wrote_a_known_one():
     from visembed.models.caption_constraints import with_names_swapped
 
-    found = [("The dog face emoji, from Animals.", 0.9), ("The dog emoji.", 0.5), ("A blur.", 0.2)]
+    found = [("The dog face emoji, from Animals.", 0.9), ("A blur.", 0.2)]
     out = with_names_swapped(found, ["wolf", "fox"], {"dog", "dog face", "wolf", "fox"})
-    assert out[:3] == found  # the LM's own first, in its order
-    assert ("The wolf emoji, from Animals.", 0.9) in out and ("The fox emoji.", 0.5) in out  # the longest name swapped
-    assert len(out) == 7 and len({t for t, _ in out}) == 7
+    assert out[:2] == found  # the LM's own first, in its order
+    assert out[2:] == [("The wolf emoji, from Animals.", 0.9), ("The fox emoji, from Animals.", 0.9)]  # longest name
+
+
+def test_slot_filling_finds_the_name_where_beams_disagree():
+    from visembed.models.caption_constraints import differing_span, with_names_swapped
+
+    found = [("The So emoji, from Flags.", 0.9), ("The Si emoji, from Flags.", 0.8),
+             ("The Tan emoji, from Symbols.", 0.5), ("The So emoji, fromflag.", 0.4), ("The Ca emoji, fromflag.", 0.3)]
+    texts = [t for t, _ in found]
+    assert differing_span(texts[0], texts) == (4, 6)  # "So": the word the beams disagree on
+    assert differing_span(texts[2], texts) is None  # differs by a clause, not a name: left alone
+    out = with_names_swapped(found, ["Burkina Faso", "Gambia"], set())
+    assert out[: len(found)] == found
+    # each hint once, in the sentence most beams share (not the malformed "fromflag." pair)
+    assert out[len(found):] == [("The Burkina Faso emoji, from Flags.", 0.9), ("The Gambia emoji, from Flags.", 0.9)]
+    zh = ["一个“圣斯”表情符号，属于旗帜类。", "一个“圣瑞”表情符号，属于旗帜类。", "一个“属于旗帜类。"]
+    assert [t[slice(*differing_span(t, zh))] for t in zh[:2]] == ["圣斯", "圣瑞"]  # the whole Chinese run
+    assert with_names_swapped([(z, 0.5) for z in zh], ["冈比亚"], set())[-1] == ("一个“冈比亚”表情符号，属于旗帜类。", 0.5)
+    assert with_names_swapped([("The So emoji.", 0.9)], ["Gambia"], set()) == [("The So emoji.", 0.9)]  # alone: no slot
 
 
 def test_a_latin_name_counts_as_whole_words_only():

@@ -151,11 +151,11 @@ class CaptionerModel(Model):
                                                     no_repeat=no_repeat, rules=rules)
             if candidates == 1:
                 return [group[0] for group in found]
-            if naming.rules and naming.swap_names:  # each candidate's name slot filled with each hint
-                found = [self.module.with_hints_swapped_in(group, names, language)
-                         for group, names, language in zip(found, hints, languages)]
+            if naming.rules and naming.swap_names:  # the beams' name slots filled with each hint of the answer's script
+                found = [self.module.with_hints_swapped_in(group, names, lang)
+                         for group, names, lang in zip(found, exempt, languages)]
             best = self.module.closest_texts(features, [[text for text, _ in group] for group in found], hints,
-                                             naming.name_bonus)
+                                             naming.name_bonus if naming.rules else 0.0)
             return [group[i] for group, i in zip(found, best)]
 
     @torch.no_grad()
