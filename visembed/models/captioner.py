@@ -258,7 +258,9 @@ class Captioner(nn.Module):
                       name_bonus: float = 0.0) -> list[int]:
         """For each image, the index of the text among its `texts` that the dual encoder puts closest
         to it (how a caption is chosen among candidates: the contrastive space judges the fit);
-        `names`: each image's hinted names, a text that names one verbatim scoring `name_bonus` more."""
+        `names`: each image's hinted names, likeliest first (calibrated stacking ranked them); a text
+        that names the first verbatim scores `name_bonus` more (the retrieval's best guess at the
+        name; the dual encoder still judges the sentence around it)."""
         from visembed.models.caption_constraints import contains_hint
 
         embedding = features[:, : self.cfg.embed_dim]
@@ -267,7 +269,7 @@ class Captioner(nn.Module):
         for b, group in enumerate(texts):  # each group non-empty: one text per candidate
             scores = vectors[start : start + len(group)] @ embedding[b]
             if names and name_bonus:
-                scores = scores + name_bonus * torch.tensor([contains_hint(t, names[b]) for t in group]).to(scores)
+                scores = scores + name_bonus * torch.tensor([contains_hint(t, names[b][:1]) for t in group]).to(scores)
             best.append(int(scores.argmax()))
             start += len(group)
         return best
