@@ -170,6 +170,9 @@ def test_an_int8_captioner_quantises_its_features_graph_too(tiny_captioner_dir, 
 
 
 def test_commands_take_int8_and_an_index_keeps_its_vectors_one_kind(tiny_model_dir, cache, tmp_path):
+    import json
+    import shutil
+
     from typer.testing import CliRunner
 
     from visembed.cli import app as cli
@@ -203,6 +206,12 @@ def test_commands_take_int8_and_an_index_keeps_its_vectors_one_kind(tiny_model_d
     assert open_store(index).info["quantize"] == "int8"
     result = runner.invoke(cli, ["index", "add", str(index), "--data", data, "--split", "test", "--quiet"])
     assert result.exit_code != 0 and "holds int8 vectors" in result.output  # float items would not be alike
+    manifest = json.loads((index / "index.json").read_text())
+    tampered = tmp_path / "tampered"
+    shutil.copytree(index, tampered)
+    (tampered / "index.json").write_text(json.dumps({**manifest, "quantize": "x" * 100_000}))
+    result = runner.invoke(cli, ["index", "add", str(tampered), "--data", data, "--split", "test", "--quiet"])
+    assert result.exit_code != 0 and "unknown kind" in result.output and len(result.output) < 2000, result.output[:300]
     result = runner.invoke(cli, ["index", "add", str(index), "--data", data, "--split", "test", "--quiet",
                                  "--backend", "onnx", "--quantize", "int8"])
     assert result.exit_code == 0 and "added" in result.output, result.output

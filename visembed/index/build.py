@@ -40,8 +40,12 @@ def quantized(model) -> dict:
     return {"quantize": kind} if kind else {}
 
 
-def _vector_kind(quantize: str | None) -> str:
-    return f"{quantize} vectors (--quantize {quantize})" if quantize else "float vectors (no --quantize)"
+def _vector_kind(quantize) -> str:
+    """How an index's vectors were made, for a message; a recorded value we never write (a tampered
+    index.json) is named as unknown, not echoed."""
+    if not quantize:
+        return "float vectors (no --quantize)"
+    return f"{quantize} vectors (--quantize {quantize})" if quantize == "int8" else "vectors of an unknown kind"
 
 
 def build_index(model_dir: str | Path, data_spec: str, out_dir: str | Path, *, split: str | None = None,
