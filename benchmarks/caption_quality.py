@@ -347,8 +347,9 @@ def main() -> None:
                              f"{CAPTION_CANDIDATES})")
     parser.add_argument("--naming", nargs="+", default=["closed", "open"], choices=NAMINGS,
                         help="hint and decoding settings, one row each: closed (training captions as hints, no "
-                             "decoding rules: as before), open (the default open vocabulary, copying and one "
-                             "script), open+cedict, open+copy (a copy bias in decoding), open-no-margin")
+                             "decoding rules: as before), open (the default: open vocabulary, one script, slot "
+                             "filling, bonus for the first hint), open-no-swap (no slot filling), open-no-bonus, "
+                             "open+cedict, open+copy (a copy bias in decoding, no slot filling), open-no-margin")
     parser.add_argument("--no-chat", action="store_true", help="skip the chat questions")
     parser.add_argument("--no-timing", action="store_true", help="skip the latency and throughput figures")
     parser.add_argument("--latency-images", type=int, default=LATENCY_IMAGES, help="images timed one at a time")
