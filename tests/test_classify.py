@@ -65,6 +65,7 @@ def test_fit_writes_a_classifier_folder_with_a_card(probe_dir):
     assert config["method"] == "probe" and config["classes"] == ["circle", "square", "triangle"]
     assert config["fit"]["shots"] == 8 and config["fit"]["images_used"] == 24
     assert config["head"]["block_norm"] is True  # the probe's default (each feature block centred, L2-normalised)
+    assert config["features"] == "embedding+pooled+layout+middle+late"  # the default, chosen by measurement
     assert "top1" in config["fit"]["eval"]  # measured on the data's test split at fit time
     card = (probe_dir / "README.md").read_text()
     assert "probe" in card and "top-1" in card

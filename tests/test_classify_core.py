@@ -125,6 +125,10 @@ def test_dataset_features_cached_per_model_and_data(tiny_model_dir, tmp_path, mo
     assert len(files) == 1
     again = dataset_features(model, spec, "train", model_dir=tiny_model_dir, progress=False)
     assert again.ids == fs.ids and np.array_equal(again.pooled, fs.pooled)
+    middle, late = model.module.vision.stage_widths  # the tower's middle and late stages, cached with the rest
+    assert fs.middle.shape == (len(fs), middle) and fs.late.shape == (len(fs), late) and middle > 0
+    assert np.array_equal(again.middle, fs.middle) and np.array_equal(again.late, fs.late)
+    assert not np.allclose(fs.middle[:, :8], fs.middle[:1, :8])  # they differ from image to image
     dataset_features(model, "builtin:shapes?n=12&size=32", "train", model_dir=tiny_model_dir, progress=False)
     assert len(list((tmp_path / "cache" / "classify-features").glob("*.npz"))) == 2
     with pytest.raises(ValueError):

@@ -131,3 +131,50 @@ def test_image_tokens_are_the_cells_the_embedding_pools(tokenizer_dir):
         assert tokens.shape == (2, 1 + 16, model.image_token_width)
         torch.testing.assert_close(tokens, model.vision.forward_features(model.normalize_pixels(pixels)))
         assert torch.equal(model.embed_image_tokens(tokens), model.encode_image(pixels))
+
+
+def _stage_outputs(modules, run):
+    """The outputs of `modules` while `run()` runs, in call order."""
+    seen, hooks = [], [m.register_forward_hook(lambda _m, _i, out: seen.append(out)) for m in modules]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_forward_stages_is_forward_exactly_plus_the_middle_and_late_stages_averaged():
+    from visembed.config import ConvNetConfig, ViTConfig
+    from visembed.models.vision_convnet import ConvNet
+    from visembed.models.vision_efficientnet import EfficientNetLite
+    from visembed.models.vision_vit import VisionTransformer
+
+    torch.manual_seed(0)
+    lite0 = EfficientNetLite("lite0", pretrained=False).eval()
+    convnet = ConvNet(ConvNetConfig(kind="convnet", image_size=32, channels=[8, 16, 32, 64])).eval()
+    for m in convnet.modules():  # the blocks start as the identity: make every stage's output its own
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+    vit = VisionTransformer(ViTConfig(image_size=32, patch_size=8, width=24, depth=6, heads=2)).eval()
+    pool_cells, pool_tokens = (lambda t: t.mean(dim=(2, 3))), (lambda t: t.mean(dim=1))
+    cases = [  # tower, the stage modules it reads (middle, late), their widths, how a stage's output is averaged
+        (lite0, [lite0.blocks[7], lite0.blocks[14]], (80, 192), pool_cells),  # 7 stages: the 4th and the 6th
+        (convnet, [convnet.stages[1], convnet.stages[2]], (16, 32), pool_cells),  # 4 stages: the 2nd and the 3rd
+        (vit, [vit.encoder.layers[2], vit.encoder.layers[4]], (24, 24), pool_tokens),  # 6 blocks: the 3rd and the 5th
+    ]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for tower, stages, widths, pool in cases:
+            expected = [pool(t) for t in _stage_outputs(stages, lambda: tower(x))]
+            pooled, middle, late = tower.forward_stages(x)
+            assert torch.equal(pooled, tower(x)), type(tower).__name__  # bit for bit what search embeds
+            assert tower.stage_widths == widths and middle.shape == (2, widths[0]) and late.shape == (2, widths[1])
+            assert torch.allclose(middle, expected[0]) and torch.allclose(late, expected[1]), type(tower).__name__
+            assert not torch.allclose(middle[:, : widths[0] // 2], late[:, : widths[0] // 2])
+
+
+def test_a_tower_without_stages_gives_empty_stage_features(toy_kind):
+    tower = ToyTower(ToyConfig(image_size=32))
+    pooled, middle, late = tower.forward_stages(torch.rand(3, 3, 32, 32))
+    assert pooled.shape == (3, 16) and middle.shape == late.shape == (3, 0) and tower.stage_widths == (0, 0)

@@ -1,6 +1,6 @@
 """Image features for classifiers, computed once per (model, data, split) and cached on disk.
 
-Every cached-feature method (zero-shot, probes, kNN, Tip-Adapter) reads the same two arrays per
+Every cached-feature method (zero-shot, probes, kNN, Tip-Adapter) reads the same arrays per
 image, so a few-shot curve of 6 methods x 6 shot counts x 3 seeds embeds each image once:
 
     embedding   the model's image embedding (embed_dim, L2-normalised): what search and zero-shot use
@@ -8,14 +8,17 @@ image, so a few-shot curve of 6 methods x 6 shot counts x 3 seeds embeds each im
                 richer for a linear probe (ImageNet features of a frozen EfficientNet, say)
     layout      the picture itself at 8 x 8 px (192 values): colour and layout, which towers trained
                 for semantics pool away and which carry much of some tasks (icons, emoji)
+    middle      the tower's middle stage, averaged over its cells (EfficientNet-Lite0: block 7, 80
+    late        values) and the stage before the last (block 14, 192): mid-level parts and textures
+                between the layout and the pooled features (`VisionTower.forward_stages`)
 
 A head reads one kind or several joined by "+" ("pooled+layout"); "both" is "embedding+pooled".
 
 Stable API (other features build on it):
 
     fs = dataset_features(model, "builtin:emoji?label=subgroup", "train", model_dir=DIR)  # cached
-    fs.labels, fs.ids, fs.embedding, fs.pooled, fs.layout, fs.select("pooled"), fs.subset(indices)
-    feats = image_features(model, [pil_or_path, ...])   # {"embedding": (N, D), "pooled": (N, W), "layout"}
+    fs.labels, fs.ids, fs.embedding, fs.pooled, fs.layout, fs.middle, fs.late, fs.select("pooled"), fs.subset(indices)
+    feats = image_features(model, [pil_or_path, ...])   # {"embedding": (N, D), "pooled": (N, W), "layout", ...}
 
 The cache lives under `$VISEMBED_CACHE/classify-features/`, keyed by the model folder's weights
 (path, size, modification time), the data spec, the split and `FEATURE_VERSION`; files are plain
@@ -37,9 +40,10 @@ import torch.nn.functional as F
 
 from visembed.data import DataError, SkipCounter, decoded_batches, open_dataset
 
-FEATURE_VERSION = 2  # bump when what is stored changes
-BASE_KINDS = ("embedding", "pooled", "layout")
-FEATURE_KINDS = ("embedding", "pooled", "layout", "both", "pooled+layout", "embedding+pooled+layout")
+FEATURE_VERSION = 3  # bump when what is stored changes
+BASE_KINDS = ("embedding", "pooled", "layout", "middle", "late")
+FEATURE_KINDS = ("embedding", "pooled", "layout", "middle", "late", "both", "pooled+layout", "embedding+pooled+layout",
+                 "embedding+pooled+layout+middle+late")
 LAYOUT_SIZE = 8  # px: the `layout` features are the image averaged down to this size
 BATCH = 128
 
@@ -55,13 +59,16 @@ class FeatureSet:
     classes: list[str]  # the dataset's class names (may include classes no image here has)
     skipped: dict[str, int] = field(default_factory=dict)
     layout: np.ndarray | None = None  # (N, 3 * LAYOUT_SIZE**2) float32, pixels in [0, 1]
+    middle: np.ndarray | None = None  # (N, stage_widths[0]) float32
+    late: np.ndarray | None = None  # (N, stage_widths[1]) float32
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """{"embedding", "pooled", "layout"}: what `Head.logits` and `select_features` read."""
-        return {"embedding": self.embedding, "pooled": self.pooled, "layout": self.layout}
+        """{"embedding", "pooled", "layout", "middle", "late"}: what `Head.logits` and `select_features` read."""
+        return {"embedding": self.embedding, "pooled": self.pooled, "layout": self.layout, "middle": self.middle,
+                "late": self.late}
 
     def select(self, kind: str) -> np.ndarray:
         """The features a head reads: one kind, or several joined by "+" (concatenated); "both" is
@@ -70,9 +77,9 @@ class FeatureSet:
 
     def subset(self, indices) -> "FeatureSet":
         idx = np.asarray(indices, dtype=np.int64)
+        rows = {k: None if getattr(self, k) is None else getattr(self, k)[idx] for k in ("layout", "middle", "late")}
         return FeatureSet([self.ids[i] for i in idx], [self.labels[i] for i in idx], self.embedding[idx],
-                          self.pooled[idx], self.classes, self.skipped,
-                          None if self.layout is None else self.layout[idx])
+                          self.pooled[idx], self.classes, self.skipped, **rows)
 
 
 def feature_parts(kind: str) -> list[str]:
@@ -91,16 +98,18 @@ def select_features(feats: dict[str, np.ndarray], kind: str) -> np.ndarray:
 
 def pixel_features(module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
     """pixels (B, 3, S, S) in [0, 1] -> {"embedding" (B, D) L2-normalised, "pooled" (B, W), "layout"
-    (B, 3 * LAYOUT_SIZE**2)} of a dual encoder (differentiable: the exported classifier runs it)."""
-    pooled = module.vision(module.normalize_pixels(pixels)).float()  # (B, W)
-    embedding = F.normalize(module.visual_projection(pooled).float(), dim=-1)  # (B, D)
+    (B, 3 * LAYOUT_SIZE**2), "middle", "late"} of a dual encoder (differentiable: the exported
+    classifier runs it)."""
+    pooled, middle, late = module.vision.forward_stages(module.normalize_pixels(pixels))  # pooled: (B, W)
+    embedding = F.normalize(module.visual_projection(pooled.float()).float(), dim=-1)  # (B, D)
     layout = F.adaptive_avg_pool2d(pixels.float(), LAYOUT_SIZE).flatten(1)  # (B, 3 * 8 * 8)
-    return {"embedding": embedding, "pooled": pooled, "layout": layout}
+    return {"embedding": embedding, "pooled": pooled.float(), "layout": layout, "middle": middle.float(),
+            "late": late.float()}
 
 
 @torch.no_grad()
 def image_features(model, images: Sequence, batch_size: int = BATCH) -> dict[str, np.ndarray]:
-    """{"embedding", "pooled", "layout"} float32 arrays for decoded images (PIL, paths or bytes; a
+    """{"embedding", "pooled", "layout", "middle", "late"} float32 arrays for decoded images (PIL, paths or bytes; a
     bad one raises `BadImage`). `model` is what `visembed.load` returns for a dual encoder."""
     chunks: dict[str, list[np.ndarray]] = {kind: [] for kind in BASE_KINDS}
     for start in range(0, len(images), batch_size):
@@ -108,7 +117,9 @@ def image_features(model, images: Sequence, batch_size: int = BATCH) -> dict[str
         found = pixel_features(model.module, pixels)  # float32: features are cached and compared across runs
         for kind in BASE_KINDS:
             chunks[kind].append(found[kind].cpu().numpy())
-    widths = {"embedding": model.embed_dim, "pooled": model.module.vision.width, "layout": 3 * LAYOUT_SIZE**2}
+    middle, late = model.module.vision.stage_widths
+    widths = {"embedding": model.embed_dim, "pooled": model.module.vision.width, "layout": 3 * LAYOUT_SIZE**2,
+              "middle": middle, "late": late}
     return {kind: np.concatenate(chunks[kind]) if chunks[kind] else np.zeros((0, widths[kind]), np.float32)
             for kind in BASE_KINDS}
 
@@ -138,7 +149,7 @@ def _load_cached(path: Path) -> FeatureSet | None:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return FeatureSet(list(z["ids"]), list(z["labels"]), z["embedding"], z["pooled"], meta["classes"],
-                              meta["skipped"], z["layout"])
+                              meta["skipped"], z["layout"], z["middle"], z["late"])
     except (OSError, ValueError, KeyError):
         return None  # a damaged cache file is made again
 
@@ -149,7 +160,7 @@ def _save_cached(path: Path, fs: FeatureSet) -> None:
     buf = io.BytesIO()
     meta = json.dumps({"classes": fs.classes, "skipped": fs.skipped})
     np.savez(buf, ids=np.array(fs.ids, dtype=str), labels=np.array(fs.labels, dtype=str), embedding=fs.embedding,
-             pooled=fs.pooled, layout=fs.layout, meta=np.array(meta))
+             pooled=fs.pooled, layout=fs.layout, middle=fs.middle, late=fs.late, meta=np.array(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -190,7 +201,8 @@ def dataset_features(model, spec: str, split: str = "train", *, model_dir=None, 
         raise DataError(f"no labelled, decodable images in split {split!r} of {spec} (skipped: {skipped.as_dict()})")
     classes = classes or sorted(set(labels))
     arrays = {kind: np.concatenate(chunks[kind]) for kind in BASE_KINDS}
-    fs = FeatureSet(ids, labels, arrays["embedding"], arrays["pooled"], classes, skipped.as_dict(), arrays["layout"])
+    fs = FeatureSet(ids, labels, arrays["embedding"], arrays["pooled"], classes, skipped.as_dict(), arrays["layout"],
+                    arrays["middle"], arrays["late"])
     if path is not None:
         _save_cached(path, fs)
     return fs

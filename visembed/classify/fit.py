@@ -11,7 +11,8 @@ from visembed.classify.features import FeatureSet
 FEATURE_METHODS = ("zeroshot", "probe", "zs-probe", "tip", "tip-f")  # on cached features
 METHODS = (*FEATURE_METHODS, "finetune")  # finetune: the training loop (visembed.train.tasks.classification)
 # What each method's linear part reads by default, chosen by measurement (docs/classify.md)
-DEFAULT_FEATURES = {"probe": "embedding+pooled+layout", "zs-probe": "embedding+pooled+layout", "knn": "pooled",
+DEFAULT_FEATURES = {"probe": "embedding+pooled+layout+middle+late", "zs-probe": "embedding+pooled+layout+middle+late",
+                    "knn": "pooled",
                     "zeroshot": "embedding", "tip": "embedding", "tip-f": "embedding", "finetune": "embedding"}
 
 
@@ -37,6 +38,9 @@ def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: in
         head = M.zeroshot_head(class_weights)
         head.zs_scale = zs_scale
         return head
+    if method in ("probe", "zs-probe") and shots.select(features).shape[1] == 0:
+        raise ValueError(f"features {features!r} are empty for this model's image tower (it has no stages); "
+                         "read embedding, pooled or layout")
     if method == "probe":
         return M.fit_probe(shots.select(features), y, n_classes, features=features, seed=seed, normalize=normalize,
                            widths=M.block_widths(shots.arrays(), features))

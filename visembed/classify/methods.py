@@ -22,7 +22,7 @@ A `Head` is one formula (each method fills in some of its parts):
            + alpha * exp(-beta * (1 - emb @ keys.T)) @ values # Tip-Adapter cache of the shots
 
 where norm(x) is (x - mean) / scale (standardised, `block_norm` False) or, with `block_norm`, each
-feature block of x ("embedding", "pooled", "layout") centred on its mean and L2-normalised apart,
+feature block of x ("embedding", "pooled", "layout", "middle", "late") centred on its mean and L2-normalised apart,
 so that every block weighs the same whatever its width (SimpleShot's "CL2N", per block).
 """
 
@@ -49,7 +49,7 @@ class Head:
     """A classifier head on cached features; every array float32. See the module docstring."""
 
     n_classes: int
-    features: str = "embedding"  # what the linear part reads: embedding | pooled | both
+    features: str = "embedding"  # what the linear part reads: kinds joined by "+" (features.BASE_KINDS)
     zs_weight: np.ndarray | None = None  # (C, D) L2-normalised class text vectors
     zs_scale: float = ZS_SCALE
     weight: np.ndarray | None = None  # (C, F)

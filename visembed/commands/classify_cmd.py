@@ -14,8 +14,9 @@ METHOD_HELP = ("zeroshot (class names only), probe (logistic regression; default
                "zero-shot), tip (Tip-Adapter), tip-f (Tip-Adapter-F), finetune (LP-FT + WiSE-FT, the "
                "training loop)")
 FEATURES_HELP = ("What the head reads: embedding, pooled (the tower's features before the head), layout (8x8 "
-                 "colour thumbnail), or kinds joined by '+' (both = embedding+pooled); default: per method, "
-                 "chosen by measurement (docs/classify.md).")
+                 "colour thumbnail), middle and late (the tower's middle stage and the stage before its last, "
+                 "averaged), or kinds joined by '+' (both = embedding+pooled); default: per method, chosen by "
+                 "measurement (docs/classify.md).")
 
 
 def register(app: typer.Typer) -> None:

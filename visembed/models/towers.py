@@ -5,6 +5,9 @@ loader, the caption bank and the captioner never ask a tower what it can do (tim
 
     VisionTower   forward_features(pixels) -> (B, N, width) cells before pooling; pool(cells) -> (B, width);
                   forward(pixels) == pool(forward_features(pixels)); width; layer_groups();
+                  forward_stages(pixels) -> (forward(pixels), middle, late) and stage_widths: two earlier
+                  feature maps average-pooled (the middle stage's and the one before the last: what a
+                  few-shot probe reads beside the pooled features);
                   no_weight_decay(); save_assets(dir); feature_cache / with_feature_cache(limit)
     TextTower     tokenize(texts) -> (ids, mask); forward(ids, mask) -> (B, width); encode(texts);
                   width; frozen / is_frozen_for(text); layer_groups(); no_weight_decay(); save_assets(dir)
@@ -38,6 +41,7 @@ class VisionTower(Protocol):
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
     def pool(self, tokens: torch.Tensor) -> torch.Tensor: ...
+    def forward_stages(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
     def layer_groups(self) -> list[nn.Module]: ...
     def no_weight_decay(self) -> set[str]: ...
     def save_assets(self, out_dir: Path) -> None: ...
@@ -78,6 +82,7 @@ class VisionTowerBase(_TowerDefaults):
     """The defaults of `VisionTower`; a tower defines `forward_features` and `pool`."""
 
     feature_cache = None  # a FeatureCache of the locked part's outputs, where the tower has a locked part
+    stage_widths: tuple[int, int] = (0, 0)  # widths of forward_stages' middle and late features
 
     @classmethod
     def from_config(cls, cfg: VisionConfig, *, pretrained: bool) -> VisionTowerBase:
@@ -96,6 +101,20 @@ class VisionTowerBase(_TowerDefaults):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_features(pixels))
+
+    def forward_stages(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(forward(pixels) exactly, middle (B, stage_widths[0]), late (B, stage_widths[1])): the
+        outputs of the middle stage and of the stage before the last (`stage_taps`), each averaged over
+        its cells. Every built-in tower has them; this default (a tower without stages) gives both
+        zero wide, and `stage_widths` (0, 0)."""
+        pooled = self(pixels)
+        return pooled, pooled[:, :0], pooled[:, :0]
+
+
+def stage_taps(n_stages: int) -> tuple[int, int]:
+    """(middle, late): the indices of the stages `forward_stages` reads among `n_stages`, input side
+    first: the middle one and the one before the last (the same stage when there are fewer than 3)."""
+    return (n_stages - 1) // 2, max(n_stages - 2, 0)
 
 
 class TextTowerBase(_TowerDefaults):

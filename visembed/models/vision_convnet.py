@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visembed.config import ConvNetConfig
-from visembed.models.towers import VisionTowerBase
+from visembed.models.towers import VisionTowerBase, stage_taps
 
 
 class ResidualBlock(nn.Module):
@@ -45,6 +45,8 @@ class ConvNet(VisionTowerBase):
             stages.append(nn.Sequential(down, *(ResidualBlock(c) for _ in range(cfg.blocks_per_stage))))
         self.stages = nn.Sequential(*stages)  # (B, c_last, S/2^len, S/2^len)
         self.norm = nn.LayerNorm(self.width)
+        self._taps = stage_taps(len(channels))
+        self.stage_widths = tuple(channels[i] for i in self._taps)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))  # (B, width, h, w)
@@ -56,3 +58,12 @@ class ConvNet(VisionTowerBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_features(x))
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pooled, middle, late): see `VisionTowerBase.forward_stages` (stages `stage_taps(len(channels))`)."""
+        x, taps = self.stem(x), []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self._taps:
+                taps.append(x.mean(dim=(2, 3)))
+        return self.pool(x.flatten(2).transpose(1, 2)), taps[0], taps[-1]

