@@ -257,3 +257,48 @@ def test_finetune_starts_from_a_copy_without_the_feature_cache(tiny_model_dir, t
     assert json.loads((cached / "config.json").read_text())["model"]["vision"]["feature_cache"] == 1000  # untouched
     assert (init / "model.safetensors").read_bytes() == (cached / "model.safetensors").read_bytes()
     assert sorted(p.name for p in init.iterdir()) == sorted(p.name for p in cached.iterdir())
+
+
+FINETUNE_SCRIPT = """
+import sys
+from visembed.train.tasks.classification import finetune_classifier
+model, data, out = sys.argv[1:4]
+finetune_classifier(model, data, out, shots=4, seed=0, steps=2, batch_size=12, lr=1e-3, augment=False,
+                    eval_split=None, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_takes_the_steps_of_one_process(tiny_model_dir, data, tmp_path):
+    """`finetune` on 2 processes (torchrun, 6 shots each a step) trains the tower and head exactly as
+    1 process with the whole batch of 12: the head goes through the DDP wrapper, so gradients are
+    averaged (without it the ranks drift apart and from one process). Augmentation off: each rank
+    draws its own."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    repo = Path(visembed.__file__).resolve().parents[1]
+    script = tmp_path / "finetune.py"
+    script.write_text(FINETUNE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    runs = {name: subprocess.Popen([*launcher, str(script), str(tiny_model_dir), str(data), str(tmp_path / name)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=repo)
+            for name, launcher in (("one", [sys.executable]), ("two", torchrun))}
+    for name, proc in runs.items():
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{name}:\n{out}"
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    one_model = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    for part in ("model/model.safetensors", "head.safetensors"):
+        one, two = load_file(str(tmp_path / "one" / part)), load_file(str(tmp_path / "two" / part))
+        assert one.keys() == two.keys()
+        for name in one:
+            torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=f"{part}: {name}")
+    moved = [k for k in base if k.startswith("vision.") and not torch.allclose(base[k], one_model[k])]
+    assert moved  # the tower itself was trained

@@ -72,7 +72,8 @@ def fit(
             summary = fit_classifier(loaded, model_dir, data, out, method=method, shots=shots, seed=seed,
                                      features=features, templates=_templates(templates), split=split,
                                      progress=not no_progress, **_data_options(label_column))
-    typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+    if summary:  # under torchrun, rank 0 alone reports
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
 def _load_classifier(folder: Path):

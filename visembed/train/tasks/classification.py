@@ -2,8 +2,8 @@
 
 LP-FT (Kumar et al. 2022): the head is first fitted on cached features (the linear probe, here the
 zs-probe, which starts at the zero-shot head), then the image tower, its projection and the head
-are trained end to end by the training loop (resume, checkpoints, progress, augmentation), so the
-features move less than they would under a random head. WiSE-FT (Wortsman et al. 2022): the
+are trained end to end by the training loop (resume, checkpoints, progress, augmentation, DDP under
+`torchrun`), so the features move less than they would under a random head. WiSE-FT (Wortsman et al. 2022): the
 fine-tuned weights are interpolated with the zero-shot model's, `(1 - alpha) * zero-shot + alpha *
 fine-tuned` (the zero-shot head has no linear part, so the head's linear part is scaled by alpha).
 
@@ -12,7 +12,10 @@ its head and classes from the classifier folder `LP_FOLDER` beside the training 
 `finetune_classifier` writes (shots manifest + probe head), so a run resumes from its folder alone.
 The head is attached to the dual encoder in `configure` (after the pretrained weights are loaded)
 and taken off in `finalize`: the run's model folder is a plain dual encoder, and the trained head
-is written beside it (`HEAD_FILE`). Runs on one process (the head is called outside the DDP wrapper).
+is written beside it (`HEAD_FILE`). The model is a `ClassifierDualEncoder`, whose `forward(pixels)`
+gives the head's logits, so a step goes through the DDP wrapper like any other and 2 processes
+take the step 1 process takes with the whole batch. Under `torchrun`, rank 0 fits the LP head and
+writes the shots and the merged classifier; every rank trains.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from visembed.classify.features import pixel_features
 from visembed.classify.folder import read_config as read_classifier_config
 from visembed.classify.folder import read_head
 from visembed.classify.torch_head import HeadModule
+from visembed.models.dual_encoder import DualEncoder
 from visembed.train.batch import Autocast, MicroBatch, Needs
+from visembed.train.tasks.simclr import no_sync
 
 LP_FOLDER = "linear-probe"  # beside the shots manifest: the LP head and classes the task starts from
 SHOTS_FILE = "shots.jsonl"
@@ -40,13 +45,22 @@ FINETUNE_BATCH = 32
 WISE_ALPHA = 1.0  # default weight of the fine-tuned model: measured best of 0.25, 0.5, 0.75, 1 (docs/classify.md)
 
 
+class ClassifierDualEncoder(DualEncoder):
+    """A dual encoder that, given pixels alone, answers its classifier head's logits: `forward(pixels)`
+    -> {"logits": (B, C)}; with text, the dual encoder's outputs. One forward per micro-batch, so DDP
+    sees one call. The head (`classifier_head`) is attached by the task's `configure`."""
+
+    def forward(self, pixels, input_ids=None, attention_mask=None, bank=None, **text_tokens):
+        if input_ids is None:
+            return {"logits": self.classifier_head(pixel_features(self, pixels))}
+        return super().forward(pixels, input_ids, attention_mask, bank, **text_tokens)
+
+
 class ClassificationTask:
     needs = Needs(sample="label", views=1)
     find_unused_parameters = True  # the text tower idles
 
     def __init__(self, cfg, rank: int = 0, world: int = 1):
-        if world > 1:
-            raise ValueError("classification fine-tuning runs on one process (torchrun with one process per node)")
         self.cfg = cfg
         folder = Path(cfg.data.train).parent / LP_FOLDER
         config = read_classifier_config(folder)
@@ -59,9 +73,9 @@ class ClassificationTask:
         pass  # the dual encoder comes with its tokenizer (train --init)
 
     def build_model(self, cfg, assets: Path, pretrained: bool) -> nn.Module:
-        from visembed.models import build_model
+        from visembed.models.towers import build_text, build_vision
 
-        return build_model(cfg.model, tokenizer_dir=assets, pretrained=pretrained)
+        return ClassifierDualEncoder(cfg.model, build_vision(cfg.model, pretrained), build_text(cfg.model, assets))
 
     def configure(self, model: nn.Module) -> None:
         """The image tower and its projection learn (BatchNorm statistics of groups a tower keeps
@@ -79,16 +93,14 @@ class ClassificationTask:
         pass
 
     def backward(self, model: nn.Module, micro_batches: list[MicroBatch], autocast: Autocast) -> dict[str, float]:
-        from visembed.checkpoint import unwrap
-
-        net = unwrap(model)
         total, correct, seen = 0.0, 0, 0
-        for micro in micro_batches:
+        last = len(micro_batches) - 1
+        for j, micro in enumerate(micro_batches):
             labels = micro["labels"].to(micro["pixels"].device)
-            with autocast():
-                logits = net.classifier_head(pixel_features(net, micro["pixels"]))
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=-100) / len(micro_batches)
-            loss.backward()
+            with no_sync(model, sync=j == last), autocast():  # DDP averages the gradients once, at the end
+                logits = model(micro["pixels"])["logits"]
+                loss = F.cross_entropy(logits.float(), labels, ignore_index=-100) / len(micro_batches)
+                loss.backward()
             total += float(loss.detach())
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
@@ -106,17 +118,13 @@ class ClassificationTask:
 def finetune_classifier(model_dir, spec: str, out, *, shots: int = 16, seed: int = 0, split: str = "train",
                         templates=None, wise_alpha: float | None = None, steps: int | None = None,
                         batch_size: int = FINETUNE_BATCH, lr: float = FINETUNE_LR, progress: bool = True,
-                        eval_split: str | None = "test", **data_options) -> dict:
+                        eval_split: str | None = "test", augment: bool = True, **data_options) -> dict:
     """LP (zs-probe on cached features) -> FT (the training loop, in `OUT.work/run`, resumable) ->
-    WiSE-FT with the zero-shot model -> the classifier folder `out` (its dual encoder in `out/model`)."""
-    from visembed.atomic import atomic_write_text, new_dir
-    from visembed.checkpoint import read_config
-    from visembed.classify.folder import save_classifier
-    from visembed.classify.run import fit_classifier, model_card
-    from visembed.config import apply_overrides
-    from visembed.models.inference import Model
-    from visembed.models.merge import merge_models
-    from visembed.train.loop import train
+    WiSE-FT with the zero-shot model -> the classifier folder `out` (its dual encoder in `out/model`).
+    `augment`: the loop's augmentation of the shots (`data.augment`). Under `torchrun` every rank
+    trains its share of each batch; rank 0 alone fits the LP head, writes files, evaluates and returns
+    the summary (the other ranks return {})."""
+    from visembed.distributed import barrier, cleanup, init_distributed
 
     alpha = WISE_ALPHA if wise_alpha is None else float(wise_alpha)
     if not 0.0 <= alpha <= 1.0:
@@ -127,29 +135,70 @@ def finetune_classifier(model_dir, spec: str, out, *, shots: int = 16, seed: int
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not empty; choose a new --out")
     work = out.with_name(out.name + ".work")
-    lp_dir = work / LP_FOLDER
-    model = Model.from_folder(model_dir, "cpu")
-    if not (lp_dir / "classifier.json").is_file():  # LP: the zs-probe head on the same shots
-        import shutil
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world, _, _ = init_distributed()  # under torchrun: the group the training loop then uses
+    try:
+        if rank == 0:
+            _fit_lp(model_dir, spec, work, shots=shots, seed=seed, templates=templates, split=split,
+                    progress=progress, data_options=data_options)
+            init_without_feature_cache(model_dir, work)
+        barrier()  # the other ranks read the shots, the LP head and the init folder rank 0 wrote
+        init = init_without_feature_cache(model_dir, work)
+        result = _fine_tune(model_dir, init, spec, out, work, rank=rank, world=world, shots=shots, seed=seed,
+                            split=split, alpha=alpha, steps=steps, batch_size=batch_size, lr=lr, progress=progress,
+                            eval_split=eval_split, augment=augment, data_options=data_options)
+    finally:
+        if world > 1 and not joined:
+            cleanup()
+    return result
 
-        shutil.rmtree(lp_dir, ignore_errors=True)
-        summary = fit_classifier(model, model_dir, spec, lp_dir, method="zs-probe", shots=shots, seed=seed,
-                                 templates=templates, split=split, eval_split=None, progress=progress, **data_options)
-        _write_shots(model, model_dir, spec, split, shots, seed, work / SHOTS_FILE, data_options)
+
+def _fit_lp(model_dir: Path, spec: str, work: Path, *, shots, seed, templates, split, progress, data_options) -> None:
+    """LP: the zs-probe head on the shots (`work/LP_FOLDER`) and the shots' manifest, unless a
+    resumed run already has them."""
+    from visembed.classify.run import fit_classifier
+    from visembed.models.inference import Model
+
+    lp_dir = work / LP_FOLDER
+    if (lp_dir / "classifier.json").is_file():
+        return
+    import shutil
+
+    shutil.rmtree(lp_dir, ignore_errors=True)
+    model = Model.from_folder(model_dir, "cpu")
+    fit_classifier(model, model_dir, spec, lp_dir, method="zs-probe", shots=shots, seed=seed, templates=templates,
+                   split=split, eval_split=None, progress=progress, **data_options)
+    _write_shots(model, model_dir, spec, split, shots, seed, work / SHOTS_FILE, data_options)
+
+
+def _fine_tune(model_dir: Path, init: Path, spec: str, out: Path, work: Path, *, rank, world, shots, seed, split,
+               alpha, steps, batch_size, lr, progress, eval_split, augment, data_options) -> dict:
+    """FT on every rank, then (rank 0) WiSE-FT and the classifier folder."""
+    from visembed.atomic import atomic_write_text, new_dir
+    from visembed.checkpoint import read_config
+    from visembed.classify.folder import save_classifier
+    from visembed.classify.run import model_card
+    from visembed.config import apply_overrides
+    from visembed.models.merge import merge_models
+    from visembed.train.loop import train
+
+    lp_dir = work / LP_FOLDER
     lp_config = read_classifier_config(lp_dir)
     cfg = read_config(model_dir)
     steps = steps or FINETUNE_STEPS
     cfg = apply_overrides(cfg, [f"data.train={work / SHOTS_FILE}", "data.val=", f"train.steps={steps}",
                                 f"train.batch_size={batch_size}", f"train.lr={lr}", f"train.seed={seed}",
                                 f"train.warmup_steps={max(1, steps // 10)}", f"train.checkpoint_every={steps}",
-                                "train.epochs=0", "model.vision.feature_cache=0", "data.augment.enabled=true"])
+                                "train.epochs=0", "model.vision.feature_cache=0",
+                                f"data.augment.enabled={str(augment).lower()}"])
     run_dir = work / RUN_FOLDER
-    task = ClassificationTask(cfg)
-    init = init_without_feature_cache(model_dir, work)
+    task = ClassificationTask(cfg, rank, world)
     metrics = train(cfg, run_dir, init=init, resume=run_dir.exists(), progress=progress, task=task)
     head = task.trained_head
     if head is None:
         raise RuntimeError("fine-tuning ended without a head")
+    if rank != 0:
+        return {}
     start = read_head(lp_dir, lp_config)
     head.weight = alpha * head.weight
     head.bias = alpha * head.bias
