@@ -302,3 +302,26 @@ def test_finetune_under_torchrun_takes_the_steps_of_one_process(tiny_model_dir, 
             torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=f"{part}: {name}")
     moved = [k for k in base if k.startswith("vision.") and not torch.allclose(base[k], one_model[k])]
     assert moved  # the tower itself was trained
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_stops_every_rank_when_rank_0_cannot_prepare(tiny_model_dir, tmp_path):
+    """Rank 0 fits the LP head alone; data it refuses (generated images, not files) stops the other
+    rank too, with one line each, instead of leaving it waiting at a barrier forever."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(visembed.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "visembed.cli", "classify", "fit", str(tiny_model_dir), "--data",
+                           "builtin:shapes?n=60&size=32", "--method", "finetune", "--shots", "2", "--out",
+                           str(tmp_path / "ft"), "--no-progress"],
+                          capture_output=True, text=True, env=env, cwd=repo, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert any("needs images stored as files" in line for line in errors), proc.stderr
+    assert any("rank 1: rank 0 could not prepare" in line for line in errors), proc.stderr
+    assert "[rank1]: Traceback" not in proc.stderr

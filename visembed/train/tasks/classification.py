@@ -58,7 +58,7 @@ class ClassifierDualEncoder(DualEncoder):
 
 class ClassificationTask:
     needs = Needs(sample="label", views=1)
-    find_unused_parameters = True  # the text tower idles
+    find_unused_parameters = False  # the text tower is frozen; every parameter that learns is in the forward
 
     def __init__(self, cfg, rank: int = 0, world: int = 1):
         self.cfg = cfg
@@ -124,7 +124,7 @@ def finetune_classifier(model_dir, spec: str, out, *, shots: int = 16, seed: int
     `augment`: the loop's augmentation of the shots (`data.augment`). Under `torchrun` every rank
     trains its share of each batch; rank 0 alone fits the LP head, writes files, evaluates and returns
     the summary (the other ranks return {})."""
-    from visembed.distributed import barrier, cleanup, init_distributed
+    from visembed.distributed import cleanup, init_distributed, reduce_number
 
     alpha = WISE_ALPHA if wise_alpha is None else float(wise_alpha)
     if not 0.0 <= alpha <= 1.0:
@@ -138,11 +138,19 @@ def finetune_classifier(model_dir, spec: str, out, *, shots: int = 16, seed: int
     joined = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world, _, _ = init_distributed()  # under torchrun: the group the training loop then uses
     try:
+        failure = None
         if rank == 0:
-            _fit_lp(model_dir, spec, work, shots=shots, seed=seed, templates=templates, split=split,
-                    progress=progress, data_options=data_options)
-            init_without_feature_cache(model_dir, work)
-        barrier()  # the other ranks read the shots, the LP head and the init folder rank 0 wrote
+            try:
+                _fit_lp(model_dir, spec, work, shots=shots, seed=seed, templates=templates, split=split,
+                        progress=progress, data_options=data_options)
+                init_without_feature_cache(model_dir, work)
+            except Exception as err:  # noqa: BLE001 - told to the other ranks, then raised as it is
+                failure = err
+        # the other ranks read the shots, the LP head and the init folder rank 0 wrote, or stop with it
+        if reduce_number(int(failure is not None)):
+            if failure is not None:
+                raise failure
+            raise ValueError(f"rank {rank}: rank 0 could not prepare the fine-tuning (its error says why)")
         init = init_without_feature_cache(model_dir, work)
         result = _fine_tune(model_dir, init, spec, out, work, rank=rank, world=world, shots=shots, seed=seed,
                             split=split, alpha=alpha, steps=steps, batch_size=batch_size, lr=lr, progress=progress,
