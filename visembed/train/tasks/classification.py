@@ -2,10 +2,11 @@
 
 LP-FT (Kumar et al. 2022): the head is first fitted on cached features (the linear probe, here the
 zs-probe, which starts at the zero-shot head), then the image tower, its projection and the head
-are trained end to end by the training loop (resume, checkpoints, progress, augmentation, DDP under
-`torchrun`), so the features move less than they would under a random head. WiSE-FT (Wortsman et al. 2022): the
-fine-tuned weights are interpolated with the zero-shot model's, `(1 - alpha) * zero-shot + alpha *
-fine-tuned` (the zero-shot head has no linear part, so the head's linear part is scaled by alpha).
+are trained end to end by the training loop (resume, checkpoints, progress, augmentation, DDP
+under `torchrun`), so the features move less than they would under a random head. WiSE-FT
+(Wortsman et al. 2022): the fine-tuned weights are interpolated with the zero-shot model's,
+`(1 - alpha) * zero-shot + alpha * fine-tuned` (the zero-shot head has no linear part, so the
+head's linear part is scaled by alpha).
 
 The task (`ClassificationTask`, `train.task=classification`) needs a label of each sample. It reads
 its head and classes from the classifier folder `LP_FOLDER` beside the training manifest, which
@@ -97,8 +98,9 @@ class ClassificationTask:
         last = len(micro_batches) - 1
         for j, micro in enumerate(micro_batches):
             labels = micro["labels"].to(micro["pixels"].device)
-            with no_sync(model, sync=j == last), autocast():  # DDP averages the gradients once, at the end
-                logits = model(micro["pixels"])["logits"]
+            with no_sync(model, sync=j == last):  # DDP averages the gradients once, at the end
+                with autocast():
+                    logits = model(micro["pixels"])["logits"]
                 loss = F.cross_entropy(logits.float(), labels, ignore_index=-100) / len(micro_batches)
                 loss.backward()
             total += float(loss.detach())
