@@ -6,11 +6,17 @@ initialised image tower, and on scikit-learn's handwritten digits. It reports; i
     .venv/bin/python benchmarks/fewshot.py --model runs/demo          # ~5 min per curve on 2 cores
     .venv/bin/python benchmarks/fewshot.py --model runs/demo --no-random --no-digits --seeds 1
     .venv/bin/python benchmarks/fewshot.py --smoke                    # a tiny model on builtin:shapes (CI)
+    .venv/bin/python benchmarks/fewshot.py --model runs/demo --features-study   # what the probe reads (~1 min)
 
 Reference (the issue's, in the same run): a plain probe on the model's embedding ("probe
 (embedding)"), beside the probe on the default features. Also printed: the seconds of one probe fit
 at the largest shot count, the curve's total seconds, and where zero-shot sits on the probe's curve
 (CLIP's paper: zero-shot ~ a 4-shot linear probe).
+
+`--features-study` chooses what the probe reads without looking at the test images: the training
+concepts are split by the SHA-1 of each sample's `concept` (a quarter play the held-out concepts,
+shots come from the rest), and the probe is fitted on each candidate feature set (the previous
+default `embedding+pooled+layout`, with the tower's `middle` and/or `late` stage, both as one block).
 """
 
 from __future__ import annotations
@@ -68,6 +74,62 @@ def curve_rows(model, model_dir, spec: str, name: str, args, **data_options) -> 
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
             f.write(json.dumps({"name": name, "curve": result, "reference": reference}) + "\n")
+    return rows
+
+
+STUDY = {  # row -> the blocks the probe reads (a tuple: kinds normalised together as one block)
+    "embedding+pooled+layout (previous default)": ("embedding", "pooled", "layout"),
+    "+ middle": ("embedding", "pooled", "layout", "middle"),
+    "+ late": ("embedding", "pooled", "layout", "late"),
+    "+ middle + late, one block": ("embedding", "pooled", "layout", ("middle", "late")),
+    "+ middle + late (default)": ("embedding", "pooled", "layout", "middle", "late"),
+}
+
+
+def concept_split(spec: str) -> dict[str, bool]:
+    """Sample id -> whether its concept is in the validation quarter (SHA-1 of `concept`, mod 4 = 0)."""
+    import hashlib
+
+    from visembed.data import open_dataset
+
+    return {s.id: int(hashlib.sha1(s.meta["concept"].encode()).hexdigest(), 16) % 4 == 0
+            for s in open_dataset(spec, "train", need="label")}
+
+
+def features_study(model, model_dir, spec: str, args) -> list[dict]:
+    """The probe on each STUDY row, shots from three quarters of the training concepts, tested on the
+    fourth (never the test split): top-1, mean over seeds."""
+    import numpy as np
+
+    from visembed.classify.features import dataset_features
+    from visembed.classify.methods import fit_probe, normalize_blocks
+    from visembed.classify.shots import class_index, draw_shots
+
+    fs = dataset_features(model, spec, "train", model_dir=model_dir, progress=False)
+    held = concept_split(spec)
+    is_val = np.array([held[i] for i in fs.ids])
+    classes = sorted({label for label, v in zip(fs.labels, is_val) if v} & {label for label, v in zip(fs.labels, is_val) if not v})
+    y = class_index(fs.labels, classes)
+    shots_pool, val = np.flatnonzero(~is_val & (y >= 0)), np.flatnonzero(is_val & (y >= 0))
+    arrays = fs.arrays()
+    rows = []
+    for name, blocks in STUDY.items():
+        parts = [b if isinstance(b, tuple) else (b,) for b in blocks]
+        x = np.concatenate([arrays[k] for part in parts for k in part], axis=1)
+        widths = [sum(arrays[k].shape[1] for k in part) for part in parts]
+        row = {"probe reads (validation concepts)": name}
+        for k in [k for k in args.shots if k]:
+            accs = []
+            for seed in range(args.seeds):
+                idx, _ = draw_shots(y[shots_pool], len(classes), k, seed)
+                idx = shots_pool[idx]
+                head = fit_probe(x[idx], y[idx], len(classes), widths=widths, seed=seed)
+                scores = normalize_blocks(x[val] - head.mean, widths) @ head.weight.T + head.bias
+                accs.append(float((scores.argmax(1) == y[val]).mean()))
+            row[str(k)] = f"{np.mean(accs):.3f}"
+        rows.append(row)
+    print(f"\nfeatures study: {len(classes)} classes, {len(shots_pool)} shot candidates, {len(val)} validation "
+          f"images (a quarter of the training concepts)", flush=True)
     return rows
 
 
@@ -129,6 +191,8 @@ def main() -> None:
     parser.add_argument("--no-digits", action="store_true", help="skip scikit-learn's digits")
     parser.add_argument("--json", help="append every curve as a JSON line to this file")
     parser.add_argument("--smoke", action="store_true", help="a tiny model on builtin:shapes: does it run")
+    parser.add_argument("--features-study", action="store_true",
+                        help="only the study of what the probe reads, on training concepts (emoji)")
     args = parser.parse_args()
 
     from visembed.models.inference import Model
@@ -141,6 +205,16 @@ def main() -> None:
             model_dir = smoke_model(work)
             model = Model.from_folder(model_dir, "cpu")
             rows = curve_rows(model, model_dir, "builtin:shapes?n=120&size=32", "shapes (smoke)", args)
+            study = features_study(model, model_dir, "builtin:emoji?label=group&size=32&limit=200", args)
+            print_table(study, list(study[0]))
+        elif args.features_study:
+            if args.model is None:
+                parser.error("--features-study needs --model DIR")
+            model = Model.from_folder(args.model, "cpu")
+            study = features_study(model, args.model, EMOJI.format(size=max(64, model.image_size)), args)
+            print_table(study, list(study[0]))
+            print(f"\n(top-1, mean over {args.seeds} seed(s); {time.perf_counter() - started:.0f} s in all)")
+            return
         else:
             if args.model is None:
                 parser.error("--model DIR is needed (e.g. the demo model), or --smoke")
