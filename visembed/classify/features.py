@@ -100,11 +100,10 @@ def pixel_features(module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
     """pixels (B, 3, S, S) in [0, 1] -> {"embedding" (B, D) L2-normalised, "pooled" (B, W), "layout"
     (B, 3 * LAYOUT_SIZE**2), "middle", "late"} of a dual encoder (differentiable: the exported
     classifier runs it)."""
-    pooled, middle, late = module.vision.forward_stages(module.normalize_pixels(pixels))  # pooled: (B, W)
-    embedding = F.normalize(module.visual_projection(pooled.float()).float(), dim=-1)  # (B, D)
+    pooled, middle, late = (t.float() for t in module.vision.forward_stages(module.normalize_pixels(pixels)))
+    embedding = F.normalize(module.visual_projection(pooled).float(), dim=-1)  # (B, D); pooled: (B, W)
     layout = F.adaptive_avg_pool2d(pixels.float(), LAYOUT_SIZE).flatten(1)  # (B, 3 * 8 * 8)
-    return {"embedding": embedding, "pooled": pooled.float(), "layout": layout, "middle": middle.float(),
-            "late": late.float()}
+    return {"embedding": embedding, "pooled": pooled, "layout": layout, "middle": middle, "late": late}
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: in
         head = M.zeroshot_head(class_weights)
         head.zs_scale = zs_scale
         return head
-    if method in ("probe", "zs-probe") and shots.select(features).shape[1] == 0:
+    if method in ("probe", "zs-probe") and sum(M.block_widths(shots.arrays(), features)) == 0:
         raise ValueError(f"features {features!r} are empty for this model's image tower (it has no stages); "
                          "read embedding, pooled or layout")
     if method == "probe":
