@@ -173,3 +173,20 @@ def test_block_normalised_head_is_the_same_in_torch_and_survives_the_folder(tmp_
     config["head"]["block_norm"] = True
     with pytest.raises(ClassifierFolderError, match="block_norm without mean"):
         read_head(tmp_path, config)
+
+
+def test_a_probe_on_stage_features_a_tower_does_not_have_is_one_clear_error():
+    """A registered tower without stages gives `middle` and `late` zero wide: the default features
+    still fit, asking for those alone is a ValueError that says so (one line on the CLI)."""
+    from visembed.classify.fit import fit_head
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 4)
+    empty = np.zeros((12, 0), np.float32)
+    fs = FeatureSet([str(i) for i in range(12)], [str(c) for c in y], rng.normal(size=(12, 8)).astype(np.float32),
+                    rng.normal(size=(12, 16)).astype(np.float32), ["0", "1", "2"],
+                    layout=rng.random((12, 192)).astype(np.float32), middle=empty, late=empty)
+    head = fit_head("probe", fs, y, 3)  # the default: embedding+pooled+layout+middle+late
+    assert head.logits(fs.arrays()).shape == (12, 3)
+    with pytest.raises(ValueError, match="empty for this model's image tower"):
+        fit_head("probe", fs, y, 3, features="middle+late")
