@@ -173,17 +173,13 @@ def lite_table(args, work: Path) -> list[dict]:
     lite_budget = [f"train.steps={args.lite_steps}", f"train.batch_size={args.batch_size}",
                    f"model.vision.trainable_groups={args.lite_groups}"]
     rows = [score(args, data_of, "Lite0 as is (ImageNet)", untrained(LITE0), {"steps": 0}, readouts=("pooled",))]
-    folder, facts = trained(f"lite0-simclr-{args.lite_steps}x{args.batch_size}",
-                            [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false",
-                             f"data.train={data_of[0]}&captions=none"], work)
-    rows.append(score(args, data_of, f"Lite0 + simclr (last {args.lite_groups} groups)", loaded(folder), facts,
-                      readouts=("pooled",)))
-    # a pretrained tower keeps more of what it knows under milder crops (docs/benchmarks.md)
-    folder, facts = trained(f"lite0-simclr-crop0.5-{args.lite_steps}x{args.batch_size}",
-                            [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false",
-                             "train.simclr.views.crop_scale=[0.5,1.0]", f"data.train={data_of[0]}&captions=none"], work)
-    rows.append(score(args, data_of, f"Lite0 + simclr (last {args.lite_groups} groups), crop 50-100 %", loaded(folder),
-                      facts, readouts=("pooled",)))
+    # SimCLR's views, then milder crops: a pretrained tower keeps more of what it knows (docs/benchmarks.md)
+    for tag, views, note in (("", [], ""), ("-crop0.5", ["train.simclr.views.crop_scale=[0.5,1.0]"], ", crop 50-100 %")):
+        folder, facts = trained(f"lite0-simclr{tag}-{args.lite_steps}x{args.batch_size}",
+                                [*LITE0, *lite_budget, "train.task=simclr", "data.augment.enabled=false", *views,
+                                 f"data.train={data_of[0]}&captions=none"], work)
+        rows.append(score(args, data_of, f"Lite0 + simclr (last {args.lite_groups} groups){note}", loaded(folder),
+                          facts, readouts=("pooled",)))
     return rows
 
 
