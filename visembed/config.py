@@ -385,9 +385,8 @@ class ContrastiveTaskConfig:
 
 def simclr_views() -> AugmentConfig:
     """SimCLR-strength views (Chen et al. 2020): resized crop of 8-100 % of the area, flip, colour
-    jitter 0.4, grayscale 20 %, blur half of the time. Hue is off: kornia's hue shift costs ~6x the
-    rest of the jitter on a CPU (0.68 against 0.12 CPU-s per 128 images of 48 px); SimCLR's is
-    `hue=0.1`."""
+    jitter 0.4, grayscale 20 %, blur half of the time. Hue is off: on emoji it bought no probe
+    accuracy and triples the jitter's CPU cost (docs/pretraining.md); SimCLR's is `hue=0.1`."""
     return AugmentConfig(crop_scale=[0.08, 1.0], crop_ratio=[0.75, 1.3333], rotation_degrees=0.0, brightness=0.4,
                          contrast=0.4, saturation=0.4, hue=0.0, flip=True, blur_prob=0.5, grayscale_prob=0.2)
 
