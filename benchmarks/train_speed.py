@@ -13,8 +13,9 @@ Rows, all in this process on this machine (samples/s after warm-up, median of th
   (`--source-size` px, so each image is decoded and resized as real data is), logging every step;
   the rate is the loop's own `samples_per_s` per step (loading, augmentation, step).
 - eager and compiled (`train.compile=on`, `visembed/train/compile.py`); a compiled row also gives
-  the seconds its first steps spent compiling (what a run pays once). Step rows alternate step by
-  step after their warm-up, so load from elsewhere on a shared machine hits them alike.
+  the seconds its first steps spent compiling (what a run pays once). Step rows (visembed's and
+  OpenCLIP's together) alternate step by step after their warm-up, so load from elsewhere on a
+  shared machine hits them alike; the last lines give visembed's step over OpenCLIP's.
 - OpenCLIP's `CLIP` of the same architecture with its `ClipLoss` (eager, and `torch.compile`d),
   where `open_clip` imports; where it does not, its rows say why (PyPI's torchvision does not import
   beside the CPU torch wheel: see `benchmarks/train_throughput.py` for the venv where it does).
@@ -253,18 +254,33 @@ def main() -> None:
             row["MFU"] = f"{100 * achieved / peak:.1f} %" if peak else "-"
         rows.append(row)
 
-    flops = None
+    flops, steps, step_flops, not_run = None, {}, {}, None
     if "step" in groups:
-        steps = {}
         for compiled in modes:
             torch.manual_seed(0)
             step, forward_backward = visembed_step(cfg, args.batch_size, device, compiled)
             if flops is None:
                 flops = counted_flops(forward_backward)  # (eager: the compiled graph does the same work)
-            steps[f"visembed {'compiled' if compiled else 'eager'}"] = step
-        for name, (seconds, extra) in time_steps(steps, device, args.steps, args.warmup).items():
-            add(name, "step", seconds, extra, flops)
-        del steps
+            name = f"visembed {'compiled' if compiled else 'eager'}"
+            steps[name], step_flops[name] = step, flops
+    if "openclip" in groups:
+        try:
+            import open_clip  # noqa: F401
+        except Exception as exc:  # ImportError, or torchvision's operator registration failing
+            not_run = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:80]
+        else:
+            openclip_flops = None
+            for compiled in modes:
+                torch.manual_seed(0)
+                step, forward_backward = openclip_step(cfg, args.batch_size, device, compiled)
+                if openclip_flops is None:
+                    openclip_flops = counted_flops(forward_backward)
+                name = f"OpenCLIP {'compiled' if compiled else 'eager'}"
+                steps[name], step_flops[name] = step, openclip_flops
+    # every step row, visembed's and OpenCLIP's, in one interleaved timing: their ratio is what counts
+    for name, (seconds, extra) in time_steps(steps, device, args.steps, args.warmup).items():
+        add(name, "step", seconds, extra, step_flops[name])
+    del steps
     if "loop" in groups and flops is None:  # (run alone: the step's FLOPs still give the loop's TFLOP/s)
         flops = counted_flops(visembed_step(cfg, args.batch_size, device, False)[1])
     if "loop" in groups:
@@ -277,22 +293,6 @@ def main() -> None:
                 rate, extra = loop_rate(cfg, data, val, tmp / f"run-{compiled}", args.steps, args.warmup, compiled,
                                         args.workers)
                 add(f"visembed {'compiled' if compiled else 'eager'}", "full loop", args.batch_size / rate, extra, flops)
-    not_run = None
-    if "openclip" in groups:
-        try:
-            import open_clip  # noqa: F401
-        except Exception as exc:  # ImportError, or torchvision's operator registration failing
-            not_run = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:80]
-        else:
-            steps, openclip_flops = {}, None
-            for compiled in modes:
-                torch.manual_seed(0)
-                step, forward_backward = openclip_step(cfg, args.batch_size, device, compiled)
-                if openclip_flops is None:
-                    openclip_flops = counted_flops(forward_backward)
-                steps[f"OpenCLIP {'compiled' if compiled else 'eager'}"] = step
-            for name, (seconds, extra) in time_steps(steps, device, args.steps, args.warmup).items():
-                add(name, "step", seconds, extra, openclip_flops)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.preset}, batch {args.batch_size}, {size} px, {name}, torch {torch.__version__}; median of "
@@ -310,6 +310,9 @@ def main() -> None:
     for impl in loops:
         if impl in steps:
             print(f"\n{impl}: full loop at {100 * loops[impl] / steps[impl]:.0f} % of its step")
+    for mode in ("eager", "compiled"):
+        if f"visembed {mode}" in steps and f"OpenCLIP {mode}" in steps:
+            print(f"\nvisembed {mode} step: {steps[f'visembed {mode}'] / steps[f'OpenCLIP {mode}']:.2f}x OpenCLIP {mode}")
 
 
 if __name__ == "__main__":

@@ -174,3 +174,53 @@ def test_frozen_tower_cache_is_bounded_least_recently_used_first(tokenizer_dir):
         model.encode_text(["green pear"])  # over the limit: "dog face", the least recent, leaves
         assert list(model.text._cache.keys()) == ["cat face", "red apple", "green pear"]
         assert torch.equal(model.encode_text(["red apple"]), first)
+
+
+def _last_block_rows(encoder, run):
+    """How many tokens per sequence the last block's MLP computed while `run()` ran."""
+    seen = []
+    hook = encoder.layers[-1].mlp.fc1.register_forward_hook(lambda _m, i, _o: seen.append(i[0].shape[1]))
+    try:
+        out = run()
+    finally:
+        hook.remove()
+    return out, seen
+
+
+@pytest.mark.parametrize("pool, causal, mask_padding", [("eos", True, False), ("eos", False, False),
+                                                        ("last", False, True), ("last", False, False)])
+def test_text_forward_computes_only_the_pooled_token_in_the_last_block(pool, causal, mask_padding, tokenizer_dir):
+    """`forward` is `forward_features` read at the pooled position (each text's <eos>, or the last
+    position), with the last block computing that token alone: texts of different lengths, with and
+    without causal attention and masked padding, give the numbers of the full computation."""
+    from visembed.config import TransformerTextConfig
+    from visembed.models.text_transformer import TextTransformer
+
+    torch.manual_seed(0)
+    tower = TextTransformer(TransformerTextConfig(vocab_size=600, context_length=16, width=32, depth=3, heads=2,
+                                                  pool=pool, causal=causal, mask_padding=mask_padding),
+                            tokenizer_dir).eval()
+    ids, mask = tower.tokenize(["dog face", "a blue square left of a green triangle", "一只狗"])
+    assert len(set(mask.sum(dim=1).tolist())) == 3  # three lengths
+    with torch.no_grad():
+        full = tower.forward_features(ids, mask)
+        pooled, rows = _last_block_rows(tower.encoder, lambda: tower(ids, mask))
+    at = full[:, -1] if pool == "last" else full[torch.arange(3), mask.sum(dim=1) - 1]
+    torch.testing.assert_close(pooled, at, rtol=1e-5, atol=1e-6)
+    assert rows == [1]  # the last block's MLP saw one token per text, not 16
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_vit_forward_computes_only_the_class_token_in_the_last_block(depth):
+    from visembed.config import ViTConfig
+    from visembed.models.vision_vit import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(ViTConfig(image_size=32, patch_size=8, width=32, depth=depth, heads=2)).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        pooled, rows = _last_block_rows(vit.encoder, lambda: vit(x))
+        torch.testing.assert_close(pooled, vit.pool(vit.forward_features(x)), rtol=1e-5, atol=1e-6)
+        assert torch.equal(vit.forward_stages(x)[0], pooled)  # the same path, bit for bit
+    # one block: forward_stages reads that block's every token, so forward computes them all too
+    assert rows == ([17] if depth == 1 else [1])

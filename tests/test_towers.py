@@ -130,7 +130,8 @@ def test_image_tokens_are_the_cells_the_embedding_pools(tokenizer_dir):
         tokens = model.image_tokens(pixels)
         assert tokens.shape == (2, 1 + 16, model.image_token_width)
         torch.testing.assert_close(tokens, model.vision.forward_features(model.normalize_pixels(pixels)))
-        assert torch.equal(model.embed_image_tokens(tokens), model.encode_image(pixels))
+        # the same numbers; not the same bits: encode_image's last block computes the class token alone
+        torch.testing.assert_close(model.embed_image_tokens(tokens), model.encode_image(pixels))
 
 
 def _stage_outputs(modules, run):

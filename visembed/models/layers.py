@@ -20,12 +20,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); given `queries` (B, Q, C), only they attend (over every token of x
+        the mask lets them read) -> (B, Q, C)."""
         B, T, C = x.shape
-        # (B, T, C) -> (B, heads, T, head_dim)
-        q, k, v = (proj(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if queries is None:
+            # (B, T, C) -> (B, heads, T, head_dim)
+            q, k, v = (proj(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        else:
+            q = self.q_proj(queries).view(B, -1, self.heads, C // self.heads).transpose(1, 2)
+            k, v = (proj(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for proj in (self.k_proj, self.v_proj))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.out_proj(y.transpose(1, 2).reshape(B, q.shape[2], C))
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -62,8 +69,21 @@ class Block(nn.Module):
         self.layer_norm2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, int(width * mlp_ratio), activation)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), attn_mask=attn_mask, causal=causal)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); given `rows` (B,) long, only the token at `rows[b]` of each sequence
+        is computed (its attention still reads every token it may see) -> (B, 1, C): the same numbers
+        as the full block's at those positions, for a fraction of the work (a tower's last block,
+        where one token is pooled)."""
+        if rows is None:
+            x = x + self.self_attn(self.layer_norm1(x), attn_mask=attn_mask, causal=causal)
+            return x + self.mlp(self.layer_norm2(x))
+        h = self.layer_norm1(x)
+        batch = torch.arange(x.shape[0], device=x.device)
+        if causal:  # the row at position r reads the keys 0..r
+            seen = (torch.arange(x.shape[1], device=x.device) <= rows[:, None])[:, None, None, :]  # (B, 1, 1, T)
+            attn_mask = seen if attn_mask is None else attn_mask & seen
+        x = x[batch, rows][:, None] + self.self_attn(h, attn_mask=attn_mask, queries=h[batch, rows][:, None])
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -72,7 +92,13 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(Block(width, heads, mlp_ratio, activation, eps) for _ in range(depth))
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, attn_mask=attn_mask, causal=causal)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, causal: bool = False,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); given `rows` (B,), the output only at those positions, (B, 1, C):
+        the last block computes nothing else (see `Block.forward`)."""
+        if rows is not None and not len(self.layers):
+            return x[torch.arange(x.shape[0], device=x.device), rows][:, None]
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, attn_mask=attn_mask, causal=causal, rows=rows if i == last else None)
         return x

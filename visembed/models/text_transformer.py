@@ -63,19 +63,26 @@ class TextTransformer(TextTowerBase):
 
     def forward_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """-> every position's features (B, T, width), after the final layer norm."""
-        ids = ids.to(self.token_embedding.weight.device)
-        x = self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]  # (B, T, width)
-        attn_mask = mask.to(x.device).bool()[:, None, None, :] if self.mask_padding else None  # (B, 1, 1, T): keys to read
+        x, attn_mask = self._inputs(ids, mask)
         return self.final_layer_norm(self.encoder(x, attn_mask=attn_mask, causal=self.causal))
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Features at each text's `<eos>`, its last real token (pool "eos"), or at the last position of
-        the padded sequence (pool "last") -> (B, width)."""
-        x = self.forward_features(ids, mask)
+        the padded sequence (pool "last") -> (B, width): `forward_features` at those positions, with the
+        last block computing nothing else (`Block.forward`'s `rows`)."""
+        x, attn_mask = self._inputs(ids, mask)
         if self.pool_kind == "last":
-            return x[:, -1]
-        eos = mask.to(x.device).sum(dim=1) - 1  # (B,)
-        return x[torch.arange(x.shape[0], device=x.device), eos]
+            rows = torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
+        else:
+            rows = mask.to(x.device).sum(dim=1) - 1  # (B,) each text's <eos>
+        return self.final_layer_norm(self.encoder(x, attn_mask=attn_mask, causal=self.causal, rows=rows)[:, 0])
+
+    def _inputs(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> the embedded tokens (B, T, width) and the attention mask (B, 1, 1, T) of keys to read, or None."""
+        ids = ids.to(self.token_embedding.weight.device)
+        x = self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]  # (B, T, width)
+        attn_mask = mask.to(x.device).bool()[:, None, None, :] if self.mask_padding else None  # (B, 1, 1, T): keys to read
+        return x, attn_mask
 
     def batch_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """`tokenize`, with the padding after the longest text cut where nothing reads it (causal

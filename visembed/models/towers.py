@@ -4,7 +4,8 @@ Every image tower and every text tower offers the same methods, so that the opti
 loader, the caption bank and the captioner never ask a tower what it can do (timm's habit):
 
     VisionTower   forward_features(pixels) -> (B, N, width) cells before pooling; pool(cells) -> (B, width);
-                  forward(pixels) == pool(forward_features(pixels)); width; layer_groups();
+                  forward(pixels) == pool(forward_features(pixels)) (up to float rounding: a tower may
+                  compute only what it pools, as a ViT's last block does); width; layer_groups();
                   forward_stages(pixels) -> (forward(pixels), middle, late) and stage_widths: two earlier
                   feature maps average-pooled (the middle stage's and the one before the last: what a
                   few-shot probe reads beside the pooled features);

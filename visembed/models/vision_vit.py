@@ -80,15 +80,26 @@ class VisionTransformer(VisionTowerBase):
         return self.post_layernorm(tokens[:, 0])  # the class token, (B, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_features(x))
+        return self._run(x)[0]
 
     def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pooled, middle, late): see `VisionTowerBase.forward_stages`; a stage is a block, its output
         averaged over every token (blocks `stage_taps(depth)`: 5 and 10 of ViT-B's 12)."""
-        x, taps = self._tokens(x), []
-        tapped = stage_taps(len(self.encoder.layers))
+        pooled, taps = self._run(x, stage_taps(len(self.encoder.layers)))
+        return pooled, taps[0], taps[-1]
+
+    def _run(self, x: torch.Tensor, taps: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """pixels -> (pooled (B, width), the outputs of blocks `taps` averaged over tokens). With a class
+        token, the last block computes that token alone (`Block.forward`'s `rows`): what `pool` reads,
+        the same numbers as `pool(forward_features(x))` for a fraction of the last block's work (not
+        where `forward_stages` reads the last block: a one-block tower; so forward_stages and forward
+        always take the same path)."""
+        x, outs = self._tokens(x), []
+        last = len(self.encoder.layers) - 1
+        only_class = self.pool_kind == "class" and last not in stage_taps(last + 1)
         for i, layer in enumerate(self.encoder.layers):
-            x = layer(x)
-            if i in tapped:
-                taps.append(x.mean(dim=1))
-        return self.pool(x), taps[0], taps[-1]
+            rows = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if only_class and i == last else None
+            x = layer(x, rows=rows)
+            if i in taps:
+                outs.append(x.mean(dim=1))
+        return self.pool(x), outs
