@@ -51,11 +51,12 @@ OTHER_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U1
 
 def parse_json(text: str, where: str) -> Any:
     """`text` as JSON, strictly; any problem is a ValueError that starts with `where`."""
-    def unique(pairs):
-        keys = [key for key, _ in pairs]
-        twice = next((key for key in keys if keys.count(key) > 1), None)
-        if twice is not None:
-            raise ValueError(f"{where} has the key {twice!r} twice (which one counts is ambiguous)")
+    def unique(pairs):  # (one pass: a tokenizer's vocabulary object has ~50,000 keys)
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"{where} has the key {key!r} twice (which one counts is ambiguous)")
+            seen.add(key)
         return dict(pairs)
 
     def constant(name):  # NaN, Infinity: kept for _check_finite, which names the key
