@@ -24,13 +24,13 @@ class Attention(nn.Module):
                 queries: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); given `queries` (B, Q, C), only they attend (over every token of x
         the mask lets them read) -> (B, Q, C)."""
-        B, T, C = x.shape
-        if queries is None:
-            # (B, T, C) -> (B, heads, T, head_dim)
-            q, k, v = (proj(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        else:
-            q = self.q_proj(queries).view(B, -1, self.heads, C // self.heads).transpose(1, 2)
-            k, v = (proj(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for proj in (self.k_proj, self.v_proj))
+        B, _, C = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, n, C) -> (B, heads, n, head_dim)
+            return t.view(B, -1, self.heads, C // self.heads).transpose(1, 2)
+
+        q = split(self.q_proj(x if queries is None else queries))
+        k, v = split(self.k_proj(x)), split(self.v_proj(x))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None)
         return self.out_proj(y.transpose(1, 2).reshape(B, q.shape[2], C))
 
@@ -96,8 +96,6 @@ class Encoder(nn.Module):
                 rows: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); given `rows` (B,), the output only at those positions, (B, 1, C):
         the last block computes nothing else (see `Block.forward`)."""
-        if rows is not None and not len(self.layers):
-            return x[torch.arange(x.shape[0], device=x.device), rows][:, None]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x, attn_mask=attn_mask, causal=causal, rows=rows if i == last else None)
