@@ -7,6 +7,7 @@ initialised image tower, and on scikit-learn's handwritten digits. It reports; i
     .venv/bin/python benchmarks/fewshot.py --model runs/demo --no-random --no-digits --seeds 1
     .venv/bin/python benchmarks/fewshot.py --smoke                    # a tiny model on builtin:shapes (CI)
     .venv/bin/python benchmarks/fewshot.py --model runs/demo --features-study   # what the probe reads (~1 min)
+    .venv/bin/python benchmarks/fewshot.py --model runs/demo --pseudo-study     # zs-pseudo's settings (~1 min)
 
 Reference (the issue's, in the same run): a plain probe on the model's embedding ("probe
 (embedding)"), beside the probe on the default features. Also printed: the seconds of one probe fit
@@ -17,6 +18,8 @@ at the largest shot count, the curve's total seconds, and where zero-shot sits o
 concepts are split by the SHA-1 of each sample's `concept` (a quarter play the held-out concepts,
 shots come from the rest), and the probe is fitted on each candidate feature set (the previous
 default `embedding+pooled+layout`, with the tower's `middle` and/or `late` stage, both as one block).
+`--pseudo-study` chooses zs-pseudo's pseudo-shots per class and zero-shot weight the same way (the
+other three quarters' images, labels unread, are its pool).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ except ImportError:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from markdown_table import print_table  # noqa: E402
 
-METHODS = ("zeroshot", "probe", "zs-probe", "tip", "tip-f", "knn")
+METHODS = ("zeroshot", "zs-pseudo", "probe", "zs-probe", "tip", "tip-f", "knn")
 EMOJI = "builtin:emoji?label=subgroup&style=all&size={size}"
 
 
@@ -96,14 +99,13 @@ def concept_split(spec: str) -> dict[str, bool]:
             for s in open_dataset(spec, "train", need="label")}
 
 
-def features_study(model, model_dir, spec: str, args) -> list[dict]:
-    """The probe on each STUDY row, shots from three quarters of the training concepts, tested on the
-    fourth (never the test split): top-1, mean over seeds."""
+def validation_concepts(model, model_dir, spec: str):
+    """(features of the train split, class index of each image, shot-pool indices, validation indices,
+    classes): a quarter of the training concepts play the held-out ones (never the test split)."""
     import numpy as np
 
     from visembed.classify.features import dataset_features
-    from visembed.classify.methods import fit_probe, normalize_blocks
-    from visembed.classify.shots import class_index, draw_shots
+    from visembed.classify.shots import class_index
 
     fs = dataset_features(model, spec, "train", model_dir=model_dir, progress=False)
     held = concept_split(spec)
@@ -111,6 +113,20 @@ def features_study(model, model_dir, spec: str, args) -> list[dict]:
     classes = sorted({label for label, v in zip(fs.labels, is_val) if v} & {label for label, v in zip(fs.labels, is_val) if not v})
     y = class_index(fs.labels, classes)
     shots_pool, val = np.flatnonzero(~is_val & (y >= 0)), np.flatnonzero(is_val & (y >= 0))
+    print(f"\nvalidation concepts: {len(classes)} classes, {len(shots_pool)} shot candidates, {len(val)} validation "
+          f"images (a quarter of the training concepts)", flush=True)
+    return fs, y, shots_pool, val, classes
+
+
+def features_study(model, model_dir, spec: str, args) -> list[dict]:
+    """The probe on each STUDY row, shots from three quarters of the training concepts, tested on the
+    fourth (never the test split): top-1, mean over seeds."""
+    import numpy as np
+
+    from visembed.classify.methods import fit_probe, normalize_blocks
+    from visembed.classify.shots import draw_shots
+
+    fs, y, shots_pool, val, classes = validation_concepts(model, model_dir, spec)
     arrays = fs.arrays()
     rows = []
     for name, blocks in STUDY.items():
@@ -128,8 +144,42 @@ def features_study(model, model_dir, spec: str, args) -> list[dict]:
                 accs.append(float((scores.argmax(1) == y[val]).mean()))
             row[str(k)] = f"{np.mean(accs):.3f}"
         rows.append(row)
-    print(f"\nfeatures study: {len(classes)} classes, {len(shots_pool)} shot candidates, {len(val)} validation "
-          f"images (a quarter of the training concepts)", flush=True)
+    return rows
+
+
+PSEUDO_GRID = {"per_class": (2, 4, 8), "zs_weight": (0.25, 0.5, 1.0)}
+
+
+def pseudo_study(model, model_dir, spec: str, args) -> list[dict]:
+    """zs-pseudo's pseudo-shots per class x zero-shot weight, on the validation concepts: the images
+    of the other three quarters are its unlabelled pool (labels never read). Top-1, mean over seeds
+    (the seed draws the probe's held-back pseudo-shots)."""
+    import numpy as np
+
+    from visembed.classify.features import feature_parts
+    from visembed.classify.fit import DEFAULT_FEATURES
+    from visembed.classify.methods import fit_zs_pseudo
+    from visembed.classify.run import model_scale
+    from visembed.classify.templates import class_vectors
+
+    fs, y, pool, val, classes = validation_concepts(model, model_dir, spec)
+    kind = DEFAULT_FEATURES["zs-pseudo"]
+    arrays = fs.arrays()
+    widths = [arrays[part].shape[1] for part in feature_parts(kind)]
+    x, emb = fs.select(kind), fs.embedding
+    queries = {name: a[val] for name, a in arrays.items() if a is not None}
+    class_weights, scale = class_vectors(model.encode_text, classes), model_scale(model)
+    zero = float(((emb[val] @ class_weights.T).argmax(1) == y[val]).mean())
+    rows = [{"zs-pseudo (validation concepts)": "zero-shot (no pool)", **{f"weight {w:g}": f"{zero:.3f}"
+                                                                          for w in PSEUDO_GRID["zs_weight"]}}]
+    for per_class in PSEUDO_GRID["per_class"]:
+        row = {"zs-pseudo (validation concepts)": f"{per_class} pseudo-shots a class"}
+        for w in PSEUDO_GRID["zs_weight"]:
+            accs = [float((fit_zs_pseudo(x[pool], emb[pool], class_weights, features=kind, widths=widths,
+                                         per_class=per_class, zs_weight=w, seed=seed, zs_scale=scale)
+                           .logits(queries).argmax(1) == y[val]).mean()) for seed in range(args.seeds)]
+            row[f"weight {w:g}"] = f"{np.mean(accs):.3f}"
+        rows.append(row)
     return rows
 
 
@@ -193,6 +243,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a tiny model on builtin:shapes: does it run")
     parser.add_argument("--features-study", action="store_true",
                         help="only the study of what the probe reads, on training concepts (emoji)")
+    parser.add_argument("--pseudo-study", action="store_true",
+                        help="only the choice of zs-pseudo's settings, on training concepts (emoji)")
     args = parser.parse_args()
 
     from visembed.models.inference import Model
@@ -205,13 +257,15 @@ def main() -> None:
             model_dir = smoke_model(work)
             model = Model.from_folder(model_dir, "cpu")
             rows = curve_rows(model, model_dir, "builtin:shapes?n=120&size=32", "shapes (smoke)", args)
-            study = features_study(model, model_dir, "builtin:emoji?label=group&size=32&limit=200", args)
-            print_table(study, list(study[0]))
-        elif args.features_study:
+            for run_study in (features_study, pseudo_study):
+                study = run_study(model, model_dir, "builtin:emoji?label=group&size=32&limit=200", args)
+                print_table(study, list(study[0]))
+        elif args.features_study or args.pseudo_study:
             if args.model is None:
-                parser.error("--features-study needs --model DIR")
+                parser.error("--features-study and --pseudo-study need --model DIR")
             model = Model.from_folder(args.model, "cpu")
-            study = features_study(model, args.model, EMOJI.format(size=max(64, model.image_size)), args)
+            study = (features_study if args.features_study else pseudo_study)(
+                model, args.model, EMOJI.format(size=max(64, model.image_size)), args)
             print_table(study, list(study[0]))
             print(f"\n(top-1, mean over {args.seeds} seed(s); {time.perf_counter() - started:.0f} s in all)")
             return

@@ -100,7 +100,7 @@ def test_eval_reports_metrics_and_draws_confusion(probe_dir, data, tmp_path):
 
 
 def test_zs_probe_and_tip_fit_and_the_head_uses_the_shots(tiny_model_dir, data, tmp_path):
-    for method in ("zeroshot", "zs-probe", "tip", "tip-f"):
+    for method in ("zeroshot", "zs-pseudo", "zs-probe", "tip", "tip-f"):
         out = tmp_path / method
         result = cli("classify", "fit", tiny_model_dir, "--data", data, "--out", out, "--method", method,
                      "--shots", 4, "--no-progress")
@@ -110,17 +110,24 @@ def test_zs_probe_and_tip_fit_and_the_head_uses_the_shots(tiny_model_dir, data, 
     assert "keys" in load_file(str(tmp_path / "tip" / "head.safetensors"))
     assert "weight" not in load_file(str(tmp_path / "zeroshot" / "head.safetensors"))
     assert "weight" in load_file(str(tmp_path / "zs-probe" / "head.safetensors"))
+    # zs-pseudo: a probe beside zero-shot, fitted on the train split's images without a label
+    assert {"weight", "zs_weight"} <= set(load_file(str(tmp_path / "zs-pseudo" / "head.safetensors")))
+    fit = json.loads((tmp_path / "zs-pseudo" / "classifier.json").read_text())["fit"]
+    assert fit["shots"] == 0 and fit["images_used"] == sum('"train"' in line for line in data.read_text().splitlines())
+    assert "unlabelled images (no label read)" in (tmp_path / "zs-pseudo" / "README.md").read_text()
+    assert visembed.load(tmp_path / "zs-pseudo").predict([Image.new("RGB", (32, 32), "red")], k=2)[0][0]["label"]
 
 
 def test_curve_draws_and_writes_json(tiny_model_dir, data, tmp_path):
     out = tmp_path / "curve.png"
     result = cli("classify", "curve", tiny_model_dir, "--data", data, "--shots", 0, 1, 2, "--seeds", 2,
-                 "--methods", "zeroshot", "probe", "knn", "--out", out, "--no-progress")
+                 "--methods", "zeroshot", "zs-pseudo", "probe", "knn", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     curve = json.loads((tmp_path / "curve.json").read_text())
-    assert set(curve["methods"]) == {"zeroshot", "probe", "knn"}
+    assert set(curve["methods"]) == {"zeroshot", "zs-pseudo", "probe", "knn"}
     assert set(curve["methods"]["probe"]) == {"1", "2"} and len(curve["methods"]["probe"]["2"]["runs"]) == 2
     assert list(curve["methods"]["zeroshot"]) == ["0"]
+    assert list(curve["methods"]["zs-pseudo"]) == ["0"] and len(curve["methods"]["zs-pseudo"]["0"]["runs"]) == 2
     assert Image.open(out).format == "PNG"
 
 

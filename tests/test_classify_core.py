@@ -111,6 +111,53 @@ def test_tip_adapter_cache_corrects_zeroshot_and_tip_f_trains_keys():
     assert np.allclose(np.linalg.norm(tuned.keys, axis=1), 1, atol=1e-5)
 
 
+def test_pseudo_shots_are_the_unlabelled_images_zero_shot_is_surest_of():
+    class_w = np.eye(3, 4, dtype=np.float32)  # classes along the first three axes
+    emb = np.array([[0.9, 0.1, 0, 0], [0.6, 0.4, 0, 0], [0.99, 0, 0, 0.1], [0.2, 0.8, 0, 0], [0.45, 0.55, 0, 0],
+                    [0.7, 0.3, 0, 0]], np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    idx, labels = M.pseudo_shots(emb, class_w, per_class=2)
+    # class 0: images 0, 1, 2, 5 are nearest to it, the two most similar kept; class 1: images 3, 4;
+    # class 2: no image is nearest to it, so the one most similar to it (all 0: the first) stands in
+    assert list(zip(idx.tolist(), labels.tolist())) == [(2, 0), (0, 0), (3, 1), (4, 1), (0, 2)]
+
+
+def _weak_names_rich_images(seed, per_class, n_classes=6):
+    """Images whose `pooled` features cluster by class, and whose embedding only leans towards the
+    class text vector: zero-shot is often wrong, but right where it is surest."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(7).normal(size=(n_classes, 32)).astype(np.float32)
+    y = np.repeat(np.arange(n_classes), per_class)
+    pooled = centres[y] + 0.3 * rng.normal(size=(len(y), 32)).astype(np.float32)
+    emb = np.eye(n_classes, 16, dtype=np.float32)[y] * rng.uniform(0, 1, (len(y), 1)) + 0.35 * rng.normal(size=(len(y), 16))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    return FeatureSet([str(i) for i in range(len(y))], [f"c{c}" for c in y], emb, pooled.astype(np.float32),
+                      [f"c{c}" for c in range(n_classes)]), y
+
+
+def test_zs_pseudo_reads_no_label_and_corrects_a_weak_zero_shot_from_the_images():
+    from visembed.classify.fit import fit_head
+
+    pool, _ = _weak_names_rich_images(0, per_class=40)
+    test, yt = _weak_names_rich_images(1, per_class=40)
+    class_w = np.eye(6, 16, dtype=np.float32)
+    scale = 10.0  # the dual encoder's logit scale
+    zs = fit_head("zeroshot", None, yt[:0], 6, class_weights=class_w, zs_scale=scale)
+    head = fit_head("zs-pseudo", None, yt[:0], 6, class_weights=class_w, features="pooled", pool=pool, zs_scale=scale)
+    acc = {name: float((h.logits(test.arrays()).argmax(1) == yt).mean()) for name, h in (("zs", zs), ("pseudo", head))}
+    assert acc["zs"] < 0.7 and acc["pseudo"] > acc["zs"] + 0.3, acc
+    assert head.info["pseudo_shots"] == 6 * M.PSEUDO_PER_CLASS and head.info["pool_images"] == len(pool)
+    assert head.zs_scale == pytest.approx(M.PSEUDO_ZS_WEIGHT * scale)  # zero-shot kept beside the probe
+    # the pool's labels are never read: shuffled labels give the same head
+    shuffled = FeatureSet(pool.ids, list(np.random.default_rng(3).permutation(pool.labels)), pool.embedding,
+                          pool.pooled, pool.classes)
+    again = fit_head("zs-pseudo", None, yt[:0], 6, class_weights=class_w, features="pooled", pool=shuffled,
+                     zs_scale=scale)
+    assert np.array_equal(again.weight, head.weight) and np.array_equal(again.bias, head.bias)
+    with pytest.raises(ValueError, match="needs unlabelled images"):
+        fit_head("zs-pseudo", None, yt[:0], 6, class_weights=class_w, features="pooled")
+
+
 def test_dataset_features_cached_per_model_and_data(tiny_model_dir, tmp_path, monkeypatch):
     import visembed
 

@@ -4,7 +4,8 @@ features (every image embedded once), drawn with matplotlib and returned as JSON
 Protocol: shots are drawn (seeded) from `train_split`; the test images are all of `test_split`
 (never a shot: different splits); the classes are those with images in both. Zero-shot (0 shots)
 is one number, the same for every seed; methods that start from it (zs-probe, tip, tip-f) share
-it at 0 shots. `knn` (DINO's weighted kNN on the method's features) is a reference line.
+it at 0 shots. `zs-pseudo` is a 0-shot point of its own: it reads the images of `train_split`
+without their labels. `knn` (DINO's weighted kNN on the method's features) is a reference line.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from visembed.classify.shots import check_classes, class_index, draw_shots
 from visembed.classify.templates import class_vectors
 from visembed.data import DataError
 
-CURVE_METHODS = ("zeroshot", "probe", "zs-probe", "tip", "tip-f", "knn")
+CURVE_METHODS = ("zeroshot", "zs-pseudo", "probe", "zs-probe", "tip", "tip-f", "knn")
 
 
 def curve_data(model, model_dir, spec: str, *, train_split: str = "train", test_split: str = "test",
@@ -70,20 +71,24 @@ def few_shot_curve(model, model_dir, spec: str, *, shots=(0, 1, 2, 4, 8, 16), se
     jobs = [(m, k, s) for m in methods for k in shots for s in range(seeds)]
     for method, k, seed in tqdm(jobs, desc="few-shot curve", unit="fit", disable=not progress):
         runs = out["methods"].setdefault(method, {}).setdefault(str(k), {"runs": []})["runs"]
-        if k == 0:  # zero-shot, and the methods that start from it, at its one point
+        if method == "zs-pseudo" and k == 0:  # no label: the training images as an unlabelled pool
+            idx = np.zeros(0, np.int64)
+        elif k == 0:  # zero-shot, and the methods that start from it, at its one point
             if needs_text(method) and zero is not None and seed == 0:
                 runs.append(zero)
             continue
-        if method == "zeroshot":
+        elif method in ("zeroshot", "zs-pseudo"):
             continue
-        idx, _ = draw_shots(y_train, len(classes), k, seed)
+        else:
+            idx, _ = draw_shots(y_train, len(classes), k, seed)
         t = time.perf_counter()
         if method == "knn":
             kind = features["knn"]
             scores = knn_scores(train.subset(idx).select(kind), y_train[idx], test.select(kind), len(classes))
         else:
             head = fit_head(method, train.subset(idx), y_train[idx], len(classes), class_weights=class_weights,
-                            features=features[method], seed=seed, zs_scale=scale, normalize=probe_normalize)
+                            features=features[method], seed=seed, zs_scale=scale, normalize=probe_normalize,
+                            pool=train if method == "zs-pseudo" else None)
             scores = head.logits(test_arrays)
         out["fit_seconds"].setdefault(method, []).append(round(time.perf_counter() - t, 3))
         runs.append(classification_metrics(scores, y_test, classes)["top1"])

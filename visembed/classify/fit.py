@@ -8,39 +8,49 @@ import numpy as np
 from visembed.classify import methods as M
 from visembed.classify.features import FeatureSet
 
-FEATURE_METHODS = ("zeroshot", "probe", "zs-probe", "tip", "tip-f")  # on cached features
+FEATURE_METHODS = ("zeroshot", "zs-pseudo", "probe", "zs-probe", "tip", "tip-f")  # on cached features
+UNLABELLED_METHODS = ("zeroshot", "zs-pseudo")  # read no label: the class names (and, zs-pseudo, the images)
 METHODS = (*FEATURE_METHODS, "finetune")  # finetune: the training loop (visembed.train.tasks.classification)
 # What each method's linear part reads by default, chosen by measurement (docs/classify.md)
 DEFAULT_FEATURES = {"probe": "embedding+pooled+layout+middle+late", "zs-probe": "embedding+pooled+layout+middle+late",
+                    "zs-pseudo": "embedding+pooled+layout+middle+late",
                     "knn": "pooled",
                     "zeroshot": "embedding", "tip": "embedding", "tip-f": "embedding", "finetune": "embedding"}
 
 
 def needs_text(method: str) -> bool:
     """Whether the method reads the class names' text vectors."""
-    return method in ("zeroshot", "zs-probe", "tip", "tip-f", "finetune")
+    return method in ("zeroshot", "zs-pseudo", "zs-probe", "tip", "tip-f", "finetune")
 
 
 def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: int, *,
              class_weights: np.ndarray | None = None, features: str | None = None, seed: int = 0,
-             zs_scale: float = M.ZS_SCALE, normalize: str = M.PROBE_NORMALIZE) -> M.Head:
+             zs_scale: float = M.ZS_SCALE, normalize: str = M.PROBE_NORMALIZE,
+             pool: FeatureSet | None = None) -> M.Head:
     """Fit `method` on the shots (`y`: their class indices). `class_weights` (C, D): the class text
     vectors (`templates.class_vectors`), needed by the methods that start from zero-shot.
-    `normalize`: how the probe treats its features (`methods.fit_probe`)."""
+    `normalize`: how the probe treats its features (`methods.fit_probe`). `pool`: unlabelled images
+    (zs-pseudo reads them instead of shots; their labels are not read)."""
     if method not in FEATURE_METHODS:
         raise ValueError(f"method must be one of {', '.join(FEATURE_METHODS)}, not {method!r}")
     features = features or DEFAULT_FEATURES[method]
     if needs_text(method) and class_weights is None:
         raise ValueError(f"method {method} needs the class names' text vectors")
+    if method == "zs-pseudo":
+        if pool is None or not len(pool.embedding):
+            raise ValueError("method zs-pseudo needs unlabelled images (the data's images; their labels are not read)")
+        _check_features(pool, features, method)
+        return M.fit_zs_pseudo(pool.select(features), pool.embedding, class_weights, features=features,
+                               widths=M.block_widths(pool.arrays(), features), seed=seed, zs_scale=zs_scale,
+                               normalize=normalize)
     if method == "zeroshot" or shots is None or len(y) == 0:
         if method not in ("zeroshot", "zs-probe", "tip", "tip-f"):
             raise ValueError(f"method {method} needs labelled shots (--shots 1 or more)")
         head = M.zeroshot_head(class_weights)
         head.zs_scale = zs_scale
         return head
-    if method in ("probe", "zs-probe") and sum(M.block_widths(shots.arrays(), features)) == 0:
-        raise ValueError(f"features {features!r} are empty for this model's image tower (it has no stages); "
-                         "read embedding, pooled or layout")
+    if method in ("probe", "zs-probe"):
+        _check_features(shots, features, method)
     if method == "probe":
         return M.fit_probe(shots.select(features), y, n_classes, features=features, seed=seed, normalize=normalize,
                            widths=M.block_widths(shots.arrays(), features))
@@ -50,3 +60,9 @@ def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: in
     if method == "tip":
         return M.tip_head(shots.embedding, y, class_weights, alpha=None, beta=None, zs_scale=zs_scale, seed=seed)
     return M.fit_tip_f(shots.embedding, y, class_weights, alpha=None, beta=None, seed=seed, zs_scale=zs_scale)
+
+
+def _check_features(fs: FeatureSet, features: str, method: str) -> None:
+    if sum(M.block_widths(fs.arrays(), features)) == 0:
+        raise ValueError(f"{method}: features {features!r} are empty for this model's image tower (it has no "
+                         "stages); read embedding, pooled or layout")

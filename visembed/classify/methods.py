@@ -10,6 +10,8 @@ Stable API:
     head = fit_probe(X, y, n_classes, seed=0)                 # L2 logistic regression (scikit-learn
                                                               #   L-BFGS), C chosen on held-back shots
     head = fit_zs_probe(X, emb, y, class_weights)             # probe pulled towards zero-shot
+    head = fit_zs_pseudo(X, emb, class_weights, widths=...)   # no labels: zero-shot + a probe on the
+                                                              #   unlabelled images it is surest of
     head = tip_head(emb, y, class_weights)                    # Tip-Adapter (training-free cache)
     head = fit_tip_f(emb, y, class_weights, seed=0)           # Tip-Adapter-F (keys fine-tuned)
     scores = knn_scores(keys, key_labels, queries, n_classes, k=20)   # weighted kNN (DINO's)
@@ -42,6 +44,9 @@ PROBE_VAL_PER_CLASS = 4  # shots held back per class to choose C (at most; CoOp'
 TIP_ALPHA, TIP_BETA = 10.0, 5.5  # cache weight and sharpness where nothing is held back (1 shot a class)
 TIP_GRID = ((1.0, 5.5), (3.0, 5.5), (10.0, 5.5), (30.0, 5.5), (10.0, 1.0), (30.0, 1.0))  # (alpha, beta) tried
 ZS_PROBE_STRENGTH = 1e-4  # pull towards zero-shot (measured on emoji subgroups: docs/classify.md)
+# zs-pseudo: pseudo-shots per class and the zero-shot log-probabilities' weight beside the probe's
+# (chosen on the validation concepts of the training split: benchmarks/fewshot.py --pseudo-study)
+PSEUDO_PER_CLASS, PSEUDO_ZS_WEIGHT = 4, 0.5
 
 
 @dataclass
@@ -318,3 +323,40 @@ def fit_zs_probe(x: np.ndarray, emb: np.ndarray, y: np.ndarray, class_weights: n
     return Head(n_classes, features=features, zs_weight=np.asarray(class_weights, np.float32),
                 zs_scale=float(zs_scale), weight=weight.detach().numpy(), bias=np.zeros(n_classes, np.float32),
                 mean=mean, scale=scale, info={"method": "zs-probe", "strength": strength, "penalty": lam})
+
+
+def pseudo_shots(emb: np.ndarray, class_weights: np.ndarray, per_class: int = PSEUDO_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, class indices) of unlabelled images taken as shots: each image goes to its zero-shot
+    class (the nearest class text vector), and each class keeps the `per_class` of its images most
+    similar to its text vector. A class no image goes to takes the one image most similar to it, so
+    every class has a shot. Labels are never read."""
+    sims = np.asarray(emb, np.float32) @ np.asarray(class_weights, np.float32).T  # (N, C)
+    nearest = sims.argmax(1)
+    idx, labels = [], []
+    for c in range(sims.shape[1]):
+        mine = np.flatnonzero(nearest == c)
+        mine = mine[np.argsort(-sims[mine, c], kind="stable")][:per_class] if len(mine) else sims[:, c].argmax()[None]
+        idx += mine.tolist()
+        labels += [c] * len(mine)
+    return np.array(idx, np.int64), np.array(labels, np.int64)
+
+
+def fit_zs_pseudo(x: np.ndarray, emb: np.ndarray, class_weights: np.ndarray, *, features: str = "embedding",
+                  widths: list[int] | None = None, per_class: int = PSEUDO_PER_CLASS,
+                  zs_weight: float = PSEUDO_ZS_WEIGHT, seed: int = 0, zs_scale: float = ZS_SCALE,
+                  normalize: str = PROBE_NORMALIZE) -> Head:
+    """Zero-shot helped by unlabelled images, no label read (SuS-X style: a support set found by the
+    class names): `pseudo_shots` picks the images the zero-shot head is surest of, a probe (`fit_probe`,
+    block-normalised `features` x with `widths`) is fitted on them, and the head is that probe plus
+    `zs_weight` times the zero-shot logits (log-probabilities add: the probe's and a flattened
+    zero-shot's). x and emb: the unlabelled images' features and embeddings."""
+    if len(emb) == 0:
+        raise ValueError("zs-pseudo needs unlabelled images (the data's images; their labels are not read)")
+    idx, labels = pseudo_shots(emb, class_weights, per_class)
+    head = fit_probe(np.asarray(x)[idx], labels, len(class_weights), features=features, seed=seed, widths=widths,
+                     normalize=normalize)
+    head.zs_weight = np.asarray(class_weights, np.float32)
+    head.zs_scale = float(zs_weight * zs_scale)
+    head.info = {"method": "zs-pseudo", "pool_images": int(len(emb)), "pseudo_shots": int(len(idx)),
+                 "per_class": per_class, "zs_weight": zs_weight, "C": head.info["C"]}
+    return head

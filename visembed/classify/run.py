@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from visembed.classify.features import FeatureSet, dataset_features
-from visembed.classify.fit import DEFAULT_FEATURES, FEATURE_METHODS, fit_head, needs_text
+from visembed.classify.fit import DEFAULT_FEATURES, FEATURE_METHODS, UNLABELLED_METHODS, fit_head, needs_text
 from visembed.classify.folder import Classifier, save_classifier
 from visembed.classify.metrics import classification_metrics, confusion_matrix, plot_confusion
 from visembed.classify.shots import check_classes, class_index, draw_shots
@@ -52,22 +52,25 @@ def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str 
     from visembed.atomic import new_dir
 
     if method not in FEATURE_METHODS:
-        raise ValueError(f"--method must be one of zeroshot, probe, zs-probe, tip, tip-f, finetune; got {method!r}")
+        raise ValueError(f"--method must be one of {', '.join(FEATURE_METHODS)}, finetune; got {method!r}")
     features = features or DEFAULT_FEATURES[method]
     fs = dataset_features(model, spec, split, model_dir=model_dir, progress=progress, **data_options)
     classes = training_classes(fs, f"{spec} ({split})")
     y = class_index(fs.labels, classes)
     check_classes(classes, y, f"{spec} ({split})")
-    shots_drawn, notes = (draw_shots(y, len(classes), shots, seed) if method != "zeroshot" else (np.zeros(0, np.int64), []))
+    labelled = method not in UNLABELLED_METHODS
+    shots_drawn, notes = (draw_shots(y, len(classes), shots, seed) if labelled else (np.zeros(0, np.int64), []))
     for note in notes:
         say(f"note: {note}")
     class_weights = class_vectors(model.encode_text, classes, templates) if needs_text(method) else None
     started = time.perf_counter()
     head = fit_head(method, fs.subset(shots_drawn) if len(shots_drawn) else None, y[shots_drawn], len(classes),
-                    class_weights=class_weights, features=features, seed=seed, zs_scale=model_scale(model))
+                    class_weights=class_weights, features=features, seed=seed, zs_scale=model_scale(model),
+                    pool=fs if method == "zs-pseudo" else None)
     fit_seconds = time.perf_counter() - started
-    info = {"data": spec, "split": split, "shots": shots if method != "zeroshot" else 0, "seed": seed,
-            "images_used": int(len(shots_drawn)), "fit_seconds": round(fit_seconds, 3), "notes": notes,
+    info = {"data": spec, "split": split, "shots": shots if labelled else 0, "seed": seed,
+            "images_used": len(fs) if method == "zs-pseudo" else int(len(shots_drawn)),
+            "fit_seconds": round(fit_seconds, 3), "notes": notes,
             "templates": list(templates) if templates else "default", "skipped": fs.skipped}
     figures = None
     if eval_split:
@@ -125,7 +128,8 @@ def model_card(method: str, features: str, classes: list[str], info: dict, model
     lines = [f"# visembed classifier ({method})", "",
              f"- method: `{method}`; features read by the head: `{features}`",
              f"- model: `{model_dir}`", f"- data: `{info['data']}` split `{info['split']}`, "
-             f"{info['shots']} shot(s) per class, seed {info['seed']} ({info['images_used']} images)",
+             + (f"{info['images_used']} unlabelled images (no label read), seed {info['seed']}" if method == "zs-pseudo"
+                else f"{info['shots']} shot(s) per class, seed {info['seed']} ({info['images_used']} images)"),
              f"- classes ({len(classes)}): {shown}", f"- fitted in {info['fit_seconds']} s "
              f"(python {platform.python_version()}, {platform.machine()})"]
     for note in info.get("notes", []):

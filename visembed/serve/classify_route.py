@@ -32,7 +32,7 @@ class ClassifyResponse(BaseModel):
 
 
 class ClassifierInfo(BaseModel):
-    method: str = Field(description="how the classifier was fitted (zeroshot, probe, zs-probe, tip, tip-f, finetune)")
+    method: str = Field(description="how the classifier was fitted (zeroshot, zs-pseudo, probe, zs-probe, tip, tip-f, finetune)")
     classes: list[str] = Field(description="the classes it knows")
 
 
