@@ -1,7 +1,8 @@
 """Inference backends on the CPU: `visembed.load(..., backend="torch" | "onnx")` and int8 ONNX
 graphs, on the same model folders, in one process: images/s and texts/s (best of interleaved
 rounds: on a shared machine the slower rounds measure the neighbours) and text->image recall@10
-on the emoji test split (what int8 costs in quality). Ratios, not thresholds.
+on the emoji test split (what int8 costs in quality), and each backend's vectors against torch's
+(the least cosine over the images and over the texts). Ratios, not thresholds.
 
     .venv/bin/python benchmarks/inference_backends.py --models runs/demo runs/vit   # trained folders
     .venv/bin/python benchmarks/inference_backends.py                # untrained demo-kind and ViT folders:
@@ -82,7 +83,9 @@ def measure(folder: Path, images: list, captions: list[str], rounds: int) -> lis
         rows.append({"model": folder.name, "backend": name, "images/s": image_rate, "x torch (images)": image_rate / base_images,
                      "texts/s": text_rate, "x torch (texts)": text_rate / base_texts, "R@10": recall,
                      "R@10 - torch": recall - base_recall,
-                     "max |v - torch|": float(np.abs(vectors[name][0] - vectors["torch"][0]).max())})
+                     "max |v - torch|": float(np.abs(vectors[name][0] - vectors["torch"][0]).max()),
+                     "min cos to torch (images / texts)": " / ".join(
+                         f"{float((vectors[name][i] * vectors['torch'][i]).sum(1).min()):.4f}" for i in (0, 1))})
     return rows
 
 
@@ -114,7 +117,7 @@ def main() -> None:
     print(f"\n{len(images)} images, {len(captions)} captions, best of {args.rounds} interleaved rounds, "
           f"{torch.get_num_threads()} torch threads (onnxruntime gets as many)")
     print_table(rows, ["model", "backend", "images/s", "x torch (images)", "texts/s", "x torch (texts)", "R@10",
-                       "R@10 - torch", "max |v - torch|"])
+                       "R@10 - torch", "max |v - torch|", "min cos to torch (images / texts)"])
 
 
 if __name__ == "__main__":

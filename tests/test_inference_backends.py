@@ -48,7 +48,9 @@ def test_int8_graphs_are_cached_beside_and_stay_close(tiny_model_dir, cache):
     a, b = float_model.encode_image(images), int8.encode_image(images)
     assert not np.array_equal(a, b)  # quantised: really another graph
     assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-3)
-    assert float((a * b).sum(1).min()) > 0.9  # close to the float vectors (recall is measured in benchmarks/)
+    # close to the float vectors (recall is measured in benchmarks/): with 8-bit weights the products
+    # saturate on CPUs without VNNI (AVX2 only) and this ViT's vectors fell to cosine 0.94
+    assert float((a * b).sum(1).min()) > 0.995
 
 
 def test_auto_falls_back_to_torch_and_says_why(tiny_model_dir, cache, monkeypatch, capsys):
