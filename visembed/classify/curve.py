@@ -71,16 +71,13 @@ def few_shot_curve(model, model_dir, spec: str, *, shots=(0, 1, 2, 4, 8, 16), se
     jobs = [(m, k, s) for m in methods for k in shots for s in range(seeds)]
     for method, k, seed in tqdm(jobs, desc="few-shot curve", unit="fit", disable=not progress):
         runs = out["methods"].setdefault(method, {}).setdefault(str(k), {"runs": []})["runs"]
-        if method == "zs-pseudo" and k == 0:  # no label: the training images as an unlabelled pool
-            idx = np.zeros(0, np.int64)
-        elif k == 0:  # zero-shot, and the methods that start from it, at its one point
+        if k == 0 and method != "zs-pseudo":  # zero-shot, and the methods that start from it, at its one point
             if needs_text(method) and zero is not None and seed == 0:
                 runs.append(zero)
             continue
-        elif method in ("zeroshot", "zs-pseudo"):
+        if k and method in ("zeroshot", "zs-pseudo"):  # 0-shot methods (zs-pseudo: `train` as its unlabelled pool)
             continue
-        else:
-            idx, _ = draw_shots(y_train, len(classes), k, seed)
+        idx = draw_shots(y_train, len(classes), k, seed)[0] if k else np.zeros(0, np.int64)
         t = time.perf_counter()
         if method == "knn":
             kind = features["knn"]

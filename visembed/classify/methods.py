@@ -346,8 +346,8 @@ def fit_zs_pseudo(x: np.ndarray, emb: np.ndarray, class_weights: np.ndarray, *, 
                   zs_weight: float = PSEUDO_ZS_WEIGHT, seed: int = 0, zs_scale: float = ZS_SCALE,
                   normalize: str = PROBE_NORMALIZE) -> Head:
     """Zero-shot helped by unlabelled images, no label read (SuS-X style: a support set found by the
-    class names): `pseudo_shots` picks the images the zero-shot head is surest of, a probe (`fit_probe`,
-    block-normalised `features` x with `widths`) is fitted on them, and the head is that probe plus
+    class names): `pseudo_shots` picks the images the zero-shot head is surest of, a probe (`fit_probe`
+    on the `features` x, of blocks `widths`) is fitted on them, and the head is that probe plus
     `zs_weight` times the zero-shot logits (log-probabilities add: the probe's and a flattened
     zero-shot's). x and emb: the unlabelled images' features and embeddings."""
     if len(emb) == 0:
