@@ -156,16 +156,15 @@ def pseudo_study(model, model_dir, spec: str, args) -> list[dict]:
     (the seed draws the probe's held-back pseudo-shots)."""
     import numpy as np
 
-    from visembed.classify.features import feature_parts
     from visembed.classify.fit import DEFAULT_FEATURES
-    from visembed.classify.methods import fit_zs_pseudo
+    from visembed.classify.methods import block_widths, fit_zs_pseudo
     from visembed.classify.run import model_scale
     from visembed.classify.templates import class_vectors
 
     fs, y, pool, val, classes = validation_concepts(model, model_dir, spec)
     kind = DEFAULT_FEATURES["zs-pseudo"]
     arrays = fs.arrays()
-    widths = [arrays[part].shape[1] for part in feature_parts(kind)]
+    widths = block_widths(arrays, kind)
     x, emb = fs.select(kind), fs.embedding
     queries = {name: a[val] for name, a in arrays.items() if a is not None}
     class_weights, scale = class_vectors(model.encode_text, classes), model_scale(model)

@@ -37,7 +37,7 @@ def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: in
     if needs_text(method) and class_weights is None:
         raise ValueError(f"method {method} needs the class names' text vectors")
     if method == "zs-pseudo":
-        if pool is None or not len(pool.embedding):
+        if pool is None:
             raise ValueError("method zs-pseudo needs unlabelled images (the data's images; their labels are not read)")
         _check_features(pool, features, method)
         return M.fit_zs_pseudo(pool.select(features), pool.embedding, class_weights, features=features,
