@@ -131,6 +131,37 @@ def test_curve_draws_and_writes_json(tiny_model_dir, data, tmp_path):
     assert Image.open(out).format == "PNG"
 
 
+def test_class_names_file_fits_zero_label_methods_on_a_plain_folder_of_photos(tiny_model_dir, tmp_path):
+    """`--classes FILE`: the class names come from the file, the images (a plain folder, no label,
+    no caption) from --data; methods that learn from labels refuse it in one line."""
+    from visembed.data import open_dataset
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, sample in enumerate(open_dataset("builtin:shapes?n=60&size=32", "test")):
+        sample.image.save(photos / f"{i:03d}.png")
+    names = tmp_path / "names.txt"
+    names.write_text("# the classes\ncircle\nsquare\n\ntriangle\n")
+    for method in ("zeroshot", "zs-pseudo"):
+        out = tmp_path / method
+        result = cli("classify", "fit", tiny_model_dir, "--data", photos, "--classes", names, "--method", method,
+                     "--out", out, "--no-progress")
+        assert result.exit_code == 0, (method, result.output)
+        config = json.loads((out / "classifier.json").read_text())
+        assert config["classes"] == ["circle", "square", "triangle"] and "eval" not in config["fit"]
+        top = visembed.load(out).predict([Image.new("RGB", (32, 32), "red")], k=3)[0]
+        assert {item["label"] for item in top} == {"circle", "square", "triangle"}
+    assert config["fit"]["images_used"] == len(list(photos.glob("*.png")))  # zs-pseudo read every photo
+    refused = cli("classify", "fit", tiny_model_dir, "--data", photos, "--classes", names, "--method", "probe",
+                  "--out", tmp_path / "p", "--no-progress")
+    assert refused.exit_code == 2 and "--classes goes with zeroshot and zs-pseudo" in refused.output
+    for text, expected in (("circle\n", "at least two"), ("circle\nsquare\ncircle\n", "listed twice: circle")):
+        names.write_text(text)
+        result = cli("classify", "fit", tiny_model_dir, "--data", photos, "--classes", names, "--method", "zeroshot",
+                     "--out", tmp_path / "bad", "--no-progress")
+        assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("case", ["one_class", "fewer_than_shots", "bad_templates", "unknown_method", "unknown_labels"])
 def test_bad_input_is_one_clear_line(case, tiny_model_dir, data, probe_dir, tmp_path):
     if case == "one_class":

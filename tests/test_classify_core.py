@@ -129,7 +129,8 @@ def _weak_names_rich_images(seed, per_class, n_classes=6):
     centres = np.random.default_rng(7).normal(size=(n_classes, 32)).astype(np.float32)
     y = np.repeat(np.arange(n_classes), per_class)
     pooled = centres[y] + 0.3 * rng.normal(size=(len(y), 32)).astype(np.float32)
-    emb = np.eye(n_classes, 16, dtype=np.float32)[y] * rng.uniform(0, 1, (len(y), 1)) + 0.35 * rng.normal(size=(len(y), 16))
+    lean = np.eye(n_classes, 16, dtype=np.float32)[y] * rng.uniform(0, 1, (len(y), 1))
+    emb = lean + 0.35 * rng.normal(size=(len(y), 16))
     emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
     return FeatureSet([str(i) for i in range(len(y))], [f"c{c}" for c in y], emb, pooled.astype(np.float32),
                       [f"c{c}" for c in range(n_classes)]), y

@@ -165,12 +165,13 @@ def _save_cached(path: Path, fs: FeatureSet) -> None:
 
 
 def dataset_features(model, spec: str, split: str = "train", *, model_dir=None, progress: bool = True,
-                     **data_options) -> FeatureSet:
+                     labelled: bool = True, **data_options) -> FeatureSet:
     """Features of every labelled, decodable image of `split` of `spec` (splits joined by "+" are
     concatenated); images without a label and undecodable ones are skipped and counted in
-    `.skipped`. `model_dir`: the folder `model` was loaded from; given, the features are cached
-    (keyed by its weights). `data_options` go to `open_dataset` (e.g. `label_column=`)."""
-    path = cache_path(model_dir, spec, split, data_options)
+    `.skipped`. `labelled=False`: every decodable image, its label "" where it has none.
+    `model_dir`: the folder `model` was loaded from; given, the features are cached (keyed by its
+    weights). `data_options` go to `open_dataset` (e.g. `label_column=`)."""
+    path = cache_path(model_dir, spec, split, data_options if labelled else {**data_options, "unlabelled": True})
     if path is not None and path.is_file():
         found = _load_cached(path)
         if found is not None:
@@ -180,25 +181,26 @@ def dataset_features(model, spec: str, split: str = "train", *, model_dir=None, 
     chunks: dict[str, list[np.ndarray]] = {kind: [] for kind in BASE_KINDS}
     skipped = SkipCounter()
     for part in parts:
-        ds = open_dataset(spec, part, need="label", **data_options)
+        ds = open_dataset(spec, part, need="label" if labelled else "nothing", **data_options)
         if getattr(ds, "streaming", False):
             raise DataError(f"{spec}: classifiers need a map-style dataset (not streamed shards)")
         classes = classes or list(getattr(ds, "labels", None) or [])
         from tqdm import tqdm
 
         with tqdm(total=len(ds), desc=f"features {part}", unit="img", disable=not progress) as bar:
-            for batch in decoded_batches(ds, skipped, BATCH, need_label=True):
+            for batch in decoded_batches(ds, skipped, BATCH, need_label=labelled):
                 feats = image_features(model, [image for _, image in batch])
                 ids += [s.id for s, _ in batch]
-                labels += [str(s.label) for s, _ in batch]
+                labels += ["" if s.label is None else str(s.label) for s, _ in batch]
                 for kind in BASE_KINDS:
                     chunks[kind].append(feats[kind])
                 bar.update(len(batch))
         if getattr(ds, "skipped", None) is not None:
             skipped.update(ds.skipped)
     if not ids:
-        raise DataError(f"no labelled, decodable images in split {split!r} of {spec} (skipped: {skipped.as_dict()})")
-    classes = classes or sorted(set(labels))
+        raise DataError(f"no {'labelled, ' if labelled else ''}decodable images in split {split!r} of {spec} "
+                        f"(skipped: {skipped.as_dict()})")
+    classes = classes or sorted(set(labels) - {""})
     arrays = {kind: np.concatenate(chunks[kind]) for kind in BASE_KINDS}
     fs = FeatureSet(ids, labels, arrays["embedding"], arrays["pooled"], classes, skipped.as_dict(), arrays["layout"],
                     arrays["middle"], arrays["late"])

@@ -325,7 +325,8 @@ def fit_zs_probe(x: np.ndarray, emb: np.ndarray, y: np.ndarray, class_weights: n
                 mean=mean, scale=scale, info={"method": "zs-probe", "strength": strength, "penalty": lam})
 
 
-def pseudo_shots(emb: np.ndarray, class_weights: np.ndarray, per_class: int = PSEUDO_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
+def pseudo_shots(emb: np.ndarray, class_weights: np.ndarray,
+                 per_class: int = PSEUDO_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
     """(indices, class indices) of unlabelled images taken as shots: each image goes to its zero-shot
     class (the nearest class text vector), and each class keeps the `per_class` of its images most
     similar to its text vector. A class no image goes to takes the one image most similar to it, so

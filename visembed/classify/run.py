@@ -44,21 +44,26 @@ def training_classes(fs: FeatureSet, what: str) -> list[str]:
 
 def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str = "probe", shots: int = 16,
                    seed: int = 0, features: str | None = None, templates: tuple[str, ...] | None = None,
-                   split: str = "train", eval_split: str | None = "test", progress: bool = True,
-                   **data_options) -> dict:
+                   split: str = "train", eval_split: str | None = "test", classes: list[str] | None = None,
+                   progress: bool = True, **data_options) -> dict:
     """Fit `method` on `shots` images per class of `split` of `spec` and write the classifier folder
-    `out` (referring to the model folder `model_dir`). Returns what was done (and the figures on
-    `eval_split` where the data has it)."""
+    `out` (referring to the model folder `model_dir`). `classes`: the class names, for the methods
+    that read no label (zeroshot, zs-pseudo): the data's images then need none. Returns what was
+    done (and the figures on `eval_split` where the data has labelled images of those classes)."""
     from visembed.atomic import new_dir
 
     if method not in FEATURE_METHODS:
         raise ValueError(f"--method must be one of {', '.join(FEATURE_METHODS)}, finetune; got {method!r}")
-    features = features or DEFAULT_FEATURES[method]
-    fs = dataset_features(model, spec, split, model_dir=model_dir, progress=progress, **data_options)
-    classes = training_classes(fs, f"{spec} ({split})")
-    y = class_index(fs.labels, classes)
-    check_classes(classes, y, f"{spec} ({split})")
     labelled = method not in UNLABELLED_METHODS
+    if classes is not None:
+        check_named_classes(method)
+    features = features or DEFAULT_FEATURES[method]
+    fs = dataset_features(model, spec, split, model_dir=model_dir, progress=progress, labelled=classes is None,
+                          **data_options)
+    if classes is None:
+        classes = training_classes(fs, f"{spec} ({split})")
+        check_classes(classes, class_index(fs.labels, classes), f"{spec} ({split})")
+    y = class_index(fs.labels, classes)
     shots_drawn, notes = (draw_shots(y, len(classes), shots, seed) if labelled else (np.zeros(0, np.int64), []))
     for note in notes:
         say(f"note: {note}")
@@ -78,7 +83,7 @@ def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str 
             test = dataset_features(model, spec, eval_split, model_dir=model_dir, progress=progress, **data_options)
         except DataError:
             test = None  # the data has no such split: no figures in the card
-        if test is not None:
+        if test is not None and not set(test.labels).isdisjoint(classes):
             figures = evaluate_head(head, test, classes)
             figures["split"] = eval_split
             info["eval"] = {k: v for k, v in figures.items() if k != "per_class_recall"}
@@ -86,6 +91,13 @@ def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str 
         save_classifier(tmp, head, classes, str(Path(model_dir).resolve()), method=method, fit_info=info,
                         card=model_card(method, head.features, classes, info, model_dir))
     return {"out": str(out), "method": method, "features": head.features, "classes": len(classes), **info}
+
+
+def check_named_classes(method: str) -> None:
+    """Class names given without labelled images (`--classes`) go with the methods that read no label."""
+    if method not in UNLABELLED_METHODS:
+        raise ValueError(f"--classes goes with {' and '.join(UNLABELLED_METHODS)}, which read no label; {method} "
+                         "learns from labelled images: give labelled data instead")
 
 
 def evaluate_head(head, fs: FeatureSet, classes: list[str]) -> dict:

@@ -9,6 +9,7 @@ skipped).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _SLUG = re.compile(r"^[a-z0-9]+([-_][a-z0-9]+)+$")
 MAX_TEMPLATE_CHARS = 200
 MAX_TEMPLATES = 500
+MAX_CLASS_NAMES_BYTES = 10 << 20
 
 
 def prompt_name(classname: str) -> str:
@@ -60,6 +62,24 @@ def read_templates(path: str | Path) -> tuple[str, ...]:
     if bad:
         raise ValueError(f"{path}: each template needs exactly one {{}} (and no other braces): {bad[0]!r}")
     return templates
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a file (`classify fit --classes`): one a line, blank lines and `#` lines
+    skipped; two or more, none twice. A ValueError says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no class names file {path}")
+    if path.stat().st_size > MAX_CLASS_NAMES_BYTES:
+        raise ValueError(f"{path}: too large for a class names file (at most {MAX_CLASS_NAMES_BYTES >> 20} MB)")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line for line in lines if line and not line.startswith("#")]
+    if len(names) < 2:
+        raise ValueError(f"{path}: {len(names)} class name(s); a classifier needs at least two (one a line)")
+    twice = sorted(name for name, n in Counter(names).items() if n > 1)
+    if twice:
+        raise ValueError(f"{path}: class name(s) listed twice: {', '.join(twice[:5])}")
+    return names
 
 
 def class_vectors(encode_text, classes: list[str], templates: tuple[str, ...] | None = None) -> np.ndarray:

@@ -51,14 +51,20 @@ def fit(
     features: Optional[str] = typer.Option(None, "--features", help=FEATURES_HELP),
     templates: Optional[Path] = typer.Option(None, "--templates", help="Prompt templates file (one a line, {} for the class name); default: built-in English and Chinese lists."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Manifests: the column holding the label."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="zeroshot and zs-pseudo: a file of class names, one a line; the data's images then need no label (e.g. a plain folder of photos)."),
     wise_alpha: Optional[float] = typer.Option(None, "--wise-alpha", help="finetune: weight of the fine-tuned model in the WiSE-FT interpolation with the zero-shot model (default 1: the fine-tuned model alone measured best on emoji subgroups, docs/classify.md)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="finetune: optimiser steps."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
     """Fit a classifier on a few labelled images per class and write a classifier folder."""
     with friendly_errors():
+        from visembed.classify.run import check_named_classes
+        from visembed.classify.templates import read_class_names
         from visembed.interop.cache import resolve_model
 
+        names = read_class_names(classes) if classes else None
+        if names is not None:
+            check_named_classes(method)
         model_dir = resolve_model(model)
         if method == "finetune":
             from visembed.train.tasks.classification import finetune_classifier
@@ -73,7 +79,7 @@ def fit(
             loaded = Model.from_folder(model_dir)
             summary = fit_classifier(loaded, model_dir, data, out, method=method, shots=shots, seed=seed,
                                      features=features, templates=_templates(templates), split=split,
-                                     progress=not no_progress, **_data_options(label_column))
+                                     classes=names, progress=not no_progress, **_data_options(label_column))
     if summary:  # under torchrun, rank 0 alone reports
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
 
