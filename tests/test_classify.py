@@ -155,8 +155,9 @@ def test_class_names_file_fits_zero_label_methods_on_a_plain_folder_of_photos(ti
     refused = cli("classify", "fit", tiny_model_dir, "--data", photos, "--classes", names, "--method", "probe",
                   "--out", tmp_path / "p", "--no-progress")
     assert refused.exit_code == 2 and "--classes goes with zeroshot and zs-pseudo" in refused.output
-    for text, expected in (("circle\n", "at least two"), ("circle\nsquare\ncircle\n", "listed twice: circle")):
-        names.write_text(text)
+    for text, expected in (("circle\n", "at least two"), ("circle\nsquare\ncircle\n", "listed twice: circle"),
+                           ("\udcff\udcfe circle\n", "not UTF-8 text")):
+        names.write_bytes(text.encode("utf-8", "surrogateescape"))
         result = cli("classify", "fit", tiny_model_dir, "--data", photos, "--classes", names, "--method", "zeroshot",
                      "--out", tmp_path / "bad", "--no-progress")
         assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output

@@ -46,15 +46,24 @@ def default_templates(classname: str) -> tuple[str, ...]:
     return ZH_TEMPLATES if _CJK.search(classname) else EN_TEMPLATES
 
 
-def read_templates(path: str | Path) -> tuple[str, ...]:
-    """Templates from a file (one a line, each with one `{}`); a ValueError says what is wrong."""
+def _read_lines(path: str | Path, what: str, max_bytes: int, limit: str) -> list[str]:
+    """The non-blank, non-`#` lines of a small UTF-8 text file, stripped; clear errors otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no templates file {path}")
-    if path.stat().st_size > MAX_TEMPLATES * (MAX_TEMPLATE_CHARS + 1):
-        raise ValueError(f"{path}: too large for a templates file (at most {MAX_TEMPLATES} lines)")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    templates = tuple(line for line in lines if line and not line.startswith("#"))
+        raise FileNotFoundError(f"no {what} file {path}")
+    if path.stat().st_size > max_bytes:
+        raise ValueError(f"{path}: too large for a {what} file (at most {limit})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text (a {what} file holds one entry a line)") from None
+    return [line for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+
+
+def read_templates(path: str | Path) -> tuple[str, ...]:
+    """Templates from a file (one a line, each with one `{}`); a ValueError says what is wrong."""
+    templates = tuple(_read_lines(path, "templates", MAX_TEMPLATES * (MAX_TEMPLATE_CHARS + 1),
+                                  f"{MAX_TEMPLATES} lines"))
     if not templates:
         raise ValueError(f"{path}: no templates (one a line, with {{}} where the class name goes)")
     bad = [t for t in templates if t.count("{}") != 1 or len(t) > MAX_TEMPLATE_CHARS or
@@ -67,13 +76,7 @@ def read_templates(path: str | Path) -> tuple[str, ...]:
 def read_class_names(path: str | Path) -> list[str]:
     """Class names from a file (`classify fit --classes`): one a line, blank lines and `#` lines
     skipped; two or more, none twice. A ValueError says what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no class names file {path}")
-    if path.stat().st_size > MAX_CLASS_NAMES_BYTES:
-        raise ValueError(f"{path}: too large for a class names file (at most {MAX_CLASS_NAMES_BYTES >> 20} MB)")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    names = [line for line in lines if line and not line.startswith("#")]
+    names = _read_lines(path, "class names", MAX_CLASS_NAMES_BYTES, f"{MAX_CLASS_NAMES_BYTES >> 20} MB")
     if len(names) < 2:
         raise ValueError(f"{path}: {len(names)} class name(s); a classifier needs at least two (one a line)")
     twice = sorted(name for name, n in Counter(names).items() if n > 1)
