@@ -8,6 +8,7 @@ initialised image tower, and on scikit-learn's handwritten digits. It reports; i
     .venv/bin/python benchmarks/fewshot.py --smoke                    # a tiny model on builtin:shapes (CI)
     .venv/bin/python benchmarks/fewshot.py --model runs/demo --features-study   # what the probe reads (~1 min)
     .venv/bin/python benchmarks/fewshot.py --model runs/demo --pseudo-study     # zs-pseudo's settings (~1 min)
+    .venv/bin/python benchmarks/fewshot.py --model runs/demo --semi-study       # semi's weight (~2 min)
 
 Reference (the issue's, in the same run): a plain probe on the model's embedding ("probe
 (embedding)"), beside the probe on the default features. Also printed: the seconds of one probe fit
@@ -19,7 +20,8 @@ concepts are split by the SHA-1 of each sample's `concept` (a quarter play the h
 shots come from the rest), and the probe is fitted on each candidate feature set (the previous
 default `embedding+pooled+layout`, with the tower's `middle` and/or `late` stage, both as one block).
 `--pseudo-study` chooses zs-pseudo's pseudo-shots per class and zero-shot weight the same way (the
-other three quarters' images, labels unread, are its pool).
+other three quarters' images, labels unread, are its pool); `--semi-study` chooses semi's weight of
+that head beside the shots' probe (shots and pool from those three quarters).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ except ImportError:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from markdown_table import print_table  # noqa: E402
 
-METHODS = ("zeroshot", "zs-pseudo", "probe", "zs-probe", "tip", "tip-f", "knn")
+METHODS = ("zeroshot", "zs-pseudo", "probe", "semi", "zs-probe", "tip", "tip-f", "knn")
 EMOJI = "builtin:emoji?label=subgroup&style=all&size={size}"
 
 
@@ -182,6 +184,45 @@ def pseudo_study(model, model_dir, spec: str, args) -> list[dict]:
     return rows
 
 
+SEMI_WEIGHTS = (0.125, 0.25, 0.5, 1.0)
+
+
+def semi_study(model, model_dir, spec: str, args) -> list[dict]:
+    """semi's weight of the zs-pseudo head beside the shots' probe, on the validation concepts: shots
+    drawn from the other three quarters, whose images (labels unread but the shots') are the pool.
+    Top-1, mean over seeds; weight 0 is the plain probe."""
+    import numpy as np
+
+    from visembed.classify.fit import DEFAULT_FEATURES
+    from visembed.classify.methods import block_widths, fit_probe, fit_semi
+    from visembed.classify.run import model_scale
+    from visembed.classify.shots import draw_shots
+    from visembed.classify.templates import class_vectors
+
+    fs, y, pool, val, classes = validation_concepts(model, model_dir, spec)
+    kind = DEFAULT_FEATURES["semi"]
+    arrays = fs.arrays()
+    widths = block_widths(arrays, kind)
+    x, emb = fs.select(kind), fs.embedding
+    queries = {name: a[val] for name, a in arrays.items() if a is not None}
+    class_weights, scale = class_vectors(model.encode_text, classes), model_scale(model)
+    rows = []
+    for weight in (0.0, *SEMI_WEIGHTS):
+        row = {"semi (validation concepts)": "probe (weight 0)" if weight == 0 else f"weight {weight:g}"}
+        for k in [k for k in args.shots if k]:
+            accs = []
+            for seed in range(args.seeds):
+                idx, _ = draw_shots(y[pool], len(classes), k, seed)
+                idx = pool[idx]
+                head = (fit_probe(x[idx], y[idx], len(classes), features=kind, widths=widths, seed=seed) if weight == 0
+                        else fit_semi(x[idx], y[idx], x[pool], emb[pool], class_weights, features=kind,
+                                      widths=widths, weight=weight, seed=seed, zs_scale=scale))
+                accs.append(float((head.logits(queries).argmax(1) == y[val]).mean()))
+            row[str(k)] = f"{np.mean(accs):.3f}"
+        rows.append(row)
+    return rows
+
+
 def random_tower(model_dir: Path, work: Path) -> Path:
     """The same model with its image tower (and head) randomly initialised: what the features owe to training."""
     import torch
@@ -244,6 +285,8 @@ def main() -> None:
                         help="only the study of what the probe reads, on training concepts (emoji)")
     parser.add_argument("--pseudo-study", action="store_true",
                         help="only the choice of zs-pseudo's settings, on training concepts (emoji)")
+    parser.add_argument("--semi-study", action="store_true",
+                        help="only the choice of semi's weight, on training concepts (emoji)")
     args = parser.parse_args()
 
     from visembed.models.inference import Model
@@ -256,14 +299,14 @@ def main() -> None:
             model_dir = smoke_model(work)
             model = Model.from_folder(model_dir, "cpu")
             rows = curve_rows(model, model_dir, "builtin:shapes?n=120&size=32", "shapes (smoke)", args)
-            for run_study in (features_study, pseudo_study):
+            for run_study in (features_study, pseudo_study, semi_study):
                 study = run_study(model, model_dir, "builtin:emoji?label=group&size=32&limit=200", args)
                 print_table(study, list(study[0]))
-        elif args.features_study or args.pseudo_study:
+        elif args.features_study or args.pseudo_study or args.semi_study:
             if args.model is None:
-                parser.error("--features-study and --pseudo-study need --model DIR")
+                parser.error("--features-study, --pseudo-study and --semi-study need --model DIR")
             model = Model.from_folder(args.model, "cpu")
-            study = (features_study if args.features_study else pseudo_study)(
+            study = (features_study if args.features_study else pseudo_study if args.pseudo_study else semi_study)(
                 model, args.model, EMOJI.format(size=max(64, model.image_size)), args)
             print_table(study, list(study[0]))
             print(f"\n(top-1, mean over {args.seeds} seed(s); {time.perf_counter() - started:.0f} s in all)")

@@ -100,7 +100,7 @@ def test_eval_reports_metrics_and_draws_confusion(probe_dir, data, tmp_path):
 
 
 def test_zs_probe_and_tip_fit_and_the_head_uses_the_shots(tiny_model_dir, data, tmp_path):
-    for method in ("zeroshot", "zs-pseudo", "zs-probe", "tip", "tip-f"):
+    for method in ("zeroshot", "zs-pseudo", "semi", "zs-probe", "tip", "tip-f"):
         out = tmp_path / method
         result = cli("classify", "fit", tiny_model_dir, "--data", data, "--out", out, "--method", method,
                      "--shots", 4, "--no-progress")
@@ -116,15 +116,21 @@ def test_zs_probe_and_tip_fit_and_the_head_uses_the_shots(tiny_model_dir, data, 
     assert fit["shots"] == 0 and fit["images_used"] == sum('"train"' in line for line in data.read_text().splitlines())
     assert "unlabelled images (no label read)" in (tmp_path / "zs-pseudo" / "README.md").read_text()
     assert visembed.load(tmp_path / "zs-pseudo").predict([Image.new("RGB", (32, 32), "red")], k=2)[0][0]["label"]
+    # semi: the shots' probe beside zs-pseudo on the split's images; the card says which labels it read
+    fit = json.loads((tmp_path / "semi" / "classifier.json").read_text())["fit"]
+    assert fit["shots"] == 4 and fit["images_used"] == 12 and fit["unlabelled_images"] > 12
+    assert "no other label read" in (tmp_path / "semi" / "README.md").read_text()
+    assert {"weight", "zs_weight"} <= set(load_file(str(tmp_path / "semi" / "head.safetensors")))
 
 
 def test_curve_draws_and_writes_json(tiny_model_dir, data, tmp_path):
     out = tmp_path / "curve.png"
     result = cli("classify", "curve", tiny_model_dir, "--data", data, "--shots", 0, 1, 2, "--seeds", 2,
-                 "--methods", "zeroshot", "zs-pseudo", "probe", "knn", "--out", out, "--no-progress")
+                 "--methods", "zeroshot", "zs-pseudo", "probe", "semi", "knn", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
     curve = json.loads((tmp_path / "curve.json").read_text())
-    assert set(curve["methods"]) == {"zeroshot", "zs-pseudo", "probe", "knn"}
+    assert set(curve["methods"]) == {"zeroshot", "zs-pseudo", "probe", "semi", "knn"}
+    assert set(curve["methods"]["semi"]) == {"1", "2"}  # from one shot: with none it is zs-pseudo
     assert set(curve["methods"]["probe"]) == {"1", "2"} and len(curve["methods"]["probe"]["2"]["runs"]) == 2
     assert list(curve["methods"]["zeroshot"]) == ["0"]
     assert list(curve["methods"]["zs-pseudo"]) == ["0"] and len(curve["methods"]["zs-pseudo"]["0"]["runs"]) == 2
@@ -152,6 +158,16 @@ def test_class_names_file_fits_zero_label_methods_on_a_plain_folder_of_photos(ti
         top = visembed.load(out).predict([Image.new("RGB", (32, 32), "red")], k=3)[0]
         assert {item["label"] for item in top} == {"circle", "square", "triangle"}
     assert config["fit"]["images_used"] == len(list(photos.glob("*.png")))  # zs-pseudo read every photo
+    # zero-shot from a names file reads no image, so it needs no data at all; zs-pseudo does
+    result = cli("classify", "fit", tiny_model_dir, "--classes", names, "--method", "zeroshot", "--out",
+                 tmp_path / "names-only", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "no image read" in (tmp_path / "names-only" / "README.md").read_text()
+    red = [Image.new("RGB", (32, 32), "red")]
+    assert visembed.load(tmp_path / "names-only").predict(red, k=3) == visembed.load(tmp_path / "zeroshot").predict(red, k=3)
+    needs_data = cli("classify", "fit", tiny_model_dir, "--classes", names, "--method", "zs-pseudo", "--out",
+                     tmp_path / "nd", "--no-progress")
+    assert needs_data.exit_code == 2 and "--data is needed" in needs_data.output
     refused = cli("classify", "fit", tiny_model_dir, "--data", photos, "--classes", names, "--method", "probe",
                   "--out", tmp_path / "p", "--no-progress")
     assert refused.exit_code == 2 and "--classes goes with zeroshot and zs-pseudo" in refused.output

@@ -122,13 +122,13 @@ def test_pseudo_shots_are_the_unlabelled_images_zero_shot_is_surest_of():
     assert list(zip(idx.tolist(), labels.tolist())) == [(2, 0), (0, 0), (3, 1), (4, 1), (0, 2)]
 
 
-def _weak_names_rich_images(seed, per_class, n_classes=6):
+def _weak_names_rich_images(seed, per_class, n_classes=6, noise=0.3):
     """Images whose `pooled` features cluster by class, and whose embedding only leans towards the
     class text vector: zero-shot is often wrong, but right where it is surest."""
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(7).normal(size=(n_classes, 32)).astype(np.float32)
     y = np.repeat(np.arange(n_classes), per_class)
-    pooled = centres[y] + 0.3 * rng.normal(size=(len(y), 32)).astype(np.float32)
+    pooled = centres[y] + noise * rng.normal(size=(len(y), 32)).astype(np.float32)
     lean = np.eye(n_classes, 16, dtype=np.float32)[y] * rng.uniform(0, 1, (len(y), 1))
     emb = lean + 0.35 * rng.normal(size=(len(y), 16))
     emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
@@ -157,6 +157,42 @@ def test_zs_pseudo_reads_no_label_and_corrects_a_weak_zero_shot_from_the_images(
     assert np.array_equal(again.weight, head.weight) and np.array_equal(again.bias, head.bias)
     with pytest.raises(ValueError, match="needs unlabelled images"):
         fit_head("zs-pseudo", None, yt[:0], 6, class_weights=class_w, features="pooled")
+
+
+def test_semi_adds_the_unlabelled_images_to_one_shot_as_one_linear_head():
+    """semi: the shots' probe + a quarter of the zs-pseudo head of the pool, merged into one linear
+    part (both probes centred on the shots' mean); the pool's labels are never read, and on data where
+    one shot is too few but zero-shot is right where it is surest, it beats the 1-shot probe."""
+    from visembed.classify.fit import fit_head
+    from visembed.classify.shots import draw_shots
+
+    pool, y_pool = _weak_names_rich_images(0, per_class=40, noise=1.2)
+    test, yt = _weak_names_rich_images(1, per_class=40, noise=1.2)
+    class_w, scale, feats = np.eye(6, 16, dtype=np.float32), 10.0, test.arrays()
+    acc = {"probe": [], "semi": []}
+    for seed in range(3):
+        idx, _ = draw_shots(y_pool, 6, 1, seed)
+        shots = pool.subset(idx)
+        probe = fit_head("probe", shots, y_pool[idx], 6, features="pooled", seed=seed)
+        semi = fit_head("semi", shots, y_pool[idx], 6, class_weights=class_w, features="pooled", seed=seed, pool=pool,
+                        zs_scale=scale)
+        for name, head in (("probe", probe), ("semi", semi)):
+            acc[name].append(float((head.logits(feats).argmax(1) == yt).mean()))
+    assert np.mean(acc["semi"]) > np.mean(acc["probe"]) + 0.1, acc
+    # one head: the sum of the shots' probe, the pool's pseudo-shot probe on the same centring, and zero-shot
+    w = M.SEMI_PSEUDO_WEIGHT
+    pi, pl = M.pseudo_shots(pool.embedding, class_w)
+    pseudo = M.fit_probe(pool.pooled[pi], pl, 6, features="pooled", seed=seed, center=probe.mean)
+    expected = probe.logits(feats) + w * pseudo.logits(feats) + w * M.PSEUDO_ZS_WEIGHT * scale * test.embedding @ class_w.T
+    np.testing.assert_allclose(semi.logits(feats), expected, rtol=1e-4, atol=1e-4)
+    assert semi.info["pseudo_shots"] == len(pi) and semi.info["pool_images"] == len(pool)
+    shuffled = FeatureSet(pool.ids, list(np.random.default_rng(3).permutation(pool.labels)), pool.embedding,
+                          pool.pooled, pool.classes)
+    again = fit_head("semi", shots, y_pool[idx], 6, class_weights=class_w, features="pooled", seed=seed, pool=shuffled,
+                     zs_scale=scale)
+    assert np.array_equal(again.weight, semi.weight) and np.array_equal(again.bias, semi.bias)
+    with pytest.raises(ValueError, match="unlabelled images beside the shots"):
+        fit_head("semi", shots, y_pool[idx], 6, class_weights=class_w, features="pooled")
 
 
 def test_dataset_features_cached_per_model_and_data(tiny_model_dir, tmp_path, monkeypatch):

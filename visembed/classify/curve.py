@@ -5,7 +5,7 @@ Protocol: shots are drawn (seeded) from `train_split`; the test images are all o
 (never a shot: different splits); the classes are those with images in both. Zero-shot (0 shots)
 is one number, the same for every seed; methods that start from it (zs-probe, tip, tip-f) share
 it at 0 shots. `zs-pseudo` is a 0-shot point of its own: it reads the images of `train_split`
-without their labels. `knn` (DINO's weighted kNN on the method's features) is a reference line.
+without their labels; `semi` reads them beside its shots (from 1 shot: with none it is zs-pseudo). `knn` (DINO's weighted kNN on the method's features) is a reference line.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from visembed.classify.features import FeatureSet, dataset_features
-from visembed.classify.fit import DEFAULT_FEATURES, fit_head, needs_text
+from visembed.classify.fit import DEFAULT_FEATURES, POOL_METHODS, ZERO_SHOT_AT_0, fit_head, needs_text
 from visembed.classify.methods import PROBE_NORMALIZE, knn_scores
 from visembed.classify.metrics import classification_metrics
 from visembed.classify.run import model_scale, say
@@ -24,7 +24,7 @@ from visembed.classify.shots import check_classes, class_index, draw_shots
 from visembed.classify.templates import class_vectors
 from visembed.data import DataError
 
-CURVE_METHODS = ("zeroshot", "zs-pseudo", "probe", "zs-probe", "tip", "tip-f", "knn")
+CURVE_METHODS = ("zeroshot", "zs-pseudo", "probe", "semi", "zs-probe", "tip", "tip-f", "knn")
 
 
 def curve_data(model, model_dir, spec: str, *, train_split: str = "train", test_split: str = "test",
@@ -72,7 +72,7 @@ def few_shot_curve(model, model_dir, spec: str, *, shots=(0, 1, 2, 4, 8, 16), se
     for method, k, seed in tqdm(jobs, desc="few-shot curve", unit="fit", disable=not progress):
         runs = out["methods"].setdefault(method, {}).setdefault(str(k), {"runs": []})["runs"]
         if k == 0 and method != "zs-pseudo":  # zero-shot, and the methods that start from it, at its one point
-            if needs_text(method) and zero is not None and seed == 0:
+            if method in ZERO_SHOT_AT_0 and zero is not None and seed == 0:
                 runs.append(zero)
             continue
         if k and method in ("zeroshot", "zs-pseudo"):  # 0-shot methods (zs-pseudo: `train` as its unlabelled pool)
@@ -85,7 +85,7 @@ def few_shot_curve(model, model_dir, spec: str, *, shots=(0, 1, 2, 4, 8, 16), se
         else:
             head = fit_head(method, train.subset(idx), y_train[idx], len(classes), class_weights=class_weights,
                             features=features[method], seed=seed, zs_scale=scale, normalize=probe_normalize,
-                            pool=train if method == "zs-pseudo" else None)
+                            pool=train if method in POOL_METHODS else None)
             scores = head.logits(test_arrays)
         out["fit_seconds"].setdefault(method, []).append(round(time.perf_counter() - t, 3))
         runs.append(classification_metrics(scores, y_test, classes)["top1"])

@@ -8,19 +8,21 @@ import numpy as np
 from visembed.classify import methods as M
 from visembed.classify.features import FeatureSet
 
-FEATURE_METHODS = ("zeroshot", "zs-pseudo", "probe", "zs-probe", "tip", "tip-f")  # on cached features
+FEATURE_METHODS = ("zeroshot", "zs-pseudo", "probe", "semi", "zs-probe", "tip", "tip-f")  # on cached features
 UNLABELLED_METHODS = ("zeroshot", "zs-pseudo")  # read no label: the class names (and, zs-pseudo, the images)
+POOL_METHODS = ("zs-pseudo", "semi")  # read the split's images without their labels (semi: beside the shots')
+ZERO_SHOT_AT_0 = ("zeroshot", "zs-probe", "tip", "tip-f")  # with no shot, these are zero-shot itself
 METHODS = (*FEATURE_METHODS, "finetune")  # finetune: the training loop (visembed.train.tasks.classification)
 # What each method's linear part reads by default, chosen by measurement (docs/classify.md)
 DEFAULT_FEATURES = {"probe": "embedding+pooled+layout+middle+late", "zs-probe": "embedding+pooled+layout+middle+late",
-                    "zs-pseudo": "embedding+pooled+layout+middle+late",
+                    "zs-pseudo": "embedding+pooled+layout+middle+late", "semi": "embedding+pooled+layout+middle+late",
                     "knn": "pooled",
                     "zeroshot": "embedding", "tip": "embedding", "tip-f": "embedding", "finetune": "embedding"}
 
 
 def needs_text(method: str) -> bool:
     """Whether the method reads the class names' text vectors."""
-    return method in ("zeroshot", "zs-pseudo", "zs-probe", "tip", "tip-f", "finetune")
+    return method in ("zeroshot", "zs-pseudo", "semi", "zs-probe", "tip", "tip-f", "finetune")
 
 
 def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: int, *,
@@ -30,7 +32,7 @@ def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: in
     """Fit `method` on the shots (`y`: their class indices). `class_weights` (C, D): the class text
     vectors (`templates.class_vectors`), needed by the methods that start from zero-shot.
     `normalize`: how the probe treats its features (`methods.fit_probe`). `pool`: unlabelled images
-    (zs-pseudo reads them instead of shots; their labels are not read)."""
+    (zs-pseudo reads them instead of shots, semi beside them; their labels are not read)."""
     if method not in FEATURE_METHODS:
         raise ValueError(f"method must be one of {', '.join(FEATURE_METHODS)}, not {method!r}")
     features = features or DEFAULT_FEATURES[method]
@@ -44,11 +46,18 @@ def fit_head(method: str, shots: FeatureSet | None, y: np.ndarray, n_classes: in
                                widths=M.block_widths(pool.arrays(), features), seed=seed, zs_scale=zs_scale,
                                normalize=normalize)
     if method == "zeroshot" or shots is None or len(y) == 0:
-        if method not in ("zeroshot", "zs-probe", "tip", "tip-f"):
+        if method not in ZERO_SHOT_AT_0:
             raise ValueError(f"method {method} needs labelled shots (--shots 1 or more)")
         head = M.zeroshot_head(class_weights)
         head.zs_scale = zs_scale
         return head
+    if method == "semi":
+        if pool is None:
+            raise ValueError("method semi needs the data's unlabelled images beside the shots")
+        _check_features(shots, features, method)
+        return M.fit_semi(shots.select(features), y, pool.select(features), pool.embedding, class_weights,
+                          features=features, widths=M.block_widths(shots.arrays(), features), seed=seed,
+                          zs_scale=zs_scale)
     if method in ("probe", "zs-probe"):
         _check_features(shots, features, method)
     if method == "probe":

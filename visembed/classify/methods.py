@@ -12,6 +12,8 @@ Stable API:
     head = fit_zs_probe(X, emb, y, class_weights)             # probe pulled towards zero-shot
     head = fit_zs_pseudo(X, emb, class_weights, widths=...)   # no labels: zero-shot + a probe on the
                                                               #   unlabelled images it is surest of
+    head = fit_semi(X, y, X_pool, emb_pool, class_weights)    # the shots' probe + a quarter of zs-pseudo
+                                                              #   on the unlabelled images (one linear part)
     head = tip_head(emb, y, class_weights)                    # Tip-Adapter (training-free cache)
     head = fit_tip_f(emb, y, class_weights, seed=0)           # Tip-Adapter-F (keys fine-tuned)
     scores = knn_scores(keys, key_labels, queries, n_classes, k=20)   # weighted kNN (DINO's)
@@ -47,6 +49,8 @@ ZS_PROBE_STRENGTH = 1e-4  # pull towards zero-shot (measured on emoji subgroups:
 # zs-pseudo: pseudo-shots per class and the zero-shot log-probabilities' weight beside the probe's
 # (chosen on the validation concepts of the training split: benchmarks/fewshot.py --pseudo-study)
 PSEUDO_PER_CLASS, PSEUDO_ZS_WEIGHT = 4, 0.5
+# semi: the zs-pseudo head's weight beside the shots' probe (chosen the same way: --semi-study)
+SEMI_PSEUDO_WEIGHT = 0.25
 
 
 @dataclass
@@ -158,13 +162,14 @@ def _logistic(x: np.ndarray, y: np.ndarray, n_classes: int, C: float, seed: int)
 
 def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, *, features: str = "embedding", C: float | None = None,
               Cs=None, val_per_class: int = PROBE_VAL_PER_CLASS, seed: int = 0, normalize: str = PROBE_NORMALIZE,
-              widths: list[int] | None = None) -> Head:
+              widths: list[int] | None = None, center: np.ndarray | None = None) -> Head:
     """A linear probe (CLIP's protocol): L2-regularised logistic regression, C chosen among `Cs` on up
     to `val_per_class` shots per class held back from the shots (never the test data), then refitted
     on all shots. With one shot per class there is nothing to hold back: the middle C is used. `x`
     holds the `features` kind of the shots; `widths` its blocks' widths (`block_widths`; None: one
-    block). `normalize`: "blocks" (default: each block centred on the shots' mean and L2-normalised,
-    `Cs` default `PROBE_BLOCK_CS`) or "standardize" (per column, `Cs` default `PROBE_CS`)."""
+    block). `normalize`: "blocks" (default: each block centred on the shots' mean, or on `center` where
+    given, and L2-normalised, `Cs` default `PROBE_BLOCK_CS`) or "standardize" (per column, `Cs` default
+    `PROBE_CS`)."""
     if normalize not in ("blocks", "standardize"):
         raise ValueError(f"normalize must be blocks or standardize, not {normalize!r}")
     x = np.asarray(x, np.float32)
@@ -172,6 +177,10 @@ def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, *, features: str = "
     blocks = normalize == "blocks"
     Cs = tuple(Cs or (PROBE_BLOCK_CS if blocks else PROBE_CS))
     mean, scale = standardizer(x)
+    if center is not None:
+        if not blocks:
+            raise ValueError("center goes with normalize='blocks'")
+        mean = np.asarray(center, np.float32)
     if blocks:
         widths = list(widths or [x.shape[1]])
         if sum(widths) != x.shape[1]:
@@ -360,4 +369,27 @@ def fit_zs_pseudo(x: np.ndarray, emb: np.ndarray, class_weights: np.ndarray, *, 
     head.zs_scale = float(zs_weight * zs_scale)
     head.info = {"method": "zs-pseudo", "pool_images": int(len(emb)), "pseudo_shots": int(len(idx)),
                  "per_class": per_class, "zs_weight": zs_weight, "C": head.info["C"]}
+    return head
+
+
+def fit_semi(x: np.ndarray, y: np.ndarray, x_pool: np.ndarray, emb_pool: np.ndarray, class_weights: np.ndarray, *,
+             features: str = "embedding", widths: list[int] | None = None, weight: float = SEMI_PSEUDO_WEIGHT,
+             seed: int = 0, zs_scale: float = ZS_SCALE) -> Head:
+    """Semi-supervised: the labelled shots' probe plus `weight` times the zs-pseudo head of the
+    unlabelled pool (`x_pool`, `emb_pool`: its features and embeddings; its labels are never read).
+    Both probes centre their blocks on the shots' mean, so their sum is one linear part and the
+    result is an ordinary `Head` (block-normalised). x, y: the shots' features and class indices."""
+    if len(emb_pool) == 0:
+        raise ValueError("semi needs the data's unlabelled images beside the shots")
+    x = np.asarray(x, np.float32)
+    head = fit_probe(x, y, len(class_weights), features=features, seed=seed, widths=widths)
+    idx, labels = pseudo_shots(emb_pool, class_weights)
+    pseudo = fit_probe(np.asarray(x_pool)[idx], labels, len(class_weights), features=features, seed=seed,
+                       widths=widths, center=head.mean)
+    head.weight = head.weight + weight * pseudo.weight
+    head.bias = head.bias + weight * pseudo.bias
+    head.zs_weight = np.asarray(class_weights, np.float32)
+    head.zs_scale = float(weight * PSEUDO_ZS_WEIGHT * zs_scale)
+    head.info = {"method": "semi", "C": head.info["C"], "pseudo_C": pseudo.info["C"], "pool_images": int(len(emb_pool)),
+                 "pseudo_shots": int(len(idx)), "pseudo_weight": weight}
     return head

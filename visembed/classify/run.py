@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from visembed.classify.features import FeatureSet, dataset_features
-from visembed.classify.fit import DEFAULT_FEATURES, FEATURE_METHODS, UNLABELLED_METHODS, fit_head, needs_text
+from visembed.classify.fit import DEFAULT_FEATURES, FEATURE_METHODS, POOL_METHODS, UNLABELLED_METHODS, fit_head, needs_text
 from visembed.classify.folder import Classifier, save_classifier
 from visembed.classify.metrics import classification_metrics, confusion_matrix, plot_confusion
 from visembed.classify.shots import check_classes, class_index, draw_shots
@@ -42,14 +42,15 @@ def training_classes(fs: FeatureSet, what: str) -> list[str]:
     return listed
 
 
-def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str = "probe", shots: int = 16,
+def fit_classifier(model, model_dir: Path, spec: str | None, out: Path, *, method: str = "probe", shots: int = 16,
                    seed: int = 0, features: str | None = None, templates: tuple[str, ...] | None = None,
                    split: str = "train", eval_split: str | None = "test", classes: list[str] | None = None,
                    progress: bool = True, **data_options) -> dict:
     """Fit `method` on `shots` images per class of `split` of `spec` and write the classifier folder
     `out` (referring to the model folder `model_dir`). `classes`: the class names, for the methods
     that read no label (zeroshot, zs-pseudo): the data's images then need none. Returns what was
-    done (and the figures on `eval_split` where the data has labelled images of those classes)."""
+    done (and the figures on `eval_split` where the data has labelled images of those classes). Zero-shot
+    from `classes` reads no image: `spec` may then be None (nothing is measured)."""
     from visembed.atomic import new_dir
 
     if method not in FEATURE_METHODS:
@@ -58,12 +59,13 @@ def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str 
     if classes is not None:
         check_named_classes(method)
     features = features or DEFAULT_FEATURES[method]
-    fs = dataset_features(model, spec, split, model_dir=model_dir, progress=progress, labelled=classes is None,
-                          **data_options)
+    # zero-shot from named classes reads no image of `split`: embedding them would be work thrown away
+    fs = (dataset_features(model, spec, split, model_dir=model_dir, progress=progress, labelled=classes is None,
+                           **data_options) if classes is None or method == "zs-pseudo" else None)
     if classes is None:
         classes = training_classes(fs, f"{spec} ({split})")
         check_classes(classes, class_index(fs.labels, classes), f"{spec} ({split})")
-    y = class_index(fs.labels, classes)
+    y = class_index(fs.labels, classes) if fs is not None else np.zeros(0, np.int64)
     shots_drawn, notes = (draw_shots(y, len(classes), shots, seed) if labelled else (np.zeros(0, np.int64), []))
     for note in notes:
         say(f"note: {note}")
@@ -71,14 +73,16 @@ def fit_classifier(model, model_dir: Path, spec: str, out: Path, *, method: str 
     started = time.perf_counter()
     head = fit_head(method, fs.subset(shots_drawn) if len(shots_drawn) else None, y[shots_drawn], len(classes),
                     class_weights=class_weights, features=features, seed=seed, zs_scale=model_scale(model),
-                    pool=fs if method == "zs-pseudo" else None)
+                    pool=fs if method in POOL_METHODS else None)
     fit_seconds = time.perf_counter() - started
     info = {"data": spec, "split": split, "shots": shots if labelled else 0, "seed": seed,
             "images_used": len(fs) if method == "zs-pseudo" else int(len(shots_drawn)),
             "fit_seconds": round(fit_seconds, 3), "notes": notes,
-            "templates": list(templates) if templates else "default", "skipped": fs.skipped}
+            "templates": list(templates) if templates else "default", "skipped": fs.skipped if fs is not None else {}}
+    if method == "semi":
+        info["unlabelled_images"] = len(fs)  # the split's images, shots included; no other label read
     figures = None
-    if eval_split:
+    if eval_split and spec is not None:
         try:
             test = dataset_features(model, spec, eval_split, model_dir=model_dir, progress=progress, **data_options)
         except DataError:
@@ -135,13 +139,21 @@ def classifier_model_dir(classifier: Classifier) -> Path | None:
     return model_folder(classifier.folder, classifier.config) if classifier.folder else None
 
 
+def _data_line(method: str, info: dict) -> str:
+    if info["data"] is None:
+        return "- data: none (class names only; no image read)"
+    return (f"- data: `{info['data']}` split `{info['split']}`, "
+            + (f"{info['images_used']} unlabelled images (no label read), seed {info['seed']}" if method == "zs-pseudo"
+               else f"{info['shots']} shot(s) per class, seed {info['seed']} ({info['images_used']} images)"
+               + (f", beside the split's {info['unlabelled_images']} images, no other label read"
+                  if "unlabelled_images" in info else "")))
+
+
 def model_card(method: str, features: str, classes: list[str], info: dict, model_dir) -> str:
     shown = ", ".join(classes[:20]) + (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
     lines = [f"# visembed classifier ({method})", "",
              f"- method: `{method}`; features read by the head: `{features}`",
-             f"- model: `{model_dir}`", f"- data: `{info['data']}` split `{info['split']}`, "
-             + (f"{info['images_used']} unlabelled images (no label read), seed {info['seed']}" if method == "zs-pseudo"
-                else f"{info['shots']} shot(s) per class, seed {info['seed']} ({info['images_used']} images)"),
+             f"- model: `{model_dir}`", _data_line(method, info),
              f"- classes ({len(classes)}): {shown}", f"- fitted in {info['fit_seconds']} s "
              f"(python {platform.python_version()}, {platform.machine()})"]
     for note in info.get("notes", []):

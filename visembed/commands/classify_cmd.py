@@ -12,7 +12,8 @@ from visembed.commands.errors import friendly_errors
 
 METHOD_HELP = ("zeroshot (class names only), zs-pseudo (class names + the data's images, no label read: a probe on "
                "the images zero-shot is surest of, added to zero-shot), probe (logistic regression; default), "
-               "zs-probe (a probe pulled towards "
+               "semi (the shots' probe + a quarter of zs-pseudo on the split's images, whose other labels are not "
+               "read: best at 1-4 shots on emoji), zs-probe (a probe pulled towards "
                "zero-shot), tip (Tip-Adapter), tip-f (Tip-Adapter-F), finetune (LP-FT + WiSE-FT, the "
                "training loop)")
 FEATURES_HELP = ("What the head reads: embedding, pooled (the tower's features before the head), layout (8x8 "
@@ -42,7 +43,7 @@ def _templates(path: Optional[Path]):
 
 def fit(
     model: str = typer.Argument(..., help="The dual encoder: a run or model folder, hf:PATH or openclip:PATH."),
-    data: str = typer.Option(..., "--data", help="Labelled data: class folders, a manifest with --label-column, builtin:emoji?label=subgroup, builtin:shapes."),
+    data: Optional[str] = typer.Option(None, "--data", help="Labelled data: class folders, a manifest with --label-column, builtin:emoji?label=subgroup, builtin:shapes (not needed by zeroshot with --classes; given, its test split measures the classifier)."),
     out: Path = typer.Option(..., "--out", help="Classifier folder to write (new or empty)."),
     method: str = typer.Option("probe", "--method", help=METHOD_HELP),
     shots: int = typer.Option(16, "--shots", min=0, help="Labelled images per class (fewer where a class has fewer; none with zeroshot and zs-pseudo)."),
@@ -65,6 +66,8 @@ def fit(
         names = read_class_names(classes) if classes else None
         if names is not None:
             check_named_classes(method)
+        if data is None and not (names is not None and method == "zeroshot"):
+            raise ValueError("--data is needed (only zeroshot with --classes reads no image)")
         model_dir = resolve_model(model)
         if method == "finetune":
             from visembed.train.tasks.classification import finetune_classifier
@@ -140,7 +143,7 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
 
 
-CURVE_DEFAULTS = {"--shots": ["0", "1", "2", "4", "8", "16"], "--methods": ["zeroshot", "zs-pseudo", "probe", "zs-probe", "tip", "tip-f"]}
+CURVE_DEFAULTS = {"--shots": ["0", "1", "2", "4", "8", "16"], "--methods": ["zeroshot", "zs-pseudo", "probe", "semi", "zs-probe", "tip", "tip-f"]}
 
 
 def _curve_lists(args: list[str]) -> dict[str, list[str]]:
@@ -179,7 +182,8 @@ def curve(
     """Few-shot curves: top-1 per method and shot count, mean ± std over seeds (matplotlib + JSON).
 
     --shots K... shot counts (default 0 1 2 4 8 16); --methods M... among zeroshot, zs-pseudo (0 shots:
-    the train split's images without their labels), probe, zs-probe, tip, tip-f, knn (default: all but knn)."""
+    the train split's images without their labels), probe, semi (the shots + the train split's other images,
+    labels unread), zs-probe, tip, tip-f, knn (default: all but knn)."""
     from visembed.atomic import atomic_write_json
     from visembed.classify.curve import few_shot_curve, plot_curve
     from visembed.interop.cache import resolve_model
@@ -195,7 +199,7 @@ def curve(
         if any(k < 0 for k in shots):
             raise ValueError("--shots must be 0 or more")
         model_dir = resolve_model(model)
-        chosen = {m: features for m in ("zs-pseudo", "probe", "zs-probe", "knn")} if features else None
+        chosen = {m: features for m in ("zs-pseudo", "probe", "semi", "zs-probe", "knn")} if features else None
         result = few_shot_curve(Model.from_folder(model_dir), model_dir, data, shots=tuple(sorted(set(shots))),
                                 seeds=seeds, methods=tuple(methods), features=chosen, templates=_templates(templates),
                                 train_split=train_split, test_split=test_split, progress=not no_progress,
