@@ -149,6 +149,24 @@ def features_study(model, model_dir, spec: str, args) -> list[dict]:
     return rows
 
 
+def pool_study_inputs(model, model_dir, spec: str, method: str):
+    """What the studies of the methods that read an unlabelled pool need: (class index of each image,
+    pool indices, validation indices, the method's default features, their block widths, those
+    features, the embeddings, the validation images' feature arrays, the class text vectors, the
+    model's logit scale)."""
+    from visembed.classify.fit import DEFAULT_FEATURES
+    from visembed.classify.methods import block_widths
+    from visembed.classify.run import model_scale
+    from visembed.classify.templates import class_vectors
+
+    fs, y, pool, val, classes = validation_concepts(model, model_dir, spec)
+    kind = DEFAULT_FEATURES[method]
+    arrays = fs.arrays()
+    queries = {name: a[val] for name, a in arrays.items() if a is not None}
+    return (y, pool, val, kind, block_widths(arrays, kind), fs.select(kind), fs.embedding, queries,
+            class_vectors(model.encode_text, classes), model_scale(model))
+
+
 PSEUDO_GRID = {"per_class": (2, 4, 8), "zs_weight": (0.25, 0.5, 1.0)}
 
 
@@ -158,18 +176,10 @@ def pseudo_study(model, model_dir, spec: str, args) -> list[dict]:
     (the seed draws the probe's held-back pseudo-shots)."""
     import numpy as np
 
-    from visembed.classify.fit import DEFAULT_FEATURES
-    from visembed.classify.methods import block_widths, fit_zs_pseudo
-    from visembed.classify.run import model_scale
-    from visembed.classify.templates import class_vectors
+    from visembed.classify.methods import fit_zs_pseudo
 
-    fs, y, pool, val, classes = validation_concepts(model, model_dir, spec)
-    kind = DEFAULT_FEATURES["zs-pseudo"]
-    arrays = fs.arrays()
-    widths = block_widths(arrays, kind)
-    x, emb = fs.select(kind), fs.embedding
-    queries = {name: a[val] for name, a in arrays.items() if a is not None}
-    class_weights, scale = class_vectors(model.encode_text, classes), model_scale(model)
+    y, pool, val, kind, widths, x, emb, queries, class_weights, scale = pool_study_inputs(model, model_dir, spec,
+                                                                                          "zs-pseudo")
     zero = float(((emb[val] @ class_weights.T).argmax(1) == y[val]).mean())
     rows = [{"zs-pseudo (validation concepts)": "zero-shot (no pool)", **{f"weight {w:g}": f"{zero:.3f}"
                                                                           for w in PSEUDO_GRID["zs_weight"]}}]
@@ -193,28 +203,21 @@ def semi_study(model, model_dir, spec: str, args) -> list[dict]:
     Top-1, mean over seeds; weight 0 is the plain probe."""
     import numpy as np
 
-    from visembed.classify.fit import DEFAULT_FEATURES
-    from visembed.classify.methods import block_widths, fit_probe, fit_semi
-    from visembed.classify.run import model_scale
+    from visembed.classify.methods import fit_probe, fit_semi
     from visembed.classify.shots import draw_shots
-    from visembed.classify.templates import class_vectors
 
-    fs, y, pool, val, classes = validation_concepts(model, model_dir, spec)
-    kind = DEFAULT_FEATURES["semi"]
-    arrays = fs.arrays()
-    widths = block_widths(arrays, kind)
-    x, emb = fs.select(kind), fs.embedding
-    queries = {name: a[val] for name, a in arrays.items() if a is not None}
-    class_weights, scale = class_vectors(model.encode_text, classes), model_scale(model)
+    y, pool, val, kind, widths, x, emb, queries, class_weights, scale = pool_study_inputs(model, model_dir, spec,
+                                                                                          "semi")
+    n_classes = len(class_weights)
     rows = []
     for weight in (0.0, *SEMI_WEIGHTS):
         row = {"semi (validation concepts)": "probe (weight 0)" if weight == 0 else f"weight {weight:g}"}
         for k in [k for k in args.shots if k]:
             accs = []
             for seed in range(args.seeds):
-                idx, _ = draw_shots(y[pool], len(classes), k, seed)
+                idx, _ = draw_shots(y[pool], n_classes, k, seed)
                 idx = pool[idx]
-                head = (fit_probe(x[idx], y[idx], len(classes), features=kind, widths=widths, seed=seed) if weight == 0
+                head = (fit_probe(x[idx], y[idx], n_classes, features=kind, widths=widths, seed=seed) if weight == 0
                         else fit_semi(x[idx], y[idx], x[pool], emb[pool], class_weights, features=kind,
                                       widths=widths, weight=weight, seed=seed, zs_scale=scale))
                 accs.append(float((head.logits(queries).argmax(1) == y[val]).mean()))
