@@ -123,6 +123,29 @@ def test_zs_probe_and_tip_fit_and_the_head_uses_the_shots(tiny_model_dir, data, 
     assert {"weight", "zs_weight"} <= set(load_file(str(tmp_path / "semi" / "head.safetensors")))
 
 
+def test_semi_reads_the_unlabelled_images_beside_a_few_labelled_ones(tiny_model_dir, data, tmp_path):
+    """The usual case: a few labelled images and many without a label in the same data. `semi` reads
+    them all as its pool (their labels, where any, unread); `probe` skips the unlabelled ones."""
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    seen: dict[str, int] = {}
+    for row in rows:
+        if row["split"] == "train":
+            seen[row["label"]] = seen.get(row["label"], 0) + 1
+            if seen[row["label"]] > 2:
+                del row["label"]  # no label at all
+    few = data.parent / "few.jsonl"
+    few.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_rows = sum(r["split"] == "train" for r in rows)
+    fits = {}
+    for method in ("semi", "probe"):
+        result = cli("classify", "fit", tiny_model_dir, "--data", few, "--out", tmp_path / method, "--method", method,
+                     "--shots", 2, "--no-progress")
+        assert result.exit_code == 0, (method, result.output)
+        fits[method] = json.loads((tmp_path / method / "classifier.json").read_text())["fit"]
+    assert fits["semi"]["unlabelled_images"] == train_rows and fits["semi"]["images_used"] == 6
+    assert fits["probe"]["images_used"] == 6 and fits["probe"]["skipped"].get("missing_label") == train_rows - 6
+
+
 def test_curve_draws_and_writes_json(tiny_model_dir, data, tmp_path):
     out = tmp_path / "curve.png"
     result = cli("classify", "curve", tiny_model_dir, "--data", data, "--shots", 0, 1, 2, "--seeds", 2,

@@ -33,7 +33,7 @@ def model_scale(model) -> float:
 def training_classes(fs: FeatureSet, what: str) -> list[str]:
     """The classes a classifier is fitted over: those the data lists (or its labels) that have images;
     listed classes without any are left out with a note."""
-    present = set(fs.labels)
+    present = set(fs.labels) - {""}  # "": an image without a label (read by the methods with a pool)
     listed = [c for c in fs.classes if c in present] + sorted(present - set(fs.classes))
     empty = [c for c in fs.classes if c not in present]
     if empty:
@@ -59,9 +59,11 @@ def fit_classifier(model, model_dir: Path, spec: str | None, out: Path, *, metho
     if classes is not None:
         check_named_classes(method)
     features = features or DEFAULT_FEATURES[method]
-    # zero-shot from named classes reads no image of `split`: embedding them would be work thrown away
-    fs = (dataset_features(model, spec, split, model_dir=model_dir, progress=progress, labelled=classes is None,
-                           **data_options) if classes is None or method == "zs-pseudo" else None)
+    # zero-shot from named classes reads no image of `split`: embedding them would be work thrown away;
+    # semi's pool is every image of the split, labelled or not (only its shots' labels are read)
+    fs = (dataset_features(model, spec, split, model_dir=model_dir, progress=progress,
+                           labelled=classes is None and method != "semi", **data_options)
+          if classes is None or method == "zs-pseudo" else None)
     if classes is None:
         classes = training_classes(fs, f"{spec} ({split})")
         check_classes(classes, class_index(fs.labels, classes), f"{spec} ({split})")
@@ -80,7 +82,7 @@ def fit_classifier(model, model_dir: Path, spec: str | None, out: Path, *, metho
             "fit_seconds": round(fit_seconds, 3), "notes": notes,
             "templates": list(templates) if templates else "default", "skipped": fs.skipped if fs is not None else {}}
     if method == "semi":
-        info["unlabelled_images"] = len(fs)  # the split's images, shots included; no other label read
+        info["unlabelled_images"] = len(fs)  # the split's images, labelled or not, shots included; no other label read
     figures = None
     if eval_split and spec is not None:
         try:
