@@ -354,17 +354,17 @@ def pseudo_shots(emb: np.ndarray, class_weights: np.ndarray,
 def fit_zs_pseudo(x: np.ndarray, emb: np.ndarray, class_weights: np.ndarray, *, features: str = "embedding",
                   widths: list[int] | None = None, per_class: int = PSEUDO_PER_CLASS,
                   zs_weight: float = PSEUDO_ZS_WEIGHT, seed: int = 0, zs_scale: float = ZS_SCALE,
-                  normalize: str = PROBE_NORMALIZE) -> Head:
+                  normalize: str = PROBE_NORMALIZE, center: np.ndarray | None = None) -> Head:
     """Zero-shot helped by unlabelled images, no label read (SuS-X style: a support set found by the
     class names): `pseudo_shots` picks the images the zero-shot head is surest of, a probe (`fit_probe`
     on the `features` x, of blocks `widths`) is fitted on them, and the head is that probe plus
     `zs_weight` times the zero-shot logits (log-probabilities add: the probe's and a flattened
-    zero-shot's). x and emb: the unlabelled images' features and embeddings."""
+    zero-shot's). x and emb: the unlabelled images' features and embeddings; `center`: as `fit_probe`'s."""
     if len(emb) == 0:
         raise ValueError("zs-pseudo needs unlabelled images (the data's images; their labels are not read)")
     idx, labels = pseudo_shots(emb, class_weights, per_class)
     head = fit_probe(np.asarray(x)[idx], labels, len(class_weights), features=features, seed=seed, widths=widths,
-                     normalize=normalize)
+                     normalize=normalize, center=center)
     head.zs_weight = np.asarray(class_weights, np.float32)
     head.zs_scale = float(zs_weight * zs_scale)
     head.info = {"method": "zs-pseudo", "pool_images": int(len(emb)), "pseudo_shots": int(len(idx)),
@@ -381,15 +381,13 @@ def fit_semi(x: np.ndarray, y: np.ndarray, x_pool: np.ndarray, emb_pool: np.ndar
     result is an ordinary `Head` (block-normalised). x, y: the shots' features and class indices."""
     if len(emb_pool) == 0:
         raise ValueError("semi needs the data's unlabelled images beside the shots")
-    x = np.asarray(x, np.float32)
-    head = fit_probe(x, y, len(class_weights), features=features, seed=seed, widths=widths)
-    idx, labels = pseudo_shots(emb_pool, class_weights)
-    pseudo = fit_probe(np.asarray(x_pool)[idx], labels, len(class_weights), features=features, seed=seed,
-                       widths=widths, center=head.mean)
+    head = fit_probe(np.asarray(x, np.float32), y, len(class_weights), features=features, seed=seed, widths=widths)
+    pseudo = fit_zs_pseudo(x_pool, emb_pool, class_weights, features=features, widths=widths, seed=seed,
+                           zs_scale=zs_scale, center=head.mean)
     head.weight = head.weight + weight * pseudo.weight
     head.bias = head.bias + weight * pseudo.bias
-    head.zs_weight = np.asarray(class_weights, np.float32)
-    head.zs_scale = float(weight * PSEUDO_ZS_WEIGHT * zs_scale)
+    head.zs_weight = pseudo.zs_weight
+    head.zs_scale = float(weight * pseudo.zs_scale)
     head.info = {"method": "semi", "C": head.info["C"], "pseudo_C": pseudo.info["C"], "pool_images": int(len(emb_pool)),
-                 "pseudo_shots": int(len(idx)), "pseudo_weight": weight}
+                 "pseudo_shots": pseudo.info["pseudo_shots"], "pseudo_weight": weight}
     return head
